@@ -1,0 +1,150 @@
+"""Configuration of a Quantile Reward Model (QRM).
+
+This file travels with every saved QRM (``trust_remote_code=True``); it depends on
+transformers only.
+"""
+
+from transformers import AutoConfig, LlamaConfig, PretrainedConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+# The 19 attributes of the paper, in the order of the released checkpoints.
+DEFAULT_ATTRIBUTE_NAMES = [
+    "helpsteer-helpfulness",
+    "helpsteer-correctness",
+    "helpsteer-coherence",
+    "helpsteer-complexity",
+    "helpsteer-verbosity",
+    "ultrafeedback-overall_score",
+    "ultrafeedback-instruction_following",
+    "ultrafeedback-truthfulness",
+    "ultrafeedback-honesty",
+    "ultrafeedback-helpfulness",
+    "beavertails-is_safe",
+    "prometheus-score",
+    "argilla-overall_quality",
+    "argilla-judge_lm",
+    "code-complexity",
+    "code-style",
+    "code-explanation",
+    "code-instruction-following",
+    "code-readability",
+]
+DEFAULT_QUANTILE_LEVELS = [round(0.05 * k, 2) for k in range(1, 20)]  # 0.05, 0.10, ..., 0.95
+
+AUTO_MAP = {
+    "AutoConfig": "configuration_qrm.QRMConfig",
+    "AutoModel": "modeling_qrm.QRMForSequenceClassification",
+    "AutoModelForSequenceClassification": "modeling_qrm.QRMForSequenceClassification",
+}
+GATING_FALLBACKS = ("error", "last_token")
+QUANTILE_MIXINGS = ("average", "mixture")
+
+
+class QRMConfig(PretrainedConfig):
+    r"""Configuration of [`QRMForSequenceClassification`].
+
+    Args:
+        backbone_config (`PretrainedConfig` or `dict`, *optional*):
+            Config of the decoder backbone (a `LlamaConfig` by default). A dict must carry `model_type`.
+        attribute_names (`list[str]`, *optional*):
+            Names of the M attributes, in the order of the quantile heads. Defaults to the paper's 19.
+        quantile_levels (`list[float]`, *optional*):
+            The K strictly increasing quantile levels in (0, 1). Defaults to 0.05, 0.10, ..., 0.95.
+        gating_hidden_dim (`int`, defaults to 1024), gating_n_hidden (`int`, defaults to 3):
+            Width and number of hidden layers of the gating MLP.
+        gating_temperature (`float`, defaults to 10.0):
+            Softmax temperature of the gating output.
+        gating_batch_norm (`bool`, defaults to `False`):
+            Hidden blocks are Linear(no bias) -> ReLU -> BatchNorm1d (released QRM format)
+            instead of Linear -> ReLU.
+        regression_bias (`bool`, defaults to `False`):
+            Whether the quantile heads have a bias.
+        prompt_end_pattern (`list[int]`, *optional*):
+            Token ids that open the assistant turn. The gating position is the first token of the
+            pattern's last occurrence.
+        gating_fallback (`str`, defaults to `"error"`):
+            `"error"` or `"last_token"`: what to do when the pattern is absent from a row.
+        quantile_mixing (`str`, defaults to `"average"`):
+            `"average"`: Q_mix(tau) = sum_m g_m Q_m(tau) (paper eq. 3); `"mixture"`: quantiles of the
+            mixture distribution sum_m g_m F_m.
+        monotone_quantiles (`bool`, defaults to `True`):
+            Sort each attribute's K quantiles so that they never cross (does not change any mean).
+    """
+
+    model_type = "qrm"
+    sub_configs = {"backbone_config": AutoConfig}
+
+    def __init__(
+        self,
+        backbone_config=None,
+        attribute_names=None,
+        quantile_levels=None,
+        gating_hidden_dim=1024,
+        gating_n_hidden=3,
+        gating_temperature=10.0,
+        gating_batch_norm=False,
+        regression_bias=False,
+        prompt_end_pattern=None,
+        gating_fallback="error",
+        quantile_mixing="average",
+        monotone_quantiles=True,
+        pad_token_id=None,
+        **kwargs,
+    ):
+        if backbone_config is None:
+            backbone_config = LlamaConfig()
+        elif isinstance(backbone_config, dict):
+            if "model_type" not in backbone_config:
+                raise ValueError("`backbone_config` given as a dict must contain `model_type`.")
+            backbone_config = dict(backbone_config)
+            backbone_config = CONFIG_MAPPING[backbone_config.pop("model_type")](**backbone_config)
+        self.backbone_config = backbone_config
+
+        self.attribute_names = list(attribute_names) if attribute_names is not None else list(DEFAULT_ATTRIBUTE_NAMES)
+        if len(self.attribute_names) == 0 or len(set(self.attribute_names)) != len(self.attribute_names):
+            raise ValueError(f"`attribute_names` must be non-empty and unique, got {self.attribute_names}.")
+
+        levels = [float(t) for t in (quantile_levels if quantile_levels is not None else DEFAULT_QUANTILE_LEVELS)]
+        if len(levels) == 0 or any(not 0.0 < t < 1.0 for t in levels):
+            raise ValueError(f"`quantile_levels` must be non-empty and inside (0, 1), got {levels}.")
+        if any(b <= a for a, b in zip(levels, levels[1:])):
+            raise ValueError(f"`quantile_levels` must be strictly increasing (sorted, no repeats), got {levels}.")
+        self.quantile_levels = levels
+
+        if gating_fallback not in GATING_FALLBACKS:
+            raise ValueError(f"`gating_fallback` must be one of {GATING_FALLBACKS}, got {gating_fallback!r}.")
+        if quantile_mixing not in QUANTILE_MIXINGS:
+            raise ValueError(f"`quantile_mixing` must be one of {QUANTILE_MIXINGS}, got {quantile_mixing!r}.")
+        if gating_temperature <= 0:
+            raise ValueError(f"`gating_temperature` must be positive, got {gating_temperature}.")
+
+        self.gating_hidden_dim = gating_hidden_dim
+        self.gating_n_hidden = gating_n_hidden
+        self.gating_temperature = float(gating_temperature)
+        self.gating_batch_norm = gating_batch_norm
+        self.regression_bias = regression_bias
+        self.prompt_end_pattern = list(prompt_end_pattern) if prompt_end_pattern is not None else None
+        self.gating_fallback = gating_fallback
+        self.quantile_mixing = quantile_mixing
+        self.monotone_quantiles = monotone_quantiles
+        if pad_token_id is None:
+            pad_token_id = getattr(backbone_config, "pad_token_id", None)
+        kwargs.setdefault("num_labels", 1)
+        # Every saved QRM loads through any of these Auto classes with trust_remote_code=True.
+        kwargs.setdefault("auto_map", dict(AUTO_MAP))
+        super().__init__(pad_token_id=pad_token_id, **kwargs)
+
+    @property
+    def num_attributes(self) -> int:
+        return len(self.attribute_names)
+
+    @property
+    def num_quantiles(self) -> int:
+        return len(self.quantile_levels)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.backbone_config.hidden_size
+
+
+__all__ = ["QRMConfig", "DEFAULT_ATTRIBUTE_NAMES", "DEFAULT_QUANTILE_LEVELS"]

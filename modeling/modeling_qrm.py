@@ -1,0 +1,295 @@
+"""Quantile Reward Model (QRM): a frozen decoder, linear quantile heads per attribute and a gating network.
+
+This file travels with every saved QRM (``trust_remote_code=True``). It depends on torch and
+transformers only, reads no file and opens no connection: it defines the model, nothing else.
+
+Shapes: B batch, T tokens, H hidden size, M attributes, K quantile levels.
+
+    hidden = backbone(conversation)                       # [B, T, H]
+    response_embedding = hidden[last real token]          # [B, H]
+    prompt_embedding   = hidden[start of the assistant turn (gating position)]
+    Q = regression_layer(response_embedding)              # [B, M, K]  quantiles of each attribute
+    Q = Q^T . T  (reward transform, per level), sorted    # [B, M, K]
+    g = softmax(gating(prompt_embedding) / temp) * scale  # [B, M]
+    reward_quantiles = sum_m g_m Q_m                      # [B, K]   (paper eq. 3)
+    logits = score = sum_m g_m mean_k Q_m                 # [B, 1]   expected reward
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import AutoModel, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_qrm import QRMConfig
+
+try:  # transformers >= 5: these initialisers leave weights that were loaded from a checkpoint alone
+    from transformers import initialization as init
+except ImportError:  # pragma: no cover - transformers 4.x
+    from torch.nn import init
+
+
+@dataclass
+class QRMOutput(ModelOutput):
+    """Output of [`QRMForSequenceClassification`].
+
+    Args:
+        logits (`torch.FloatTensor` of shape `(batch_size, 1)`): expected reward, what TRL reads.
+        score (`torch.FloatTensor` of shape `(batch_size, 1)`): same values as `logits` (released QRM name).
+        reward_quantiles (`torch.FloatTensor` of shape `(batch_size, K)`): mixed reward quantiles at
+            `config.quantile_levels`.
+        attribute_quantiles (`torch.FloatTensor` of shape `(batch_size, M, K)`): per-attribute quantiles
+            after the reward transform.
+        rewards (`torch.FloatTensor` of shape `(batch_size, M)`): per-attribute expectations.
+        gating_output (`torch.FloatTensor` of shape `(batch_size, M)`): gating weights (times `logit_scale`).
+        prompt_embedding (`torch.FloatTensor` of shape `(batch_size, H)`): input of the gating network.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*): the backbone's hidden states.
+    """
+
+    logits: torch.FloatTensor | None = None
+    score: torch.FloatTensor | None = None
+    reward_quantiles: torch.FloatTensor | None = None
+    attribute_quantiles: torch.FloatTensor | None = None
+    rewards: torch.FloatTensor | None = None
+    gating_output: torch.FloatTensor | None = None
+    prompt_embedding: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+def find_last_pattern(input_ids: torch.LongTensor, real_tokens: torch.BoolTensor, pattern) -> torch.LongTensor:
+    """Start of the last occurrence of `pattern` made of real tokens in each row, -1 where absent. [B]"""
+    batch_size, length = input_ids.shape
+    width = len(pattern)
+    if width == 0 or length < width:
+        return input_ids.new_full((batch_size,), -1)
+    pattern = torch.as_tensor(pattern, dtype=input_ids.dtype, device=input_ids.device)
+    hits = (input_ids.unfold(1, width, 1) == pattern).all(-1)  # [B, T - width + 1]
+    hits &= real_tokens.unfold(1, width, 1).all(-1)
+    starts = torch.arange(hits.shape[1], device=input_ids.device)
+    return torch.where(hits, starts, -1).amax(-1)
+
+
+def mixture_quantiles(quantiles: torch.Tensor, weights: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Quantiles at `levels` of the mixture sum_m w_m F_m, with w = weights / weights.sum().
+
+    Each F_m is the distribution whose CDF passes through (quantiles[m, k], levels[k]), linear in
+    between, with mass levels[0] at its first and 1 - levels[-1] at its last quantile. The result is
+    scaled by weights.sum() so that it matches the "average" mixing when all attributes agree.
+    quantiles [B, M, K] sorted along K, weights [B, M], levels [K] -> [B, K].
+    """
+    batch_size, num_attributes, num_levels = quantiles.shape
+    total = weights.sum(-1, keepdim=True)  # [B, 1]
+    weights = weights / total
+    atoms = quantiles.reshape(batch_size, 1, -1).sort(-1).values  # [B, 1, P]: where the mixture CDF bends
+    at_atoms = atoms.expand(batch_size, num_attributes, -1).contiguous()  # [B, M, P]
+    tiny = torch.finfo(quantiles.dtype).tiny
+
+    def mixture_cdf(right: bool) -> torch.Tensor:  # F(x) (right) or F(x-) (left) at every atom, [B, P]
+        count = torch.searchsorted(quantiles, at_atoms, right=right)  # [B, M, P] in 0..K
+        low, high = (count - 1).clamp(0, num_levels - 1), count.clamp(max=num_levels - 1)
+        q_low, q_high = quantiles.gather(-1, low), quantiles.gather(-1, high)
+        fraction = ((at_atoms - q_low) / (q_high - q_low).clamp_min(tiny)).clamp(0, 1)
+        inside = levels[low] + fraction * (levels[high] - levels[low])
+        cdf = torch.where(count == 0, 0.0, torch.where(count == num_levels, 1.0, inside))
+        return (weights.unsqueeze(-1) * cdf).sum(1)
+
+    cdf_right, cdf_left = mixture_cdf(right=True), mixture_cdf(right=False)
+    atoms = atoms.squeeze(1)
+    target = levels.expand(batch_size, num_levels).contiguous()  # [B, K]
+    first = torch.searchsorted(cdf_right, target).clamp(max=atoms.shape[-1] - 1)  # first atom with F >= tau
+    before = (first - 1).clamp(min=0)
+    x_before, x_first = atoms.gather(-1, before), atoms.gather(-1, first)
+    cdf_before, cdf_first_left = cdf_right.gather(-1, before), cdf_left.gather(-1, first)
+    fraction = ((target - cdf_before) / (cdf_first_left - cdf_before).clamp_min(tiny)).clamp(0, 1)
+    on_segment = (first > 0) & (target < cdf_first_left)  # tau is reached between two atoms, not by a jump
+    result = torch.where(on_segment, x_before + fraction * (x_first - x_before), x_first)
+    return result * total
+
+
+class QRMGatingNetwork(nn.Module):
+    """MLP on the prompt embedding -> mixing weights over the M attributes, summing to `logit_scale`."""
+
+    def __init__(self, config: QRMConfig):
+        super().__init__()
+        blocks, width = [], config.hidden_size
+        for _ in range(config.gating_n_hidden):
+            if config.gating_batch_norm:  # released QRM format: layers.{3i} Linear, layers.{3i+2} BatchNorm1d
+                blocks += [nn.Linear(width, config.gating_hidden_dim, bias=False), nn.ReLU()]
+                blocks.append(nn.BatchNorm1d(config.gating_hidden_dim))
+            else:
+                blocks += [nn.Linear(width, config.gating_hidden_dim), nn.ReLU()]
+            width = config.gating_hidden_dim
+        blocks.append(nn.Linear(width, config.num_attributes))
+        self.layers = nn.Sequential(*blocks)
+        self.logit_scale = nn.Parameter(torch.ones(1))
+        self.temperature = config.gating_temperature
+
+    def forward(self, prompt_embedding: torch.Tensor) -> torch.Tensor:  # [B, H] -> [B, M]
+        logits = self.layers(prompt_embedding.to(self.logit_scale.dtype))
+        return torch.softmax(logits / self.temperature, dim=-1) * self.logit_scale
+
+
+class QRMForSequenceClassification(PreTrainedModel):
+    """Quantile Reward Model: scores a conversation with a distribution over rewards.
+
+    `logits` (and `score`) hold the expected reward, so the model is a drop-in sequence-classification
+    reward model; `reward_quantiles` hold the reward distribution at `config.quantile_levels`.
+    """
+
+    config_class = QRMConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    # Heads, transform and gating stay in float32 whatever dtype the backbone is loaded in.
+    _keep_in_fp32_modules_strict = ["regression_layer", "reward_transform_matrix", "gating"]
+
+    def __init__(self, config: QRMConfig):
+        super().__init__(config)
+        self.model = AutoModel.from_config(config.backbone_config)
+        self._no_split_modules = list(getattr(self.model, "_no_split_modules", None) or [])
+        num_attributes, num_levels = config.num_attributes, config.num_quantiles
+        self.regression_layer = nn.Linear(config.hidden_size, num_attributes * num_levels, bias=config.regression_bias)
+        self.reward_transform_matrix = nn.Parameter(torch.eye(num_attributes), requires_grad=False)
+        self.gating = QRMGatingNetwork(config)
+        self.register_buffer("quantile_levels", torch.tensor(config.quantile_levels), persistent=False)
+        self.post_init()
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, QRMForSequenceClassification):
+            init.eye_(module.reward_transform_matrix)
+            init.copy_(module.quantile_levels, torch.tensor(self.config.quantile_levels))
+        elif isinstance(module, QRMGatingNetwork):
+            init.ones_(module.logit_scale)
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def score_embeddings(self, response_embedding: torch.Tensor, prompt_embedding: torch.Tensor) -> QRMOutput:
+        """Heads, transform, gating and mixing on precomputed embeddings ([B, H] each), in float32."""
+        response_embedding, prompt_embedding = response_embedding.float(), prompt_embedding.float()
+        weight = self.regression_layer.weight.float()
+        bias = None if self.regression_layer.bias is None else self.regression_layer.bias.float()
+        batch_size = response_embedding.shape[0]
+        raw = F.linear(response_embedding, weight, bias).view(batch_size, self.config.num_attributes, -1)
+        # T mixes attributes at every level: Q'[m', k] = sum_m Q[m, k] T[m, m']
+        attribute_quantiles = torch.einsum("bmk,mn->bnk", raw, self.reward_transform_matrix.float())
+        if self.config.monotone_quantiles:
+            attribute_quantiles = attribute_quantiles.sort(-1).values
+        rewards = attribute_quantiles.mean(-1)  # [B, M]
+        gating_output = self.gating(prompt_embedding).float()  # [B, M]
+        if self.config.quantile_mixing == "mixture":
+            levels = self.quantile_levels.float()
+            reward_quantiles = mixture_quantiles(attribute_quantiles.sort(-1).values, gating_output, levels)
+        else:
+            reward_quantiles = torch.einsum("bm,bmk->bk", gating_output, attribute_quantiles)
+        score = (gating_output * rewards).sum(-1, keepdim=True)  # [B, 1]
+        return QRMOutput(
+            logits=score,
+            score=score,
+            reward_quantiles=reward_quantiles,
+            attribute_quantiles=attribute_quantiles,
+            rewards=rewards,
+            gating_output=gating_output,
+            prompt_embedding=prompt_embedding,
+        )
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        gating_positions: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> QRMOutput | tuple:
+        r"""
+        gating_positions (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Position of the prompt embedding in each row. Overrides the search for `config.prompt_end_pattern`.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
+        batch_size, length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+        real_tokens = self._real_tokens(input_ids, attention_mask, batch_size, length)  # [B, T]
+        empty_rows = (~real_tokens.any(-1)).nonzero().flatten().tolist()
+        if empty_rows:
+            raise ValueError(f"Row(s) {empty_rows} have no real token (attention mask all zeros).")
+        positions = torch.arange(length, device=real_tokens.device)
+        response_positions = torch.where(real_tokens, positions, -1).amax(-1)  # [B]
+        prompt_positions = self._gating_positions(input_ids, real_tokens, gating_positions, response_positions)
+        if position_ids is None and attention_mask is not None:
+            # Count positions over real tokens only, so left padding does not shift them.
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+        kwargs.setdefault("use_cache", False)
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        hidden = outputs.last_hidden_state  # [B, T, H]
+        rows = torch.arange(batch_size, device=hidden.device)
+        output = self.score_embeddings(hidden[rows, response_positions], hidden[rows, prompt_positions])
+        output.hidden_states = outputs.hidden_states
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if return_dict else output.to_tuple()
+
+    def _real_tokens(self, input_ids, attention_mask, batch_size, length) -> torch.BoolTensor:
+        """Which tokens are real: the attention mask; without one, all up to the last non-pad token."""
+        device = input_ids.device if input_ids is not None else self.device
+        if attention_mask is not None:
+            if attention_mask.shape != (batch_size, length):
+                raise ValueError(f"`attention_mask` has shape {tuple(attention_mask.shape)}, expected {(batch_size, length)}.")
+            return attention_mask.bool()
+        if input_ids is None or self.config.pad_token_id is None:
+            return torch.ones(batch_size, length, dtype=torch.bool, device=device)
+        positions = torch.arange(length, device=device).expand(batch_size, length)
+        last_real = torch.where(input_ids != self.config.pad_token_id, positions, -1).amax(-1, keepdim=True)
+        return positions <= last_real
+
+    def _gating_positions(self, input_ids, real_tokens, gating_positions, response_positions) -> torch.LongTensor:
+        batch_size, length = real_tokens.shape
+        if gating_positions is not None:
+            gating_positions = torch.as_tensor(gating_positions, device=real_tokens.device)
+            if gating_positions.shape != (batch_size,) or gating_positions.is_floating_point():
+                raise ValueError(
+                    f"`gating_positions` must be an integer tensor of shape ({batch_size},), "
+                    f"got {gating_positions.dtype} of shape {tuple(gating_positions.shape)}."
+                )
+            if ((gating_positions < 0) | (gating_positions >= length)).any():
+                raise ValueError(f"`gating_positions` must lie in [0, {length}), got {gating_positions.tolist()}.")
+            return gating_positions.long()
+        pattern = self.config.prompt_end_pattern
+        if input_ids is None or not pattern:
+            found = torch.full_like(response_positions, -1)
+        else:
+            found = find_last_pattern(input_ids, real_tokens, pattern)
+        missing = found < 0
+        if missing.any():
+            if self.config.gating_fallback == "error":
+                row = missing.nonzero()[0].item()
+                raise ValueError(
+                    f"prompt_end_pattern {pattern} not found among the real tokens of row {row} "
+                    f"(rows missing it: {missing.nonzero().flatten().tolist()}). Pass `gating_positions`, "
+                    "format the conversation with the chat template the model was assembled with, "
+                    'or set `config.gating_fallback = "last_token"`.'
+                )
+            found = torch.where(missing, response_positions, found)
+        return found
+
+
+__all__ = ["QRMForSequenceClassification", "QRMGatingNetwork", "QRMOutput", "find_last_pattern", "mixture_quantiles"]
