@@ -80,6 +80,7 @@ def mixture_quantiles(quantiles: torch.Tensor, weights: torch.Tensor, levels: to
     quantiles [B, M, K] sorted along K, weights [B, M], levels [K] -> [B, K].
     """
     batch_size, num_attributes, num_levels = quantiles.shape
+    quantiles = quantiles.contiguous()
     total = weights.sum(-1, keepdim=True)  # [B, 1]
     weights = weights / total
     atoms = quantiles.reshape(batch_size, 1, -1).sort(-1).values  # [B, 1, P]: where the mixture CDF bends
@@ -106,6 +107,17 @@ def mixture_quantiles(quantiles: torch.Tensor, weights: torch.Tensor, levels: to
     on_segment = (first > 0) & (target < cdf_first_left)  # tau is reached between two atoms, not by a jump
     result = torch.where(on_segment, x_before + fraction * (x_first - x_before), x_first)
     return result * total
+
+
+def _failing_safetensors_file(error: BaseException) -> str | None:
+    """The `.safetensors` path that transformers was reading when `error` was raised (from its frames)."""
+    found, frame = None, error.__traceback__
+    while frame is not None:
+        for value in frame.tb_frame.f_locals.values():
+            if isinstance(value, str) and value.endswith(".safetensors"):
+                found = value
+        frame = frame.tb_next
+    return found
 
 
 class QRMGatingNetwork(nn.Module):
@@ -166,6 +178,26 @@ class QRMForSequenceClassification(PreTrainedModel):
             init.copy_(module.quantile_levels, torch.tensor(self.config.quantile_levels))
         elif isinstance(module, QRMGatingNetwork):
             init.ones_(module.logit_scale)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, with clear errors for unreadable or mismatched weights."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        except Exception as error:
+            if type(error).__name__ == "SafetensorError":
+                weights_file = _failing_safetensors_file(error) or "its safetensors weights"
+                raise OSError(
+                    f"Cannot read the weights of {pretrained_model_name_or_path}: {weights_file} is truncated or "
+                    f"corrupt ({error}). Save or download the model again."
+                ) from error
+            if "ignore_mismatched_sizes" in str(error):
+                raise ValueError(
+                    f"The weights of {pretrained_model_name_or_path} do not fit its config (see the size-mismatch "
+                    "report above). The quantile heads regression_layer.weight have one row per attribute and "
+                    "level: len(attribute_names) * len(quantile_levels) in config.json must match them."
+                ) from error
+            raise
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()

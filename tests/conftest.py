@@ -1,0 +1,98 @@
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import LlamaConfig
+
+import qrm_hf  # noqa: F401  (registers the Auto classes)
+from qrm_hf import QRMConfig, QRMForSequenceClassification
+
+PAD, BOS = 0, 1
+PATTERN = [7, 8, 9]  # stands for the tokens that open the assistant turn
+
+
+def tiny_backbone_config(**overrides) -> LlamaConfig:
+    values = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=64,
+        max_position_embeddings=128,
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=2,
+    )
+    values.update(overrides)
+    return LlamaConfig(**values)
+
+
+def make_qrm(seed: int = 0, **config_overrides) -> QRMForSequenceClassification:
+    """A tiny random QRM whose transform, logit scale and gating are all non-trivial."""
+    torch.manual_seed(seed)
+    values = dict(
+        backbone_config=tiny_backbone_config(),
+        attribute_names=["helpfulness", "correctness", "safety"],
+        quantile_levels=[0.1, 0.25, 0.5, 0.75, 0.9],
+        gating_hidden_dim=16,
+        gating_n_hidden=2,
+        prompt_end_pattern=PATTERN,
+    )
+    values.update(config_overrides)
+    model = QRMForSequenceClassification(QRMConfig(**values)).eval()
+    with torch.no_grad():
+        model.regression_layer.weight.normal_(0, 0.5)
+        m = model.config.num_attributes
+        model.reward_transform_matrix.copy_(torch.eye(m) + 0.2 * torch.randn(m, m))
+        model.gating.logit_scale.fill_(2.5)
+        for module in model.gating.modules():
+            if isinstance(module, torch.nn.BatchNorm1d):
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def conversation(prompt_len: int, response_len: int, seed: int) -> list[int]:
+    """BOS, prompt tokens, the pattern, response tokens (ids in 10..63, so never pad or pattern)."""
+    g = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(10, 64, (prompt_len,), generator=g).tolist()
+    response = torch.randint(10, 64, (response_len,), generator=g).tolist()
+    return [BOS, *prompt, *PATTERN, *response]
+
+
+def pad_batch(rows: list[list[int]], side: str = "right"):
+    length = max(map(len, rows))
+    ids = torch.full((len(rows), length), PAD)
+    mask = torch.zeros(len(rows), length, dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(0, len(row)) if side == "right" else slice(length - len(row), length)
+        ids[i, span] = torch.tensor(row)
+        mask[i, span] = 1
+    return ids, mask
+
+
+@pytest.fixture
+def qrm():
+    return make_qrm()
+
+
+def run_without_qrm_hf(script: str, tmp_path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `script` in a fresh interpreter where `import qrm_hf` fails, as on a machine without qrm-hf."""
+    blocker = textwrap.dedent(
+        """
+        import sys
+        class _NoQrmHf:
+            def find_spec(self, name, path=None, target=None):
+                if name == "qrm_hf" or name.startswith("qrm_hf."):
+                    raise ImportError("qrm_hf is blocked in this process")
+        sys.meta_path.insert(0, _NoQrmHf())
+        """
+    )
+    path = tmp_path / "without_qrm_hf.py"
+    path.write_text(blocker + textwrap.dedent(script))
+    env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "hf_modules"), HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, str(path)], capture_output=True, text=True, env=env, timeout=timeout)
