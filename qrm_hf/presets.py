@@ -504,6 +504,29 @@ _PRESET_LIST = [
 ]
 # fmt: on
 
+# The preference data of the paper's gating network (ArmoRM's stage 2), as RLHFlow published it in one
+# "standard format": chosen / rejected full message lists (and chosen_score / rejected_score).
+_RLHFLOW_STANDARD = {
+    "rlhflow-helpsteer": "RLHFlow/Helpsteer-preference-standard",
+    "rlhflow-ultrafeedback": "RLHFlow/UltraFeedback-preference-standard",
+    "rlhflow-shp": "RLHFlow/SHP-standard",
+    "rlhflow-hh-rlhf-helpful": "RLHFlow/HH-RLHF-Helpful-standard",
+    "rlhflow-hh-rlhf-harmless": "RLHFlow/HH-RLHF-Harmless-and-RedTeam-standard",
+    "rlhflow-pku-saferlhf": "RLHFlow/PKU-SafeRLHF-30K-standard",
+    "rlhflow-capybara": "RLHFlow/Capybara-distibalel-Filter-standard",
+    "rlhflow-argilla-math": "RLHFlow/Argilla-Math-DPO-standard",
+    "rlhflow-code-ultrafeedback": "RLHFlow/CodeUltraFeedback-standard",
+    "rlhflow-prm800k-phase2": "RLHFlow/prm80k-phase2",
+    "rlhflow-prometheus2": "RLHFlow/Prometheus2-preference-standard",
+}
+_PRESET_LIST += [
+    _preference_preset(
+        name, hub_id, **_PAIR_COLUMNS,
+        notes="RLHFlow standard format: chosen / rejected full message lists, chosen_score / rejected_score.",
+    )
+    for name, hub_id in _RLHFLOW_STANDARD.items()
+]  # fmt: skip
+
 PRESETS: dict[str, DatasetPreset] = {preset.name: preset for preset in _PRESET_LIST}
 
 

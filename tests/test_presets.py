@@ -109,6 +109,11 @@ FIXTURE_OF = {
         ],
     ),
     "skywork-preference": ("skywork_preference.parquet", ["chosen", "rejected", "source"]),
+    **{
+        name: ("rlhflow_standard.parquet", ["chosen", "rejected", "chosen_score", "rejected_score"])
+        for name in PRESETS
+        if name.startswith("rlhflow-")
+    },
     "reward-bench": (
         "reward_bench.parquet",
         ["prompt", "chosen", "chosen_model", "rejected", "rejected_model", "subset", "id"],
@@ -349,6 +354,19 @@ def test_argilla_math(load):
 
 
 # ----------------------------------------------------------------------------------------- preference presets
+
+
+def test_rlhflow_standard_sets_are_the_paper_gating_data(load):
+    # The paper's ten preference sources (HH-RLHF in its helpful and harmless halves).
+    sources = ["helpsteer", "ultrafeedback", "shp", "hh-rlhf-helpful", "hh-rlhf-harmless", "pku-saferlhf",
+               "capybara", "argilla-math", "code-ultrafeedback", "prm800k-phase2", "prometheus2"]  # fmt: skip
+    assert sorted(name for name in PRESETS if name.startswith("rlhflow-")) == sorted(
+        f"rlhflow-{source}" for source in sources
+    )
+    pairs, index = preference_examples(load("rlhflow-shp"), "rlhflow-shp", with_index=True)
+    assert index.tolist() == [0, 1]
+    assert pairs[1][0][-1] == assistant("You are welcome.") and pairs[1][1][-1] == assistant("Whatever.")
+    assert pairs[1][0][:-1] == pairs[1][1][:-1] == [user("Hi"), assistant("Hello!"), user("Thanks")]
 
 
 def test_skywork(load):

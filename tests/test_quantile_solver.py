@@ -211,7 +211,8 @@ def write_features(directory, X, Y, shard_size, kind="attribute"):
             "labels": torch.tensor(Y[rows], dtype=torch.float32),
         }
         write_shard(directory / names[-1], tensors)
-    write_manifest(directory, {"settings": {"kind": kind}, "complete": True, "shards": names})
+    settings = {"kind": kind, "attributes": [f"attribute-{m}" for m in range(Y.shape[1])], "backbone": "tiny"}
+    write_manifest(directory, {"settings": settings, "complete": True, "shards": names})
     return directory
 
 
@@ -229,9 +230,9 @@ def test_fit_from_features_equals_fit_on_the_loaded_arrays(tmp_path):
 def test_fit_from_features_refuses_preference_or_unfinished_features(tmp_path):
     X, Y = embedding_like(30, 4)
     write_features(tmp_path / "pairs", X, Y, shard_size=40, kind="preference")
-    with pytest.raises(ValueError, match="'preference' features"):
+    with pytest.raises(ValueError, match="holds preference features; this step needs attribute"):
         MultiQuantileRegressor(LEVELS).fit_from_features(tmp_path / "pairs")
-    with pytest.raises(FileNotFoundError, match="run feature extraction first"):
+    with pytest.raises(FileNotFoundError, match="not a feature directory of `qrm extract`"):
         MultiQuantileRegressor(LEVELS).fit_from_features(tmp_path / "missing")
     directory = write_features(tmp_path / "partial", X, Y, shard_size=40)
     write_manifest(directory, {"settings": {"kind": "attribute"}, "complete": False})

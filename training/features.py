@@ -112,6 +112,7 @@ def extract_to_shards(
     labels: torch.Tensor | None = None,
     shard_size: int = 4096,
     max_length: int | None = None,
+    row_index: Sequence[int] | None = None,
 ) -> Path:
     """Encode `sequences` (single conversations, or (chosen, rejected) pairs) into shards under `directory`.
 
@@ -119,7 +120,7 @@ def extract_to_shards(
     names. Complete shards from an earlier run with the same settings are kept; a shard is only ever
     visible under its final name once complete. Conversations longer than `max_length` tokens are
     skipped (never truncated: that would cut the response) and counted in the manifest; `index` keeps
-    the position of each stored entry in `sequences`.
+    the dataset row of each stored entry (`row_index`, aligned with `sequences`; default: its position).
 
     Under `accelerate launch --num_processes N`, process p encodes the shards p, p + N, ...; the result
     is the same as in one process.
@@ -170,7 +171,8 @@ def extract_to_shards(
             response, prompt = response.view(len(rows), 2, -1), prompt.view(len(rows), 2, -1)
         else:
             response, prompt = encoder.encode([sequences[row] for row in rows], desc=desc)
-        tensors = {"embeddings": response, "prompt_embeddings": prompt, "index": torch.tensor(rows)}
+        index = torch.tensor(rows) if row_index is None else torch.as_tensor(row_index)[rows]
+        tensors = {"embeddings": response, "prompt_embeddings": prompt, "index": index}
         if labels is not None:
             tensors["labels"] = labels[rows].float()
         write_shard(directory / shard_names[number], tensors)
@@ -181,17 +183,55 @@ def extract_to_shards(
     return directory
 
 
-def load_features(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """All shards of a feature directory concatenated, and the settings they were extracted with."""
+def read_manifest(directory: str | Path, kind: str | None = None) -> dict:
+    """The manifest of a finished feature directory, checked to hold `kind` features if given.
+
+    Raises FileNotFoundError when there is no manifest and ValueError when the extraction did not
+    finish or the features are of the other kind (attribute vs preference).
+    """
     directory = Path(directory)
     manifest_path = directory / MANIFEST
     if not manifest_path.exists():
         raise FileNotFoundError(
-            f"{manifest_path} not found: run feature extraction first (or it did not finish)."
+            f"{manifest_path} not found: {directory} is not a feature directory of `qrm extract` "
+            "(or the extraction never started)."
         )
     manifest = json.loads(manifest_path.read_text())
-    if not manifest["complete"]:
+    if not manifest.get("complete"):
         raise ValueError(f"Feature extraction into {directory} did not finish: run it again to complete it.")
+    found = manifest["settings"].get("kind")
+    if kind is not None and found != kind:
+        needs = {
+            "attribute": "attribute (rating) features with labels, e.g. for the quantile heads",
+            "preference": "preference-pair features (chosen, rejected), e.g. for the gating network",
+        }[kind]
+        raise ValueError(f"{directory} holds {found} features; this step needs {needs}.")
+    return manifest
+
+
+def backbone_identity(settings: dict) -> dict:
+    """What must agree between feature directories (and heads) for them to be used together."""
+    return {key: settings.get(key) for key in ("backbone", "revision", "hidden_size", "prompt_end_pattern")}
+
+
+def check_same_backbone(named_settings: dict[str, dict]) -> dict:
+    """Refuse features (or heads) computed with different backbones; returns the common identity."""
+    identities = {name: backbone_identity(settings) for name, settings in named_settings.items()}
+    first_name, first = next(iter(identities.items()))
+    for name, identity in identities.items():
+        if identity != first:
+            differing = {key: (first[key], identity[key]) for key in first if first[key] != identity[key]}
+            raise ValueError(
+                f"{name} was computed with another backbone than {first_name} ({differing}); features of "
+                "different backbones cannot be mixed: extract them again with one backbone."
+            )
+    return first
+
+
+def load_features(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """All shards of a feature directory concatenated, and the settings they were extracted with."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
     shards = [load_file(str(directory / name)) for name in manifest["shards"]]
     tensors = {name: torch.cat([shard[name] for shard in shards]) for name in shards[0]}
     return tensors, manifest["settings"]
