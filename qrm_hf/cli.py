@@ -19,14 +19,9 @@ def _load_model(path: str, revision: str | None = None):
 
 
 def _demo(args):
-    from .training.demo import DemoSettings, run_demo
+    from .training.demo import demo_config, run_demo
 
-    settings = DemoSettings(
-        output_dir=Path(args.output_dir),
-        data_dir=Path(args.data_dir) if args.data_dir else DemoSettings.data_dir,
-        backbone=Path(args.backbone) if args.backbone else None,
-    )
-    run_demo(settings)
+    run_demo(demo_config(args.output_dir, backbone=args.backbone))
 
 
 def _convert(args):
@@ -104,12 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="train a small QRM on the shipped demo data, end to end",
-        description="Extract features with the embedded SmolLM2-135M-Instruct, fit the "
-        "quantile heads and the gating network, save the model, reload it in a fresh "
-        "process and print held-out numbers.",
+        description="`qrm train training/configs/demo.yaml` (feature extraction with the embedded "
+        "SmolLM2-135M-Instruct, quantile heads, gating, saved model), then reload the model in a fresh "
+        "process with trust_remote_code=True and print held-out numbers.",
     )
     demo.add_argument("--output-dir", default="outputs/demo", help="where features and the model go")
-    demo.add_argument("--data-dir", help="demo data (ratings_*.jsonl, pairs_*.jsonl); default: data/demo")
     demo.add_argument("--backbone", help="a local backbone directory instead of the embedded SmolLM2")
     demo.set_defaults(handler=_demo)
 
@@ -171,8 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", help="also write the numbers to this JSON file")
     evaluate.set_defaults(handler=_evaluate)
 
+    from .cli_pipeline import add_pipeline_commands
     from .hub import add_push_command
 
+    add_pipeline_commands(commands)
     add_push_command(commands)
     return parser
 

