@@ -6,6 +6,8 @@ template (`test_trl.tiny_tokenizer`), and on small rating / preference files wri
 """
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -343,3 +345,27 @@ def test_config_mistakes_are_caught_before_anything_runs(trained, tmp_path):
         TrainConfig.from_dict({**values, "attribute_datasets": [{"preset": "helpsteer3"}]})
     with pytest.raises(FileNotFoundError, match="does not exist"):
         run_training(TrainConfig.from_yaml(tmp_path / "missing.yaml"))
+
+
+def test_extract_under_accelerate_with_two_processes_equals_one(trained, tmp_path):
+    _, _, data, backbone = trained
+    arguments = ["extract", str(backbone), "--source", str(data["pairs"]), "--name", "pairs",
+                 "--kind", "preference", "--prompt", "prompt", "--chosen", "chosen", "--rejected", "rejected",
+                 "--max-length", "256", "--shard-size", "6"]  # fmt: skip
+    main([*arguments, "--output-dir", str(tmp_path / "one")])
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "qrm_hf"]  # fmt: skip
+    subprocess.run(
+        [*launch, *arguments, "--output-dir", str(tmp_path / "two")],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    one, one_settings = load_features(tmp_path / "one")
+    two, two_settings = load_features(tmp_path / "two")
+    assert (
+        one_settings == two_settings
+        and len(json.loads((tmp_path / "two" / "manifest.json").read_text())["shards"]) == 7
+    )
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], atol=1e-6, rtol=0)
