@@ -95,4 +95,6 @@ def run_without_qrm_hf(script: str, tmp_path, timeout: int = 300) -> subprocess.
     path = tmp_path / "without_qrm_hf.py"
     path.write_text(blocker + textwrap.dedent(script))
     env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "hf_modules"), HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, str(path)], capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(path)], capture_output=True, text=True, env=env, timeout=timeout
+    )

@@ -480,7 +480,9 @@ class MultiQuantileRegressor(RegressorMixin, BaseEstimator):
 
         from .features import check_same_backbone, read_manifest
 
-        directories = [Path(directories)] if isinstance(directories, (str, Path)) else list(map(Path, directories))
+        directories = (
+            [Path(directories)] if isinstance(directories, (str, Path)) else list(map(Path, directories))
+        )
         if not directories:
             raise ValueError("No feature directory given.")
         levels = self._validate_settings()

@@ -1,0 +1,172 @@
+"""Risk-aware RLOO with a QRM as reward model: the second stage of the paper's RLHF experiment (§4.3).
+
+    from qrm_hf.training.rloo_pipeline import PaperRLOOConfig, run_rloo
+
+    result = run_rloo("outputs/sft", "outputs/qrm", "Anthropic/hh-rlhf", PaperRLOOConfig("outputs/rloo"))
+
+The policy gets a fresh LoRA adapter (rank 32, alpha 64) on the SFT model; TRL's `RLOOTrainer` then takes
+the adapter-disabled model, i.e. the SFT model itself, as the reference of the KL penalty, so policy and
+reference both start from the SFT model as in the paper. The reward of each completion is the risk measure
+of the QRM's reward distribution (`RiskAwareRLOOTrainer`). Paper values, the defaults here: k = 2
+completions per prompt, AdamW with a constant learning rate of 1e-4, batch size 1024, prompts of fewer
+than 348 tokens, completions of at most 512 tokens. At the end the adapter is merged into the SFT weights
+and the policy saved as a plain model directory, with the logs (`rewards/<QRM name>/risk`, the
+expectation and the left-tail quantiles of Figure 3) in ``trainer_state.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+from transformers import AutoTokenizer
+
+from ..presets import DatasetPreset, load_rows
+from .rlhf_data import filter_prompts_by_length, rloo_prompts
+from .rloo import RiskAwareRLOOConfig, RiskAwareRLOOTrainer, quantile_levels_of
+from .sft import SAVE_DTYPES, finish_lora_training, last_checkpoint, paper_lora_config
+
+logger = logging.getLogger(__name__)
+
+PAPER_MAX_PROMPT_LENGTH = 347  # "prompts with fewer than 348 tokens"
+
+
+@dataclass
+class PaperRLOOConfig(RiskAwareRLOOConfig):
+    r"""[`RiskAwareRLOOConfig`] with the paper's RLOO values as defaults.
+
+    Parameters:
+        learning_rate (`float`, *optional*, defaults to `1e-4`): paper value (TRL: 1e-6).
+        lr_scheduler_type (`str`, *optional*, defaults to `"constant"`): paper value ("a fixed learning rate").
+        num_generations (`int`, *optional*, defaults to `2`): k of RLOO, paper value.
+        max_completion_length (`int`, *optional*, defaults to `512`): paper value.
+    """
+
+    learning_rate: float = field(default=1e-4, metadata={"help": "The learning rate of AdamW."})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "The learning rate schedule."})
+    num_generations: int | None = field(default=2, metadata={"help": "Completions per prompt (k of RLOO)."})
+    max_completion_length: int | None = field(
+        default=512, metadata={"help": "Longest completion, in tokens."}
+    )
+
+
+@dataclass
+class RLOOResult:
+    """What :func:`run_rloo` produced."""
+
+    output_dir: Path  # the merged policy and its tokenizer: a plain `AutoModelForCausalLM` directory
+    adapter_dir: Path  # the trained LoRA adapter (on the SFT model)
+    num_prompts: int  # prompts trained on
+    num_dropped: int  # prompts left out for being longer than `max_prompt_length` tokens
+    reward_name: str  # the QRM's name in the logs: `rewards/<reward_name>/risk`, ...
+    log_history: list[dict]  # the trainer's logs, also in <output_dir>/trainer_state.json
+
+
+def _reward_dtype(args: RiskAwareRLOOConfig) -> torch.dtype:
+    """The QRM runs in the training precision (its heads and gating compute in float32 anyway)."""
+    return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
+
+
+def load_reward_model(reward_model: str | Path, dtype: torch.dtype | None = None):
+    """A QRM and its tokenizer (`qrm_hf.hub.load_qrm`); ValueError when the model is not a QRM."""
+    from ..hub import load_qrm
+
+    model, tokenizer = load_qrm(reward_model, dtype=dtype)
+    if quantile_levels_of(model) is None:
+        raise ValueError(
+            f"{reward_model} is not a Quantile Reward Model: its config has no `quantile_levels` (nor the "
+            f"released format's `num_quantiles`), so it gives no reward distribution to take a risk measure of. "
+            "Use a QRM directory or Hub id (a released checkpoint converted with `qrm convert`)."
+        )
+    return model, tokenizer
+
+
+def run_rloo(
+    policy: str | Path,
+    reward_model: str | Path,
+    data: str | Path,
+    args: RiskAwareRLOOConfig,
+    *,
+    split: str = "train",
+    limit: int | None = None,
+    preset: str | DatasetPreset | None = None,
+    max_prompt_length: int | None = PAPER_MAX_PROMPT_LENGTH,
+    lora_config: LoraConfig | None = None,
+    save_dtype: str = "auto",
+    resume: bool = False,
+) -> RLOOResult:
+    """Risk-aware RLOO of `policy` (the SFT model) with the QRM `reward_model`, then the adapter merged.
+
+    Args:
+        policy: the SFT model directory (or Hub id); initial policy and KL reference, with its tokenizer.
+        reward_model: a QRM directory or Hub id, loaded with its own tokenizer and code.
+        data: a Hub dataset id or a local json/jsonl/parquet file or directory: preference data (HH-RLHF
+            transcripts or chosen/rejected conversations, each giving the conversation before its last
+            assistant turn as the prompt) or any dataset with a ``prompt`` column.
+        args: the trainer configuration (a `RiskAwareRLOOConfig`, by default use :class:`PaperRLOOConfig`):
+            risk measure, λ, k, lengths, learning rate...; `args.output_dir` receives the merged policy.
+        split, limit: the split read, and the first `limit` rows only (quick runs).
+        preset: a dataset preset name for other preference column layouts.
+        max_prompt_length: prompts with more tokens (through the policy's chat template) are left out;
+            None keeps all.
+        lora_config: the policy's adapter, by default `paper_lora_config()`.
+        save_dtype: dtype of the merged policy, ``"auto"`` keeps the SFT checkpoint's.
+        resume: continue from the last checkpoint in `args.output_dir`, when there is one.
+
+    Returns an :class:`RLOOResult`. Raises ValueError for a reward model that is not a QRM, data without
+    prompts, a chat prompt and a policy tokenizer without chat template, or no prompt left after the filter.
+    """
+    if not isinstance(args, RiskAwareRLOOConfig):
+        raise TypeError(
+            f"`args` must be a RiskAwareRLOOConfig (e.g. PaperRLOOConfig), got {type(args).__name__}."
+        )
+    if save_dtype not in SAVE_DTYPES:
+        raise ValueError(f"save_dtype must be one of {SAVE_DTYPES}, got {save_dtype!r}.")
+    qrm, qrm_tokenizer = load_reward_model(reward_model, _reward_dtype(args))
+    prompts = rloo_prompts(load_rows(data, split=split, limit=limit), preset)
+    tokenizer = AutoTokenizer.from_pretrained(str(policy), padding_side="left", truncation_side="left")
+    if not isinstance(prompts[0]["prompt"], str) and not tokenizer.chat_template:
+        raise ValueError(
+            f"The prompts are chat messages but the tokenizer of {policy} has no chat template (a model trained "
+            "with `qrm sft` saves the one it was trained with)."
+        )
+    total = len(prompts)
+    prompts, num_dropped = filter_prompts_by_length(
+        prompts, tokenizer, max_prompt_length, **(args.chat_template_kwargs or {})
+    )
+    if len(prompts) == 0:
+        raise ValueError(f"No prompt has at most {max_prompt_length} tokens (all {total} are longer).")
+    per_step = args.generation_batch_size // args.num_generations
+    if len(prompts) < per_step:
+        raise ValueError(
+            f"Each generation batch takes {per_step} distinct prompts ({args.generation_batch_size} completions, "
+            f"{args.num_generations} per prompt) but only {len(prompts)} are left: lower the batch size or use "
+            "more data."
+        )
+    if num_dropped:
+        logger.info(f"Dropped {num_dropped} of {total} prompts longer than {max_prompt_length} tokens.")
+    trainer = RiskAwareRLOOTrainer(
+        model=str(policy),
+        reward_funcs=qrm,
+        args=args,
+        train_dataset=prompts,
+        processing_class=tokenizer,
+        reward_processing_classes=qrm_tokenizer,
+        peft_config=lora_config if lora_config is not None else paper_lora_config(),
+    )
+    trainer.train(resume_from_checkpoint=last_checkpoint(args.output_dir) if resume else None)
+    output_dir, adapter_dir = finish_lora_training(trainer, policy, tokenizer, save_dtype)
+    return RLOOResult(
+        output_dir,
+        adapter_dir,
+        len(prompts),
+        num_dropped,
+        trainer.reward_func_names[0],
+        list(trainer.state.log_history),
+    )
+
+
+__all__ = ["PAPER_MAX_PROMPT_LENGTH", "PaperRLOOConfig", "RLOOResult", "load_reward_model", "run_rloo"]
