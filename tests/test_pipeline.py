@@ -369,3 +369,26 @@ def test_extract_under_accelerate_with_two_processes_equals_one(trained, tmp_pat
     )
     for name in one:
         torch.testing.assert_close(two[name], one[name], atol=1e-6, rtol=0)
+
+
+def test_an_interrupted_run_resumes_the_unfinished_extraction(tmp_path, capsys):
+    backbone = save_backbone(tmp_path / "backbone")
+    values = config_values(backbone, write_data(tmp_path / "data"), tmp_path / "run", debias=False)
+    path = write_config(tmp_path / "config.yaml", values)
+    main(["train", str(path)])
+    out = Path(values["output_dir"])
+    reference = load_features(out / "features" / "preference" / "pairs")[0]
+    # As after a crash during the pairs extraction: one shard missing, the stage not marked complete.
+    state = json.loads((out / "pipeline_state.json").read_text())
+    state["extract preference/pairs"]["complete"] = False
+    (out / "pipeline_state.json").write_text(json.dumps(state))
+    (out / "features" / "preference" / "pairs" / "features-00001.safetensors").unlink()
+    kept = mtimes(out / "features" / "preference" / "pairs")
+    capsys.readouterr()
+    main(["train", str(path)])
+    printed = capsys.readouterr().out
+    assert "] extract preference/pairs (resuming)" in printed and "] fit-quantiles: up to date" in printed
+    after = mtimes(out / "features" / "preference" / "pairs")
+    assert all(after[name] == kept[name] for name in kept if name.startswith("features-00000"))
+    for name, tensor in load_features(out / "features" / "preference" / "pairs")[0].items():
+        torch.testing.assert_close(tensor, reference[name])
