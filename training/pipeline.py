@@ -41,6 +41,7 @@ from .stages import (
     fit_debias,
     fit_gating,
     fit_quantile_heads,
+    load_extraction_backbone,
     resolve_backbone,
 )
 
@@ -247,33 +248,24 @@ class Stage:
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-class _SharedEncoder:
-    """Loads the backbone once for all the extractions of a run (and, if asked, remembers embeddings)."""
+class _SharedBackbone:
+    """Loads the backbone once, on first use, for all the extractions of a run."""
 
     def __init__(self, config: TrainConfig):
         self.config = config
-        self._encoder = None
+        self._loaded = None
 
     def get(self):
-        if self._encoder is None:
-            from ..chat import derive_prompt_end_pattern
-            from .features import BackboneEncoder
-            from .stages import load_backbone
-
+        if self._loaded is None:
             settings = self.config.extraction
-            model, tokenizer, name = load_backbone(
-                self.config.backbone, self.config.backbone_revision, settings.dtype
-            )
-            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-            encoder = BackboneEncoder(
-                model,
-                derive_prompt_end_pattern(tokenizer),
-                pad,
-                batch_size=settings.batch_size,
+            self._loaded = load_extraction_backbone(
+                self.config.backbone,
+                self.config.backbone_revision,
+                settings.dtype,
+                settings.batch_size,
                 remember=settings.reuse_across_datasets,
             )
-            self._encoder = (encoder, tokenizer, name, model.config.hidden_size)
-        return self._encoder
+        return self._loaded
 
 
 def build_plan(config: TrainConfig) -> list[Stage]:
@@ -285,7 +277,7 @@ def build_plan(config: TrainConfig) -> list[Stage]:
         "revision": config.backbone_revision,
         "content": content_signature(location),
     }
-    encoder = _SharedEncoder(config)
+    shared_backbone = _SharedBackbone(config)
     extraction = {
         key: value for key, value in asdict(config.extraction).items() if key != "reuse_across_datasets"
     }
@@ -319,7 +311,7 @@ def build_plan(config: TrainConfig) -> list[Stage]:
                 max_length=config.extraction.max_length,
                 batch_size=config.extraction.batch_size,
                 shard_size=config.extraction.shard_size,
-                encoder=encoder.get(),
+                loaded=shared_backbone.get(),
             )
 
         stage = Stage(f"extract {kind}/{spec.display_name}", directory, settings, [], run, distributed=True)

@@ -197,18 +197,42 @@ class DatasetSpec:
 # ------------------------------------------------------------------------------------------- 1. extract
 
 
-def load_backbone(backbone: str | Path, revision: str | None = None, dtype: str = "float32", device=None):
-    """(backbone model, tokenizer, recorded name) of a decoder for feature extraction."""
+@dataclass
+class ExtractionBackbone:
+    """A loaded backbone ready to extract features: the encoder, its tokenizer and what manifests record."""
+
+    encoder: BackboneEncoder
+    tokenizer: Any
+    name: str
+    hidden_size: int
+
+
+def load_extraction_backbone(
+    backbone: str | Path,
+    revision: str | None = None,
+    dtype: str = "float32",
+    batch_size: int = 16,
+    remember: bool = False,
+) -> ExtractionBackbone:
+    """Load a decoder and its tokenizer for feature extraction (on this process's device under accelerate).
+
+    `backbone` is a Hub id, a local directory or `embedded:smollm2`; the prompt-end pattern comes from the
+    tokenizer's chat template. `remember` keeps embeddings across datasets (see `BackboneEncoder`).
+    """
+    from accelerate import PartialState
     from transformers import AutoModel, AutoTokenizer
+
+    from ..chat import derive_prompt_end_pattern
 
     location, name = resolve_backbone(backbone)
     tokenizer = AutoTokenizer.from_pretrained(location, revision=revision)
     model = AutoModel.from_pretrained(location, revision=revision, dtype=getattr(torch, dtype))
-    if device is None:  # under `accelerate launch`, each process its own GPU
-        from accelerate import PartialState
-
-        device = PartialState(cpu=not torch.cuda.is_available()).device
-    return model.to(device).eval(), tokenizer, name
+    model = model.to(PartialState(cpu=not torch.cuda.is_available()).device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoder = BackboneEncoder(
+        model, derive_prompt_end_pattern(tokenizer), pad, batch_size=batch_size, remember=remember
+    )
+    return ExtractionBackbone(encoder, tokenizer, name, model.config.hidden_size)
 
 
 def extract_features(
@@ -221,7 +245,7 @@ def extract_features(
     max_length: int | None = 4096,
     batch_size: int = 16,
     shard_size: int = 4096,
-    encoder: tuple | None = None,
+    loaded: ExtractionBackbone | None = None,
 ) -> Path:
     """Stage 1: encode a dataset with the frozen backbone into shards of safetensors + `manifest.json`.
 
@@ -229,27 +253,17 @@ def extract_features(
     = missing); preference data gives [N, 2, H] (chosen first). `index` is the dataset row of each
     example. Resumes an interrupted run into the same directory; refuses a directory holding features
     of other settings. Run under `accelerate launch --num_processes N` to split the shards across
-    processes. `encoder` = (BackboneEncoder, tokenizer, backbone name, hidden size) reuses a loaded
-    backbone (`qrm train` does, across datasets).
+    processes. `loaded` (`load_extraction_backbone`) reuses a loaded backbone, as `qrm train` does
+    across datasets; then `backbone`, `revision`, `dtype` and `batch_size` only go to the manifest.
     """
-    from ..chat import derive_prompt_end_pattern, encode_conversation
+    from ..chat import encode_conversation
 
     preset = dataset.resolve()
     rows = dataset.load()
-    if encoder is None:
-        model, tokenizer, name = load_backbone(backbone, revision, dtype)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        pattern = derive_prompt_end_pattern(tokenizer)
-        encoder = (
-            BackboneEncoder(model, pattern, pad, batch_size=batch_size),
-            tokenizer,
-            name,
-            model.config.hidden_size,
-        )
-    backbone_encoder, tokenizer, name, hidden_size = encoder
+    loaded = loaded or load_extraction_backbone(backbone, revision, dtype, batch_size)
 
     def encode(messages) -> list[int]:
-        return encode_conversation(tokenizer, messages=messages)
+        return encode_conversation(loaded.tokenizer, messages=messages)
 
     labels = None
     if preset.kind == "attribute":
@@ -263,17 +277,17 @@ def extract_features(
             for chosen, rejected in tqdm(pairs, desc=f"tokenizing {dataset.display_name}")
         ]
     manifest = {
-        "backbone": name,
+        "backbone": loaded.name,
         "revision": revision,
-        "hidden_size": hidden_size,
-        "prompt_end_pattern": backbone_encoder.prompt_end_pattern,
+        "hidden_size": loaded.hidden_size,
+        "prompt_end_pattern": loaded.encoder.prompt_end_pattern,
         "dtype": dtype,
         "dataset": dataset.describe(),
         "attributes": preset.attribute_names,
         "label_ranges": {key: list(value) for key, value in preset.label_ranges.items()},
     }
     return extract_to_shards(
-        backbone_encoder,
+        loaded.encoder,
         sequences,
         output_dir,
         manifest,
@@ -303,10 +317,9 @@ def _iter_shards(directories: Sequence[str | Path], names: Sequence[str], desc: 
             yield {name: shard.get_tensor(name) for name in names}
 
 
-def _validation_report(heads, directories, names, levels, ridge=None) -> dict:
-    """Held-out pinball loss (quantiles sorted, as the model does) and crossing before sorting."""
+def _load_labelled(directories, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """All embeddings [N, H] and labels [N, M] of attribute feature directories, label columns in `names` order."""
     from .features import load_features
-    from .quantile_regression import crossing_fraction
 
     X, Y = [], []
     for directory in directories:
@@ -315,7 +328,14 @@ def _validation_report(heads, directories, names, levels, ridge=None) -> dict:
         block[:, [names.index(a) for a in settings["attributes"]]] = features["labels"].double().numpy()
         X.append(features["embeddings"].double().numpy())
         Y.append(block)
-    X, Y = np.concatenate(X), np.concatenate(Y)
+    return np.concatenate(X), np.concatenate(Y)
+
+
+def _validation_report(heads, directories, names, levels, ridge=None) -> dict:
+    """Held-out pinball loss (quantiles sorted, as the model does) and crossing before sorting."""
+    from .quantile_regression import crossing_fraction
+
+    X, Y = _load_labelled(directories, names)
     predictions = heads.predict(X)
     report = {
         "examples": len(X),
@@ -348,7 +368,6 @@ def fit_quantile_heads(
     pinball loss and the fraction of crossing quantile pairs before sorting; `ridge_baseline` adds a
     ridge point estimate with residual quantiles for comparison, which loads all training features).
     """
-    from .features import load_features
     from .quantile_regression import MultiQuantileRegressor, RidgeResidualQuantiles
 
     settings = _feature_settings(feature_dirs, "attribute")
@@ -365,15 +384,7 @@ def fit_quantile_heads(
     names, levels = heads.attribute_names_, list(quantile_levels)
     ridge = None
     if ridge_baseline:
-        loaded = [load_features(d) for d in feature_dirs]
-        X = np.concatenate([f["embeddings"].double().numpy() for f, _ in loaded])
-        Y = np.full((len(X), len(names)), np.nan)
-        start = 0
-        for features, feature_settings in loaded:
-            columns = [names.index(a) for a in feature_settings["attributes"]]
-            Y[start : start + len(features["labels"]), columns] = features["labels"].double().numpy()
-            start += len(features["labels"])
-        ridge = RidgeResidualQuantiles(levels).fit(X, Y)
+        ridge = RidgeResidualQuantiles(levels).fit(*_load_labelled(feature_dirs, names))
     info = {
         "attribute_names": names,
         "quantile_levels": levels,
@@ -418,11 +429,6 @@ def _check_features_fit_heads(heads_info: dict, settings: dict[str, dict]) -> No
     check_same_backbone({"the quantile heads": heads_info, **settings})
 
 
-def _mean_rewards(coef: torch.Tensor, intercept: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-    """Per-attribute expected rewards before T: mean_k of the heads, [..., H] -> [..., M]."""
-    return embeddings.float() @ coef.mean(1).T + intercept.mean(1)
-
-
 # ------------------------------------------------------------------------------------------- 3. debias
 
 
@@ -440,14 +446,16 @@ def fit_debias(
     `transform.safetensors` (`transform` [M, M]) and `debias.json` (penalties, correlations).
     """
     from .debias import VerbosityDebiaser
+    from .gating import expected_rewards
 
     coef, intercept, heads_info = load_heads(heads_dir)
     settings = {str(d): read_manifest(d)["settings"] for d in reference_dirs}
     if not settings:
         raise ValueError("No reference feature directory given for verbosity debiasing.")
     _check_features_fit_heads(heads_info, settings)
+    identity = torch.eye(coef.shape[0])
     rewards = [
-        _mean_rewards(coef, intercept, shard["embeddings"]).reshape(-1, coef.shape[0])
+        expected_rewards(coef, identity, shard["embeddings"], intercept).reshape(-1, coef.shape[0])
         for shard in _iter_shards(reference_dirs, ["embeddings"], "rewards of the reference responses")
     ]
     debiaser = VerbosityDebiaser(
@@ -545,7 +553,7 @@ def fit_gating(
     `pair_dirs` hold preference features of the heads' backbone. Writes `gating.safetensors` (the
     network's state dict) and `gating.json` (settings and the per-epoch loss / validation accuracy).
     """
-    from .gating import BradleyTerryGating
+    from .gating import BradleyTerryGating, expected_rewards
 
     settings = settings or GatingSettings()
     if settings.rewards not in ("transformed", "untransformed"):
@@ -563,7 +571,7 @@ def fit_gating(
         pair_dirs, ["embeddings", "prompt_embeddings"], "rewards of the preference pairs"
     ):
         prompts.append(shard["prompt_embeddings"][:, 0].float())  # chosen and rejected share the prompt
-        rewards.append(_mean_rewards(coef, intercept, shard["embeddings"]) @ transform)  # [n, 2, M]
+        rewards.append(expected_rewards(coef, transform, shard["embeddings"], intercept))  # [n, 2, M]
     rewards = torch.cat(rewards)
     gating = BradleyTerryGating(
         _gating_config(names, heads_info["hidden_size"], settings),
