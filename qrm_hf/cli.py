@@ -34,9 +34,10 @@ def _convert(args):
 
 
 def _print_scores(model, tokenizer, rows, lam, alpha, plot=None, batch_size=8):
+    from .chat import conversation_messages
     from .scoring import format_table, plot_reward_distributions, risk_summary, score_conversations
 
-    conversations = [(row["prompt"], row["response"]) for row in rows]
+    conversations = [conversation_messages(row["prompt"], row["response"]) for row in rows]
     names = [str(row.get("name", i)) for i, row in enumerate(rows)]
     outputs = score_conversations(model, tokenizer, conversations, batch_size=batch_size)
     levels = model.config.quantile_levels

@@ -48,10 +48,15 @@ def _score_unique(model, tokenizer, conversations, batch_size):
     """Score each distinct conversation once; return the outputs and each input's row in them."""
     from .scoring import score_conversations
 
-    unique = list(dict.fromkeys(conversations))
-    position = {conversation: i for i, conversation in enumerate(unique)}
+    unique, position, index = [], {}, []
+    for conversation in conversations:
+        key = tuple((message["role"], message["content"]) for message in conversation)
+        if key not in position:
+            position[key] = len(unique)
+            unique.append(conversation)
+        index.append(position[key])
     outputs = score_conversations(model, tokenizer, unique, batch_size=batch_size)
-    return outputs, np.array([position[c] for c in conversations])
+    return outputs, np.array(index)
 
 
 def evaluate_ratings(model, tokenizer, rows, label_range, attributes=None, batch_size: int = 8) -> dict:
@@ -60,14 +65,19 @@ def evaluate_ratings(model, tokenizer, rows, label_range, attributes=None, batch
     Returns `pinball` (mean over attributes and levels), `pinball_per_attribute`, `calibration_error`
     and, when rows carry a `kind` column, `pinball_by_kind`.
     """
-    from .data import rating_examples
+    from .presets import DatasetPreset, attribute_examples
 
     attributes = list(attributes or model.config.attribute_names)
     if attributes != list(model.config.attribute_names):
         raise ValueError(
             f"Rating columns {attributes} differ from the model's attributes {model.config.attribute_names}."
         )
-    conversations, labels = rating_examples(rows, attributes, label_range)
+    preset = DatasetPreset.custom(
+        "attribute", prompt="prompt", response="response", attributes=attributes, label_ranges=label_range,
+        name="rating rows",
+    )  # fmt: skip
+    conversations, labels, index = attribute_examples(rows, preset, with_index=True)
+    rows = [rows[i] for i in index]  # rows without any label are left out
     outputs, index = _score_unique(model, tokenizer, conversations, batch_size)
     predictions = outputs["attribute_quantiles"].numpy()[index]  # [n, M, K]
     levels = model.config.quantile_levels
@@ -88,10 +98,13 @@ def evaluate_ratings(model, tokenizer, rows, label_range, attributes=None, batch
 
 def evaluate_pairs(model, tokenizer, rows, batch_size: int = 8) -> dict:
     """Pairwise accuracy of the expected reward on (prompt, chosen, rejected) rows, overall and by `kind`."""
-    from .data import preference_examples
+    from .presets import DatasetPreset, preference_examples
 
-    pairs = preference_examples(rows)
-    conversations = [(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs]
+    preset = DatasetPreset.custom(
+        "preference", prompt="prompt", chosen="chosen", rejected="rejected", name="preference rows"
+    )
+    pairs = preference_examples(rows, preset)
+    conversations = [chosen for chosen, _ in pairs] + [rejected for _, rejected in pairs]
     outputs, index = _score_unique(model, tokenizer, conversations, batch_size)
     scores = outputs["logits"][:, 0].numpy()[index]
     chosen, rejected = scores[: len(pairs)], scores[len(pairs) :]

@@ -16,17 +16,16 @@ RISK_COLUMNS = ("expected", "q0.05", "median", "q0.95", "exp_utility", "cvar")
 
 @torch.inference_mode()
 def score_conversations(
-    model, tokenizer, conversations: Sequence[tuple[str, str]], batch_size: int = 8, progress: bool = True
+    model, tokenizer, conversations: Sequence[list[dict]], batch_size: int = 8, progress: bool = True
 ) -> dict[str, torch.Tensor]:
-    """Run `model` on (prompt, response) pairs, formatted with the tokenizer's chat template.
+    """Run `model` on conversations (message lists ending with the assistant's response, e.g. from
+    `qrm_hf.chat.conversation_messages(prompt, response)`), formatted with the tokenizer's chat template.
 
     Conversations are batched by length (right padding) and results returned in input order, as a
     dict of float32 CPU tensors: `logits` [N, 1], `reward_quantiles` [N, K], `attribute_quantiles`
     [N, M, K], `rewards` [N, M], `gating_output` [N, M].
     """
-    sequences = [
-        encode_conversation(tokenizer, prompt=prompt, response=response) for prompt, response in conversations
-    ]
+    sequences = [encode_conversation(tokenizer, messages=messages) for messages in conversations]
     pad_token_id = (
         model.config.pad_token_id if model.config.pad_token_id is not None else tokenizer.pad_token_id
     )
