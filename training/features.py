@@ -123,10 +123,15 @@ def write_shard(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     os.replace(temporary, path)
 
 
+def write_json_atomic(path: Path, payload: dict) -> None:
+    """Write JSON under a temporary name, then rename: readers see the old file or the new one, never half."""
+    temporary = path.with_name(path.name + ".partial")
+    temporary.write_text(json.dumps(payload, indent=2))
+    os.replace(temporary, path)
+
+
 def write_manifest(directory: Path, manifest: dict) -> None:
-    temporary = directory / (MANIFEST + ".partial")
-    temporary.write_text(json.dumps(manifest, indent=2))
-    os.replace(temporary, directory / MANIFEST)
+    write_json_atomic(directory / MANIFEST, manifest)
 
 
 def extract_to_shards(

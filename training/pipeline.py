@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .features import write_json_atomic
 from .stages import (
     PAPER_LEVELS,
     AssembleSettings,
@@ -398,9 +398,7 @@ def _read_state(output_dir: Path) -> dict:
 
 def _write_state(output_dir: Path, state: dict) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
-    temporary = output_dir / (STATE + ".partial")
-    temporary.write_text(json.dumps(state, indent=2))
-    os.replace(temporary, output_dir / STATE)
+    write_json_atomic(output_dir / STATE, state)
 
 
 def stage_status(stage: Stage, state: dict) -> str:

