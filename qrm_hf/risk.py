@@ -21,15 +21,37 @@ Example::
     risk.exponential_utility(r, lam=1.0)                        # paper eq. 4, [B]
     risk.certainty_equivalent(r, lam=1.0)                       # same ranking, in reward units
     risk.cvar(r, model.config.quantile_levels, alpha=0.25)      # mean of the worst 25 %
+
+Risk measures by name: :data:`RISK_MEASURES` maps each name to its function and parameters, and
+:func:`resolve` turns a spec such as ``"quantile:0.1"``, ``"cvar"`` or ``"exp_utility:2"`` into a
+function of ``q`` alone. Scoring, the CLI and the risk-aware trainers all go through it::
+
+    score = risk.resolve("cvar:0.1", model.config.quantile_levels)
+    score(r)                                                    # [B], same as risk.cvar(r, levels, 0.1)
 """
 
+import functools
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
-__all__ = ["expectation", "exponential_utility", "certainty_equivalent", "cvar", "quantile", "variance"]
+__all__ = [
+    "expectation",
+    "exponential_utility",
+    "certainty_equivalent",
+    "cvar",
+    "quantile",
+    "variance",
+    "RiskParameter",
+    "RiskMeasure",
+    "RISK_MEASURES",
+    "RISK_PARAMETERS",
+    "parse",
+    "resolve",
+]
 
 
 def _as_quantiles(q) -> torch.Tensor:
@@ -286,3 +308,141 @@ def variance(q) -> torch.Tensor:
     """
     q = _as_quantiles(q)
     return (q - q.mean(-1, keepdim=True)).square().mean(-1)
+
+
+# ----------------------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class RiskParameter:
+    """A numeric parameter of a risk measure: its keyword, default and admissible interval
+    (``low`` excluded; ``high`` included when ``include_high``)."""
+
+    name: str
+    default: float
+    low: float
+    high: float = math.inf
+    include_high: bool = False
+    help: str = ""
+
+    @property
+    def interval(self) -> str:
+        return f"({self.low:g}, {self.high:g}{']' if self.include_high else ')'}"
+
+    def check(self, value, label: str | None = None) -> float:
+        """``value`` as a float inside the interval; ValueError naming ``label`` (default: the keyword)."""
+        label = label or self.name
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError(f"`{label}` must be a number in {self.interval}, got {value!r}.")
+        value = float(value)
+        inside = self.low < value and (value <= self.high if self.include_high else value < self.high)
+        if not (inside and math.isfinite(value)):  # also rejects NaN
+            raise ValueError(f"`{label}` must be a finite number in {self.interval}, got {value!r}.")
+        return value
+
+
+@dataclass(frozen=True)
+class RiskMeasure:
+    """A risk measure of the registry: a score of a reward distribution where higher is better.
+
+    ``function(q, [levels,] **parameters)`` maps quantile estimates [..., K] to [...]; ``uses_levels``
+    says whether it takes the K levels as second argument. Call the measure itself with the levels
+    (ignored when not used) and parameter values (defaults for those left out).
+    """
+
+    name: str
+    function: Callable[..., torch.Tensor]
+    parameters: tuple[RiskParameter, ...] = ()
+    uses_levels: bool = False
+    help: str = ""
+
+    def values(self, **given) -> dict[str, float]:
+        """Checked values of every parameter: ``given`` ones, the defaults for the others."""
+        unknown = set(given) - {p.name for p in self.parameters}
+        if unknown:
+            known = [p.name for p in self.parameters] or "none"
+            raise TypeError(f"Risk measure {self.name!r} has no parameter {sorted(unknown)} (its parameters: {known}).")
+        return {p.name: p.check(given.get(p.name, p.default)) for p in self.parameters}
+
+    def __call__(self, q, levels=None, **parameters) -> torch.Tensor:
+        values = self.values(**parameters)
+        if not self.uses_levels:
+            return self.function(q, **values)
+        if levels is None:
+            raise ValueError(f"Risk measure {self.name!r} needs the quantile levels of the estimates.")
+        return self.function(q, levels, **values)
+
+
+#: The parameters of the registered measures by keyword (shared: `exp_utility` and `certainty_equivalent`
+#: both take `lam`).
+RISK_PARAMETERS: dict[str, RiskParameter] = {
+    parameter.name: parameter
+    for parameter in (
+        RiskParameter("lam", 1.0, 0.0, help="risk aversion lambda"),
+        RiskParameter("alpha", 0.25, 0.0, 1.0, include_high=True, help="tail mass"),
+        RiskParameter("tau", 0.1, 0.0, 1.0, help="quantile level"),
+    )
+}
+_LAM, _ALPHA, _TAU = (RISK_PARAMETERS[name] for name in ("lam", "alpha", "tau"))
+
+#: Every risk measure by name. A new measure is a function above and one line here.
+RISK_MEASURES: dict[str, RiskMeasure] = {
+    measure.name: measure
+    for measure in (
+        RiskMeasure("expectation", expectation, help="expected reward (risk-neutral)"),
+        RiskMeasure("exp_utility", exponential_utility, (_LAM,), help="paper eq. 4: mean_k -exp(-lam q_k)"),
+        RiskMeasure(
+            "certainty_equivalent", certainty_equivalent, (_LAM,), help="exp_utility's ranking, in reward units"
+        ),
+        RiskMeasure("cvar", cvar, (_ALPHA,), uses_levels=True, help="mean of the lower alpha tail"),
+        RiskMeasure("quantile", quantile, (_TAU,), uses_levels=True, help="the tau-quantile"),
+    )
+}
+
+
+def parse(spec: str, **defaults) -> tuple[RiskMeasure, dict[str, float]]:
+    """A spec ``"name"`` or ``"name:v1[,v2...]"`` (parameter values in the measure's order, e.g.
+    ``"quantile:0.1"``, ``"cvar:0.25"``, ``"exp_utility:2"``) → the registered measure and the checked
+    values of all its parameters.
+
+    ``defaults`` give values for the parameters the spec leaves out (before the registry's defaults);
+    the ones a measure does not have are ignored, so one set of defaults serves every measure.
+
+    Raises:
+        ValueError: for an unknown name, too many values, or a value outside its interval.
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"A risk measure spec must be a string such as 'quantile:0.1', got {spec!r}.")
+    name, _, arguments = spec.strip().partition(":")
+    measure = RISK_MEASURES.get(name.strip())
+    if measure is None:
+        raise ValueError(f"Unknown risk measure {name.strip()!r} in {spec!r}; known: {', '.join(RISK_MEASURES)}.")
+    texts = [text.strip() for text in arguments.split(",")] if arguments.strip() else []
+    if len(texts) > len(measure.parameters):
+        names = [p.name for p in measure.parameters]
+        raise ValueError(
+            f"Risk measure {measure.name!r} takes {len(names)} parameter(s) {names}, got {len(texts)} in {spec!r}."
+        )
+    values = {p.name: defaults[p.name] for p in measure.parameters if p.name in defaults}
+    for parameter, text in zip(measure.parameters, texts, strict=False):
+        try:
+            values[parameter.name] = float(text)
+        except ValueError:
+            raise ValueError(f"`{parameter.name}` of {spec!r} must be a number, got {text!r}.") from None
+    return measure, measure.values(**values)
+
+
+def resolve(
+    spec: str, levels: torch.Tensor | Sequence[float] | None = None, **defaults
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The function ``q [..., K] -> [...]`` of a spec (see :func:`parse`), with the levels of ``q`` bound.
+
+    Example: ``resolve("quantile:0.1", model.config.quantile_levels)(out.reward_quantiles)``.
+    ``levels`` may be left out for measures that do not use them (``expectation``, ``exp_utility``, ...).
+    """
+    measure, values = parse(spec, **defaults)
+    if measure.uses_levels and levels is None:
+        raise ValueError(f"Risk measure {measure.name!r} ({spec!r}) needs the quantile levels of the estimates.")
+    return functools.partial(measure, levels=levels, **values)

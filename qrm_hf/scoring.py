@@ -11,7 +11,15 @@ from tqdm.auto import tqdm
 from . import risk
 from .chat import encode_conversation
 
-RISK_COLUMNS = ("expected", "q0.05", "median", "q0.95", "exp_utility", "cvar")
+# Column of `risk_summary` -> risk measure spec (`qrm_hf.risk.parse`); lam and alpha come from its arguments.
+SUMMARY_MEASURES = {
+    "expected": "expectation",
+    "q0.05": "quantile:0.05",
+    "median": "quantile:0.5",
+    "q0.95": "quantile:0.95",
+    "exp_utility": "exp_utility",
+    "cvar": "cvar",
+}
 
 
 @torch.inference_mode()
@@ -56,12 +64,8 @@ def risk_summary(
 ) -> list[dict[str, float]]:
     """Per conversation: expected reward, q0.05, median, q0.95, exponential utility (lam), CVaR (alpha)."""
     columns = {
-        "expected": risk.expectation(reward_quantiles),
-        "q0.05": risk.quantile(reward_quantiles, levels, 0.05),
-        "median": risk.quantile(reward_quantiles, levels, 0.5),
-        "q0.95": risk.quantile(reward_quantiles, levels, 0.95),
-        "exp_utility": risk.exponential_utility(reward_quantiles, lam),
-        "cvar": risk.cvar(reward_quantiles, levels, alpha),
+        column: risk.resolve(spec, levels, lam=lam, alpha=alpha)(reward_quantiles)
+        for column, spec in SUMMARY_MEASURES.items()
     }
     return [
         {name: float(values[i]) for name, values in columns.items()} for i in range(len(reward_quantiles))
