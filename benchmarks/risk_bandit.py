@@ -1,4 +1,4 @@
-"""Risk bandit: risk-neutral vs risk-aware RLOO on a two-armed bandit whose reward distributions a
+"""Risk bandit: risk-neutral vs risk-aware RLOO (or GRPO) on a two-armed bandit whose reward distributions a
 hand-built QRM knows (issue 4 §3, the mechanism of the paper's §4.3 / Figure 3 in miniature).
 
 Set-up (everything built here, nothing downloaded)
@@ -16,16 +16,17 @@ Set-up (everything built here, nothing downloaded)
 
       so the expected reward prefers A (+0.31) while the exponential utility (paper eq. 4, lambda = 1)
       prefers B (-0.498 vs -0.776).
-    * Training: `RiskAwareRLOOTrainer`, 8 completions per prompt, `beta = 0`, Adam, the same seed for
-      every run; `risk_measure="expectation"` (risk-neutral) vs `"exp_utility"` (risk-aware); the stock
-      TRL `RLOOTrainer` with the same QRM as a check (it must follow the risk-neutral run exactly).
+    * Training: `RiskAwareRLOOTrainer` (`--algorithm grpo`: `RiskAwareGRPOTrainer`), 8 completions per
+      prompt, `beta = 0`, Adam, the same seed for every run; `risk_measure="expectation"` (risk-neutral) vs
+      `"exp_utility"` (risk-aware); the stock TRL `RLOOTrainer` (`GRPOTrainer`) with the same QRM as a
+      check (it must follow the risk-neutral run exactly).
 
 Expected: the risk-neutral runs move P(A) up, the risk-aware run moves it down, and the left-tail
 quantiles it logs (`rewards/<qrm>/q0.05`, ... the curves of Figure 3) end higher (B's instead of A's),
 at a small cost in expected reward.
 
-Run with ``.venv/bin/python benchmarks/risk_bandit.py [--steps N]`` (about 20 s on an idle 2-core CPU).
-`tests/test_rloo.py` runs `run_bandit` and asserts the directions.
+Run with ``.venv/bin/python benchmarks/risk_bandit.py [--steps N] [--algorithm rloo|grpo]`` (about 20 s on
+an idle 2-core CPU). `tests/test_rloo.py` and `tests/test_grpo.py` run `run_bandit` and assert the directions.
 """
 
 from __future__ import annotations
@@ -39,10 +40,12 @@ import torch
 from datasets import Dataset
 from tokenizers import Tokenizer, decoders, models
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, ProgressCallback
-from trl import RLOOConfig, RLOOTrainer
+from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from qrm_hf import QRMConfig, QRMForSequenceClassification
-from qrm_hf.training.rloo import RiskAwareRLOOConfig, RiskAwareRLOOTrainer, level_name
+from qrm_hf.training.grpo import RiskAwareGRPOConfig, RiskAwareGRPOTrainer
+from qrm_hf.training.risk_rewards import RiskAwareRewardsArguments, level_name
+from qrm_hf.training.rloo import RiskAwareRLOOConfig, RiskAwareRLOOTrainer
 
 VOCAB = ["<pad>", "<bos>", "<eos>", "<unk>", "Q", ":", "A", "B"]
 PROMPT = "Q:"
@@ -51,6 +54,11 @@ QUANTILES_A = [-2.0, -1.0, *torch.linspace(1.2, 1.4, 17).tolist()]  # higher mea
 QUANTILES_B = torch.linspace(0.6, 0.8, 19).tolist()  # slightly lower mean, tight
 QRM_NAME = "bandit-qrm"
 LOGGED = ["expectation", "risk", *map(level_name, [0.05, 0.10, 0.15, 0.20, 0.25])]
+# algorithm -> (risk-aware trainer, its config, stock TRL trainer, its config)
+TRAINERS = {
+    "rloo": (RiskAwareRLOOTrainer, RiskAwareRLOOConfig, RLOOTrainer, RLOOConfig),
+    "grpo": (RiskAwareGRPOTrainer, RiskAwareGRPOConfig, GRPOTrainer, GRPOConfig),
+}
 
 
 def bandit_tokenizer() -> PreTrainedTokenizerFast:
@@ -153,8 +161,10 @@ def run_bandit(
     measures=("expectation", "exp_utility"),
     stock: bool = False,
     last: int = 5,
+    algorithm: str = "rloo",
 ) -> dict:
-    """Train one policy per risk measure (and with the stock RLOOTrainer if `stock`) from the same start.
+    """Train one policy per risk measure (and with the stock TRL trainer if `stock`) from the same start,
+    with risk-aware RLOO or GRPO (`algorithm`).
 
     Returns, per run: `p_a_before`, `p_a_after`, `history` (the logged metrics of every step) and `first` /
     `final` (the mean of the first / last `last` logged values of expectation, risk and q0.05 ... q0.25).
@@ -166,9 +176,10 @@ def run_bandit(
     qrm.save_pretrained(qrm_dir)
     tokenizer.save_pretrained(qrm_dir)
     suppress = [i for token, i in tokenizer.get_vocab().items() if token not in ("A", "B")]
-    runs = [(measure, RiskAwareRLOOTrainer, RiskAwareRLOOConfig) for measure in measures]
+    aware_cls, aware_config_cls, stock_cls, stock_config_cls = TRAINERS[algorithm]
+    runs = [(measure, aware_cls, aware_config_cls) for measure in measures]
     if stock:
-        runs.append(("stock TRL (expectation)", RLOOTrainer, RLOOConfig))
+        runs.append(("stock TRL (expectation)", stock_cls, stock_config_cls))
     results = {}
     for name, trainer_cls, config_cls in runs:
         policy = bandit_policy(tokenizer, seed)
@@ -190,7 +201,7 @@ def run_bandit(
             bf16=False,
             seed=seed,
         )
-        if config_cls is RiskAwareRLOOConfig:
+        if issubclass(config_cls, RiskAwareRewardsArguments):
             values.update(risk_measure=name, risk_lambda=risk_lambda)
         trainer = trainer_cls(
             model=policy,
@@ -206,7 +217,7 @@ def run_bandit(
         summary = {}
         for key in LOGGED:
             full = f"rewards/{QRM_NAME}/{key}"
-            if trainer_cls is RLOOTrainer and key in ("expectation", "risk"):
+            if trainer_cls is stock_cls and key in ("expectation", "risk"):
                 full = f"rewards/{QRM_NAME}/mean"  # stock TRL: the reward is the expected reward
             if all(full in h for h in history):
                 summary[key] = [h[full] for h in history]
@@ -226,6 +237,7 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=0.02)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--risk-lambda", type=float, default=1.0)
+    parser.add_argument("--algorithm", choices=sorted(TRAINERS), default="rloo")
     args = parser.parse_args()
     torch.set_num_threads(1)  # tiny models: one thread is fastest
 
@@ -249,10 +261,11 @@ def main() -> None:
             seed=args.seed,
             risk_lambda=args.risk_lambda,
             stock=True,
+            algorithm=args.algorithm,
         )
     elapsed = time.perf_counter() - start
     print(
-        f"RLOO, k = 8, {args.steps} steps, lr {args.learning_rate}, seed {args.seed} ({elapsed:.0f} s in all)"
+        f"{args.algorithm.upper()}, k = 8, {args.steps} steps, lr {args.learning_rate}, seed {args.seed} ({elapsed:.0f} s in all)"
     )
     header = f"{'trainer':<26} {'P(A) before':>11} {'P(A) after':>10} {'E[r] first':>10} {'E[r] last':>9}"
     header += f" {'q0.05 first':>11} {'q0.05 last':>10} {'q0.25 last':>10}"

@@ -1,6 +1,6 @@
-"""`qrm sft` and `qrm rloo`: the paper's risk-aware RLHF pipeline (§4.3) on the command line.
+"""`qrm sft`, `qrm rloo` and `qrm grpo`: the paper's risk-aware RLHF pipeline (§4.3) on the command line.
 
-`add_rlhf_commands(subparsers)` adds both commands to the `qrm` parser. Nothing heavy is imported here:
+`add_rlhf_commands(subparsers)` adds the commands to the `qrm` parser. Nothing heavy is imported here:
 TRL, PEFT and datasets load inside the handlers, when a command runs.
 """
 
@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from . import risk
+
 # The paper's values (§4.3), the defaults of both commands; tests check they match PaperSFTConfig,
 # PaperRLOOConfig and paper_lora_config, which cannot be imported here (they import TRL).
 DATA = "Anthropic/hh-rlhf"
@@ -16,7 +18,6 @@ BATCH_SIZE = 1024
 LORA_R, LORA_ALPHA, LORA_DROPOUT, LORA_TARGETS = 32, 64, 0.05, "all-linear"
 SFT_LEARNING_RATE, SFT_MAX_LENGTH = 3e-4, 1024
 RLOO_LEARNING_RATE, NUM_GENERATIONS, MAX_PROMPT_LENGTH, MAX_COMPLETION_LENGTH = 1e-4, 2, 347, 512
-RISK_MEASURES = ("expectation", "exp_utility", "certainty_equivalent", "cvar", "quantile")
 
 SFT_DESCRIPTION = """\
 Supervised fine-tuning of a base model on the chosen responses of preference data (Anthropic HH-RLHF by
@@ -63,6 +64,27 @@ RLOO_EXAMPLES = """examples:
         outputs/sft outputs/qrm --risk-measure exp_utility --output-dir outputs/rloo-risk-aware
     accelerate launch --config_file training/configs/accelerate_multi_gpu.yaml -m qrm_hf rloo \\
         outputs/sft outputs/qrm --risk-measure expectation --output-dir outputs/rloo-neutral
+"""
+
+GRPO_DESCRIPTION = """\
+Reinforcement learning with GRPO (TRL's GRPOTrainer) where the reward of a completion is a risk measure of
+the QRM's reward distribution, exactly as in `qrm rloo` (same options and defaults, the paper's RLOO values);
+GRPO then normalises the rewards within each group of completions of a prompt. The policy and the KL
+reference both start from the SFT model; the policy trains a LoRA adapter, merged at the end into a plain
+model in OUTPUT_DIR.
+
+Logged each step (OUTPUT_DIR/trainer_state.json, and wherever --report-to sends logs):
+rewards/<QRM>/risk (the reward optimised), rewards/<QRM>/expectation and the left-tail quantiles
+rewards/<QRM>/q0.05 ... q0.25. <QRM> is the name of the QRM directory.
+"""
+
+GRPO_EXAMPLES = """examples:
+  quick run on a CPU:
+    qrm grpo outputs/sft outputs/qrm --data hh.jsonl --limit 64 --batch-size 8 --per-device-batch-size 8 \\
+        --num-generations 4 --max-completion-length 32 --max-steps 4 --output-dir outputs/grpo
+  risk-aware on 8 GPUs, the reward being the mean of the worst 10 % of the QRM's distribution:
+    accelerate launch --config_file training/configs/accelerate_multi_gpu.yaml -m qrm_hf grpo \\
+        outputs/sft outputs/qrm --risk-measure cvar:0.1 --output-dir outputs/grpo-cvar
 """
 
 
@@ -149,7 +171,7 @@ def _add_training_arguments(parser: argparse.ArgumentParser, learning_rate: floa
 
 
 def add_rlhf_commands(subparsers) -> None:
-    """Add the `sft` and `rloo` commands to the `qrm` sub-command parsers."""
+    """Add the `sft`, `rloo` and `grpo` commands to the `qrm` sub-command parsers."""
     sft = subparsers.add_parser(
         "sft",
         help="LoRA SFT on the chosen responses of preference data (paper §4.3, step 1)",
@@ -170,29 +192,59 @@ def add_rlhf_commands(subparsers) -> None:
     _add_training_arguments(sft, SFT_LEARNING_RATE, "outputs/sft")
     sft.set_defaults(handler=_sft)
 
-    rloo = subparsers.add_parser(
-        "rloo",
-        help="risk-aware RLOO of the SFT model with a QRM as reward model (paper §4.3, step 2)",
-        description=RLOO_DESCRIPTION,
-        epilog=RLOO_EXAMPLES,
-        formatter_class=_HelpFormatter,
-    )
-    rloo.add_argument("policy", help="the SFT model directory (output of `qrm sft`), or a Hub id")
-    rloo.add_argument("reward_model", metavar="qrm", help="the QRM: a directory or Hub id")
-    risk = rloo.add_argument_group("risk")
-    risk.add_argument(
+    for name, help_text, description, examples in (
+        ("rloo", "risk-aware RLOO", RLOO_DESCRIPTION, RLOO_EXAMPLES),
+        ("grpo", "risk-aware GRPO", GRPO_DESCRIPTION, GRPO_EXAMPLES),
+    ):
+        command = subparsers.add_parser(
+            name,
+            help=f"{help_text} of the SFT model with a QRM as reward model (paper §4.3, step 2)",
+            description=description,
+            epilog=examples,
+            formatter_class=_HelpFormatter,
+        )
+        _add_policy_optimization_arguments(command, name)
+        command.set_defaults(handler=_rlhf, algorithm=name)
+
+
+def _risk_measure(spec: str) -> str:
+    """A `qrm_hf.risk` spec (`exp_utility`, `quantile:0.05`, ...), checked against the registry."""
+    try:
+        risk.parse(spec)
+    except (ValueError, TypeError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return spec
+
+
+def _add_policy_optimization_arguments(parser: argparse.ArgumentParser, algorithm: str) -> None:
+    """The options of `qrm rloo` and `qrm grpo`."""
+    parser.add_argument("policy", help="the SFT model directory (output of `qrm sft`), or a Hub id")
+    parser.add_argument("reward_model", metavar="qrm", help="the QRM: a directory or Hub id")
+    group = parser.add_argument_group("risk")
+    group.add_argument(
         "--risk-measure",
-        choices=RISK_MEASURES,
+        type=_risk_measure,
         default="exp_utility",
-        help="reward taken from the QRM's distribution: exp_utility = mean of -exp(-lambda q) over the "
-        "quantiles (paper); expectation = the risk-neutral baseline; certainty_equivalent = same ranking as "
-        "exp_utility in reward units; cvar = mean of the lower --risk-alpha tail; quantile = the "
-        "--risk-tau quantile",
+        metavar="{" + ",".join(risk.RISK_MEASURES) + "}[:VALUE]",
+        help="reward taken from the QRM's distribution (qrm_hf.risk.RISK_MEASURES): "
+        + "; ".join(f"{name} = {measure.help}" for name, measure in risk.RISK_MEASURES.items())
+        + ". The parameters come from --risk-lambda (lam), --risk-alpha (alpha), --risk-tau (tau), or from "
+        "the spec: NAME:VALUE (e.g. quantile:0.05, cvar:0.1)",
     )
-    risk.add_argument("--risk-lambda", type=float, default=1.0, help="risk aversion lambda (> 0)")
-    risk.add_argument("--risk-alpha", type=float, default=0.25, help="tail mass of cvar, in (0, 1]")
-    risk.add_argument("--risk-tau", type=float, default=0.1, help="level of the quantile measure, in (0, 1)")
-    rl = rloo.add_argument_group("RLOO")
+    parameters = risk.RISK_PARAMETERS
+    group.add_argument(
+        "--risk-lambda", type=float, default=parameters["lam"].default, help="risk aversion lambda (> 0)"
+    )
+    group.add_argument(
+        "--risk-alpha", type=float, default=parameters["alpha"].default, help="tail mass of cvar, in (0, 1]"
+    )
+    group.add_argument(
+        "--risk-tau",
+        type=float,
+        default=parameters["tau"].default,
+        help="level of the quantile measure, in (0, 1)",
+    )
+    rl = parser.add_argument_group(algorithm.upper())
     rl.add_argument(
         "--num-generations", type=int, default=NUM_GENERATIONS, help="completions per prompt (k of RLOO)"
     )
@@ -212,12 +264,11 @@ def add_rlhf_commands(subparsers) -> None:
         "--beta",
         type=float,
         default=0.05,
-        help="KL penalty coefficient beta (TRL's default; the paper does not give its value)",
+        help="KL penalty coefficient beta (TRL's RLOO default; the paper does not give its value)",
     )
     rl.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    _add_data_arguments(rloo, "prompts or preference pairs")
-    _add_training_arguments(rloo, RLOO_LEARNING_RATE, "outputs/rloo")
-    rloo.set_defaults(handler=_rloo)
+    _add_data_arguments(parser, "prompts or preference pairs")
+    _add_training_arguments(parser, RLOO_LEARNING_RATE, f"outputs/{algorithm}")
 
 
 def _precision(name: str) -> dict:
@@ -294,11 +345,13 @@ def _sft(args) -> None:
     )
 
 
-def _rloo(args) -> None:
+def _rlhf(args) -> None:
+    """`qrm rloo` / `qrm grpo`: the trainer follows the command."""
     try:
-        from .training.rloo_pipeline import PaperRLOOConfig, run_rloo
+        from .training.rloo_pipeline import PaperGRPOConfig, PaperRLOOConfig, run_rlhf
 
-        config = PaperRLOOConfig(
+        config_cls = PaperGRPOConfig if args.algorithm == "grpo" else PaperRLOOConfig
+        config = config_cls(
             risk_measure=args.risk_measure,
             risk_lambda=args.risk_lambda,
             risk_alpha=args.risk_alpha,
@@ -309,7 +362,7 @@ def _rloo(args) -> None:
             temperature=args.temperature,
             **_training_values(args),
         )
-        result = run_rloo(
+        result = run_rlhf(
             args.policy,
             args.reward_model,
             args.data,
@@ -323,10 +376,14 @@ def _rloo(args) -> None:
             resume=args.resume,
         )
     except (ValueError, TypeError, OSError) as error:
-        raise SystemExit(f"qrm rloo: error: {error}") from error
+        raise SystemExit(f"qrm {args.algorithm}: error: {error}") from error
     key = f"rewards/{result.reward_name}/risk"
-    risk = [log[key] for log in result.log_history if log.get(key) is not None]
-    trend = f"{risk[0]:.4f} at the first logged step, {risk[-1]:.4f} at the last" if risk else "not logged"
+    risk_values = [log[key] for log in result.log_history if log.get(key) is not None]
+    trend = (
+        f"{risk_values[0]:.4f} at the first logged step, {risk_values[-1]:.4f} at the last"
+        if risk_values
+        else "not logged"
+    )
     _report(
         f"Trained on {result.num_prompts} prompts ({result.num_dropped} dropped for having more than "
         f"{args.max_prompt_length} tokens); {args.risk_measure} reward: {trend}.\n"

@@ -326,20 +326,23 @@ class RiskParameter:
     help: str = ""
 
     @property
-    def interval(self) -> str:
-        return f"({self.low:g}, {self.high:g}{']' if self.include_high else ')'}"
+    def domain(self) -> str:
+        """``a finite number > 0`` or ``lie in (0, 1]``: what error messages ask for."""
+        if self.high == math.inf:
+            return f"be a finite number > {self.low:g}"
+        return f"lie in ({self.low:g}, {self.high:g}{']' if self.include_high else ')'}"
 
     def check(self, value, label: str | None = None) -> float:
-        """``value`` as a float inside the interval; ValueError naming ``label`` (default: the keyword)."""
+        """``value`` as a float inside the domain; ValueError naming ``label`` (default: the keyword)."""
         label = label or self.name
         if isinstance(value, torch.Tensor) and value.numel() == 1:
             value = value.item()
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise ValueError(f"`{label}` must be a number in {self.interval}, got {value!r}.")
+            raise ValueError(f"`{label}` must {self.domain}, got {value!r}.")
         value = float(value)
         inside = self.low < value and (value <= self.high if self.include_high else value < self.high)
         if not (inside and math.isfinite(value)):  # also rejects NaN
-            raise ValueError(f"`{label}` must be a finite number in {self.interval}, got {value!r}.")
+            raise ValueError(f"`{label}` must {self.domain}, got {value!r}.")
         return value
 
 
@@ -363,7 +366,9 @@ class RiskMeasure:
         unknown = set(given) - {p.name for p in self.parameters}
         if unknown:
             known = [p.name for p in self.parameters] or "none"
-            raise TypeError(f"Risk measure {self.name!r} has no parameter {sorted(unknown)} (its parameters: {known}).")
+            raise TypeError(
+                f"Risk measure {self.name!r} has no parameter {sorted(unknown)} (its parameters: {known})."
+            )
         return {p.name: p.check(given.get(p.name, p.default)) for p in self.parameters}
 
     def __call__(self, q, levels=None, **parameters) -> torch.Tensor:
@@ -391,10 +396,18 @@ _LAM, _ALPHA, _TAU = (RISK_PARAMETERS[name] for name in ("lam", "alpha", "tau"))
 RISK_MEASURES: dict[str, RiskMeasure] = {
     measure.name: measure
     for measure in (
-        RiskMeasure("expectation", expectation, help="expected reward (risk-neutral)"),
-        RiskMeasure("exp_utility", exponential_utility, (_LAM,), help="paper eq. 4: mean_k -exp(-lam q_k)"),
+        RiskMeasure("expectation", expectation, help="the expected reward (risk-neutral)"),
         RiskMeasure(
-            "certainty_equivalent", certainty_equivalent, (_LAM,), help="exp_utility's ranking, in reward units"
+            "exp_utility",
+            exponential_utility,
+            (_LAM,),
+            help="mean of -exp(-lam q) over the quantiles (paper eq. 4)",
+        ),
+        RiskMeasure(
+            "certainty_equivalent",
+            certainty_equivalent,
+            (_LAM,),
+            help="same ranking as exp_utility, in reward units",
         ),
         RiskMeasure("cvar", cvar, (_ALPHA,), uses_levels=True, help="mean of the lower alpha tail"),
         RiskMeasure("quantile", quantile, (_TAU,), uses_levels=True, help="the tau-quantile"),
@@ -418,7 +431,9 @@ def parse(spec: str, **defaults) -> tuple[RiskMeasure, dict[str, float]]:
     name, _, arguments = spec.strip().partition(":")
     measure = RISK_MEASURES.get(name.strip())
     if measure is None:
-        raise ValueError(f"Unknown risk measure {name.strip()!r} in {spec!r}; known: {', '.join(RISK_MEASURES)}.")
+        raise ValueError(
+            f"Unknown risk measure {name.strip()!r} in {spec!r}; known: {', '.join(RISK_MEASURES)}."
+        )
     texts = [text.strip() for text in arguments.split(",")] if arguments.strip() else []
     if len(texts) > len(measure.parameters):
         names = [p.name for p in measure.parameters]
@@ -444,5 +459,7 @@ def resolve(
     """
     measure, values = parse(spec, **defaults)
     if measure.uses_levels and levels is None:
-        raise ValueError(f"Risk measure {measure.name!r} ({spec!r}) needs the quantile levels of the estimates.")
+        raise ValueError(
+            f"Risk measure {measure.name!r} ({spec!r}) needs the quantile levels of the estimates."
+        )
     return functools.partial(measure, levels=levels, **values)

@@ -374,3 +374,97 @@ def test_bad_quantile_tensors_raise():
         risk.variance(torch.zeros(3, 0))
     with pytest.raises(TypeError, match="must be real"):
         risk.expectation(torch.zeros(3, dtype=torch.complex64))
+
+
+# --- registry: measures by name (issue 14 §3) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spec, direct",
+    [
+        ("expectation", lambda q: q.mean(-1)),
+        ("exp_utility", lambda q: -torch.exp(-q).mean(-1)),
+        ("exp_utility:2", lambda q: -torch.exp(-2 * q).mean(-1)),
+        (" certainty_equivalent : 0.5 ", lambda q: -2 * torch.log(torch.exp(-0.5 * q).mean(-1))),
+        ("cvar", None),  # alpha 0.25: 0.25 * 19 = 4.75 atoms, below
+        ("cvar:0.2", None),  # 0.2 * 19 = 3.8 atoms, below
+        ("quantile", lambda q: q.sort(-1).values[..., 1]),  # tau 0.1 is the second level
+        ("quantile:0.125", lambda q: q.sort(-1).values[..., 1:3].mean(-1)),  # half way from 0.10 to 0.15
+    ],
+)
+def test_resolve_gives_the_measure_of_a_spec(spec, direct):
+    q = random_quantiles(5, K)
+    sorted_q = q.sort(-1).values
+    if spec == "cvar":  # four whole atoms and 0.75 of the fifth
+        expected = (sorted_q[..., :4].sum(-1) + 0.75 * sorted_q[..., 4]) / 4.75
+    elif spec == "cvar:0.2":  # three whole atoms and 0.8 of the fourth
+        expected = (sorted_q[..., :3].sum(-1) + 0.8 * sorted_q[..., 3]) / 3.8
+    else:
+        expected = direct(q)
+    torch.testing.assert_close(risk.resolve(spec, LEVELS)(q), expected)
+
+
+def test_spec_values_win_over_defaults_and_unused_defaults_are_ignored():
+    q = random_quantiles(3, K)
+    quantile = risk.resolve("quantile", LEVELS, tau=0.5, lam=3.0)  # lam: not a parameter of quantile
+    torch.testing.assert_close(quantile(q), q.sort(-1).values[..., 9])  # 0.5 is the tenth level
+    torch.testing.assert_close(risk.resolve("quantile:0.05", LEVELS, tau=0.5)(q), q.amin(-1))
+    measure, values = risk.parse("cvar", alpha=1.0)
+    assert measure is risk.RISK_MEASURES["cvar"] and values == {"alpha": 1.0}
+    assert risk.parse("exp_utility")[1] == {"lam": risk.RISK_PARAMETERS["lam"].default}
+
+
+@pytest.mark.parametrize(
+    "spec, error, message",
+    [
+        ("variance", ValueError, "Unknown risk measure 'variance'.*known: expectation, exp_utility"),
+        ("quantile:0.1,0.2", ValueError, "takes 1 parameter"),
+        ("expectation:1", ValueError, "takes 0 parameter"),
+        ("quantile:1", ValueError, r"`tau` must lie in \(0, 1\), got 1.0"),
+        ("cvar:0", ValueError, r"`alpha` must lie in \(0, 1\], got 0.0"),
+        ("exp_utility:-1", ValueError, "`lam` must be a finite number > 0, got -1.0"),
+        ("exp_utility:inf", ValueError, "`lam` must be"),
+        ("cvar:nan", ValueError, "`alpha` must lie"),
+        ("quantile:low", ValueError, "must be a number, got 'low'"),
+        (0.1, TypeError, "must be a string"),
+    ],
+)
+def test_bad_specs_raise(spec, error, message):
+    with pytest.raises(error, match=message):
+        risk.parse(spec)
+
+
+def test_measures_on_levels_need_the_levels():
+    q = random_quantiles(2, K)
+    with pytest.raises(ValueError, match="'cvar'.*needs the quantile levels"):
+        risk.resolve("cvar")
+    with pytest.raises(ValueError, match="K = 19"):  # levels of the wrong length: the function's own check
+        risk.resolve("quantile", LEVELS[:-1])(q)
+    torch.testing.assert_close(risk.resolve("exp_utility")(q), risk.exponential_utility(q, 1.0))
+    with pytest.raises(TypeError, match="no parameter.*'alpha'"):
+        risk.RISK_MEASURES["quantile"](q, LEVELS, alpha=0.1)
+
+
+def test_a_new_measure_is_one_function_and_one_registry_line(monkeypatch, tmp_path):
+    """Registered once, a measure reaches specs, the trainer configs and the RLHF commands' --risk-measure."""
+    import argparse
+
+    from qrm_hf.cli_rlhf import add_rlhf_commands
+    from qrm_hf.training.rloo import RiskAwareRLOOConfig
+
+    def mean_minus_std(q, k):
+        return q.mean(-1) - k * q.std(-1, unbiased=False)
+
+    k = risk.RiskParameter("k", 1.0, 0.0)
+    monkeypatch.setitem(
+        risk.RISK_MEASURES, "mean_minus_std", risk.RiskMeasure("mean_minus_std", mean_minus_std, (k,))
+    )
+    q = random_quantiles(4, K)
+    expected = q.mean(-1) - 2 * (risk.variance(q) ** 0.5)
+    torch.testing.assert_close(risk.resolve("mean_minus_std:2")(q), expected)
+    config = RiskAwareRLOOConfig(str(tmp_path), risk_measure="mean_minus_std:2", use_cpu=True, bf16=False)
+    assert config.parse_risk_measure()[1] == {"k": 2.0}
+    parser = argparse.ArgumentParser()
+    add_rlhf_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["grpo", "sft", "qrm", "--risk-measure", "mean_minus_std:2"])
+    assert args.risk_measure == "mean_minus_std:2" and args.algorithm == "grpo"

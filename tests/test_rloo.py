@@ -24,7 +24,7 @@ from test_trl import (
     tiny_tokenizer,
 )
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
-from trl import RLOOConfig, RLOOTrainer
+from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from qrm_hf import QRMForSequenceClassification, risk
 from qrm_hf.modeling.modeling_qrm import find_last_pattern
@@ -36,6 +36,7 @@ CHAT_COMPLETIONS = [
 ]
 TEXT_COMPLETIONS = [" It is four.", " No.", " Blue.", " hi"]
 MEASURES = ["expectation", "exp_utility", "certainty_equivalent", "cvar", "quantile"]
+STOCK_CONFIGS = {RLOOTrainer: RLOOConfig, GRPOTrainer: GRPOConfig}
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,7 @@ def load_qrm(root, name="qrm-a") -> QRMForSequenceClassification:
 def trainer_for(
     root, reward_funcs, prompts=CHAT_PROMPTS, trainer_cls=RiskAwareRLOOTrainer, tokenizers=None, **overrides
 ):
-    config_cls = RLOOConfig if trainer_cls is RLOOTrainer else RiskAwareRLOOConfig
+    config_cls = STOCK_CONFIGS.get(trainer_cls) or trainer_cls.config_class
     return trainer_cls(
         model=str(root / "policy"),
         reward_funcs=reward_funcs,

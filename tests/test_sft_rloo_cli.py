@@ -213,6 +213,28 @@ def test_rloo_trains_the_sft_model_against_the_risk_reward(assets):
     assert any(not torch.equal(before[name], after[name]) for name in before)
 
 
+def test_grpo_trains_the_sft_model_against_a_risk_spec(assets):
+    """`qrm grpo`, the command beside `qrm rloo`, here with the reward given as a spec (CVaR at 0.5)."""
+    root = assets["root"]
+    out = qrm(
+        "grpo", root / "sft", root / "tiny-qrm", "--data", assets["data"], "--output-dir", root / "grpo",
+        "--risk-measure", "cvar:0.5", "--batch-size", 4, "--per-device-batch-size", 4,
+        "--max-completion-length", 6, "--max-steps", 2, *QUICK,
+    )  # fmt: skip
+    assert "Trained on 7 prompts (1 dropped for having more than 347 tokens); cvar:0.5 reward" in out
+    logs = [h for h in log_history(root / "grpo") if "rewards/tiny-qrm/risk" in h]
+    assert len(logs) == 2
+    for log in logs:
+        risk, expectation = log["rewards/tiny-qrm/risk"], log["rewards/tiny-qrm/expectation"]
+        assert log["rewards/tiny-qrm/mean"] == pytest.approx(risk)  # TRL optimises the risk reward
+        # the mean of the lower half of each distribution: between its 5 % quantile and its mean
+        assert log["rewards/tiny-qrm/q0.05"] < risk < expectation
+    policy = AutoModelForCausalLM.from_pretrained(root / "grpo")
+    assert type(policy) is LlamaForCausalLM and not (root / "grpo" / "adapter_config.json").exists()
+    before, after = weights(root / "sft"), weights(root / "grpo")
+    assert any(not torch.equal(before[name], after[name]) for name in before)
+
+
 # ------------------------------------------------------------------------------------------- bad input
 
 
@@ -231,6 +253,8 @@ def test_bad_input_gives_clear_errors(assets):
     assert "Expected a `prompt` column" in message
     message = fails("rloo", root / "sft", root / "base", "--data", data, "--output-dir", root / "x", *QUICK)
     assert "is not a Quantile Reward Model" in message
+    with pytest.raises(SystemExit):  # argparse checks a spec against the registry
+        parser().parse_args(["grpo", "sft", "qrm", "--risk-measure", "quantile:2"])
     message = fails("rloo", root / "sft", root / "tiny-qrm", "--risk-lambda", "0", "--output-dir", root / "x")
     assert "`risk_lambda` must be a finite number > 0" in message
     message = fails("sft", root / "base", "--batch-size", "6", "--per-device-batch-size", "4")
@@ -277,6 +301,7 @@ def test_help_explains_the_commands(capsys):
     for command, words in (
         ("sft", ["chosen responses", "(default: 0.0003)", "(default: 1024)", "accelerate launch"]),
         ("rloo", ["exp_utility", "(default: 0.0001)", "(default: 347)", "rewards/<QRM>/risk"]),
+        ("grpo", ["GRPOTrainer", "quantile:0.05", "(default: 0.0001)", "rewards/<QRM>/risk"]),
     ):
         with pytest.raises(SystemExit) as exit_code:
             parser().parse_args([command, "--help"])

@@ -90,9 +90,12 @@ class RiskAwareRewardsArguments:
         default=risk.RISK_PARAMETERS["lam"].default,
         metadata={"help": "Risk aversion of exp_utility and certainty_equivalent (> 0)."},
     )
-    risk_alpha: float = field(default=risk.RISK_PARAMETERS["alpha"].default, metadata={"help": "Tail mass of cvar, in (0, 1]."})
+    risk_alpha: float = field(
+        default=risk.RISK_PARAMETERS["alpha"].default, metadata={"help": "Tail mass of cvar, in (0, 1]."}
+    )
     risk_tau: float = field(
-        default=risk.RISK_PARAMETERS["tau"].default, metadata={"help": "Level of the quantile risk measure, in (0, 1)."}
+        default=risk.RISK_PARAMETERS["tau"].default,
+        metadata={"help": "Level of the quantile risk measure, in (0, 1)."},
     )
     log_quantile_levels: list[float] = field(
         default_factory=lambda: [0.05, 0.10, 0.15, 0.20, 0.25],
@@ -102,7 +105,11 @@ class RiskAwareRewardsArguments:
     def __post_init__(self):
         super().__post_init__()  # the TRL config this is mixed into
         for field_name, parameter_name in _PARAMETER_FIELDS.items():
-            setattr(self, field_name, risk.RISK_PARAMETERS[parameter_name].check(getattr(self, field_name), field_name))
+            setattr(
+                self,
+                field_name,
+                risk.RISK_PARAMETERS[parameter_name].check(getattr(self, field_name), field_name),
+            )
         try:
             self.parse_risk_measure()
         except (ValueError, TypeError) as error:
@@ -278,7 +285,15 @@ class RiskAwareRewardsMixin:
         return args, {**kwargs, "gating_positions": positions}
 
     def _take_risk_reward(
-        self, spec: _QRMSpec, measure: risk.RiskMeasure, values: dict, scored: dict, module, args, kwargs, output
+        self,
+        spec: _QRMSpec,
+        measure: risk.RiskMeasure,
+        values: dict,
+        scored: dict,
+        module,
+        args,
+        kwargs,
+        output,
     ):
         """Forward hook of a QRM: its output with `logits` [B, 1] replaced by the risk reward."""
         batch_size = kwargs["input_ids"].shape[0]
@@ -294,7 +309,12 @@ class RiskAwareRewardsMixin:
         return dataclasses.replace(output, logits=reward.unsqueeze(-1))
 
     def _risk_reward(
-        self, spec: _QRMSpec, measure: risk.RiskMeasure, values: dict, quantiles: torch.Tensor, expected: torch.Tensor
+        self,
+        spec: _QRMSpec,
+        measure: risk.RiskMeasure,
+        values: dict,
+        quantiles: torch.Tensor,
+        expected: torch.Tensor,
     ) -> torch.Tensor:
         """The reward of each completion [B] from its quantiles [B, K] (NaN where not finite, with a warning)."""
         if measure.name == "expectation":

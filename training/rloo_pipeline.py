@@ -1,8 +1,12 @@
-"""Risk-aware RLOO with a QRM as reward model: the second stage of the paper's RLHF experiment (§4.3).
+"""Risk-aware RLOO with a QRM as reward model: the second stage of the paper's RLHF experiment (§4.3);
+the same with GRPO in place of RLOO.
 
-    from qrm_hf.training.rloo_pipeline import PaperRLOOConfig, run_rloo
+    from qrm_hf.training.rloo_pipeline import PaperRLOOConfig, run_rlhf
 
-    result = run_rloo("outputs/sft", "outputs/qrm", "Anthropic/hh-rlhf", PaperRLOOConfig("outputs/rloo"))
+    result = run_rlhf("outputs/sft", "outputs/qrm", "Anthropic/hh-rlhf", PaperRLOOConfig("outputs/rloo"))
+
+The trainer follows the config: `RiskAwareRLOOTrainer` for a `RiskAwareRLOOConfig` (`PaperRLOOConfig`),
+`RiskAwareGRPOTrainer` for a `RiskAwareGRPOConfig` (`PaperGRPOConfig`, the same paper values).
 
 The policy gets a fresh LoRA adapter (rank 32, alpha 64) on the SFT model; TRL's `RLOOTrainer` then takes
 the adapter-disabled model, i.e. the SFT model itself, as the reference of the KL penalty, so policy and
@@ -25,18 +29,21 @@ from peft import LoraConfig
 from transformers import AutoTokenizer
 
 from ..presets import DatasetPreset, load_rows
+from .grpo import RiskAwareGRPOConfig, RiskAwareGRPOTrainer
+from .risk_rewards import RiskAwareRewardsArguments, quantile_levels_of
 from .rlhf_data import filter_prompts_by_length, rloo_prompts
-from .rloo import RiskAwareRLOOConfig, RiskAwareRLOOTrainer, quantile_levels_of
+from .rloo import RiskAwareRLOOConfig, RiskAwareRLOOTrainer
 from .sft import SAVE_DTYPES, finish_lora_training, last_checkpoint, paper_lora_config
 
 logger = logging.getLogger(__name__)
 
 PAPER_MAX_PROMPT_LENGTH = 347  # "prompts with fewer than 348 tokens"
+TRAINERS = {RiskAwareRLOOConfig: RiskAwareRLOOTrainer, RiskAwareGRPOConfig: RiskAwareGRPOTrainer}
 
 
 @dataclass
-class PaperRLOOConfig(RiskAwareRLOOConfig):
-    r"""[`RiskAwareRLOOConfig`] with the paper's RLOO values as defaults.
+class _PaperRLValues:
+    r"""The paper's RLOO values, as defaults of a risk-aware trainer config.
 
     Parameters:
         learning_rate (`float`, *optional*, defaults to `1e-4`): paper value (TRL: 1e-6).
@@ -54,8 +61,20 @@ class PaperRLOOConfig(RiskAwareRLOOConfig):
 
 
 @dataclass
-class RLOOResult:
-    """What :func:`run_rloo` produced."""
+class PaperRLOOConfig(_PaperRLValues, RiskAwareRLOOConfig):
+    r"""[`RiskAwareRLOOConfig`] with the paper's RLOO values as defaults: learning rate 1e-4 (constant),
+    k = 2 completions per prompt, completions of at most 512 tokens."""
+
+
+@dataclass
+class PaperGRPOConfig(_PaperRLValues, RiskAwareGRPOConfig):
+    r"""[`RiskAwareGRPOConfig`] with the paper's RLOO values as defaults (the paper trains no GRPO policy):
+    learning rate 1e-4 (constant), k = 2 completions per prompt, completions of at most 512 tokens."""
+
+
+@dataclass
+class RLHFResult:
+    """What :func:`run_rlhf` produced."""
 
     output_dir: Path  # the merged policy and its tokenizer: a plain `AutoModelForCausalLM` directory
     adapter_dir: Path  # the trained LoRA adapter (on the SFT model)
@@ -65,7 +84,7 @@ class RLOOResult:
     log_history: list[dict]  # the trainer's logs, also in <output_dir>/trainer_state.json
 
 
-def _reward_dtype(args: RiskAwareRLOOConfig) -> torch.dtype:
+def _reward_dtype(args: RiskAwareRewardsArguments) -> torch.dtype:
     """The QRM runs in the training precision (its heads and gating compute in float32 anyway)."""
     return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
 
@@ -84,11 +103,11 @@ def load_reward_model(reward_model: str | Path, dtype: torch.dtype | None = None
     return model, tokenizer
 
 
-def run_rloo(
+def run_rlhf(
     policy: str | Path,
     reward_model: str | Path,
     data: str | Path,
-    args: RiskAwareRLOOConfig,
+    args: RiskAwareRLOOConfig | RiskAwareGRPOConfig,
     *,
     split: str = "train",
     limit: int | None = None,
@@ -97,8 +116,9 @@ def run_rloo(
     lora_config: LoraConfig | None = None,
     save_dtype: str = "auto",
     resume: bool = False,
-) -> RLOOResult:
-    """Risk-aware RLOO of `policy` (the SFT model) with the QRM `reward_model`, then the adapter merged.
+) -> RLHFResult:
+    """Risk-aware RLOO (or GRPO, with a `RiskAwareGRPOConfig`) of `policy` (the SFT model) with the QRM
+    `reward_model`, then the adapter merged.
 
     Args:
         policy: the SFT model directory (or Hub id); initial policy and KL reference, with its tokenizer.
@@ -106,8 +126,9 @@ def run_rloo(
         data: a Hub dataset id or a local json/jsonl/parquet file or directory: preference data (HH-RLHF
             transcripts or chosen/rejected conversations, each giving the conversation before its last
             assistant turn as the prompt) or any dataset with a ``prompt`` column.
-        args: the trainer configuration (a `RiskAwareRLOOConfig`, by default use :class:`PaperRLOOConfig`):
-            risk measure, λ, k, lengths, learning rate...; `args.output_dir` receives the merged policy.
+        args: the trainer configuration, which picks the trainer: a `RiskAwareRLOOConfig` (by default use
+            :class:`PaperRLOOConfig`) or a `RiskAwareGRPOConfig` (:class:`PaperGRPOConfig`): risk measure, λ,
+            k, lengths, learning rate...; `args.output_dir` receives the merged policy.
         split, limit: the split read, and the first `limit` rows only (quick runs).
         preset: a dataset preset name for other preference column layouts.
         max_prompt_length: prompts with more tokens (through the policy's chat template) are left out;
@@ -116,12 +137,14 @@ def run_rloo(
         save_dtype: dtype of the merged policy, ``"auto"`` keeps the SFT checkpoint's.
         resume: continue from the last checkpoint in `args.output_dir`, when there is one.
 
-    Returns an :class:`RLOOResult`. Raises ValueError for a reward model that is not a QRM, data without
+    Returns an :class:`RLHFResult`. Raises ValueError for a reward model that is not a QRM, data without
     prompts, a chat prompt and a policy tokenizer without chat template, or no prompt left after the filter.
     """
-    if not isinstance(args, RiskAwareRLOOConfig):
+    trainer_cls = next((trainer for config, trainer in TRAINERS.items() if isinstance(args, config)), None)
+    if trainer_cls is None:
         raise TypeError(
-            f"`args` must be a RiskAwareRLOOConfig (e.g. PaperRLOOConfig), got {type(args).__name__}."
+            "`args` must be a RiskAwareRLOOConfig or RiskAwareGRPOConfig (e.g. PaperRLOOConfig), got "
+            f"{type(args).__name__}."
         )
     if save_dtype not in SAVE_DTYPES:
         raise ValueError(f"save_dtype must be one of {SAVE_DTYPES}, got {save_dtype!r}.")
@@ -148,7 +171,7 @@ def run_rloo(
         )
     if num_dropped:
         logger.info(f"Dropped {num_dropped} of {total} prompts longer than {max_prompt_length} tokens.")
-    trainer = RiskAwareRLOOTrainer(
+    trainer = trainer_cls(
         model=str(policy),
         reward_funcs=qrm,
         args=args,
@@ -159,7 +182,7 @@ def run_rloo(
     )
     trainer.train(resume_from_checkpoint=last_checkpoint(args.output_dir) if resume else None)
     output_dir, adapter_dir = finish_lora_training(trainer, policy, tokenizer, save_dtype)
-    return RLOOResult(
+    return RLHFResult(
         output_dir,
         adapter_dir,
         len(prompts),
@@ -169,4 +192,11 @@ def run_rloo(
     )
 
 
-__all__ = ["PAPER_MAX_PROMPT_LENGTH", "PaperRLOOConfig", "RLOOResult", "load_reward_model", "run_rloo"]
+__all__ = [
+    "PAPER_MAX_PROMPT_LENGTH",
+    "PaperGRPOConfig",
+    "PaperRLOOConfig",
+    "RLHFResult",
+    "load_reward_model",
+    "run_rlhf",
+]
