@@ -48,7 +48,7 @@ from trl.data_utils import apply_chat_template
 from qrm_hf import QRMConfig, QRMForSequenceClassification
 from qrm_hf.backbones import smollm2_backbone_dir
 from qrm_hf.chat import derive_prompt_end_pattern
-from qrm_hf.training.rloo import RiskAwareRLOOConfig, RiskAwareRLOOTrainer, _QRMScorer
+from qrm_hf.training.rloo import RiskAwareRLOOConfig, RiskAwareRLOOTrainer
 
 TARGET = 1.05
 WORDS = (
@@ -155,17 +155,15 @@ def risk_aware_only_work(trainer, tokenizer, prompts, completions, qrm) -> float
         text=texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False
     )
     spec = trainer._qrm_specs[0]
+    measure, values = trainer.args.parse_risk_measure()
     with torch.inference_mode():
         output = qrm(**inputs)
-    expected, quantiles = output.logits[:, 0], output.reward_quantiles
 
-    def work():
-        positions = trainer._gating_positions(spec, inputs["input_ids"], inputs["attention_mask"], prompts)
-        scorer = _QRMScorer(trainer, spec, qrm, prompts)
-        scorer.quantiles, scorer.expected = quantiles, expected
-        scorer.risk_reward = trainer._risk_reward(quantiles, expected, spec)
-        trainer._log_distribution(scorer)
-        return positions
+    def work():  # the QRM's two hooks around the (already computed) output, then the logs
+        _, kwargs = trainer._pass_gating_positions(spec, prompts, qrm, (), dict(inputs))
+        scored = {}
+        trainer._take_risk_reward(spec, measure, values, scored, qrm, (), kwargs, output)
+        trainer._log_distribution(spec, scored[spec.index])
 
     for _ in range(5):
         work()
