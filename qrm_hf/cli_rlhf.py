@@ -179,6 +179,11 @@ def add_rlhf_commands(subparsers) -> None:
     )
     rloo.add_argument("policy", help="the SFT model directory (output of `qrm sft`), or a Hub id")
     rloo.add_argument("reward_model", metavar="qrm", help="the QRM: a directory or Hub id")
+    rloo.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the Python code that comes with the QRM (never needed for a qrm-hf QRM; read it first)",
+    )
     risk = rloo.add_argument_group("risk")
     risk.add_argument(
         "--risk-measure",
@@ -321,6 +326,7 @@ def _rloo(args) -> None:
             lora_config=_lora(args),
             save_dtype=args.save_dtype,
             resume=args.resume,
+            trust_remote_code=args.trust_remote_code,
         )
     except (ValueError, TypeError, OSError) as error:
         raise SystemExit(f"qrm rloo: error: {error}") from error
