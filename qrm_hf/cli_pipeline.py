@@ -181,6 +181,7 @@ def _add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_pipeline_commands(commands) -> None:
     """Add the training-pipeline subcommands to the `qrm` parser's subparsers."""
+    from .cli import positive_int
     from .training.stages import PAPER_LEVELS, GatingSettings
 
     extract = commands.add_parser(
@@ -197,12 +198,12 @@ def add_pipeline_commands(commands) -> None:
     extract.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     extract.add_argument(
         "--max-length",
-        type=int,
+        type=positive_int,
         default=4096,
         help="skip (and count) conversations longer than this many tokens (default 4096)",
     )
-    extract.add_argument("--batch-size", type=int, default=16, help="conversations per forward pass")
-    extract.add_argument("--shard-size", type=int, default=4096, help="examples per shard file")
+    extract.add_argument("--batch-size", type=positive_int, default=16, help="conversations per forward pass")
+    extract.add_argument("--shard-size", type=positive_int, default=4096, help="examples per shard file")
     _add_dataset_arguments(extract)
     extract.set_defaults(handler=_extract)
 

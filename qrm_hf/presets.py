@@ -57,7 +57,8 @@ def _builder_for(path: Path) -> str:
     return _BUILDERS[suffixes[-1]]
 
 
-def _looks_local(source: str) -> bool:
+def looks_like_local_path(source: str) -> bool:
+    """True for a data source that can only be a local file or directory (not a Hub dataset id)."""
     return source.startswith((".", "/", "~")) or any(
         source.lower().endswith(ext + comp) for ext in _BUILDERS for comp in ("", *_COMPRESSIONS)
     )
@@ -115,6 +116,8 @@ def load_rows(
     """
     import datasets
 
+    from .data import check_utf8
+
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}.")
     source = str(source)
@@ -123,6 +126,8 @@ def load_rows(
         if path.stat().st_size == 0:
             raise ValueError(f"The dataset file {path} is empty.")
         builder = _builder_for(path)
+        if builder in ("json", "csv") and path.suffix.lower() not in _COMPRESSIONS:
+            check_utf8(path)  # pyarrow would read some bytes that are not UTF-8 and fail later, anywhere
         try:
             dataset = datasets.load_dataset(
                 builder, data_files={split: str(path)}, split=split, **load_kwargs
@@ -137,7 +142,7 @@ def load_rows(
             dataset = _pick_split(datasets.load_from_disk(str(path)), split, source)
         else:
             dataset = datasets.load_dataset(str(path), data_files=data_files, split=split, **load_kwargs)
-    elif _looks_local(source):
+    elif looks_like_local_path(source):
         raise FileNotFoundError(f"{source} does not exist (and is not a Hub dataset id).")
     else:
         dataset = datasets.load_dataset(source, data_files=data_files, split=split, **load_kwargs)

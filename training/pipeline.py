@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..locking import directory_lock
+from ..presets import looks_like_local_path
 from .features import damaged_shards, write_json_atomic
 from .stages import (
     PAPER_LEVELS,
@@ -142,6 +143,11 @@ class TrainConfig:
                 spec = DatasetSpec.from_dict(dict(entry), where=f"{where}: {key}[{number}]")
                 if spec.source is not None and (base_dir / str(spec.source)).exists():
                     spec.source = str((base_dir / str(spec.source)).resolve())
+                elif spec.source is not None and looks_like_local_path(str(spec.source)):
+                    raise FileNotFoundError(
+                        f"{where}: {key}[{number}]: the data file {base_dir / str(spec.source)} does not exist "
+                        "(local paths are relative to the config file)."
+                    )
                 spec.resolve()  # fails early on an unknown preset or a bad column mapping
                 specs.append(spec)
             return specs

@@ -107,8 +107,11 @@ def resolve_backbone(backbone: str | Path) -> tuple[str, str]:
         from ..backbones import smollm2_backbone_dir
 
         return str(smollm2_backbone_dir()), EMBEDDED_BACKBONE_NAME
-    path = Path(backbone).expanduser()
-    return (str(path.resolve()), str(path.resolve())) if path.exists() else (str(backbone), str(backbone))
+    from ..hub import model_location
+
+    location = model_location(backbone)  # a clear error for a local directory that does not exist
+    path = Path(location)
+    return (str(path.resolve()), str(path.resolve())) if path.exists() else (location, location)
 
 
 # ------------------------------------------------------------------------------------------- datasets
@@ -234,8 +237,10 @@ def load_extraction_backbone(
     from transformers import AutoModel, AutoTokenizer
 
     from ..chat import derive_prompt_end_pattern
+    from ..hub import check_tokenizer_files
 
     location, name = resolve_backbone(backbone)
+    check_tokenizer_files(location, "backbone")
     tokenizer = AutoTokenizer.from_pretrained(location, revision=revision)
     model = AutoModel.from_pretrained(location, revision=revision, dtype=getattr(torch, dtype))
     model = model.to(PartialState(cpu=not torch.cuda.is_available()).device)
