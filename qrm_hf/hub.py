@@ -394,9 +394,10 @@ def load_qrm(
     model_type = config.get("model_type")
     if model_type != "qrm" and not trust_remote_code:
         raise ValueError(
-            f"{name} is not a qrm-hf QRM: its config.json has model_type {model_type!r}, not 'qrm'. A released "
-            "QRM checkpoint is converted first (qrm convert SRC DST); to run the code that comes with this model "
-            "instead, pass --trust-remote-code (Python: trust_remote_code=True) if you trust its authors."
+            f"{name} is not a Quantile Reward Model of qrm-hf: its config.json has model_type {model_type!r}, "
+            "not 'qrm'. A released QRM checkpoint is converted first (qrm convert SRC DST); to run the code that "
+            "comes with this model instead, pass --trust-remote-code (Python: trust_remote_code=True) if you "
+            "trust its authors."
         )
     check_tokenizer_files(name, "QRM")
     try:
