@@ -92,10 +92,10 @@ def smollm2_backbone_dir(cache_dir: str | os.PathLike | None = None) -> pathlib.
     if _is_complete(target):
         return target
 
-    from filelock import FileLock
+    from .locking import directory_lock
 
     parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
+    with directory_lock(target, wait=True, what="backbone cache"):
         if _is_complete(target):  # another process converted it while we waited
             return target
         if target.exists():  # not written by us (the rename is atomic): do not trust it

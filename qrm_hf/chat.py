@@ -163,6 +163,21 @@ def derive_prompt_end_pattern(tokenizer) -> list[int]:
     return list(pattern[:width])
 
 
+def split_by_length(lengths: Sequence[int], max_length: int | None) -> tuple[list[int], list[int]]:
+    """(kept, too_long): the positions of `lengths` at most `max_length` tokens (None: no limit), and the others.
+
+    The one rule for over-long conversations, shared by feature extraction (which skips and counts them)
+    and scoring (which refuses them, or skips and counts them in evaluation): never truncate, since that
+    would cut the response whose last token the reward is read at.
+    """
+    if max_length is not None and max_length < 1:
+        raise ValueError(f"max_length must be a positive number of tokens, got {max_length}.")
+    kept, too_long = [], []
+    for position, length in enumerate(lengths):
+        (kept if max_length is None or length <= max_length else too_long).append(position)
+    return kept, too_long
+
+
 def _as_messages(value: Any, role: str) -> list[dict]:
     if isinstance(value, str):
         return [{"role": role, "content": value}]
@@ -217,4 +232,10 @@ def encode_conversation(
     return _encode(tokenizer, format_conversation(tokenizer, prompt, response, messages, system))
 
 
-__all__ = ["conversation_messages", "derive_prompt_end_pattern", "encode_conversation", "format_conversation"]
+__all__ = [
+    "conversation_messages",
+    "derive_prompt_end_pattern",
+    "encode_conversation",
+    "format_conversation",
+    "split_by_length",
+]

@@ -4,15 +4,68 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import sys
 from pathlib import Path
 
 
-def _load_model(path: str, revision: str | None = None):
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (batch sizes, lengths), else a one-line usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (risk aversion lambda)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def tail_fraction(text: str) -> float:
+    """argparse type: a number in (0, 1] (the CVaR tail mass)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {text}")
+    return value
+
+
+def check_writable(path: str | Path | None, what: str) -> None:
+    """Fail now, not after the work, when the output file `path` cannot be written (the file is not created)."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"The {what} path {path} is a directory; give a file name.")
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a"):
+            pass
+    except OSError as error:
+        raise OSError(f"Cannot write the {what} to {path}: {error.strerror or error}.") from error
+    if not existed:
+        path.unlink()
+
+
+def _load_model(path: str, revision: str | None = None, trust_remote_code: bool = False):
     from .hub import load_qrm
 
-    model, tokenizer = load_qrm(path, revision=revision)
+    model, tokenizer = load_qrm(path, revision=revision, trust_remote_code=trust_remote_code)
     if not hasattr(model.config, "quantile_levels"):
-        raise SystemExit(
+        raise ValueError(
             f"{path} is not a QRM (its config has no quantile_levels); convert it with `qrm convert`."
         )
     return model, tokenizer
@@ -33,13 +86,14 @@ def _convert(args):
     print(f"Converted {args.source} -> {destination}")
 
 
-def _print_scores(model, tokenizer, rows, lam, alpha, plot=None, batch_size=8):
-    from .chat import conversation_messages
+def _print_scores(
+    model, tokenizer, conversations, names, lam, alpha, plot=None, batch_size=8, max_length=None
+):
     from .scoring import format_table, plot_reward_distributions, risk_summary, score_conversations
 
-    conversations = [conversation_messages(row["prompt"], row["response"]) for row in rows]
-    names = [str(row.get("name", i)) for i, row in enumerate(rows)]
-    outputs = score_conversations(model, tokenizer, conversations, batch_size=batch_size)
+    outputs = score_conversations(
+        model, tokenizer, conversations, batch_size=batch_size, max_length=max_length
+    )
     levels = model.config.quantile_levels
     print(format_table(risk_summary(outputs["reward_quantiles"], levels, lam=lam, alpha=alpha), names))
     if plot:
@@ -48,53 +102,115 @@ def _print_scores(model, tokenizer, rows, lam, alpha, plot=None, batch_size=8):
         )
 
 
-def _score(args):
+def _scoring_rows(path: str):
+    """(conversations, names) of a JSON Lines file of prompt/response rows, every row checked."""
     from .data import read_jsonl
+    from .presets import response_conversations
+
+    rows = read_jsonl(path)
+    conversations = response_conversations(rows, name=str(path))
+    return conversations, [str(row.get("name", i)) for i, row in enumerate(rows)]
+
+
+def _score(args):
+    from .presets import response_conversations
 
     if args.file:
-        rows = read_jsonl(args.file)
+        if args.prompt is not None or args.response is not None:
+            raise ValueError("Give either --file or --prompt and --response, not both.")
+        conversations, names = _scoring_rows(args.file)
     elif args.prompt is not None and args.response is not None:
-        rows = [{"name": "conversation", "prompt": args.prompt, "response": args.response}]
+        rows = [{"prompt": args.prompt, "response": args.response}]
+        conversations, names = response_conversations(rows, name="--prompt/--response"), ["conversation"]
     else:
-        raise SystemExit("Give --prompt and --response, or --file with prompt/response rows.")
-    model, tokenizer = _load_model(args.model, args.revision)
-    _print_scores(model, tokenizer, rows, args.lam, args.alpha, args.plot, args.batch_size)
+        raise ValueError("Give --prompt and --response, or --file with prompt/response rows.")
+    check_writable(args.plot, "plot")
+    model, tokenizer = _load_model(args.model, args.revision, args.trust_remote_code)
+    _print_scores(
+        model,
+        tokenizer,
+        conversations,
+        names,
+        args.lam,
+        args.alpha,
+        args.plot,
+        args.batch_size,
+        args.max_length,
+    )
 
 
 def _evaluate(args):
     from .data import read_jsonl
     from .evaluation import evaluate_pairs, evaluate_ratings
 
-    model, tokenizer = _load_model(args.model, args.revision)
+    if not (args.ratings or args.pairs or args.showcase):
+        raise ValueError("Nothing to evaluate: give --ratings, --pairs and/or --showcase.")
+    ratings = read_jsonl(args.ratings) if args.ratings else None
+    pairs = read_jsonl(args.pairs) if args.pairs else None
+    showcase = _scoring_rows(args.showcase) if args.showcase else None
+    check_writable(args.plot, "plot")
+    check_writable(args.json, "JSON report")
+    model, tokenizer = _load_model(args.model, args.revision, args.trust_remote_code)
     print(f"Loaded {type(model).__module__}.{type(model).__name__} from {args.model}")
     report = {}
-    if args.ratings:
-        report["ratings"] = evaluate_ratings(
-            model, tokenizer, read_jsonl(args.ratings), tuple(args.label_range)
-        )
+    lengths = {"batch_size": args.batch_size, "max_length": args.max_length}
+    if ratings:
+        report["ratings"] = evaluate_ratings(model, tokenizer, ratings, tuple(args.label_range), **lengths)
         ratings = report["ratings"]
         by_kind = ratings.get("pinball_by_kind", {})
         print(
             f"  Held-out pinball loss of the reloaded model: {ratings['pinball']:.4f} "
             + " ".join(f"({kind}: {value:.4f})" for kind, value in by_kind.items())
             + f"; calibration error {ratings['calibration_error']:.3f}"
+            + _skipped_note(ratings)
         )
-    if args.pairs:
-        report["pairs"] = pairs = evaluate_pairs(model, tokenizer, read_jsonl(args.pairs))
+    if pairs:
+        report["pairs"] = pairs = evaluate_pairs(model, tokenizer, pairs, **lengths)
         by_kind = pairs.get("accuracy_by_kind", {})
         print(
             f"  Held-out pairwise accuracy: {pairs['accuracy']:.3f} on {pairs['pairs']} pairs "
             + " ".join(f"({kind}: {value:.3f})" for kind, value in by_kind.items())
+            + _skipped_note(pairs)
         )
-    if args.showcase:
-        print(f"  Showcase (exp_utility with lambda {args.lam}, cvar at alpha {args.alpha}):")
-        _print_scores(model, tokenizer, read_jsonl(args.showcase), args.lam, args.alpha, args.plot)
+    if showcase:
+        print(f"  Showcase (certainty equivalent with lambda {args.lam}, cvar at alpha {args.alpha}):")
+        _print_scores(model, tokenizer, *showcase, args.lam, args.alpha, args.plot, **lengths)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
 
 
+def _skipped_note(report: dict) -> str:
+    skipped = report.get("skipped_too_long", 0)
+    return f"; {skipped} row(s) longer than max_length left out" if skipped else ""
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="QRM directory or Hub repo id")
+    parser.add_argument("--revision", help="branch, tag or commit of a Hub model (default: main)")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the Python code that comes with the model (never needed for a qrm-hf QRM with qrm-hf "
+        "installed; only for models of another type, e.g. released checkpoints with their own code). Read "
+        "that code first: it runs with your rights.",
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="conversations per forward pass")
+    parser.add_argument(
+        "--max-length",
+        type=positive_int,
+        help="longest conversation in tokens (default: the backbone's max_position_embeddings); longer ones "
+        "are refused (score) or left out and counted (evaluate), never truncated",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qrm", description="Quantile Reward Models: train, convert, score.")
+    parser = argparse.ArgumentParser(
+        prog="qrm",
+        description="Quantile Reward Models: train, convert, score. A mistake in the input (a file, an "
+        "argument, a model that is not a QRM) is reported in one line with exit status 2; --debug shows "
+        "the traceback.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of every error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser(
@@ -124,17 +240,21 @@ def build_parser() -> argparse.ArgumentParser:
         "score",
         help="score conversations and print reward distributions",
         description="Print the expected reward, quantiles and risk measures of "
-        "conversations under a QRM (a local directory or a Hub id).",
+        "conversations under a QRM (a local directory or a Hub id). cert_equiv is the certainty equivalent "
+        "of the exponential utility E[-exp(-lam r)] (paper eq. 4): the same ranking, in reward units, "
+        "computed without overflow.",
     )
-    score.add_argument("model", help="QRM directory or Hub repo id")
-    score.add_argument("--revision", help="branch, tag or commit of a Hub model (default: main)")
+    _add_model_arguments(score)
     score.add_argument("--prompt", help="the user's message")
     score.add_argument("--response", help="the assistant's answer")
     score.add_argument("--file", help="JSON Lines file with prompt/response (and optional name) per row")
     score.add_argument("--plot", help="write a PNG of the reward distributions here")
-    score.add_argument("--batch-size", type=int, default=8)
-    score.add_argument("--lam", type=float, default=1.0, help="risk aversion of the exponential utility")
-    score.add_argument("--alpha", type=float, default=0.1, help="tail fraction of the CVaR")
+    score.add_argument(
+        "--lam", type=positive_float, default=1.0, help="risk aversion of the certainty equivalent (> 0)"
+    )
+    score.add_argument(
+        "--alpha", type=tail_fraction, default=0.1, help="tail fraction of the CVaR, in (0, 1]"
+    )
     score.set_defaults(handler=_score)
 
     evaluate = commands.add_parser(
@@ -143,8 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate a QRM on rating data (pinball loss and calibration of "
         "its attribute quantiles) and on preference pairs (accuracy).",
     )
-    evaluate.add_argument("model", help="QRM directory or Hub repo id")
-    evaluate.add_argument("--revision", help="branch, tag or commit of a Hub model (default: main)")
+    _add_model_arguments(evaluate)
     evaluate.add_argument(
         "--ratings", help="JSON Lines rating rows: prompt, response, one column per attribute"
     )
@@ -161,8 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--showcase", help="JSON Lines rows (name, prompt, response) to print risk measures for"
     )
     evaluate.add_argument("--plot", help="PNG of the showcase reward distributions")
-    evaluate.add_argument("--lam", type=float, default=1.0, help="risk aversion of the exponential utility")
-    evaluate.add_argument("--alpha", type=float, default=0.1, help="tail fraction of the CVaR")
+    evaluate.add_argument(
+        "--lam", type=positive_float, default=1.0, help="risk aversion of the certainty equivalent (> 0)"
+    )
+    evaluate.add_argument(
+        "--alpha", type=tail_fraction, default=0.1, help="tail fraction of the CVaR, in (0, 1]"
+    )
     evaluate.add_argument("--json", help="also write the numbers to this JSON file")
     evaluate.set_defaults(handler=_evaluate)
 
@@ -173,12 +296,32 @@ def build_parser() -> argparse.ArgumentParser:
     add_pipeline_commands(commands)
     add_rlhf_commands(commands)
     add_push_command(commands)
+    for command in commands.choices.values():  # `qrm COMMAND ... --debug` works too
+        command.add_argument(
+            "--debug",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="show the traceback of every error",
+        )
     return parser
 
 
+# Errors of the user (bad files, arguments, data, a model that is not a QRM, a directory in use): one line
+# and exit status 2, as argparse does. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError)
+
+
 def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
-    args.handler(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.handler(args)
+    except USER_ERRORS as error:
+        if args.debug:
+            raise
+        message = " ".join((str(error) or type(error).__name__).split())  # one line
+        print(f"qrm {args.command}: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

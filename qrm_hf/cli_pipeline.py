@@ -9,6 +9,13 @@ from __future__ import annotations
 import argparse
 
 
+def _locked(output_dir):
+    """Hold the lock of a stage's output directory for the whole command (one writer at a time)."""
+    from .locking import directory_lock
+
+    return directory_lock(output_dir)
+
+
 def _dataset_spec(args):
     from .training.stages import DatasetSpec
 
@@ -54,19 +61,20 @@ def _fit_quantiles(args):
 
     from .training.stages import fit_quantile_heads
 
-    directory = fit_quantile_heads(
-        args.features,
-        args.output_dir,
-        attribute_names=args.attributes,
-        quantile_levels=args.levels,
-        alpha=args.alpha,
-        solver=args.solver,
-        max_samples_per_attribute=args.max_samples_per_attribute,
-        seed=args.seed,
-        n_jobs=args.n_jobs,
-        validation_dirs=args.validation or (),
-        ridge_baseline=args.ridge_baseline,
-    )
+    with _locked(args.output_dir):
+        directory = fit_quantile_heads(
+            args.features,
+            args.output_dir,
+            attribute_names=args.attributes,
+            quantile_levels=args.levels,
+            alpha=args.alpha,
+            solver=args.solver,
+            max_samples_per_attribute=args.max_samples_per_attribute,
+            seed=args.seed,
+            n_jobs=args.n_jobs,
+            validation_dirs=args.validation or (),
+            ridge_baseline=args.ridge_baseline,
+        )
     info = json.loads((directory / "heads.json").read_text())
     print(f"Quantile heads written to {directory}; samples per attribute: {info['samples_per_attribute']}")
     if "validation" in info:
@@ -76,13 +84,14 @@ def _fit_quantiles(args):
 def _debias(args):
     from .training.stages import fit_debias
 
-    directory = fit_debias(
-        args.heads,
-        args.reference,
-        args.output_dir,
-        verbosity_attribute=args.verbosity_attribute,
-        threshold=args.threshold,
-    )
+    with _locked(args.output_dir):
+        directory = fit_debias(
+            args.heads,
+            args.reference,
+            args.output_dir,
+            verbosity_attribute=args.verbosity_attribute,
+            threshold=args.threshold,
+        )
     print(f"Reward transform written to {directory}")
 
 
@@ -102,24 +111,26 @@ def _fit_gating(args):
         seed=args.seed,
         rewards=args.rewards,
     )
-    directory = fit_gating(
-        args.heads, args.pairs, args.output_dir, transform_dir=args.transform, settings=settings
-    )
+    with _locked(args.output_dir):
+        directory = fit_gating(
+            args.heads, args.pairs, args.output_dir, transform_dir=args.transform, settings=settings
+        )
     print(f"Gating network written to {directory}")
 
 
 def _assemble(args):
     from .training.stages import AssembleSettings, assemble_model
 
-    directory = assemble_model(
-        args.backbone,
-        args.heads,
-        args.gating,
-        args.output_dir,
-        transform_dir=args.transform,
-        revision=args.revision,
-        settings=AssembleSettings(push_to_hub=args.push_to_hub, datasets=args.datasets or []),
-    )
+    with _locked(args.output_dir):
+        directory = assemble_model(
+            args.backbone,
+            args.heads,
+            args.gating,
+            args.output_dir,
+            transform_dir=args.transform,
+            revision=args.revision,
+            settings=AssembleSettings(push_to_hub=args.push_to_hub, datasets=args.datasets or []),
+        )
     print(f"QRM saved to {directory}")
 
 
@@ -170,6 +181,7 @@ def _add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_pipeline_commands(commands) -> None:
     """Add the training-pipeline subcommands to the `qrm` parser's subparsers."""
+    from .cli import positive_int
     from .training.stages import PAPER_LEVELS, GatingSettings
 
     extract = commands.add_parser(
@@ -186,12 +198,12 @@ def add_pipeline_commands(commands) -> None:
     extract.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     extract.add_argument(
         "--max-length",
-        type=int,
+        type=positive_int,
         default=4096,
         help="skip (and count) conversations longer than this many tokens (default 4096)",
     )
-    extract.add_argument("--batch-size", type=int, default=16, help="conversations per forward pass")
-    extract.add_argument("--shard-size", type=int, default=4096, help="examples per shard file")
+    extract.add_argument("--batch-size", type=positive_int, default=16, help="conversations per forward pass")
+    extract.add_argument("--shard-size", type=positive_int, default=4096, help="examples per shard file")
     _add_dataset_arguments(extract)
     extract.set_defaults(handler=_extract)
 

@@ -220,6 +220,11 @@ def _add_policy_optimization_arguments(parser: argparse.ArgumentParser, algorith
     """The options of `qrm rloo` and `qrm grpo`."""
     parser.add_argument("policy", help="the SFT model directory (output of `qrm sft`), or a Hub id")
     parser.add_argument("reward_model", metavar="qrm", help="the QRM: a directory or Hub id")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the Python code that comes with the QRM (never needed for a qrm-hf QRM; read it first)",
+    )
     group = parser.add_argument_group("risk")
     group.add_argument(
         "--risk-measure",
@@ -374,6 +379,7 @@ def _rlhf(args) -> None:
             lora_config=_lora(args),
             save_dtype=args.save_dtype,
             resume=args.resume,
+            trust_remote_code=args.trust_remote_code,
         )
     except (ValueError, TypeError, OSError) as error:
         raise SystemExit(f"qrm {args.algorithm}: error: {error}") from error

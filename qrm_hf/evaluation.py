@@ -44,8 +44,9 @@ def pairwise_accuracy(chosen_scores, rejected_scores) -> float:
     return float(np.mean((chosen > rejected) + 0.5 * (chosen == rejected)))
 
 
-def _score_unique(model, tokenizer, conversations, batch_size):
-    """Score each distinct conversation once; return the outputs and each input's row in them."""
+def _score_unique(model, tokenizer, conversations, batch_size, max_length=None):
+    """Score each distinct conversation once; return the outputs, each input's row in them, and which
+    inputs are longer than `max_length` (left out and counted, never truncated, as `qrm extract` does)."""
     from .scoring import score_conversations
 
     unique, position, index = [], {}, []
@@ -55,14 +56,20 @@ def _score_unique(model, tokenizer, conversations, batch_size):
             position[key] = len(unique)
             unique.append(conversation)
         index.append(position[key])
-    outputs = score_conversations(model, tokenizer, unique, batch_size=batch_size)
-    return outputs, np.array(index)
+    outputs = score_conversations(
+        model, tokenizer, unique, batch_size=batch_size, max_length=max_length, too_long="skip"
+    )
+    index = np.array(index)
+    return outputs, index, outputs["too_long"].numpy()[index]
 
 
-def evaluate_ratings(model, tokenizer, rows, label_range, attributes=None, batch_size: int = 8) -> dict:
+def evaluate_ratings(
+    model, tokenizer, rows, label_range, attributes=None, batch_size: int = 8, max_length: int | None = None
+) -> dict:
     """Pinball loss and calibration of the model's attribute quantiles on rating rows (DESIGN.md §6).
 
-    Returns `pinball` (mean over attributes and levels), `pinball_per_attribute`, `calibration_error`
+    Returns `pinball` (mean over attributes and levels), `pinball_per_attribute`, `calibration_error`,
+    `skipped_too_long` (rows longer than `max_length` tokens, default the backbone's positions, left out)
     and, when rows carry a `kind` column, `pinball_by_kind`.
     """
     from .presets import DatasetPreset, attribute_examples
@@ -78,7 +85,9 @@ def evaluate_ratings(model, tokenizer, rows, label_range, attributes=None, batch
     )  # fmt: skip
     conversations, labels, index = attribute_examples(rows, preset, with_index=True)
     rows = [rows[i] for i in index]  # rows without any label are left out
-    outputs, index = _score_unique(model, tokenizer, conversations, batch_size)
+    outputs, index, too_long = _score_unique(model, tokenizer, conversations, batch_size, max_length)
+    rows = [row for row, skip in zip(rows, too_long, strict=True) if not skip]
+    labels, index = labels[~too_long], index[~too_long]
     predictions = outputs["attribute_quantiles"].numpy()[index]  # [n, M, K]
     levels = model.config.quantile_levels
     loss = pinball_loss(labels, predictions, levels)
@@ -86,6 +95,7 @@ def evaluate_ratings(model, tokenizer, rows, label_range, attributes=None, batch
         "pinball": float(loss.mean()),
         "pinball_per_attribute": dict(zip(attributes, loss.mean(1).tolist(), strict=True)),
         "calibration_error": calibration_error(labels, predictions, levels),
+        "skipped_too_long": int(too_long.sum()),
     }
     kinds = np.array([row.get("kind") for row in rows])
     if kinds.any():
@@ -96,20 +106,26 @@ def evaluate_ratings(model, tokenizer, rows, label_range, attributes=None, batch
     return report
 
 
-def evaluate_pairs(model, tokenizer, rows, batch_size: int = 8) -> dict:
-    """Pairwise accuracy of the expected reward on (prompt, chosen, rejected) rows, overall and by `kind`."""
+def evaluate_pairs(model, tokenizer, rows, batch_size: int = 8, max_length: int | None = None) -> dict:
+    """Pairwise accuracy of the expected reward on (prompt, chosen, rejected) rows, overall and by `kind`;
+    pairs with a side longer than `max_length` tokens are left out and counted in `skipped_too_long`."""
     from .presets import DatasetPreset, preference_examples
 
     preset = DatasetPreset.custom(
         "preference", prompt="prompt", chosen="chosen", rejected="rejected", name="preference rows"
     )
-    pairs = preference_examples(rows, preset)
+    pairs, pair_rows = preference_examples(rows, preset, with_index=True)
     conversations = [chosen for chosen, _ in pairs] + [rejected for _, rejected in pairs]
-    outputs, index = _score_unique(model, tokenizer, conversations, batch_size)
+    outputs, index, too_long = _score_unique(model, tokenizer, conversations, batch_size, max_length)
+    kept = ~(too_long[: len(pairs)] | too_long[len(pairs) :])
     scores = outputs["logits"][:, 0].numpy()[index]
-    chosen, rejected = scores[: len(pairs)], scores[len(pairs) :]
-    report = {"accuracy": pairwise_accuracy(chosen, rejected), "pairs": len(pairs)}
-    kinds = np.array([row.get("kind") for row in rows])
+    chosen, rejected = scores[: len(pairs)][kept], scores[len(pairs) :][kept]
+    report = {
+        "accuracy": pairwise_accuracy(chosen, rejected),
+        "pairs": int(kept.sum()),
+        "skipped_too_long": int((~kept).sum()),
+    }
+    kinds = np.array([rows[i].get("kind") for i in pair_rows[kept]])
     if kinds.any():
         report["accuracy_by_kind"] = {
             str(kind): pairwise_accuracy(chosen[kinds == kind], rejected[kinds == kind])

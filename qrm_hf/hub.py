@@ -10,8 +10,11 @@ also works: it uploads weights, config and the code files, and keeps the model c
 (else transformers writes its generic card), but not the tokenizer.
 
 Loading needs no qrm-hf: ``AutoModelForSequenceClassification.from_pretrained(repo_id,
-trust_remote_code=True, revision=..., code_revision=...)``. `load_qrm` is that call plus the tokenizer,
-with errors that name the repo and the revision.
+trust_remote_code=True, revision=..., code_revision=...)`` runs the code files of the repo. With qrm-hf
+installed no code of the repo is needed: `load_qrm` (behind ``qrm score`` / ``qrm evaluate``) checks the
+config is a QRM's, builds the model with the installed classes and loads the tokenizer without remote code,
+with errors that name the repo and the revision; it runs the repo's code only with
+``trust_remote_code=True`` (CLI ``--trust-remote-code``).
 """
 
 from __future__ import annotations
@@ -287,43 +290,145 @@ def push_qrm(
         )
 
 
+def _looks_like_a_path(name: str) -> bool:
+    """True for names that can only be local paths (not a Hub repo id 'name' or 'namespace/name')."""
+    if name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1:
+        return True
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return True
+    return False
+
+
+def model_location(name: str | Path) -> str:
+    """`name` as a local directory or a Hub repo id; a clear FileNotFoundError for a path that does not exist.
+
+    (Without this check transformers reports a missing directory as "Repo id must be in the form ...".)
+    """
+    name = str(name)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise FileNotFoundError(f"{name} is a file, not a model directory.")
+        return str(path)
+    if _looks_like_a_path(name):
+        raise FileNotFoundError(f"The model directory {name} does not exist (and it is not a Hub repo id).")
+    return name
+
+
+def check_tokenizer_files(directory: str | Path, what: str = "model") -> None:
+    """A clear error when a local model directory has no tokenizer (else transformers asks for sentencepiece)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return  # a Hub repo: the client names what is missing
+    if not (directory / TOKENIZER_CONFIG).is_file() or not any(
+        (directory / name).is_file() for name in TOKENIZER_VOCABULARIES
+    ):
+        raise FileNotFoundError(
+            f"The {what} directory {directory} has no tokenizer ({TOKENIZER_CONFIG} and one of "
+            f"{', '.join(TOKENIZER_VOCABULARIES)}): save it next to the weights with tokenizer.save_pretrained "
+            "(save_qrm and `qrm assemble` do)."
+        )
+
+
+def read_model_config(name: str, revision: str | None = None, token: str | None = None) -> dict:
+    """The ``config.json`` of a local directory or a Hub repo as a dict: read as JSON, no code runs."""
+    path = Path(name)
+    if path.is_dir():
+        config_path = path / "config.json"
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{name} has no config.json: it is not a saved model directory.")
+    else:
+        from huggingface_hub import hf_hub_download
+
+        config_path = Path(hf_hub_download(name, "config.json", revision=revision, token=token))
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"The config.json of {name} is not valid JSON ({error}).") from error
+    if not isinstance(config, dict):
+        raise ValueError(f"The config.json of {name} is not a JSON object.")
+    return config
+
+
 def load_qrm(
     repo_id_or_path: str | Path,
     revision: str | None = None,
     code_revision: str | None = None,
     token: str | None = None,
     dtype=None,
+    trust_remote_code: bool = False,
 ):
-    """A QRM and its tokenizer from a Hub repo id (or a local directory), through `trust_remote_code=True`.
+    """A QRM and its tokenizer from a local directory or a Hub repo id, without running code of the model.
 
-    `revision` pins weights, config and tokenizer (branch, tag or commit id), `code_revision` the code
-    files (defaults to `revision`). Weights load from safetensors only. With ``HF_HUB_OFFLINE=1`` the
-    files come from the local cache. Errors of the Hub client (unknown repo or revision, no network) are
-    passed on as `OSError` naming the repo and the revision.
+    ``config.json`` is read first (as JSON: no code, no weights) and must describe a QRM (``model_type:
+    "qrm"``); the model is then built with the classes of the installed qrm-hf, never with the code files
+    saved next to the weights, and the tokenizer is loaded without remote code (a tokenizer_config
+    ``auto_map`` is refused). Only with ``trust_remote_code=True`` (CLI: ``--trust-remote-code``) is the
+    code of the model directory run: then a model of another type (e.g. a released QRM checkpoint with its
+    own modeling file) loads through the Auto classes, and a QRM through its saved code files at
+    `code_revision`.
+
+    `revision` pins weights, config and tokenizer (branch, tag or commit id). Weights load from
+    safetensors only. With ``HF_HUB_OFFLINE=1`` the files come from the local cache. Errors of the Hub
+    client (unknown repo or revision, no network) are passed on as `OSError` naming the repo and the
+    revision; a directory that does not exist, or one without tokenizer, is a `FileNotFoundError`; a model
+    that is not a QRM a `ValueError`.
     """
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    name = str(repo_id_or_path)
+    from .modeling.modeling_qrm import QRMForSequenceClassification
+
+    name = model_location(repo_id_or_path)
+    where = f"the QRM {name!r} at revision {revision or 'main'!r}" + (
+        f" (code revision {code_revision!r})" if code_revision else ""
+    )
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            name,
-            trust_remote_code=True,
-            use_safetensors=True,
-            revision=revision,
-            code_revision=code_revision,
-            token=token,
-            dtype=dtype if dtype is not None else torch.float32,
+        config = read_model_config(name, revision=revision, token=token)
+    except (OSError, HfHubHTTPError, HFValidationError) as error:
+        if isinstance(error, FileNotFoundError) and Path(name).is_dir():
+            raise
+        raise OSError(f"Cannot load {where}: {error}") from error
+    model_type = config.get("model_type")
+    if model_type != "qrm" and not trust_remote_code:
+        raise ValueError(
+            f"{name} is not a Quantile Reward Model of qrm-hf: its config.json has model_type {model_type!r}, "
+            "not 'qrm'. A released QRM checkpoint is converted first (qrm convert SRC DST); to run the code that "
+            "comes with this model instead, pass --trust-remote-code (Python: trust_remote_code=True) if you "
+            "trust its authors."
         )
+    check_tokenizer_files(name, "QRM")
+    try:
+        # Never remote code for the tokenizer: a QRM's tokenizer is its backbone's, a standard one.
         tokenizer = AutoTokenizer.from_pretrained(
-            name, trust_remote_code=True, revision=revision, token=token
+            name, trust_remote_code=False, revision=revision, token=token
         )
     except OSError as error:
-        raise OSError(
-            f"Cannot load the QRM {name!r} at revision {revision or 'main'!r}"
-            + (f" (code revision {code_revision!r})" if code_revision else "")
-            + f": {error}"
+        raise OSError(f"Cannot load the tokenizer of {where}: {error}") from error
+    except ValueError as error:
+        if "custom code" not in str(error) and "trust_remote_code" not in str(error):
+            raise
+        raise ValueError(
+            f"The tokenizer of {name} names code of its own (auto_map in {TOKENIZER_CONFIG}) and no standard "
+            "tokenizer class; qrm-hf never runs tokenizer code. Set tokenizer_class in "
+            f"{TOKENIZER_CONFIG} to a transformers class (a QRM uses its backbone's tokenizer)."
         ) from error
+    kwargs = dict(revision=revision, token=token, dtype=dtype if dtype is not None else torch.float32)
+    try:
+        if trust_remote_code:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                name,
+                trust_remote_code=trust_remote_code,
+                use_safetensors=True,
+                code_revision=code_revision,
+                **kwargs,
+            )
+        else:
+            model = QRMForSequenceClassification.from_pretrained(name, use_safetensors=True, **kwargs)
+    except OSError as error:
+        raise OSError(f"Cannot load {where}: {error}") from error
     return model.eval(), tokenizer
 
 
@@ -399,7 +504,10 @@ __all__ = [
     "add_push_command",
     "check_model_dir",
     "check_repo_id",
+    "check_tokenizer_files",
     "load_qrm",
+    "model_location",
     "push_model_dir",
+    "read_model_config",
     "push_qrm",
 ]

@@ -20,6 +20,7 @@ its source row (``with_index=True``).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -56,10 +57,39 @@ def _builder_for(path: Path) -> str:
     return _BUILDERS[suffixes[-1]]
 
 
-def _looks_local(source: str) -> bool:
+def looks_like_local_path(source: str) -> bool:
+    """True for a data source that can only be a local file or directory (not a Hub dataset id)."""
     return source.startswith((".", "/", "~")) or any(
         source.lower().endswith(ext + comp) for ext in _BUILDERS for comp in ("", *_COMPRESSIONS)
     )
+
+
+def _explain_unreadable_file(path: Path, builder: str, error: Exception) -> None:
+    """Raise a ValueError naming the file and the line that `datasets` could not read, if it can be found."""
+    from .data import read_jsonl
+
+    if builder == "json" and path.suffix.lower() in (".json", ".jsonl"):
+        head = path.read_bytes()[:4096].lstrip()
+        if head.startswith(b"["):  # one JSON array
+            text = path.read_bytes()
+            try:
+                json.loads(text.decode("utf-8"))
+            except UnicodeDecodeError as decode_error:
+                line = text[: decode_error.start].count(b"\n") + 1
+                raise ValueError(f"{path}, line {line}: bytes that are not UTF-8 text.") from error
+            except json.JSONDecodeError as json_error:
+                raise ValueError(
+                    f"{path}, line {json_error.lineno}: not valid JSON ({json_error})."
+                ) from error
+        else:
+            read_jsonl(path)  # raises naming the line of the first malformed row
+    elif builder == "csv":
+        for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(f"{path}, line {number}: bytes that are not UTF-8 text.") from error
+    raise ValueError(f"Cannot read the dataset file {path} as {builder}: {error}") from error
 
 
 def _pick_split(dataset_dict, split: str, source: str):
@@ -86,6 +116,8 @@ def load_rows(
     """
     import datasets
 
+    from .data import check_utf8
+
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}.")
     source = str(source)
@@ -93,9 +125,16 @@ def load_rows(
     if path.is_file():
         if path.stat().st_size == 0:
             raise ValueError(f"The dataset file {path} is empty.")
-        dataset = datasets.load_dataset(
-            _builder_for(path), data_files={split: str(path)}, split=split, **load_kwargs
-        )
+        builder = _builder_for(path)
+        if builder in ("json", "csv") and path.suffix.lower() not in _COMPRESSIONS:
+            check_utf8(path)  # pyarrow would read some bytes that are not UTF-8 and fail later, anywhere
+        try:
+            dataset = datasets.load_dataset(
+                builder, data_files={split: str(path)}, split=split, **load_kwargs
+            )
+        except Exception as error:  # pyarrow / datasets errors name neither the file nor the line
+            _explain_unreadable_file(path, builder, error)
+            raise
     elif path.is_dir():
         if (path / "state.json").is_file():  # a Dataset written by save_to_disk
             dataset = datasets.load_from_disk(str(path))
@@ -103,7 +142,7 @@ def load_rows(
             dataset = _pick_split(datasets.load_from_disk(str(path)), split, source)
         else:
             dataset = datasets.load_dataset(str(path), data_files=data_files, split=split, **load_kwargs)
-    elif _looks_local(source):
+    elif looks_like_local_path(source):
         raise FileNotFoundError(f"{source} does not exist (and is not a Hub dataset id).")
     else:
         dataset = datasets.load_dataset(source, data_files=data_files, split=split, **load_kwargs)
@@ -732,6 +771,30 @@ def attribute_examples(
     return conversations, labels
 
 
+def response_conversations(
+    rows: Sequence[Mapping], *, prompt: str = "prompt", response: str = "response", name: str = "rows"
+) -> list[Conversation]:
+    """The conversations of rows to score (``qrm score --file``): `prompt` + `response` per row.
+
+    The same checks as the converters of training and evaluation data: a missing `response` column, a null
+    response and a conversation that does not end with the assistant's turn (e.g. user turns only) are
+    errors naming the row (numbered from 0) instead of scoring the prompt as if it were the answer.
+    """
+    conversations = []
+    for index, row in enumerate(rows):
+        where = f"{name}, row {index}"
+        if not isinstance(row, Mapping):
+            raise ValueError(
+                f"{where}: expected an object with {prompt!r} and {response!r}, got {row!r:.80}."
+            )
+        if response not in row:
+            raise ValueError(f"{where} has no {response!r} column (it has {sorted(row)}).")
+        conversations.append(_conversation(row.get(prompt), row[response], None, where))
+    if not conversations:
+        raise ValueError(f"{name}: no conversation to score.")
+    return conversations
+
+
 def preference_examples(dataset, preset: str | DatasetPreset, *, with_index: bool = False):
     """(chosen, rejected) conversation pairs of preference data.
 
@@ -766,4 +829,5 @@ __all__ = [
     "load_rows",
     "parse_hh_transcript",
     "preference_examples",
+    "response_conversations",
 ]

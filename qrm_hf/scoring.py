@@ -17,34 +17,73 @@ SUMMARY_MEASURES = {
     "q0.05": "quantile:0.05",
     "median": "quantile:0.5",
     "q0.95": "quantile:0.95",
-    "exp_utility": "exp_utility",
+    "cert_equiv": "certainty_equivalent",
     "cvar": "cvar",
 }
 
 
+def max_scoring_length(model) -> int | None:
+    """The longest conversation (in tokens) the model's backbone has positions for, None if unknown."""
+    config = getattr(model, "config", None)
+    backbone = getattr(config, "backbone_config", None) or config
+    length = getattr(backbone, "max_position_embeddings", None)
+    return int(length) if isinstance(length, int) and length > 0 else None
+
+
 @torch.inference_mode()
 def score_conversations(
-    model, tokenizer, conversations: Sequence[list[dict]], batch_size: int = 8, progress: bool = True
+    model,
+    tokenizer,
+    conversations: Sequence[list[dict]],
+    batch_size: int = 8,
+    progress: bool = True,
+    max_length: int | None = None,
+    too_long: str = "error",
 ) -> dict[str, torch.Tensor]:
     """Run `model` on conversations (message lists ending with the assistant's response, e.g. from
     `qrm_hf.chat.conversation_messages(prompt, response)`), formatted with the tokenizer's chat template.
 
     Conversations are batched by length (right padding) and results returned in input order, as a
     dict of float32 CPU tensors: `logits` [N, 1], `reward_quantiles` [N, K], `attribute_quantiles`
-    [N, M, K], `rewards` [N, M], `gating_output` [N, M].
+    [N, M, K], `rewards` [N, M], `gating_output` [N, M], and `too_long` [N] (bool).
+
+    Conversations longer than `max_length` tokens (default: the backbone's `max_position_embeddings`) are
+    never truncated: with ``too_long="error"`` a ValueError names them before any forward pass; with
+    ``too_long="skip"`` they are not run, their rows are NaN and `too_long` marks them (as `qrm extract`
+    skips and counts them).
     """
+    from .chat import split_by_length
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    if too_long not in ("error", "skip"):
+        raise ValueError(f"too_long must be 'error' or 'skip', got {too_long!r}.")
     sequences = [encode_conversation(tokenizer, messages=messages) for messages in conversations]
+    max_length = max_length if max_length is not None else max_scoring_length(model)
+    kept, skipped = split_by_length([len(sequence) for sequence in sequences], max_length)
+    if skipped and too_long == "error":
+        listed = ", ".join(f"{i} ({len(sequences[i])} tokens)" for i in skipped[:5])
+        raise ValueError(
+            f"{len(skipped)} conversation(s) are longer than max_length={max_length} tokens, the most the model "
+            f"reads: row {listed}{', ...' if len(skipped) > 5 else ''}. Shorten them (conversations are never "
+            "truncated: that would cut the response) or leave them out."
+        )
+    if not kept:
+        raise ValueError(
+            f"All {len(sequences)} conversations are longer than max_length={max_length} tokens."
+        )
     pad_token_id = (
         model.config.pad_token_id if model.config.pad_token_id is not None else tokenizer.pad_token_id
     )
     if pad_token_id is None:
         raise ValueError("Neither the model config nor the tokenizer defines a pad token id.")
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    order = sorted(kept, key=lambda i: len(sequences[i]))
     device = next(model.parameters()).device
     fields = ("logits", "reward_quantiles", "attribute_quantiles", "rewards", "gating_output")
-    results: dict[str, list[torch.Tensor]] = {name: [] for name in fields}
+    results: dict[str, torch.Tensor] = {}
     for start in tqdm(range(0, len(order), batch_size), desc="scoring", unit="batch", disable=not progress):
-        batch = [sequences[i] for i in order[start : start + batch_size]]
+        rows = order[start : start + batch_size]
+        batch = [sequences[i] for i in rows]
         length = max(map(len, batch))
         input_ids = torch.full((len(batch), length), pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros(len(batch), length, dtype=torch.long)
@@ -53,16 +92,24 @@ def score_conversations(
             attention_mask[row, : len(sequence)] = 1
         output = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))
         for name in fields:
-            results[name].append(output[name].float().cpu())
-    inverse = torch.empty(len(order), dtype=torch.long)
-    inverse[torch.tensor(order)] = torch.arange(len(order))
-    return {name: torch.cat(values)[inverse] for name, values in results.items()}
+            value = output[name].float().cpu()
+            if name not in results:
+                results[name] = torch.full((len(sequences), *value.shape[1:]), float("nan"))
+            results[name][torch.tensor(rows)] = value
+    mask = torch.zeros(len(sequences), dtype=torch.bool)
+    mask[skipped] = True
+    return {**results, "too_long": mask}
 
 
 def risk_summary(
     reward_quantiles: torch.Tensor, levels: Sequence[float], lam: float = 1.0, alpha: float = 0.1
 ) -> list[dict[str, float]]:
-    """Per conversation: expected reward, q0.05, median, q0.95, exponential utility (lam), CVaR (alpha)."""
+    """Per conversation: expected reward, q0.05, median, q0.95, certainty equivalent (lam), CVaR (alpha).
+
+    The certainty equivalent -1/lam log mean_k exp(-lam q_k) ranks exactly as the paper's exponential utility
+    (eq. 4) but is in reward units and computed with log-sum-exp: finite for any lam > 0, where the utility
+    itself overflows to -inf once lam * reward < -88 (float32).
+    """
     columns = {
         column: risk.resolve(spec, levels, lam=lam, alpha=alpha)(reward_quantiles)
         for column, spec in SUMMARY_MEASURES.items()

@@ -57,7 +57,7 @@ def test_score_command_prints_the_model_numbers(demo_run, capsys):
     main(["score", str(model_dir), "--prompt", prompt, "--response", response])
     printed = capsys.readouterr().out.splitlines()
     header, row = printed[-2].split(), printed[-1].split()
-    assert header[1:] == ["expected", "q0.05", "median", "q0.95", "exp_utility", "cvar"]
+    assert header[1:] == ["expected", "q0.05", "median", "q0.95", "cert_equiv", "cvar"]
 
     model = QRMForSequenceClassification.from_pretrained(model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -66,4 +66,5 @@ def test_score_command_prints_the_model_numbers(demo_run, capsys):
     quantiles = output.reward_quantiles[0]
     assert float(row[1]) == pytest.approx(output.logits.item(), abs=1e-4)
     assert float(row[2]) == pytest.approx(quantiles[0].item(), abs=1e-4)  # level 0.05 is the first level
-    assert float(row[5]) == pytest.approx(-torch.exp(-quantiles).mean().item(), abs=1e-4)
+    # certainty equivalent of the exponential utility at lambda 1: -log mean_k exp(-q_k)
+    assert float(row[5]) == pytest.approx(-torch.exp(-quantiles.double()).mean().log().item(), abs=1e-4)

@@ -85,6 +85,7 @@ def run_demo(config: TrainConfig | None = None, data_dir: Path = DEMO_DATA) -> P
             str(output_dir / "showcase_distributions.png"),
             "--json",
             str(output_dir / "heldout_evaluation.json"),
+            "--trust-remote-code",  # our own model: check the code files saved with it, not the installed ones
         ],
         check=True,
         env={**os.environ, "QRM_HF_REMOTE_CODE_ONLY": "1"},

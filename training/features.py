@@ -16,13 +16,18 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
+from ..chat import split_by_length
+from ..locking import directory_lock
 from ..modeling.modeling_qrm import find_last_pattern
 
 MANIFEST = "manifest.json"
@@ -63,6 +68,10 @@ class BackboneEncoder:
         self.max_tokens_per_batch = max_tokens_per_batch
         self._remembered: dict[tuple, tuple[torch.Tensor, torch.Tensor]] | None = {} if remember else None
 
+    @property
+    def remembers(self) -> bool:
+        return self._remembered is not None
+
     @torch.inference_mode()
     def encode(self, sequences: Sequence[Sequence[int]], desc: str = "extracting features"):
         """Returns (response_embeddings [N, H], prompt_embeddings [N, H]) in float32, in input order."""
@@ -100,6 +109,20 @@ class BackboneEncoder:
         prompt = torch.stack([results[tuple(seq)][1] for seq in sequences])
         return response, prompt
 
+    def remember_known(
+        self, sequences: Sequence[Sequence[int]], response: torch.Tensor, prompt: torch.Tensor
+    ):
+        """Add embeddings read back from disk (a finished shard) to the remembered ones, as if encoded now.
+
+        A resumed extraction calls this for the shards it keeps, so that later shards reuse exactly the
+        values an uninterrupted run would have reused (the first encoding of a sequence wins) and are
+        encoded in the same batches: resuming changes no bit. Without `remember` it does nothing.
+        """
+        if self._remembered is None:
+            return
+        for row, seq in enumerate(sequences):
+            self._remembered.setdefault(tuple(seq), (response[row], prompt[row]))
+
     def _batches(self, order: list[tuple], device: torch.device):
         """Consecutive runs of the length-sorted `order` within the conversation and token limits."""
         budget = self.max_tokens_per_batch
@@ -115,12 +138,79 @@ class BackboneEncoder:
             yield batch
 
 
-def write_shard(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    """Write a safetensors shard atomically: a crash leaves no file under the final name."""
+def write_shard(path: Path, tensors: dict[str, torch.Tensor]) -> dict:
+    """Write a safetensors shard atomically (a crash leaves no file under the final name); returns its
+    `shard_check` (size and CRC-32), computed from the bytes written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".partial")
-    save_file({name: value.contiguous() for name, value in tensors.items()}, str(temporary))
+    data = save({name: value.contiguous() for name, value in tensors.items()})
+    temporary.write_bytes(data)
     os.replace(temporary, path)
+    check = {"bytes": len(data), "crc32": zlib.crc32(data)}
+    _checked[_file_key(path)] = check["crc32"]
+    return check
+
+
+# CRC-32 of the shards this process has written or verified, by (path, size, mtime): each file is read once.
+_checked: dict[tuple, int] = {}
+
+
+def _file_key(path: Path) -> tuple:
+    stat = path.stat()
+    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def shard_check(path: str | Path) -> dict:
+    """Size in bytes and CRC-32 of a shard file (what the manifest records to detect a damaged shard)."""
+    path = Path(path)
+    key = _file_key(path)
+    if key not in _checked:
+        crc = 0
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                crc = zlib.crc32(block, crc)
+        _checked[key] = crc
+    return {"bytes": key[1], "crc32": _checked[key]}
+
+
+def shard_problem(path: Path, recorded: dict | None, rows: int | None = None) -> str | None:
+    """Why the shard at `path` cannot be used (missing, size or checksum not as recorded, unreadable), or None.
+
+    Without a `recorded` check (a shard of an interrupted extraction) the file must open and hold `rows` rows.
+    """
+    if not path.is_file():
+        return "missing"
+    if recorded is not None:
+        found = shard_check(path)
+        if found["bytes"] != recorded["bytes"]:
+            return f"{found['bytes']} bytes instead of the {recorded['bytes']} written"
+        if found["crc32"] != recorded["crc32"]:
+            return "its checksum differs from the one recorded when it was written"
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as shard:
+            found_rows = shard.get_slice("index").get_shape()[0]
+    except Exception as error:  # safetensors reports truncation and garbage as SafetensorError
+        return f"unreadable ({error})"
+    return None if rows is None or found_rows == rows else f"{found_rows} rows instead of {rows}"
+
+
+class DamagedFeaturesError(ValueError):
+    """Shards of a finished feature directory are missing or differ from what was written."""
+
+
+def damaged_shards(directory: str | Path, manifest: dict | None = None) -> dict[str, str]:
+    """{shard name: problem} for the shards of a finished feature directory that cannot be used."""
+    directory = Path(directory)
+    if manifest is None:
+        if not (directory / MANIFEST).is_file():
+            return {MANIFEST: "missing"}
+        manifest = json.loads((directory / MANIFEST).read_text())
+    checks = manifest.get("shard_checks", {})
+    problems = {
+        name: shard_problem(directory / name, checks.get(name)) for name in manifest.get("shards", [])
+    }
+    return {name: problem for name, problem in problems.items() if problem is not None}
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
@@ -162,7 +252,7 @@ def extract_to_shards(
         raise ValueError(f"No conversations to extract for {directory}: the dataset is empty.")
     pairs = isinstance(sequences[0], tuple)
     lengths = [max(map(len, entry)) if pairs else len(entry) for entry in sequences]
-    kept = [row for row, length in enumerate(lengths) if max_length is None or length <= max_length]
+    kept, _ = split_by_length(lengths, max_length)  # never truncated: skipped and counted
     if not kept:
         raise ValueError(
             f"All {len(sequences)} conversations are longer than max_length={max_length} tokens."
@@ -183,40 +273,74 @@ def extract_to_shards(
                 "use another directory or delete it."
             )
     state = PartialState(cpu=not torch.cuda.is_available())  # CPU processes talk through gloo
-    state.wait_for_everyone()  # every process has checked the old manifest before it is rewritten
-    if state.is_main_process:
-        directory.mkdir(parents=True, exist_ok=True)
-        write_manifest(directory, {"settings": settings, "complete": False})
-    state.wait_for_everyone()
+    # The main process holds the directory's lock: another run extracting into it gets a clear error.
+    with directory_lock(directory) if state.is_main_process else nullcontext():
+        return _extract_shards(
+            encoder, sequences, directory, settings, kept, labels, shard_size, row_index, state
+        )
+
+
+def _extract_shards(encoder, sequences, directory, settings, kept, labels, shard_size, row_index, state):
+    pairs = settings["kind"] == "preference"
+    previous = json.loads((directory / MANIFEST).read_text()) if (directory / MANIFEST).exists() else {}
+    checks = previous.get("shard_checks", {})  # of shards finished by an earlier run
     starts = range(0, len(kept), shard_size)
     shard_names = [f"features-{number:05d}.safetensors" for number in range(len(starts))]
+    finished = previous.get("complete") and not damaged_shards(directory, previous)
+    if not finished:
+        state.wait_for_everyone()  # every process has read the old manifest before it is rewritten
+        if state.is_main_process:
+            directory.mkdir(parents=True, exist_ok=True)
+            write_manifest(directory, {"settings": settings, "complete": False, "shard_checks": checks})
+        state.wait_for_everyone()
     for number in range(state.process_index, len(starts), state.num_processes):
-        if (directory / shard_names[number]).exists():
-            continue
+        path = directory / shard_names[number]
+        # The rows of a shard, its batches and the embeddings it can reuse depend on the shard (and the
+        # shards before it) alone: a resumed extraction writes the same bits as an uninterrupted one.
         rows = kept[starts[number] : starts[number] + shard_size]
-        desc = f"extracting {directory.name} shard {number + 1}/{len(starts)}"
         if pairs:
             flat = [sequence for row in rows for sequence in sequences[row]]
-            response, prompt = encoder.encode(flat, desc=desc)
-            response, prompt = response.view(len(rows), 2, -1), prompt.view(len(rows), 2, -1)
         else:
-            response, prompt = encoder.encode([sequences[row] for row in rows], desc=desc)
+            flat = [sequences[row] for row in rows]
+        if path.exists():
+            problem = shard_problem(path, checks.get(path.name), len(rows))
+            if problem is None:  # finished by an earlier run
+                if encoder.remembers:  # as if encoded now: later shards reuse the same values
+                    with safe_open(str(path), framework="pt") as shard:
+                        response, prompt = (
+                            shard.get_tensor("embeddings"),
+                            shard.get_tensor("prompt_embeddings"),
+                        )
+                    encoder.remember_known(flat, response.flatten(0, -2), prompt.flatten(0, -2))
+                continue
+            print(f"{path} is damaged ({problem}): extracting it again")
+            path.unlink()
+        desc = f"extracting {directory.name} shard {number + 1}/{len(starts)}"
+        response, prompt = encoder.encode(flat, desc=desc)
+        if pairs:
+            response, prompt = response.view(len(rows), 2, -1), prompt.view(len(rows), 2, -1)
         index = torch.tensor(rows) if row_index is None else torch.as_tensor(row_index)[rows]
         tensors = {"embeddings": response, "prompt_embeddings": prompt, "index": index}
         if labels is not None:
             tensors["labels"] = labels[rows].float()
-        write_shard(directory / shard_names[number], tensors)
+        write_shard(path, tensors)
+    if finished:  # nothing was extracted (a finished directory, read again to warm the remembered embeddings)
+        return directory
     state.wait_for_everyone()
     if state.is_main_process:
-        write_manifest(directory, {"settings": settings, "complete": True, "shards": shard_names})
+        checks = {name: shard_check(directory / name) for name in shard_names}
+        manifest = {"settings": settings, "complete": True, "shards": shard_names, "shard_checks": checks}
+        write_manifest(directory, manifest)
     state.wait_for_everyone()
     return directory
 
 
-def read_manifest(directory: str | Path, kind: str | None = None) -> dict:
+def read_manifest(directory: str | Path, kind: str | None = None, verify: bool = True) -> dict:
     """The manifest of a finished feature directory, checked to hold `kind` features if given.
 
-    Raises FileNotFoundError when there is no manifest and ValueError when the extraction did not
+    With `verify`, every shard is checked against the size and CRC-32 recorded when it was written (each
+    file is read once per process). Raises FileNotFoundError when there is no manifest, `DamagedFeaturesError`
+    naming the shards that are missing, truncated or changed, and ValueError when the extraction did not
     finish or the features are of the other kind (attribute vs preference).
     """
     directory = Path(directory)
@@ -229,6 +353,13 @@ def read_manifest(directory: str | Path, kind: str | None = None) -> dict:
     manifest = json.loads(manifest_path.read_text())
     if not manifest.get("complete"):
         raise ValueError(f"Feature extraction into {directory} did not finish: run it again to complete it.")
+    damaged = damaged_shards(directory, manifest) if verify else {}
+    if damaged:
+        raise DamagedFeaturesError(
+            f"Damaged feature shard(s) in {directory}: "
+            + "; ".join(f"{name}: {problem}" for name, problem in damaged.items())
+            + ". Run the same `qrm extract` (or `qrm train`) again: it extracts these shards again."
+        )
     found = manifest["settings"].get("kind")
     if kind is not None and found != kind:
         needs = {

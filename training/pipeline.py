@@ -26,11 +26,14 @@ import hashlib
 import json
 import shutil
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .features import write_json_atomic
+from ..locking import directory_lock
+from ..presets import looks_like_local_path
+from .features import damaged_shards, write_json_atomic
 from .stages import (
     PAPER_LEVELS,
     AssembleSettings,
@@ -43,6 +46,7 @@ from .stages import (
     fit_quantile_heads,
     load_extraction_backbone,
     resolve_backbone,
+    restore_interrupted_replacement,
 )
 
 STATE = "pipeline_state.json"
@@ -139,6 +143,11 @@ class TrainConfig:
                 spec = DatasetSpec.from_dict(dict(entry), where=f"{where}: {key}[{number}]")
                 if spec.source is not None and (base_dir / str(spec.source)).exists():
                     spec.source = str((base_dir / str(spec.source)).resolve())
+                elif spec.source is not None and looks_like_local_path(str(spec.source)):
+                    raise FileNotFoundError(
+                        f"{where}: {key}[{number}]: the data file {base_dir / str(spec.source)} does not exist "
+                        "(local paths are relative to the config file)."
+                    )
                 spec.resolve()  # fails early on an unknown preset or a bad column mapping
                 specs.append(spec)
             return specs
@@ -468,22 +477,58 @@ def run_training(config: TrainConfig, dry_run: bool = False) -> Path:
         print(describe_plan(config, plan))
     if dry_run:
         return config.output_dir / "model"
+    # One run per output directory: a second one would delete the files of the first.
+    with directory_lock(config.output_dir, what="output directory of `qrm train`") if main else nullcontext():
+        _run_plan(config, plan, processes)
+    return config.output_dir / "model"
+
+
+def _run_plan(config: TrainConfig, plan: list[Stage], processes) -> None:
+    main = processes.is_main_process
+    if main:
+        for stage in plan:
+            if not stage.distributed:
+                restore_interrupted_replacement(stage.directory)
     state = _read_state(config.output_dir)
+    statuses = [stage_status(stage, state) for stage in plan]
     for number, stage in enumerate(plan, 1):
-        status = stage_status(stage, state)
+        if statuses[number - 1] == "up to date" and stage.distributed:
+            damaged = damaged_shards(stage.directory)
+            if damaged:  # e.g. a shard truncated on disk: extract it again instead of failing later
+                if main:
+                    print(f"[{number}/{len(plan)}] {stage.name}: damaged shard(s) {damaged}")
+                statuses[number - 1] = "resume"
+    # With reuse_across_datasets an extraction reuses the embeddings of the ones before it: when one has to
+    # run, the finished ones before it are read back (nothing is encoded) so that it reuses exactly what an
+    # uninterrupted run would have.
+    last_pending = max(
+        (
+            n
+            for n, (stage, status) in enumerate(zip(plan, statuses, strict=True))
+            if stage.distributed and status != "up to date"
+        ),
+        default=-1,
+    )
+    for number, stage in enumerate(plan, 1):
+        status = statuses[number - 1]
         if status == "up to date":
             if main:
                 print(f"[{number}/{len(plan)}] {stage.name}: up to date, skipped")
+            if stage.distributed and config.extraction.reuse_across_datasets and number - 1 < last_pending:
+                stage.run()
             continue
         if main:
-            stale = status == "changed" or (
-                status == "new" and stage.directory.exists() and not stage.distributed
-            )
-            if stale:
+            if status == "changed" and stage.distributed:  # features of other settings: extracted anew
                 print(
                     f"[{number}/{len(plan)}] {stage.name}: inputs changed, removing the old {stage.directory}"
                 )
                 shutil.rmtree(stage.directory)
+            elif status in ("changed", "new") and stage.directory.exists():
+                # Written with atomic_directory: the old output stays until the new one is complete.
+                print(
+                    f"[{number}/{len(plan)}] {stage.name}: inputs changed, {stage.directory} is replaced once "
+                    "the new one is complete"
+                )
             print(f"[{number}/{len(plan)}] {stage.name}" + (" (resuming)" if status == "resume" else ""))
             state[stage.name] = {"fingerprint": stage.fingerprint(), "complete": False}
             _write_state(config.output_dir, state)
@@ -494,4 +539,3 @@ def run_training(config: TrainConfig, dry_run: bool = False) -> Path:
         state[stage.name] = {"fingerprint": stage.fingerprint(), "complete": True}
         if main:
             _write_state(config.output_dir, state)
-    return config.output_dir / "model"

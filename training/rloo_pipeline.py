@@ -89,11 +89,14 @@ def _reward_dtype(args: RiskAwareRewardsArguments) -> torch.dtype:
     return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
 
 
-def load_reward_model(reward_model: str | Path, dtype: torch.dtype | None = None):
-    """A QRM and its tokenizer (`qrm_hf.hub.load_qrm`); ValueError when the model is not a QRM."""
+def load_reward_model(
+    reward_model: str | Path, dtype: torch.dtype | None = None, trust_remote_code: bool = False
+):
+    """A QRM and its tokenizer (`qrm_hf.hub.load_qrm`, code of the model run only with `trust_remote_code`);
+    ValueError when the model is not a QRM."""
     from ..hub import load_qrm
 
-    model, tokenizer = load_qrm(reward_model, dtype=dtype)
+    model, tokenizer = load_qrm(reward_model, dtype=dtype, trust_remote_code=trust_remote_code)
     if quantile_levels_of(model) is None:
         raise ValueError(
             f"{reward_model} is not a Quantile Reward Model: its config has no `quantile_levels` (nor the "
@@ -116,13 +119,14 @@ def run_rlhf(
     lora_config: LoraConfig | None = None,
     save_dtype: str = "auto",
     resume: bool = False,
+    trust_remote_code: bool = False,
 ) -> RLHFResult:
     """Risk-aware RLOO (or GRPO, with a `RiskAwareGRPOConfig`) of `policy` (the SFT model) with the QRM
     `reward_model`, then the adapter merged.
 
     Args:
         policy: the SFT model directory (or Hub id); initial policy and KL reference, with its tokenizer.
-        reward_model: a QRM directory or Hub id, loaded with its own tokenizer and code.
+        reward_model: a QRM directory or Hub id, loaded with its own tokenizer.
         data: a Hub dataset id or a local json/jsonl/parquet file or directory: preference data (HH-RLHF
             transcripts or chosen/rejected conversations, each giving the conversation before its last
             assistant turn as the prompt) or any dataset with a ``prompt`` column.
@@ -136,6 +140,7 @@ def run_rlhf(
         lora_config: the policy's adapter, by default `paper_lora_config()`.
         save_dtype: dtype of the merged policy, ``"auto"`` keeps the SFT checkpoint's.
         resume: continue from the last checkpoint in `args.output_dir`, when there is one.
+        trust_remote_code: run the code files that come with `reward_model` (never needed for a qrm-hf QRM).
 
     Returns an :class:`RLHFResult`. Raises ValueError for a reward model that is not a QRM, data without
     prompts, a chat prompt and a policy tokenizer without chat template, or no prompt left after the filter.
@@ -148,7 +153,7 @@ def run_rlhf(
         )
     if save_dtype not in SAVE_DTYPES:
         raise ValueError(f"save_dtype must be one of {SAVE_DTYPES}, got {save_dtype!r}.")
-    qrm, qrm_tokenizer = load_reward_model(reward_model, _reward_dtype(args))
+    qrm, qrm_tokenizer = load_reward_model(reward_model, _reward_dtype(args), trust_remote_code)
     prompts = rloo_prompts(load_rows(data, split=split, limit=limit), preset)
     tokenizer = AutoTokenizer.from_pretrained(str(policy), padding_side="left", truncation_side="left")
     if not isinstance(prompts[0]["prompt"], str) and not tokenizer.chat_template:

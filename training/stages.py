@@ -52,18 +52,42 @@ HEADS, TRANSFORM, GATING = "heads", "transform", "gating"  # file stems: <stem>.
 
 @contextmanager
 def atomic_directory(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path` to write into; it replaces `path` only if the block succeeds."""
+    """Yield a temporary sibling of `path` to write into; it replaces `path` only if the block succeeds.
+
+    The directory is locked for the block (`qrm_hf.locking.directory_lock`: another process writing it gets a
+    clear error). The old `path` stays in place until the new one is complete: it is renamed aside, the new
+    one renamed in, and only then deleted, so a crash (even kill -9) at any moment leaves the old or the
+    new output, never neither (`restore_interrupted_replacement` puts the old one back after a crash
+    between the two renames).
+    """
+    from ..locking import directory_lock
+
     path = Path(path)
     temporary = path.with_name(path.name + ".partial")
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir(parents=True)
-    try:
-        yield temporary
-    except BaseException:
+    with directory_lock(path):
+        restore_interrupted_replacement(path)
         shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(temporary, path)
+        temporary.mkdir(parents=True)
+        try:
+            yield temporary
+        except BaseException:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
+        previous = path.with_name(path.name + ".previous")
+        if path.exists():
+            shutil.rmtree(previous, ignore_errors=True)
+            os.replace(path, previous)
+        os.replace(temporary, path)
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+def restore_interrupted_replacement(path: str | Path) -> None:
+    """Put back the output that `atomic_directory` had renamed aside when it was killed before renaming
+    the new one in."""
+    path = Path(path)
+    previous = path.with_name(path.name + ".previous")
+    if previous.exists() and not path.exists():
+        os.replace(previous, path)
 
 
 def _read_part(directory: str | Path, stem: str, command: str) -> tuple[dict[str, torch.Tensor], dict]:
@@ -83,8 +107,11 @@ def resolve_backbone(backbone: str | Path) -> tuple[str, str]:
         from ..backbones import smollm2_backbone_dir
 
         return str(smollm2_backbone_dir()), EMBEDDED_BACKBONE_NAME
-    path = Path(backbone).expanduser()
-    return (str(path.resolve()), str(path.resolve())) if path.exists() else (str(backbone), str(backbone))
+    from ..hub import model_location
+
+    location = model_location(backbone)  # a clear error for a local directory that does not exist
+    path = Path(location)
+    return (str(path.resolve()), str(path.resolve())) if path.exists() else (location, location)
 
 
 # ------------------------------------------------------------------------------------------- datasets
@@ -210,8 +237,10 @@ def load_extraction_backbone(
     from transformers import AutoModel, AutoTokenizer
 
     from ..chat import derive_prompt_end_pattern
+    from ..hub import check_tokenizer_files
 
     location, name = resolve_backbone(backbone)
+    check_tokenizer_files(location, "backbone")
     tokenizer = AutoTokenizer.from_pretrained(location, revision=revision)
     model = AutoModel.from_pretrained(location, revision=revision, dtype=getattr(torch, dtype))
     model = model.to(PartialState(cpu=not torch.cuda.is_available()).device)
