@@ -118,7 +118,9 @@ def _assemble(args):
         args.output_dir,
         transform_dir=args.transform,
         revision=args.revision,
-        settings=AssembleSettings(push_to_hub=args.push_to_hub, datasets=args.datasets or []),
+        settings=AssembleSettings(
+            push_to_hub=args.push_to_hub, datasets=args.datasets or [], results=args.results or []
+        ),
     )
     print(f"QRM saved to {directory}")
 
@@ -285,6 +287,12 @@ def add_pipeline_commands(commands) -> None:
     assemble.add_argument("--revision", help="backbone revision")
     assemble.add_argument("--datasets", nargs="+", help="Hub dataset ids to list in the model card")
     assemble.add_argument("--push-to-hub", metavar="REPO_ID", help="push the saved model to this Hub repo")
+    assemble.add_argument(
+        "--results",
+        nargs="+",
+        metavar="FILE",
+        help="`qrm rewardbench --output` files for the card's model-index",
+    )
     assemble.set_defaults(handler=_assemble)
 
     train = commands.add_parser(

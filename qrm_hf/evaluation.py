@@ -133,10 +133,8 @@ def pairwise_accuracy(chosen_scores, rejected_scores) -> float:
     return float(np.mean((chosen > rejected) + 0.5 * (chosen == rejected)))
 
 
-def _score_unique(model, tokenizer, conversations, batch_size):
-    """Score each distinct conversation once; return the outputs and each input's row in them."""
-    from .scoring import score_conversations
-
+def unique_conversations(conversations) -> tuple[list, np.ndarray]:
+    """The distinct conversations (message lists), in first-seen order, and each input's row among them."""
     unique, position, index = [], {}, []
     for conversation in conversations:
         key = tuple((message["role"], message["content"]) for message in conversation)
@@ -144,8 +142,15 @@ def _score_unique(model, tokenizer, conversations, batch_size):
             position[key] = len(unique)
             unique.append(conversation)
         index.append(position[key])
-    outputs = score_conversations(model, tokenizer, unique, batch_size=batch_size)
-    return outputs, np.array(index)
+    return unique, np.array(index, dtype=int)
+
+
+def _score_unique(model, tokenizer, conversations, batch_size):
+    """Score each distinct conversation once; return the outputs and each input's row in them."""
+    from .scoring import score_conversations
+
+    unique, index = unique_conversations(conversations)
+    return score_conversations(model, tokenizer, unique, batch_size=batch_size), index
 
 
 def evaluate_ratings(model, tokenizer, rows, label_range, attributes=None, batch_size: int = 8) -> dict:

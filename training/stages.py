@@ -595,6 +595,7 @@ class AssembleSettings:
     gating_fallback: str = "error"
     datasets: list[str] = field(default_factory=list)  # Hub ids for the model card
     push_to_hub: str | None = None  # a repo id: push the model there once saved
+    results: list[str] = field(default_factory=list)  # `qrm rewardbench --output` files for the model-index
 
 
 def assemble_model(
@@ -659,6 +660,10 @@ def assemble_model(
                 "value": round(validation["pinball_loss"], 4),
             }
         )
+    if settings.results:
+        from ..rewardbench import results_file_entries
+
+        evaluation += results_file_entries(settings.results)
     with atomic_directory(output_dir) as directory:
         save_qrm(
             model,
