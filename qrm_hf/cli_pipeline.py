@@ -66,6 +66,7 @@ def _fit_quantiles(args):
         n_jobs=args.n_jobs,
         validation_dirs=args.validation or (),
         ridge_baseline=args.ridge_baseline,
+        gaussian_baseline=args.gaussian_baseline,
     )
     info = json.loads((directory / "heads.json").read_text())
     print(f"Quantile heads written to {directory}; samples per attribute: {info['samples_per_attribute']}")
@@ -224,6 +225,11 @@ def add_pipeline_commands(commands) -> None:
         "--ridge-baseline",
         action="store_true",
         help="also report a ridge point estimate with residual quantiles (loads all features)",
+    )
+    heads.add_argument(
+        "--gaussian-baseline",
+        action="store_true",
+        help="also report a heteroscedastic Gaussian (mean and log-std heads; loads all features)",
     )
     heads.set_defaults(handler=_fit_quantiles)
 
