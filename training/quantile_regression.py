@@ -633,7 +633,9 @@ class HeteroscedasticGaussian(RegressorMixin, BaseEstimator):
     (L-BFGS). ``alpha`` is picked from `alphas` by `cv`-fold cross-validated likelihood. Rows with
     identical features (one response rated by several annotators) are one group: they stay on one side
     of every split, and are fitted through their count, mean and variance (the likelihood only depends
-    on those), which makes the fit as fast as on distinct responses. The tau-quantile is
+    on those), which makes the fit as fast as on distinct responses; with fewer distinct responses than
+    features, the fit runs in the span of the responses (an orthonormal basis from an SVD: the same
+    minimiser, since the L2 penalty does not change under rotation). The tau-quantile is
     mu(x) + sigma(x) * Phi^-1(tau): the cheap distributional reward model, whose spread may vary with
     the input but whose shape is always one symmetric hump.
     """
@@ -641,7 +643,7 @@ class HeteroscedasticGaussian(RegressorMixin, BaseEstimator):
     def __init__(
         self,
         quantile_levels: Sequence[float],
-        alphas: Sequence[float] = (0.1, 1.0, 10.0, 100.0),
+        alphas: Sequence[float] = (1.0, 10.0, 100.0, 1000.0),
         cv: int = 3,
         max_iter: int = 300,
     ):
@@ -711,6 +713,8 @@ class HeteroscedasticGaussian(RegressorMixin, BaseEstimator):
                 raise ValueError(f"Attribute {m} has no label to fit the Gaussian baseline on.")
             unique, group = np.unique(Z[rows], axis=0, return_inverse=True)
             group = group.reshape(-1)
+            basis = np.linalg.svd(unique, full_matrices=False)[2].T  # [d, min(g, d)], orthonormal columns
+            unique = unique @ basis
             count = np.bincount(group).astype(float)
             mean = np.bincount(group, weights=Y[rows, m]) / count
             variance = np.maximum(np.bincount(group, weights=Y[rows, m] ** 2) / count - mean**2, 0.0)
@@ -732,7 +736,8 @@ class HeteroscedasticGaussian(RegressorMixin, BaseEstimator):
                     losses.append(loss)
                 best = self.alphas[int(np.argmin(losses))]
             self.alpha_.append(best)
-            self.params_.append(self._fit_one(unique, count, mean, variance, best))
+            w, b, v, c = self._fit_one(unique, count, mean, variance, best)
+            self.params_.append((basis @ w, b, basis @ v, c))
         return self
 
     def predict_mean_std(self, X) -> tuple[np.ndarray, np.ndarray]:
