@@ -270,3 +270,23 @@ def test_evaluate_cli_with_baselines_plots_and_json(tmp_path, capsys):
     with pytest.raises(SystemExit, match="label ranges"):
         main(["evaluate", str(model_dir), "--ratings", str(ratings), "--baselines", str(features),
               "--label-range", "0", "10"])  # fmt: skip
+
+
+def test_heteroscedastic_gaussian_in_the_span_of_the_responses_is_the_full_fit():
+    """Fewer distinct responses (12, each rated 3 times) than features (30): the fit in the SVD basis
+    of the responses gives the same model as the fit on all 30 features."""
+    from qrm_hf.training.quantile_regression import HeteroscedasticGaussian
+
+    rng = np.random.default_rng(2)
+    responses = rng.normal(size=(12, 30))
+    X = np.repeat(responses, 3, axis=0)
+    y = rng.integers(0, 5, size=36) / 4.0
+    model = HeteroscedasticGaussian([0.25, 0.5, 0.75], alphas=(3.0,), max_iter=5000).fit(X, y)
+    Z = (responses - model.feature_mean_) / model.feature_scale_
+    groups = y.reshape(12, 3)
+    w, b, v, c = model._fit_one(Z, np.full(12, 3.0), groups.mean(1), groups.var(1), 3.0)
+    X_test = rng.normal(size=(5, 30))
+    Z_test = (X_test - model.feature_mean_) / model.feature_scale_
+    mean, std = model.predict_mean_std(X_test)
+    np.testing.assert_allclose(mean[:, 0], Z_test @ w + b, atol=1e-4)
+    np.testing.assert_allclose(std[:, 0], np.exp(Z_test @ v + c), rtol=1e-3)
