@@ -139,24 +139,50 @@ def _score(args):
     )
 
 
+def _finite_or_null(value):
+    """`value` with NaN and infinite floats replaced by None, so that the JSON is strict."""
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_null(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def _evaluate(args):
     from .data import read_jsonl
-    from .evaluation import evaluate_pairs, evaluate_ratings
+    from .evaluation import evaluate_pairs, evaluate_ratings, format_ratings_report, plot_calibration
 
     if not (args.ratings or args.pairs or args.showcase):
         raise ValueError("Nothing to evaluate: give --ratings, --pairs and/or --showcase.")
+    if (args.baselines or args.plots) and not args.ratings:
+        raise ValueError("--baselines and --plots need --ratings.")
     ratings = read_jsonl(args.ratings) if args.ratings else None
     pairs = read_jsonl(args.pairs) if args.pairs else None
     showcase = _scoring_rows(args.showcase) if args.showcase else None
+    outputs = list(dict.fromkeys(filter(None, (args.json, args.output))))
     check_writable(args.plot, "plot")
-    check_writable(args.json, "JSON report")
+    for path in outputs:
+        check_writable(path, "JSON report")
     model, tokenizer = _load_model(args.model, args.revision, args.trust_remote_code)
     print(f"Loaded {type(model).__module__}.{type(model).__name__} from {args.model}")
     report = {}
     lengths = {"batch_size": args.batch_size, "max_length": args.max_length}
     if ratings:
-        report["ratings"] = evaluate_ratings(model, tokenizer, ratings, tuple(args.label_range), **lengths)
+        report["ratings"] = evaluate_ratings(
+            model,
+            tokenizer,
+            ratings,
+            tuple(args.label_range),
+            baseline_features=args.baselines or (),
+            **lengths,
+        )
         ratings = report["ratings"]
+        print(format_ratings_report(ratings))
+        if args.plots:
+            paths = plot_calibration(ratings, args.plots)
+            print(f"  Reliability diagram and PIT histogram drawn to {', '.join(map(str, paths))}")
         by_kind = ratings.get("pinball_by_kind", {})
         print(
             f"  Held-out pinball loss of the reloaded model: {ratings['pinball']:.4f} "
@@ -175,8 +201,8 @@ def _evaluate(args):
     if showcase:
         print(f"  Showcase (certainty equivalent with lambda {args.lam}, cvar at alpha {args.alpha}):")
         _print_scores(model, tokenizer, *showcase, args.lam, args.alpha, args.plot, **lengths)
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+    for path in outputs:
+        Path(path).write_text(json.dumps(_finite_or_null(report), indent=2))
 
 
 def _skipped_note(report: dict) -> str:
@@ -259,9 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser(
         "evaluate",
-        help="held-out pinball loss, calibration and pairwise accuracy",
-        description="Evaluate a QRM on rating data (pinball loss and calibration of "
-        "its attribute quantiles) and on preference pairs (accuracy).",
+        help="held-out pinball, CRPS, interval coverage and width, calibration plots, pairwise accuracy",
+        description="Evaluate a QRM on rating data (pinball loss, CRPS, coverage of the 50/80/90 %% "
+        "intervals, mean 90 %% width per attribute and per `kind`, the controversial / clear width ratio "
+        "next to the annotators' own spread ratio, optionally next to ridge and Gaussian baselines) and on "
+        "preference pairs (accuracy).",
     )
     _add_model_arguments(evaluate)
     evaluate.add_argument(
@@ -286,15 +314,26 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--alpha", type=tail_fraction, default=0.1, help="tail fraction of the CVaR, in (0, 1]"
     )
-    evaluate.add_argument("--json", help="also write the numbers to this JSON file")
+    evaluate.add_argument("--json", help="same as --output")
+    evaluate.add_argument(
+        "--baselines",
+        nargs="+",
+        metavar="FEATURE_DIR",
+        help="training attribute features (qrm extract) to fit the ridge and heteroscedastic Gaussian "
+        "baselines on, reported next to the QRM (the held-out rows are encoded with the model's backbone)",
+    )
+    evaluate.add_argument("--plots", metavar="DIR", help="draw reliability.png and pit.png into DIR")
+    evaluate.add_argument("--output", metavar="FILE", help="write every number to this JSON file")
     evaluate.set_defaults(handler=_evaluate)
 
     from .cli_pipeline import add_pipeline_commands
+    from .cli_rewardbench import add_rewardbench_command
     from .cli_rlhf import add_rlhf_commands
     from .hub import add_push_command
 
     add_pipeline_commands(commands)
     add_rlhf_commands(commands)
+    add_rewardbench_command(commands)
     add_push_command(commands)
     for command in commands.choices.values():  # `qrm COMMAND ... --debug` works too
         command.add_argument(

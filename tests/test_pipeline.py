@@ -279,6 +279,26 @@ def test_stage_commands_compose_the_same_model_as_train(trained, tmp_path):
     assert {p.name for p in (out / "model").iterdir()} >= {"README.md", "modeling_qrm.py", "tokenizer.json"}
 
 
+def test_assemble_puts_rewardbench_results_into_the_model_index(trained, tmp_path):
+    from huggingface_hub import ModelCard
+
+    _, values, _, backbone = trained
+    run = Path(values["output_dir"])
+    report = {"benchmark": "rewardbench-2", "subsets": {"Math": {"accuracy": 0.5, "n": 2}, "Ties": {"accuracy": 0.25, "n": 4}},
+              "sections": {}, "score": 0.375, "rank_by": "expectation", "missing_subsets": [], "split": "test"}  # fmt: skip
+    results = tmp_path / "rb2.json"
+    results.write_text(json.dumps(report))
+    main(["assemble", str(backbone), "--heads", str(run / "heads"), "--gating", str(run / "gating"),
+          "--transform", str(run / "debias"), "--output-dir", str(tmp_path / "model"), "--results", str(results)])  # fmt: skip
+    card = ModelCard.load(tmp_path / "model" / "README.md")
+    values_by_name = {
+        result.metric_name: result.metric_value
+        for result in card.data.eval_results
+        if result.dataset_type == "allenai/reward-bench-2"
+    }
+    assert values_by_name == {"Score": 37.5, "Math": 50.0, "Ties": 25.0}
+
+
 # ------------------------------------------------------------------------------------------ bad input
 
 
