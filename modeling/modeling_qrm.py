@@ -274,14 +274,11 @@ class QRMForSequenceClassification(PreTrainedModel):
         )
         self.reward_transform = QRMRewardTransform(num_attributes)
         self.gating = QRMGatingNetwork(config)
-        self.register_buffer("quantile_levels", torch.tensor(config.quantile_levels), persistent=False)
         self.post_init()
 
     def _init_weights(self, module):
         super()._init_weights(module)
-        if isinstance(module, QRMForSequenceClassification):
-            init.copy_(module.quantile_levels, torch.tensor(self.config.quantile_levels))
-        elif isinstance(module, QRMRewardTransform):
+        if isinstance(module, QRMRewardTransform):
             init.eye_(module.weight)
         elif isinstance(module, QRMGatingNetwork):
             init.ones_(module.logit_scale)
@@ -333,7 +330,7 @@ class QRMForSequenceClassification(PreTrainedModel):
         rewards = attribute_quantiles.mean(-1)  # [B, M]
         gating_output = self.gating(prompt_embedding).float()  # [B, M]
         if self.config.quantile_mixing == "mixture":
-            levels = self.quantile_levels.float()
+            levels = attribute_quantiles.new_tensor(self.config.quantile_levels)  # [K]
             reward_quantiles = mixture_quantiles(attribute_quantiles.sort(-1).values, gating_output, levels)
         else:
             reward_quantiles = torch.einsum("bm,bmk->bk", gating_output, attribute_quantiles)
@@ -409,7 +406,8 @@ class QRMForSequenceClassification(PreTrainedModel):
                     f"`labels` must have shape (batch_size, num_attributes) = {(batch_size, self.config.num_attributes)} "
                     f"(one rating per attribute, NaN where missing), got {tuple(labels.shape)}."
                 )
-            loss = pinball_loss(scored.attribute_quantiles, labels, self.quantile_levels.float())
+            levels = scored.attribute_quantiles.new_tensor(self.config.quantile_levels)  # [K]
+            loss = pinball_loss(scored.attribute_quantiles, labels, levels)
         output = QRMOutput(
             loss=loss,
             **scored,
