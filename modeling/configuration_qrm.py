@@ -138,7 +138,9 @@ class QRMConfig(PretrainedConfig):
         kwargs.setdefault("num_labels", 1)
         # One output, the expected reward, returned as is (no sigmoid in pipeline("text-classification")).
         if kwargs.get("problem_type") not in (None, "regression"):
-            raise ValueError(f"A QRM is a regression model (problem_type='regression'), got {kwargs['problem_type']!r}.")
+            raise ValueError(
+                f"A QRM is a regression model (problem_type='regression'), got {kwargs['problem_type']!r}."
+            )
         kwargs["problem_type"] = "regression"
         # Every saved QRM loads through any of these Auto classes with trust_remote_code=True.
         kwargs.setdefault("auto_map", dict(AUTO_MAP))

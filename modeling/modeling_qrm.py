@@ -181,7 +181,9 @@ def _size_mismatch_message(path, mismatched) -> str:
             "len(attribute_names) * len(quantile_levels) in config.json must match them."
         )
     if "reward_transform" in names or "gating.layers" in names:
-        lines.append("The reward transform and the gating output have one entry per attribute in attribute_names.")
+        lines.append(
+            "The reward transform and the gating output have one entry per attribute in attribute_names."
+        )
     if "embed_tokens" in names:
         lines.append(
             "The embeddings have backbone_config.vocab_size rows: set it to the checkpoint's number of rows "
@@ -389,7 +391,9 @@ class QRMForSequenceClassification(PreTrainedModel):
             attention_mask=attention_mask,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
-            output_attentions=output_attentions if output_attentions is not None else self.config.output_attentions,
+            output_attentions=output_attentions
+            if output_attentions is not None
+            else self.config.output_attentions,
             output_hidden_states=(
                 output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
             ),
@@ -456,7 +460,10 @@ class QRMForSequenceClassification(PreTrainedModel):
                     f"`gating_positions` must be an integer tensor of shape ({batch_size},), "
                     f"got {gating_positions.dtype} of shape {tuple(gating_positions.shape)}."
                 )
-            if not torch.compiler.is_compiling() and ((gating_positions < 0) | (gating_positions >= length)).any():
+            if (
+                not torch.compiler.is_compiling()
+                and ((gating_positions < 0) | (gating_positions >= length)).any()
+            ):
                 raise ValueError(
                     f"`gating_positions` must lie in [0, {length}), got {gating_positions.tolist()}."
                 )
@@ -483,7 +490,7 @@ class QRMForSequenceClassification(PreTrainedModel):
                 f"(rows missing it: {missing.nonzero().flatten().tolist()}): the text has no assistant turn, "
                 "as plain text (e.g. a string given to pipeline('text-classification')) does not. "
                 + CHAT_TEMPLATE_HINT
-                + " Otherwise pass `gating_positions`, or set `config.gating_fallback = \"last_token\"` to gate on "
+                + ' Otherwise pass `gating_positions`, or set `config.gating_fallback = "last_token"` to gate on '
                 "the last token (not what the model was trained on)."
             )
         return found

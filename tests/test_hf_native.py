@@ -95,7 +95,9 @@ def test_peft_seq_cls_without_the_heads_fails_loudly_and_with_them_trains_them()
     with torch.no_grad():  # scoring (eval mode, no grad) is never refused
         frozen.eval()(input_ids=ids, attention_mask=mask)
 
-    model = get_peft_model(make_qrm(seed=3), LoraConfig(**lora, modules_to_save=["regression_layer", "gating"]))
+    model = get_peft_model(
+        make_qrm(seed=3), LoraConfig(**lora, modules_to_save=["regression_layer", "gating"])
+    )
     model.train()
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert any("regression_layer.modules_to_save" in name for name in trainable)
@@ -206,7 +208,11 @@ def test_config_output_hidden_states_and_output_attentions():
     ids, mask = pad_batch(ROWS)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     reference = model.model(
-        input_ids=ids, attention_mask=mask, position_ids=positions, output_attentions=True, output_hidden_states=True
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions,
+        output_attentions=True,
+        output_hidden_states=True,
     )
     model.config.output_hidden_states = True
     out = model(input_ids=ids, attention_mask=mask)
@@ -306,7 +312,9 @@ def test_trainer_lowers_the_heldout_pinball_loss(tmp_path, one_thread, backbone)
         _train(tmp_path, model, train, learning_rate=5e-2, max_steps=60)
     else:
         config = LoraConfig(
-            task_type="SEQ_CLS", target_modules=["q_proj", "v_proj"], modules_to_save=["regression_layer", "gating"]
+            task_type="SEQ_CLS",
+            target_modules=["q_proj", "v_proj"],
+            modules_to_save=["regression_layer", "gating"],
         )
         model = get_peft_model(model, config)
         _train(tmp_path, model, train, learning_rate=1e-2, max_steps=100)  # the adapter moves the features
