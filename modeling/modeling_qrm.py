@@ -385,18 +385,18 @@ class QRMForSequenceClassification(PreTrainedModel):
             # Count positions over real tokens only, so left padding does not shift them.
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
         kwargs.setdefault("use_cache", False)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
-            output_attentions=output_attentions
-            if output_attentions is not None
-            else self.config.output_attentions,
-            output_hidden_states=(
-                output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-            ),
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
             return_dict=True,
             **kwargs,
         )
