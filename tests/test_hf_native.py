@@ -70,6 +70,28 @@ def test_offloaded_model_equals_the_whole_model(tmp_path, device_map, max_memory
         assert_same_outputs(offloaded(input_ids=ids, attention_mask=mask), expected)
 
 
+def test_the_transform_is_a_module_stored_as_reward_transform_matrix(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = make_qrm(seed=1)
+    model.save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    assert "reward_transform_matrix" in tensors and not any(
+        k.startswith("reward_transform.") for k in tensors
+    )
+    tensors["reward_transform_matrix"] = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 2.0]])
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded = QRMForSequenceClassification.from_pretrained(tmp_path)
+    assert isinstance(loaded.reward_transform, torch.nn.Module)
+    ids, mask = pad_batch(ROWS)
+    with torch.no_grad():
+        out, identity = loaded(input_ids=ids, attention_mask=mask), make_qrm(seed=1)
+        identity.reward_transform.weight.copy_(torch.eye(3))
+        raw = identity(input_ids=ids, attention_mask=mask).attribute_quantiles  # sorted Q, T = I
+    # T swaps attributes 0 and 1 and doubles attribute 2 (a permutation and a positive scale keep the order)
+    torch.testing.assert_close(out.attribute_quantiles, torch.stack([raw[:, 1], raw[:, 0], 2 * raw[:, 2]], 1))
+
+
 # --- §1 PEFT --------------------------------------------------------------------------------------
 
 
