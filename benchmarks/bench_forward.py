@@ -10,6 +10,10 @@ What is measured
       position by searching the prompt-end pattern in every row,
     * ``qrm (gating_positions)``: the same QRM with the gating positions passed explicitly
       (no pattern search),
+    * ``llama compiled`` and ``qrm compiled (gating_positions)``: both models through
+      `torch.compile` (inductor); the QRM with `fullgraph=True`, which fails on any graph break, so
+      this also checks that its forward compiles into one graph. Compiling takes a few minutes;
+      ``--no-compile`` leaves these two out.
 
     on a random SmolLM2-135M-shaped Llama (hidden 576, intermediate 1536, 30 layers, 9 heads,
     3 key/value heads, vocabulary 49152; built at random, nothing is downloaded), for a batch of
@@ -24,7 +28,8 @@ What is measured
     the QRM adds. About 1.5 minutes on an idle 2-core machine (each forward takes ~3 s there).
 
 Target
-    median QRM time / median Llama time <= 1.05 (the quantile heads and gating add < 5 %).
+    median QRM time / median Llama time <= 1.05 (the quantile heads and gating add < 5 %), eager
+    and compiled alike.
 
 Run alone with ``.venv/bin/python benchmarks/bench_forward.py [--rounds N]`` or with all
 benchmarks through ``make bench``. The last line is ``RESULT ...`` for `run_all.py`.
@@ -141,6 +146,7 @@ def main() -> None:
     )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--length", type=int, default=256)
+    parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile runs")
     args = parser.parse_args()
 
     llama, qrm = build_models()
@@ -152,12 +158,25 @@ def main() -> None:
             input_ids=input_ids, attention_mask=attention_mask, gating_positions=gating_positions
         ),
     }
+    compile_seconds = {}
+    if not args.no_compile:
+        compiled_llama, compiled_qrm = torch.compile(llama), torch.compile(qrm, fullgraph=True)
+        runs["llama compiled"] = lambda: compiled_llama(input_ids=input_ids, attention_mask=attention_mask)
+        runs["qrm compiled (gating_positions)"] = lambda: compiled_qrm(
+            input_ids=input_ids, attention_mask=attention_mask, gating_positions=gating_positions
+        )
     wall = {name: [] for name in runs}
     cpu = {name: [] for name in runs}
     with torch.inference_mode():
         hidden = llama.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # warm-up
         out = runs["qrm"]()  # warm-up, and a check that both see the same backbone
         torch.testing.assert_close(out.prompt_embedding, hidden[torch.arange(len(hidden)), gating_positions])
+        for name in [name for name in runs if "compiled" in name]:
+            compile_seconds[name] = seconds(runs[name])  # compiles
+            runs[name]()  # a second warm-up call, compiled already
+        if compile_seconds:  # the compiled QRM computes what the eager one does
+            compiled_out = runs["qrm compiled (gating_positions)"]()
+            torch.testing.assert_close(compiled_out.logits, out.logits, rtol=1e-4, atol=1e-4)
         for round_index in range(args.rounds):
             order = list(runs) if round_index % 2 == 0 else list(reversed(runs))  # no position bias
             for name in order:
@@ -172,6 +191,14 @@ def main() -> None:
     ratio_positions = median["qrm (gating_positions)"] / median["llama"]
     ratio_cpu = median_cpu["qrm"] / median_cpu["llama"]
     verdict = "PASS" if ratio <= TARGET else "FAIL"
+    compiled = ""
+    if compile_seconds:
+        ratio_compiled = median["qrm compiled (gating_positions)"] / median["llama compiled"]
+        compiled = (
+            f"; compiled qrm/llama = {ratio_compiled:.3f} "
+            f"{'PASS' if ratio_compiled <= TARGET else 'FAIL'} (compiled llama / eager llama = "
+            f"{median['llama compiled'] / median['llama']:.3f})"
+        )
     spread = max(max(values) / min(values) for values in wall.values())
 
     print(
@@ -181,12 +208,12 @@ def main() -> None:
         f"{args.rounds} interleaved rounds"
     )
     print(
-        f"{'model':<24} {'median s':>9} {'min s':>7} {'max s':>7} {'vs llama':>9}   "
+        f"{'model':<32} {'median s':>9} {'min s':>7} {'max s':>7} {'vs llama':>9}   "
         f"{'CPU s':>7} {'vs llama':>9}"
     )
     for name, values in wall.items():
         print(
-            f"{name:<24} {median[name]:>9.3f} {min(values):>7.3f} {max(values):>7.3f} "
+            f"{name:<32} {median[name]:>9.3f} {min(values):>7.3f} {max(values):>7.3f} "
             f"{median[name] / median['llama']:>9.3f}   "
             f"{median_cpu[name]:>7.3f} {median_cpu[name] / median_cpu['llama']:>9.3f}"
         )
@@ -194,6 +221,8 @@ def main() -> None:
         f"QRM-only work (pattern search, gathers, heads, gating, mixing): {overhead * 1e3:.2f} ms "
         f"= {overhead / median['llama']:.2%} of the Llama forward"
     )
+    for name, value in compile_seconds.items():
+        print(f"{name}: first call (compilation) {value:.0f} s")
     print(f"QRM / Llama = {ratio:.3f} (median wall-clock times), target <= {TARGET}: {verdict}")
     if spread > 1.3:
         print(
@@ -203,7 +232,7 @@ def main() -> None:
     print(
         f"RESULT forward: qrm/llama = {ratio:.3f} (target <= {TARGET}) {verdict}; "
         f"CPU time {ratio_cpu:.3f}; with gating_positions {ratio_positions:.3f}; "
-        f"qrm-only work {overhead / median['llama']:.2%}"
+        f"qrm-only work {overhead / median['llama']:.2%}{compiled}"
     )
 
 

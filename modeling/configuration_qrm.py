@@ -136,9 +136,41 @@ class QRMConfig(PretrainedConfig):
         if pad_token_id is None:
             pad_token_id = getattr(backbone_config, "pad_token_id", None)
         kwargs.setdefault("num_labels", 1)
+        # One output, the expected reward, returned as is (no sigmoid in pipeline("text-classification")).
+        if kwargs.get("problem_type") not in (None, "regression"):
+            raise ValueError(
+                f"A QRM is a regression model (problem_type='regression'), got {kwargs['problem_type']!r}."
+            )
+        kwargs["problem_type"] = "regression"
         # Every saved QRM loads through any of these Auto classes with trust_remote_code=True.
         kwargs.setdefault("auto_map", dict(AUTO_MAP))
         super().__init__(pad_token_id=pad_token_id, **kwargs)
+
+    @property
+    def num_labels(self) -> int | None:
+        return PretrainedConfig.num_labels.fget(self)
+
+    @num_labels.setter
+    def num_labels(self, num_labels: int):
+        if num_labels != 1:
+            raise ValueError(
+                f"A QRM has one output, the expected reward: num_labels must be 1, got {num_labels}. Its M "
+                "attributes are `attribute_names` and its K quantile levels `quantile_levels`."
+            )
+        PretrainedConfig.num_labels.fset(self, num_labels)
+
+    @property
+    def vocab_size(self) -> int:
+        """The backbone's vocabulary size (kept in one place, so resizing updates both)."""
+        return self.backbone_config.vocab_size
+
+    @vocab_size.setter
+    def vocab_size(self, vocab_size: int):
+        self.backbone_config.vocab_size = vocab_size
+
+    def get_text_config(self, decoder=None, encoder=None) -> PretrainedConfig:
+        """The backbone's config: what resizing, TRL's pad/eos handling and `Trainer` must read and write."""
+        return self.backbone_config.get_text_config(decoder=decoder, encoder=encoder)
 
     @property
     def num_attributes(self) -> int:

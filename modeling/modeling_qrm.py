@@ -9,17 +9,20 @@ Shapes: B batch, T tokens, H hidden size, M attributes, K quantile levels.
     response_embedding = hidden[last real token]          # [B, H]
     prompt_embedding   = hidden[start of the assistant turn (gating position)]
     Q = regression_layer(response_embedding)              # [B, M, K]  quantiles of each attribute
-    Q = Q^T . T  (reward transform, per level), sorted    # [B, M, K]
+    Q = reward_transform(Q) = Q^T . T per level, sorted   # [B, M, K]
     g = softmax(gating(prompt_embedding) / temp) * scale  # [B, M]
     reward_quantiles = sum_m g_m Q_m                      # [B, K]   (paper eq. 3)
     logits = score = sum_m g_m mean_k Q_m                 # [B, 1]   expected reward
+    loss = mean pinball loss of Q against labels          # labels [B, M], NaN = missing
+
+Heads, transform and gating are always *called* as modules (never read by their weights), so that
+accelerate's offloading hooks, PEFT wrappers and quantised linears see them; they run in float32.
 """
 
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from transformers import AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
@@ -30,12 +33,32 @@ try:  # transformers >= 5: these initialisers leave weights that were loaded fro
 except ImportError:  # pragma: no cover - transformers 4.x
     from torch.nn import init
 
+try:  # transformers >= 5: the transform is the module `reward_transform`, stored as `reward_transform_matrix`
+    from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+    from transformers.core_model_loading import WeightRenaming
+
+    register_checkpoint_conversion_mapping(
+        "QRMForSequenceClassification",
+        [WeightRenaming("reward_transform_matrix", "reward_transform.weight")],
+        overwrite=True,
+    )
+except ImportError:  # pragma: no cover - transformers 4.x
+    pass
+
+CHAT_TEMPLATE_HINT = (
+    "A QRM reads a conversation formatted with the chat template it was assembled with: "
+    "`text = tokenizer.apply_chat_template([{'role': 'user', 'content': prompt}, "
+    "{'role': 'assistant', 'content': response}], tokenize=False)`, then tokenize or score `text`."
+)
+
 
 @dataclass
 class QRMOutput(ModelOutput):
     """Output of [`QRMForSequenceClassification`].
 
     Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*): mean pinball loss of `attribute_quantiles`
+            against `labels`, when `labels` are given.
         logits (`torch.FloatTensor` of shape `(batch_size, 1)`): expected reward, what TRL reads.
         score (`torch.FloatTensor` of shape `(batch_size, 1)`): same values as `logits` (released QRM name).
         reward_quantiles (`torch.FloatTensor` of shape `(batch_size, K)`): mixed reward quantiles at
@@ -46,8 +69,10 @@ class QRMOutput(ModelOutput):
         gating_output (`torch.FloatTensor` of shape `(batch_size, M)`): gating weights (times `logit_scale`).
         prompt_embedding (`torch.FloatTensor` of shape `(batch_size, H)`): input of the gating network.
         hidden_states (`tuple(torch.FloatTensor)`, *optional*): the backbone's hidden states.
+        attentions (`tuple(torch.FloatTensor)`, *optional*): the backbone's attention weights.
     """
 
+    loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     score: torch.FloatTensor | None = None
     reward_quantiles: torch.FloatTensor | None = None
@@ -56,6 +81,19 @@ class QRMOutput(ModelOutput):
     gating_output: torch.FloatTensor | None = None
     prompt_embedding: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+def pinball_loss(quantiles: torch.Tensor, labels: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Mean pinball loss rho_tau(y - q) over the observed (row, attribute) pairs and all levels.
+
+    quantiles [B, M, K], labels [B, M] (NaN = missing), levels [K] -> scalar (0 if no label is observed).
+    """
+    labels = labels.to(device=quantiles.device, dtype=quantiles.dtype)
+    observed = ~labels.isnan()  # [B, M]
+    residual = labels.nan_to_num().unsqueeze(-1) - quantiles  # [B, M, K]
+    loss = torch.maximum(levels * residual, (levels - 1) * residual)
+    return (loss * observed.unsqueeze(-1)).sum() / (observed.sum() * quantiles.shape[-1]).clamp(min=1)
 
 
 def find_last_pattern(
@@ -122,6 +160,53 @@ def _failing_safetensors_file(error: BaseException) -> str | None:
     return found
 
 
+def _mismatched_tensors(error: BaseException) -> list[tuple[str, tuple, tuple]]:
+    """(name, checkpoint shape, model shape) of the tensors transformers found mismatched (from its frames)."""
+    frame = error.__traceback__
+    while frame is not None:
+        info = frame.tb_frame.f_locals.get("loading_info")
+        if getattr(info, "mismatched_keys", None):
+            return sorted((name, tuple(ckpt), tuple(model)) for name, ckpt, model in info.mismatched_keys)
+        frame = frame.tb_next
+    return []
+
+
+def _size_mismatch_message(path, mismatched) -> str:
+    lines = [f"The weights of {path} do not fit its config.json:"]
+    lines += [f"  {name}: checkpoint {list(ckpt)}, config {list(model)}" for name, ckpt, model in mismatched]
+    names = " ".join(name for name, _, _ in mismatched)
+    if "regression_layer" in names:
+        lines.append(
+            "The quantile heads regression_layer have one row per attribute and level: "
+            "len(attribute_names) * len(quantile_levels) in config.json must match them."
+        )
+    if "reward_transform" in names or "gating.layers" in names:
+        lines.append(
+            "The reward transform and the gating output have one entry per attribute in attribute_names."
+        )
+    if "embed_tokens" in names:
+        lines.append(
+            "The embeddings have backbone_config.vocab_size rows: set it to the checkpoint's number of rows "
+            "(a model resized with resize_token_embeddings must be saved with its resized config)."
+        )
+    return "\n".join(lines)
+
+
+class QRMRewardTransform(nn.Module):
+    """The M x M reward transform T, mixing attributes at every level (identity unless debiased).
+
+    Stored in checkpoints as `reward_transform_matrix` (the released QRM name).
+    """
+
+    def __init__(self, num_attributes: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.eye(num_attributes), requires_grad=False)
+
+    def forward(self, quantiles: torch.Tensor) -> torch.Tensor:  # [B, M, K] -> [B, M, K]
+        # Q'[m', k] = sum_m Q[m, k] T[m, m']
+        return torch.einsum("bmk,mn->bnk", quantiles, self.weight.to(quantiles.dtype))
+
+
 class QRMGatingNetwork(nn.Module):
     """MLP on the prompt embedding -> mixing weights over the M attributes, summing to `logit_scale`."""
 
@@ -139,28 +224,47 @@ class QRMGatingNetwork(nn.Module):
         self.layers = nn.Sequential(*blocks)
         self.logit_scale = nn.Parameter(torch.ones(1))
         self.temperature = config.gating_temperature
+        self.batch_norm = config.gating_batch_norm and config.gating_n_hidden > 0
 
     def forward(self, prompt_embedding: torch.Tensor) -> torch.Tensor:  # [B, H] -> [B, M]
+        if self.batch_norm and self.training and prompt_embedding.shape[0] == 1:
+            raise ValueError(
+                "The gating network has BatchNorm1d layers (gating_batch_norm=True, the released QRM format), "
+                "which cannot train on a batch of one. To score, call `model.eval()` (or keep the gating "
+                "frozen with `model.gating.eval()` while training the rest); to train the gating, use "
+                "batches of at least 2."
+            )
         logits = self.layers(prompt_embedding.to(self.logit_scale.dtype))
         return torch.softmax(logits / self.temperature, dim=-1) * self.logit_scale
+
+
+def _backbone_supports(config: QRMConfig, feature: str) -> bool:
+    """Whether the backbone's model class declares `feature` (e.g. `_supports_sdpa`)."""
+    try:
+        return bool(getattr(AutoModel._model_mapping[type(config.backbone_config)], feature, False))
+    except (KeyError, AttributeError):  # a backbone that transformers does not know
+        return False
 
 
 class QRMForSequenceClassification(PreTrainedModel):
     """Quantile Reward Model: scores a conversation with a distribution over rewards.
 
     `logits` (and `score`) hold the expected reward, so the model is a drop-in sequence-classification
-    reward model; `reward_quantiles` hold the reward distribution at `config.quantile_levels`.
+    reward model; `reward_quantiles` hold the reward distribution at `config.quantile_levels`. Given
+    `labels` [B, M] (attribute ratings, NaN where missing), `loss` is the mean pinball loss of
+    `attribute_quantiles`, so `transformers.Trainer` fine-tunes the distribution directly.
     """
 
     config_class = QRMConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
-    _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_flex_attn = True
     _supports_attention_backend = True
     # Heads, transform and gating stay in float32 whatever dtype the backbone is loaded in.
-    _keep_in_fp32_modules_strict = ["regression_layer", "reward_transform_matrix", "gating"]
+    _keep_in_fp32_modules_strict = ["regression_layer", "reward_transform", "gating"]
+    # The attention implementations are the backbone's.
+    _supports_sdpa = property(lambda self: _backbone_supports(self.config, "_supports_sdpa"))
+    _supports_flash_attn = property(lambda self: _backbone_supports(self.config, "_supports_flash_attn"))
+    _supports_flex_attn = property(lambda self: _backbone_supports(self.config, "_supports_flex_attn"))
 
     def __init__(self, config: QRMConfig):
         super().__init__(config)
@@ -170,16 +274,14 @@ class QRMForSequenceClassification(PreTrainedModel):
         self.regression_layer = nn.Linear(
             config.hidden_size, num_attributes * num_levels, bias=config.regression_bias
         )
-        self.reward_transform_matrix = nn.Parameter(torch.eye(num_attributes), requires_grad=False)
+        self.reward_transform = QRMRewardTransform(num_attributes)
         self.gating = QRMGatingNetwork(config)
-        self.register_buffer("quantile_levels", torch.tensor(config.quantile_levels), persistent=False)
         self.post_init()
 
     def _init_weights(self, module):
         super()._init_weights(module)
-        if isinstance(module, QRMForSequenceClassification):
-            init.eye_(module.reward_transform_matrix)
-            init.copy_(module.quantile_levels, torch.tensor(self.config.quantile_levels))
+        if isinstance(module, QRMRewardTransform):
+            init.eye_(module.weight)
         elif isinstance(module, QRMGatingNetwork):
             init.ones_(module.logit_scale)
 
@@ -196,18 +298,20 @@ class QRMForSequenceClassification(PreTrainedModel):
                     f"Cannot read the weights of {pretrained_model_name_or_path}: {weights_file} is truncated or "
                     f"corrupt ({error}). Save or download the model again."
                 ) from error
-            if "ignore_mismatched_sizes" in str(error):
-                raise ValueError(
-                    f"The weights of {pretrained_model_name_or_path} do not fit its config (see the size-mismatch "
-                    "report above). The quantile heads regression_layer.weight have one row per attribute and "
-                    "level: len(attribute_names) * len(quantile_levels) in config.json must match them."
-                ) from error
+            mismatched = _mismatched_tensors(error)
+            if mismatched:
+                raise ValueError(_size_mismatch_message(pretrained_model_name_or_path, mismatched)) from error
             raise
 
     @property
     def dtype(self) -> torch.dtype:
         # The backbone's dtype (what save_pretrained records), not that of the float32 heads.
         return self.model.dtype
+
+    @property
+    def reward_transform_matrix(self) -> torch.Tensor:
+        """The reward transform T [M, M] (checkpoint key `reward_transform_matrix`)."""
+        return self.reward_transform.weight
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()
@@ -217,19 +321,18 @@ class QRMForSequenceClassification(PreTrainedModel):
 
     def score_embeddings(self, response_embedding: torch.Tensor, prompt_embedding: torch.Tensor) -> QRMOutput:
         """Heads, transform, gating and mixing on precomputed embeddings ([B, H] each), in float32."""
+        heads_dtype = self.gating.logit_scale.dtype  # float32 (`_keep_in_fp32_modules_strict`)
         response_embedding, prompt_embedding = response_embedding.float(), prompt_embedding.float()
-        weight = self.regression_layer.weight.float()
-        bias = None if self.regression_layer.bias is None else self.regression_layer.bias.float()
         batch_size = response_embedding.shape[0]
-        raw = F.linear(response_embedding, weight, bias).view(batch_size, self.config.num_attributes, -1)
-        # T mixes attributes at every level: Q'[m', k] = sum_m Q[m, k] T[m, m']
-        attribute_quantiles = torch.einsum("bmk,mn->bnk", raw, self.reward_transform_matrix.float())
+        raw = self.regression_layer(response_embedding.to(heads_dtype)).float()  # [B, M*K]
+        raw = raw.view(batch_size, self.config.num_attributes, -1)  # [B, M, K]: row m*K + k is (m, level k)
+        attribute_quantiles = self.reward_transform(raw).float()
         if self.config.monotone_quantiles:
             attribute_quantiles = attribute_quantiles.sort(-1).values
         rewards = attribute_quantiles.mean(-1)  # [B, M]
         gating_output = self.gating(prompt_embedding).float()  # [B, M]
         if self.config.quantile_mixing == "mixture":
-            levels = self.quantile_levels.float()
+            levels = attribute_quantiles.new_tensor(self.config.quantile_levels)  # [K]
             reward_quantiles = mixture_quantiles(attribute_quantiles.sort(-1).values, gating_output, levels)
         else:
             reward_quantiles = torch.einsum("bm,bmk->bk", gating_output, attribute_quantiles)
@@ -251,6 +354,8 @@ class QRMForSequenceClassification(PreTrainedModel):
         gating_positions: torch.LongTensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         position_ids: torch.LongTensor | None = None,
+        labels: torch.FloatTensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
@@ -258,14 +363,19 @@ class QRMForSequenceClassification(PreTrainedModel):
         r"""
         gating_positions (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             Position of the prompt embedding in each row. Overrides the search for `config.prompt_end_pattern`.
+        labels (`torch.FloatTensor` of shape `(batch_size, num_attributes)`, *optional*):
+            Attribute ratings (NaN where missing). `loss` is then the mean pinball loss of `attribute_quantiles`
+            over the observed ratings and all levels (the quantile-regression objective, without its L1 term).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
+        self._check_heads_can_train()
         batch_size, length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
         real_tokens = self._real_tokens(input_ids, attention_mask, batch_size, length)  # [B, T]
-        empty_rows = (~real_tokens.any(-1)).nonzero().flatten().tolist()
-        if empty_rows:
-            raise ValueError(f"Row(s) {empty_rows} have no real token (attention mask all zeros).")
+        if not torch.compiler.is_compiling():  # a data-dependent check: eager mode only
+            empty_rows = (~real_tokens.any(-1)).nonzero().flatten().tolist()
+            if empty_rows:
+                raise ValueError(f"Row(s) {empty_rows} have no real token (attention mask all zeros).")
         positions = torch.arange(length, device=real_tokens.device)
         response_positions = torch.where(real_tokens, positions, -1).amax(-1)  # [B]
         prompt_positions = self._gating_positions(
@@ -275,22 +385,54 @@ class QRMForSequenceClassification(PreTrainedModel):
             # Count positions over real tokens only, so left padding does not shift them.
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
         kwargs.setdefault("use_cache", False)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
             **kwargs,
         )
         hidden = outputs.last_hidden_state  # [B, T, H]
         rows = torch.arange(batch_size, device=hidden.device)
-        output = self.score_embeddings(hidden[rows, response_positions], hidden[rows, prompt_positions])
-        output.hidden_states = outputs.hidden_states
+        scored = self.score_embeddings(hidden[rows, response_positions], hidden[rows, prompt_positions])
+        loss = None
+        if labels is not None:
+            if labels.shape != (batch_size, self.config.num_attributes):
+                raise ValueError(
+                    f"`labels` must have shape (batch_size, num_attributes) = {(batch_size, self.config.num_attributes)} "
+                    f"(one rating per attribute, NaN where missing), got {tuple(labels.shape)}."
+                )
+            levels = scored.attribute_quantiles.new_tensor(self.config.quantile_levels)  # [K]
+            loss = pinball_loss(scored.attribute_quantiles, labels, levels)
+        output = QRMOutput(
+            loss=loss,
+            **scored,
+            hidden_states=outputs.hidden_states,
+            attentions=getattr(outputs, "attentions", None),
+        )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if return_dict else output.to_tuple()
+
+    def _check_heads_can_train(self) -> None:
+        """Refuse to train the backbone alone: it would be PEFT `task_type="SEQ_CLS"` leaving the heads frozen."""
+        if not self.training or not torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return
+        heads = [*self.regression_layer.parameters(), *self.gating.parameters()]
+        if not any(p.requires_grad for p in heads) and any(p.requires_grad for p in self.model.parameters()):
+            raise ValueError(
+                "Only the backbone is trainable: the quantile heads (regression_layer) and the gating network "
+                "are frozen, so training would not move the rewards the way you expect. With PEFT, "
+                "task_type='SEQ_CLS' only trains modules named 'classifier' or 'score', which a QRM does not "
+                "have: add modules_to_save=['regression_layer', 'gating'] to the LoraConfig."
+            )
 
     def _real_tokens(self, input_ids, attention_mask, batch_size, length) -> torch.BoolTensor:
         """Which tokens are real: the attention mask; without one, all up to the last non-pad token."""
@@ -318,27 +460,39 @@ class QRMForSequenceClassification(PreTrainedModel):
                     f"`gating_positions` must be an integer tensor of shape ({batch_size},), "
                     f"got {gating_positions.dtype} of shape {tuple(gating_positions.shape)}."
                 )
-            if ((gating_positions < 0) | (gating_positions >= length)).any():
+            if (
+                not torch.compiler.is_compiling()
+                and ((gating_positions < 0) | (gating_positions >= length)).any()
+            ):
                 raise ValueError(
                     f"`gating_positions` must lie in [0, {length}), got {gating_positions.tolist()}."
                 )
             return gating_positions.long()
         pattern = self.config.prompt_end_pattern
+        fallback = self.config.gating_fallback == "last_token"
+        if input_ids is None and not fallback:
+            raise ValueError(
+                "`inputs_embeds` without `gating_positions`: the gating position (the start of the assistant "
+                f"turn, prompt_end_pattern {pattern}) cannot be searched in embeddings. Pass `gating_positions` "
+                "(the index of that token in each row), or pass `input_ids` instead. " + CHAT_TEMPLATE_HINT
+            )
         if input_ids is None or not pattern:
             found = torch.full_like(response_positions, -1)
         else:
             found = find_last_pattern(input_ids, real_tokens, pattern)
         missing = found < 0
+        if fallback:
+            return torch.where(missing, response_positions, found)
         if missing.any():
-            if self.config.gating_fallback == "error":
-                row = missing.nonzero()[0].item()
-                raise ValueError(
-                    f"prompt_end_pattern {pattern} not found among the real tokens of row {row} "
-                    f"(rows missing it: {missing.nonzero().flatten().tolist()}). Pass `gating_positions`, "
-                    "format the conversation with the chat template the model was assembled with, "
-                    'or set `config.gating_fallback = "last_token"`.'
-                )
-            found = torch.where(missing, response_positions, found)
+            row = missing.nonzero()[0].item()
+            raise ValueError(
+                f"prompt_end_pattern {pattern} not found among the real tokens of row {row} "
+                f"(rows missing it: {missing.nonzero().flatten().tolist()}): the text has no assistant turn, "
+                "as plain text (e.g. a string given to pipeline('text-classification')) does not. "
+                + CHAT_TEMPLATE_HINT
+                + ' Otherwise pass `gating_positions`, or set `config.gating_fallback = "last_token"` to gate on '
+                "the last token (not what the model was trained on)."
+            )
         return found
 
 
@@ -346,6 +500,8 @@ __all__ = [
     "QRMForSequenceClassification",
     "QRMGatingNetwork",
     "QRMOutput",
+    "QRMRewardTransform",
     "find_last_pattern",
     "mixture_quantiles",
+    "pinball_loss",
 ]

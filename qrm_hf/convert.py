@@ -77,8 +77,11 @@ def convert_released_checkpoint(src, dst, attribute_names=None, *, dtype=None) -
 
     with torch.device("meta"):  # no memory for the weights: load_state_dict(assign=True) brings the real ones
         model = QRMForSequenceClassification(config)
-    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    # The transform is the module `reward_transform` whose checkpoint key stays `reward_transform_matrix`.
+    checkpoint_key = {"reward_transform.weight": "reward_transform_matrix"}
+    expected = {checkpoint_key.get(key, key): tuple(value.shape) for key, value in model.state_dict().items()}
     _check_weights(config, expected, found)
+    model_key = {value: key for key, value in checkpoint_key.items()}
 
     state = {}
     for file in files:
@@ -92,7 +95,7 @@ def convert_released_checkpoint(src, dst, attribute_names=None, *, dtype=None) -
                         tensor = tensor.float()
                     elif dtype is not None:
                         tensor = tensor.to(dtype)
-                state[key] = tensor
+                state[model_key.get(key, key)] = tensor
     model.load_state_dict(state, strict=True, assign=True)
     model.eval().save_pretrained(dst, safe_serialization=True)
     # save_pretrained records the dtype of the first parameter (the float32 transform); record the
