@@ -319,7 +319,7 @@ def evaluate_ratings(
 ) -> dict:
     """Pinball loss and the distribution measures of the model's attribute quantiles on rating rows.
 
-    Rows are DESIGN.md §6 rating rows (prompt, response, one column per attribute; optional ``kind`` and
+    Rows are docs/design.md §6 rating rows (prompt, response, one column per attribute; optional ``kind`` and
     ``conversation_id``; one row per annotator rating). Returns ``pinball`` (mean over attributes and
     levels), ``pinball_per_attribute``, ``calibration_error``, ``pinball_by_kind`` (with kinds), and
     ``models``: {``qrm``, and with `baseline_features` (training feature directories) ``ridge`` and

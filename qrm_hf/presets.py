@@ -1,5 +1,5 @@
 """Training data on Hugging Face `datasets`: a loader, named presets for the paper's datasets, and
-the converters to the two kinds of examples of DESIGN.md §6.
+the converters to the two kinds of examples of docs/design.md §6.
 
 - :func:`load_rows` loads a Hub dataset or a local json/jsonl/parquet/arrow file, a directory of such
   files, or a directory written by ``Dataset.save_to_disk``.

@@ -1,4 +1,4 @@
-"""Behaviour of the risk measures in `qrm_hf.risk` (DESIGN §3), checked against independent computations.
+"""Behaviour of the risk measures in `qrm_hf.risk` (docs/design.md §1), checked against independent computations.
 
 The K quantile estimates are a discrete distribution with K atoms of mass 1/K each; `quantile` alone
 uses the levels as positions and interpolates linearly between them (clamping outside them).

@@ -1,4 +1,4 @@
-"""The pipeline stages on disk, one function per `qrm` command (DESIGN.md §5).
+"""The pipeline stages on disk, one function per `qrm` command (docs/design.md §4).
 
     extract_features    backbone + dataset            -> features/<name>/  (shards + manifest.json)
     fit_quantile_heads  attribute features            -> heads/     heads.safetensors + heads.json
