@@ -167,11 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=_evaluate)
 
     from .cli_pipeline import add_pipeline_commands
+    from .cli_preference import add_preference_commands
     from .cli_rlhf import add_rlhf_commands
     from .hub import add_push_command
 
     add_pipeline_commands(commands)
     add_rlhf_commands(commands)
+    add_preference_commands(commands)
     add_push_command(commands)
     return parser
 

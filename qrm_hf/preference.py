@@ -24,8 +24,10 @@ import torch
 
 
 def _as_float64(values, name: str) -> torch.Tensor:
-    tensor = torch.as_tensor(values.detach() if isinstance(values, torch.Tensor) else np.asarray(values))
-    tensor = tensor.to(torch.float64)
+    if isinstance(values, torch.Tensor):
+        tensor = values.detach().to(torch.float64)
+    else:  # any array-like, including views with negative strides
+        tensor = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64))
     if tensor.ndim == 0 or tensor.shape[-1] == 0:
         raise ValueError(
             f"{name} must have the quantiles along a last, non-empty axis, got shape {tuple(tensor.shape)}."
