@@ -159,7 +159,12 @@ def main() -> int:
         "reward models trained on the data); shared: members refit only the heads and share the plain noisy "
         "gating (10 gating fits cheaper, for a loaded machine)",
     )
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (the gating fit's small matmuls run fastest on one)",
+    )
     parser.add_argument("--plot", type=Path, help="histogram of the strengths (first seed) to this PNG")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

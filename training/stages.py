@@ -605,7 +605,7 @@ def fit_gating(
     strength = None
     if gating.needs_strength:
         strength = pair_strength(heads_dir, pair_dirs, transform, settings)
-    gating.fit(torch.cat(prompts), rewards[:, 0], rewards[:, 1], strength=strength)
+    gating.fit(torch.cat(prompts), rewards[:, 0], rewards[:, 1], strength)
     info = {
         "attribute_names": names,
         "hidden_size": heads_info["hidden_size"],
