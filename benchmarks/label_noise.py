@@ -113,6 +113,11 @@ def accuracy(model, pairs) -> float:
     return pairwise_accuracy(margins, np.zeros_like(margins))
 
 
+def log_loss(model, pairs) -> float:
+    """Held-out Bradley-Terry loss, mean -log sigmoid(margin): also sees how confident the ranking is."""
+    return float(torch.nn.functional.softplus(-model.margins(pairs)[0].double()).mean())
+
+
 def own_probability(model, pairs) -> np.ndarray:
     from qrm_hf.preference import preference_probability
 
@@ -186,9 +191,11 @@ def main() -> int:
         f"{args.seeds} noise seeds, ensemble members {args.member_gating} the gating, {torch.get_num_threads()} threads",
         flush=True,
     )
-    clean = accuracy(as_model(heads, fit_gating_network(heads, train, settings)), heldout)
+    clean_model = as_model(heads, fit_gating_network(heads, train, settings))
+    clean, clean_loss = accuracy(clean_model, heldout), log_loss(clean_model, heldout)
 
     rows = {name: [] for name in ("auc_probability", "auc_mean", "auc_std", "plain", *REMEDIES)}
+    losses = {name: [] for name in ("plain", *REMEDIES)}
     timings = {}
     for seed in range(args.seeds):
         rng = np.random.default_rng(seed)
@@ -224,9 +231,11 @@ def main() -> int:
             rows["auc_mean"].append(float("nan"))
             rows["auc_std"].append(float("nan"))
         rows["plain"].append(accuracy(plain, heldout))
+        losses["plain"].append(log_loss(plain, heldout))
         for name, remedy in REMEDIES.items():
             network = fit_gating_network(heads, noisy, replace(settings, **remedy), strength=probability)
             rows[name].append(accuracy(as_model(heads, network), heldout))
+            losses[name].append(log_loss(as_model(heads, network), heldout))
         if seed == 0 and args.plot and ensemble:
             plot(args.plot, flipped, probability, strength.mean)
         print(
@@ -234,6 +243,8 @@ def main() -> int:
             f"{rows['auc_mean'][-1]:.3f}, std {rows['auc_std'][-1]:.3f}; held-out accuracy plain "
             f"{rows['plain'][-1]:.3f}, "
             + ", ".join(f"{name} {rows[name][-1]:.3f}" for name in REMEDIES)
+            + "; held-out BT loss "
+            + ", ".join(f"{name} {values[-1]:.4f}" for name, values in losses.items())
             + f"; one fit {timings['one'][-1]:.1f} s, ensemble {ensemble_seconds:.1f} s",
             flush=True,
         )
@@ -249,11 +260,20 @@ def main() -> int:
     for key, label in labels.items():
         print(f"  {label:<38} {mean[key]:.3f}  [{spread[key][0]:.3f}, {spread[key][1]:.3f}]")
     best_auc = max((key for key in labels if not np.isnan(mean[key])), key=mean.get)
-    print(f"\nHeld-out pair accuracy ({len(heldout)} pairs) of gating fitted on noisy labels")
-    print(f"  {'clean labels (upper bound)':<38} {clean:.3f}")
+    print(f"\nHeld-out pairs ({len(heldout)}), gating fitted on noisy labels: accuracy [min, max]; BT loss")
+    print(f"  {'clean labels (upper bound)':<38} {clean:.3f}                  {clean_loss:.4f}")
     for name in ("plain", *REMEDIES):
         label = "plain Bradley-Terry" if name == "plain" else name
-        print(f"  {label:<38} {mean[name]:.3f}  [{spread[name][0]:.3f}, {spread[name][1]:.3f}]")
+        print(
+            f"  {label:<38} {mean[name]:.3f}  [{spread[name][0]:.3f}, {spread[name][1]:.3f}]  "
+            f"{np.mean(losses[name]):.4f}"
+        )
+    loss_cost = np.mean(losses["plain"]) - clean_loss
+    best_loss = min(REMEDIES, key=lambda name: np.mean(losses[name]))
+    print(
+        f"  BT loss: noise cost {loss_cost:+.4f}; best remedy {best_loss!r} recovers "
+        f"{(np.mean(losses['plain']) - np.mean(losses[best_loss])) / loss_cost:.0%} of it"
+    )
     cost = clean - mean["plain"]
     best = max(REMEDIES, key=mean.get)
     recovered = (mean[best] - mean["plain"]) / cost if cost > 0 else float("nan")
