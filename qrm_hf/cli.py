@@ -327,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=_evaluate)
 
     from .cli_pipeline import add_pipeline_commands
+    from .cli_preference import add_preference_commands
     from .cli_rewardbench import add_rewardbench_command
     from .cli_rlhf import add_rlhf_commands
     from .hub import add_push_command
@@ -334,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_pipeline_commands(commands)
     add_rlhf_commands(commands)
     add_rewardbench_command(commands)
+    add_preference_commands(commands)
     add_push_command(commands)
     for command in commands.choices.values():  # `qrm COMMAND ... --debug` works too
         command.add_argument(

@@ -111,6 +111,12 @@ def _fit_gating(args):
         validation_fraction=args.validation_fraction,
         seed=args.seed,
         rewards=args.rewards,
+        label_smoothing=args.label_smoothing,
+        adaptive_margin=args.adaptive_margin,
+        flip_below=args.flip_below,
+        drop_below=args.drop_below,
+        strength=args.strength,
+        ensemble_size=args.ensemble_size,
     )
     with _locked(args.output_dir):
         directory = fit_gating(
@@ -284,6 +290,22 @@ def add_pipeline_commands(commands) -> None:
                 default=value,
                 help="fit on the rewards after T (as the model computes them; default) or "
                 "before (ArmoRM's script)",
+            )
+        elif name in ("flip_below", "drop_below"):
+            gating.add_argument(
+                f"--{name.replace('_', '-')}",
+                type=float,
+                metavar="P",
+                help=f"{name.split('_')[0]} the training pairs whose measured P(chosen > rejected) is below P "
+                "(noisy labels; default off)",
+            )
+        elif name == "strength":
+            gating.add_argument(
+                "--strength",
+                choices=["probability", "ensemble"],
+                default=value,
+                help="how the strength of a pair is measured: the QRM's own P(chosen > rejected) after a "
+                "plain first fit (default) or the mean over a bootstrap ensemble (--ensemble-size)",
             )
         else:
             gating.add_argument(

@@ -295,16 +295,34 @@ def fit_baselines(feature_dirs, attributes, levels, label_range=None) -> dict:
     }
 
 
-def response_embeddings(model, tokenizer, conversations, batch_size: int = 8) -> np.ndarray:
-    """The response embeddings [N, H] the quantile heads read, computed with the model's own backbone
-    through the extraction encoder (`qrm_hf.training.features.BackboneEncoder`)."""
-    from .chat import encode_conversation
+def conversation_embeddings(
+    model,
+    tokenizer,
+    conversations,
+    batch_size: int = 8,
+    max_length: int | None = None,
+    desc: str = "embeddings",
+):
+    """(response embeddings [N, H], prompt embeddings [N, H]), float32 tensors, of conversations under the
+    model's own backbone, through the extraction encoder (`qrm_hf.training.features.BackboneEncoder`):
+    what the quantile heads and the gating network read, so `model.score_embeddings(response, prompt)`
+    is the model's output. Conversations longer than `max_length` tokens (default: the backbone's
+    positions) are refused by row, never truncated."""
+    from .chat import encode_conversation, split_by_length
+    from .scoring import max_scoring_length
     from .training.features import BackboneEncoder
 
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else tokenizer.pad_token_id
     encoder = BackboneEncoder(model.model, model.config.prompt_end_pattern, pad, batch_size=batch_size)
     sequences = [encode_conversation(tokenizer, messages=conversation) for conversation in conversations]
-    return encoder.encode(sequences, desc="baseline features")[0].double().numpy()
+    max_length = max_length if max_length is not None else max_scoring_length(model)
+    _, too_long = split_by_length([len(sequence) for sequence in sequences], max_length)
+    if too_long:
+        raise ValueError(
+            f"{len(too_long)} conversation(s) are longer than max_length={max_length} tokens (first: row "
+            f"{too_long[0]}, {len(sequences[too_long[0]])} tokens); conversations are never truncated."
+        )
+    return encoder.encode(sequences, desc=desc)
 
 
 def evaluate_ratings(
@@ -348,7 +366,13 @@ def evaluate_ratings(
     levels = model.config.quantile_levels
     if baseline_features:
         used = np.unique(index)  # the distinct responses of the rows kept
-        embeddings = response_embeddings(model, tokenizer, [unique[i] for i in used], batch_size)
+        embeddings = (
+            conversation_embeddings(
+                model, tokenizer, [unique[i] for i in used], batch_size, max_length, desc="baseline features"
+            )[0]
+            .double()
+            .numpy()
+        )
         embeddings = embeddings[np.searchsorted(used, index)]
         for name, baseline in fit_baselines(baseline_features, attributes, levels, label_range).items():
             predictions[name] = baseline.predict(embeddings)

@@ -6,6 +6,13 @@ per-attribute expected rewards of its two responses; the gating network g then o
     P(chosen > rejected) = sigmoid(g(prompt) . r_chosen - g(prompt) . r_rejected)
 
 large. Paper defaults: AdamW, lr 3e-4, batch 1024, cosine decay, weight decay 1e-3, 3 epochs.
+
+Noisy labels (Secrets of RLHF II, Wang et al. 2024), all off by default: with the Bradley-Terry logit
+z = g . (r_chosen - r_rejected) and a measured strength s in [0, 1] per pair (P(chosen > rejected),
+`qrm_hf.preference`), `flip_below` swaps the pairs with s < flip_below, `drop_below` leaves out the
+(remaining) pairs with s < drop_below, `adaptive_margin` c fits sigmoid(z - c (2 s' - 1)) with s' the
+strength of the label as trained (1 - s for a flipped pair): clear pairs must be won by a margin,
+doubtful ones less, and `label_smoothing` eps minimises -(1 - eps) log sigmoid(z) - eps log sigmoid(-z).
 """
 
 from __future__ import annotations
@@ -53,6 +60,10 @@ class BradleyTerryGating:
         weight_decay: float = 1e-3,
         validation_fraction: float = 0.1,
         seed: int = 0,
+        label_smoothing: float = 0.0,
+        adaptive_margin: float = 0.0,
+        flip_below: float | None = None,
+        drop_below: float | None = None,
     ):
         self.config = config
         self.learning_rate = learning_rate
@@ -61,12 +72,41 @@ class BradleyTerryGating:
         self.weight_decay = weight_decay
         self.validation_fraction = validation_fraction
         self.seed = seed
+        self.label_smoothing = label_smoothing
+        self.adaptive_margin = adaptive_margin
+        self.flip_below = flip_below
+        self.drop_below = drop_below
+
+    @property
+    def needs_strength(self) -> bool:
+        """Whether `fit` needs each pair's strength (margin, flipping or dropping)."""
+        return bool(self.adaptive_margin) or self.flip_below is not None or self.drop_below is not None
+
+    def _check_remedies(self) -> None:
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}.")
+        if not self.adaptive_margin >= 0:
+            raise ValueError(f"adaptive_margin must be >= 0, got {self.adaptive_margin}.")
+        for name in ("flip_below", "drop_below"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise ValueError(f"{name} is a preference probability threshold in [0, 1], got {value}.")
 
     def fit(
-        self, prompt_embeddings: torch.Tensor, chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor
+        self,
+        prompt_embeddings: torch.Tensor,
+        chosen_rewards: torch.Tensor,
+        rejected_rewards: torch.Tensor,
+        strength: torch.Tensor | None = None,
     ):
-        """prompt_embeddings [N, H]; chosen_rewards, rejected_rewards [N, M] (expected reward per attribute)."""
+        """prompt_embeddings [N, H]; chosen_rewards, rejected_rewards [N, M] (expected reward per attribute);
+        strength [N] in [0, 1], P(chosen > rejected) as measured (needed by the margin, flip and drop)."""
         n = prompt_embeddings.shape[0]
+        self._check_remedies()
+        if self.needs_strength and (strength is None or tuple(strength.shape) != (n,)):
+            raise ValueError(
+                f"adaptive_margin / flip_below / drop_below need the strength of each of the {n} pairs."
+            )
         if not (chosen_rewards.shape == rejected_rewards.shape == (n, self.config.num_attributes)):
             raise ValueError(
                 f"Expected rewards of shape [{n}, {self.config.num_attributes}], got {tuple(chosen_rewards.shape)} "
@@ -83,6 +123,19 @@ class BradleyTerryGating:
         validation, train = order[:n_validation], order[n_validation:]
         x = prompt_embeddings.float()
         margin = (chosen_rewards - rejected_rewards).float()  # [N, M]: g . margin is the reward difference
+        target = None  # with a strength: the Bradley-Terry logit is z * sign - target margin
+        if self.needs_strength:
+            strength = torch.as_tensor(strength, dtype=torch.float32)
+            flip = torch.zeros(n, dtype=torch.bool)
+            if self.flip_below is not None:
+                flip[train] = strength[train] < self.flip_below
+            if self.drop_below is not None:
+                train = train[~(strength[train] < self.drop_below) | flip[train]]
+            sign = 1 - 2 * flip.float()
+            target = self.adaptive_margin * sign * (2 * strength - 1)
+            self.flipped_, self.dropped_ = int(flip.sum()), len(order) - n_validation - len(train)
+            if len(train) == 0:
+                raise ValueError(f"drop_below={self.drop_below} leaves no training pair.")
 
         network = QRMGatingNetwork(self.config)
         optimizer = torch.optim.AdamW(
@@ -102,7 +155,14 @@ class BradleyTerryGating:
                 batch = shuffled[start : start + self.batch_size]
                 if len(batch) < 2 and self.config.gating_batch_norm:
                     continue  # BatchNorm cannot train on a single example
-                loss = -F.logsigmoid((network(x[batch]) * margin[batch]).sum(-1)).mean()
+                logit = (network(x[batch]) * margin[batch]).sum(-1)
+                if target is not None:
+                    logit = logit * sign[batch] - target[batch]
+                loss = -F.logsigmoid(logit).mean()
+                if self.label_smoothing:
+                    loss = (1 - self.label_smoothing) * loss - self.label_smoothing * F.logsigmoid(
+                        -logit
+                    ).mean()
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

@@ -370,7 +370,7 @@ def build_plan(config: TrainConfig) -> list[Stage]:
     gating = Stage(
         "fit-gating",
         out / "gating",
-        asdict(config.gating),
+        config.gating.fingerprint(),
         [heads, *([debias] if debias else []), *pair_stages],
         lambda: fit_gating(
             out / "heads",

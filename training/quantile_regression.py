@@ -54,11 +54,11 @@ from ..evaluation import pinball_loss
 SOLVERS = ("fast", "sklearn")
 
 
-def _fit_one(X, y, tau, alpha, fit_intercept, solver):
+def _fit_one(X, y, tau, alpha, fit_intercept, solver, sample_weight=None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         model = QuantileRegressor(quantile=tau, alpha=alpha, fit_intercept=fit_intercept, solver=solver).fit(
-            X, y
+            X, y, sample_weight=sample_weight
         )
     return model.coef_, model.intercept_
 
@@ -252,12 +252,17 @@ def fit_quantiles_ipm(
     tol: float = 1e-6,
     max_iter: int = 100,
     device=None,
+    sample_weight=None,
 ):
     """Solve the K levels of one attribute with the batched interior-point method (see module doc).
 
-    X [n, d], y [n] (no NaN), levels [K]. Returns numpy arrays coef [K, d], intercept [K],
-    n_iter [K] and the certified relative gap [K] (objective minus a lower bound on the optimum,
-    relative to the objective).
+    X [n, d], y [n] (no NaN), levels [K], sample_weight [n] > 0 (optional). Returns numpy arrays coef
+    [K, d], intercept [K], n_iter [K] and the certified relative gap [K] (objective minus a lower bound
+    on the optimum, relative to the objective).
+
+    Weights follow scikit-learn: the objective is (1/sum w) sum_i w_i rho_tau(r_i) + alpha ||w||_1, so an
+    integer weight is the same as repeating the row. Since w_i rho_tau(r) = rho_tau(w_i r) for w_i > 0,
+    the weighted problem is the unweighted one on rows scaled by w_i (the intercept column included).
     """
     dt = torch.float64
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -266,17 +271,25 @@ def fit_quantiles_ipm(
     tau = torch.as_tensor(np.asarray(levels, dtype=np.float64), dtype=dt, device=device)
     n, d = X.shape
     K = tau.shape[0]
+    weight = None if sample_weight is None else torch.as_tensor(sample_weight, dtype=dt, device=device)
+    total = n if weight is None else weight.sum()
 
-    # Scaled problem: A = (X - mean) / s (mean only with an intercept), penalty lambda_j = n alpha / s_j.
-    mean = X.mean(0) if fit_intercept else X.new_zeros(d)
+    # Scaled problem: A = (X - mean) / s (weighted mean, only with an intercept), lambda_j = alpha sum(w) / s_j.
+    if fit_intercept:
+        mean = X.mean(0) if weight is None else (weight @ X) / total
+    else:
+        mean = X.new_zeros(d)
     A = X - mean  # a new tensor: the caller's array is never modified
     del X
-    s = A.pow(2).mean(0).sqrt()
+    s = (A.pow(2).mean(0) if weight is None else (weight @ A.pow(2)) / total).sqrt()
     s = torch.where(s > 0, s, torch.ones_like(s))
     A.div_(s)
     if fit_intercept:
         A = torch.cat([A, A.new_ones(n, 1)], 1)
-    design = _PenalisedDesign(A, (n * alpha) / s)
+    if weight is not None:
+        A.mul_(weight[:, None])
+        y = y * weight[:, None]
+    design = _PenalisedDesign(A, (total * alpha) / s)
     c = torch.cat([-y, y.new_zeros(2 * d, 1)])  # minimise c^T x, i.e. maximise y^T x
 
     # Start: x = 1 - tau (primal feasible), beta from least squares, slacks from its residual (dual
@@ -445,24 +458,38 @@ class MultiQuantileRegressor(RegressorMixin, BaseEstimator):
             raise ValueError("X contains NaN or infinite values.")
         return levels, X, self._validate_labels(Y)
 
-    def _select_rows(self, Y: np.ndarray) -> list[np.ndarray]:
-        """Labelled rows of each attribute, at most `max_samples_per_attribute` of them (seeded)."""
+    def _select_rows(self, Y: np.ndarray, sample_weight: np.ndarray | None = None) -> list[np.ndarray]:
+        """Labelled rows (of positive weight) of each attribute, at most `max_samples_per_attribute` (seeded)."""
         rng = np.random.default_rng(self.random_state)
         rows_per_attribute = []
         for m in range(Y.shape[1]):
-            rows = np.flatnonzero(~np.isnan(Y[:, m]))
+            usable = ~np.isnan(Y[:, m]) if sample_weight is None else ~np.isnan(Y[:, m]) & (sample_weight > 0)
+            rows = np.flatnonzero(usable)
+            if len(rows) == 0:
+                raise ValueError(f"Attribute column {m} has no labelled row with a positive sample weight.")
             if len(rows) > self.max_samples_per_attribute:
                 rows = np.sort(rng.choice(rows, self.max_samples_per_attribute, replace=False))
             rows_per_attribute.append(rows)
         return rows_per_attribute
 
-    def fit(self, X, Y):
+    def fit(self, X, Y, sample_weight=None):
         """Fit all heads. X [n, d]; Y [n] or [n, M], NaN for a missing label (ignored per attribute).
 
-        Numpy arrays or torch tensors.
+        `sample_weight` [n] >= 0 (optional) has scikit-learn's meaning in both solvers: the loss is the
+        weighted mean (1/sum w) sum_i w_i rho_tau(r_i), so an integer weight equals repeating the row and
+        a weight of 0 drops it (before the `max_samples_per_attribute` draw). Numpy arrays or torch tensors.
         """
         levels, X, Y = self._validate(X, Y)
-        return self._fit_rows(X, Y, self._select_rows(Y), levels)
+        if sample_weight is not None:
+            sample_weight = _as_float64(sample_weight)
+            if sample_weight.shape != (X.shape[0],):
+                raise ValueError(f"sample_weight must have shape ({X.shape[0]},), got {sample_weight.shape}.")
+            if not np.isfinite(sample_weight).all() or (sample_weight < 0).any():
+                raise ValueError("sample_weight must be finite and non-negative.")
+            if not (sample_weight > 0).any():
+                raise ValueError("sample_weight is zero for every row: nothing to fit.")
+        rows_per_attribute = self._select_rows(Y, sample_weight)
+        return self._fit_rows(X, Y, rows_per_attribute, levels, sample_weight)
 
     def fit_from_features(self, directories, attribute_names: Sequence[str] | None = None):
         """Fit from feature directories written by `qrm extract` (attribute data), reading only what is needed.
@@ -526,8 +553,12 @@ class MultiQuantileRegressor(RegressorMixin, BaseEstimator):
         self.attribute_names_ = names
         return self._fit_rows(X, Y[union], positions, levels)
 
-    def _fit_rows(self, X, Y, rows_per_attribute, levels):
+    def _fit_rows(self, X, Y, rows_per_attribute, levels, sample_weight=None):
         M, K, d = Y.shape[1], len(levels), X.shape[1]
+
+        def weights(m):
+            return None if sample_weight is None else sample_weight[rows_per_attribute[m]]
+
         self.coef_ = np.zeros((M, K, d))
         self.intercept_ = np.zeros((M, K))
         if self.solver == "sklearn":
@@ -540,6 +571,7 @@ class MultiQuantileRegressor(RegressorMixin, BaseEstimator):
                     self.alpha,
                     self.fit_intercept,
                     self.highs_solver,
+                    weights(m),
                 )
                 for m, k in jobs
             )
@@ -561,6 +593,7 @@ class MultiQuantileRegressor(RegressorMixin, BaseEstimator):
                     tol=self.tol,
                     max_iter=self.max_iter,
                     device=self.device,
+                    sample_weight=weights(m),
                 )
             if np.any(self.gap_ > self.tol):
                 warnings.warn(

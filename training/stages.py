@@ -522,6 +522,16 @@ def load_transform(directory: str | Path | None, attribute_names: Sequence[str])
 # ------------------------------------------------------------------------------------------- 4. gating
 
 
+NOISE_SETTINGS = (
+    "label_smoothing",
+    "adaptive_margin",
+    "flip_below",
+    "drop_below",
+    "strength",
+    "ensemble_size",
+)
+
+
 @dataclass
 class GatingSettings:
     """The gating network and its Bradley-Terry fit (paper defaults)."""
@@ -539,6 +549,33 @@ class GatingSettings:
     # "transformed": the rewards the assembled model computes (after T). ArmoRM's stage-2 script fits on
     # the untransformed rewards (it computes the transformed ones but does not use them): "untransformed".
     rewards: str = "transformed"
+    # Noisy preference labels (Secrets of RLHF II; training/gating.py), off by default. The thresholds
+    # and the margin use each pair's strength P(chosen > rejected), measured on the same features by
+    # `strength`: "probability" (the QRM of a plain first fit) or "ensemble" (the mean over
+    # `ensemble_size` bootstrap refits of heads and gating, qrm_hf.training.bootstrap).
+    label_smoothing: float = 0.0
+    adaptive_margin: float = 0.0
+    flip_below: float | None = None
+    drop_below: float | None = None
+    strength: str = "probability"
+    ensemble_size: int = 10
+
+    def noise_settings(self) -> dict:
+        """The noisy-label settings that differ from their defaults (none: the paper's plain fit)."""
+        default = GatingSettings()
+        return {
+            name: getattr(self, name)
+            for name in NOISE_SETTINGS
+            if getattr(self, name) != getattr(default, name)
+        }
+
+    def fingerprint(self) -> dict:
+        """What defines the fitted gating: the settings, leaving out noisy-label ones at their defaults
+        (so that gating networks fitted before these settings existed stay up to date)."""
+        changed = self.noise_settings()
+        return {
+            key: value for key, value in asdict(self).items() if key not in NOISE_SETTINGS or key in changed
+        }
 
     def config_kwargs(self) -> dict:
         return {
@@ -574,14 +611,18 @@ def fit_gating(
 
     `pair_dirs` hold preference features of the heads' backbone. Writes `gating.safetensors` (the
     network's state dict) and `gating.json` (settings and the per-epoch loss / validation accuracy).
+    With noisy-label settings (`GatingSettings.noise_settings`) that need them, each pair's strength is
+    measured first (`pair_strength`) and the pairs flipped and dropped are counted in `gating.json`.
     """
-    from .gating import BradleyTerryGating, expected_rewards
+    from .gating import expected_rewards
 
     settings = settings or GatingSettings()
     if settings.rewards not in ("transformed", "untransformed"):
         raise ValueError(
             f"gating rewards must be 'transformed' or 'untransformed', got {settings.rewards!r}."
         )
+    if settings.strength not in ("probability", "ensemble"):
+        raise ValueError(f"gating strength must be 'probability' or 'ensemble', got {settings.strength!r}.")
     coef, intercept, heads_info = load_heads(heads_dir)
     names = heads_info["attribute_names"]
     transform = load_transform(transform_dir, names)
@@ -595,15 +636,11 @@ def fit_gating(
         prompts.append(shard["prompt_embeddings"][:, 0].float())  # chosen and rejected share the prompt
         rewards.append(expected_rewards(coef, transform, shard["embeddings"], intercept))  # [n, 2, M]
     rewards = torch.cat(rewards)
-    gating = BradleyTerryGating(
-        _gating_config(names, heads_info["hidden_size"], settings),
-        learning_rate=settings.learning_rate,
-        batch_size=settings.batch_size,
-        epochs=settings.epochs,
-        weight_decay=settings.weight_decay,
-        validation_fraction=settings.validation_fraction,
-        seed=settings.seed,
-    ).fit(torch.cat(prompts), rewards[:, 0], rewards[:, 1])
+    gating = _bradley_terry(names, heads_info["hidden_size"], settings)
+    strength = None
+    if gating.needs_strength:
+        strength = pair_strength(heads_dir, pair_dirs, transform, settings)
+    gating.fit(torch.cat(prompts), rewards[:, 0], rewards[:, 1], strength)
     info = {
         "attribute_names": names,
         "hidden_size": heads_info["hidden_size"],
@@ -613,10 +650,89 @@ def fit_gating(
         "transform": str(transform_dir) if transform_dir else None,
         "pair_features": [str(d) for d in pair_dirs],
     }
+    if strength is not None:
+        info["noisy_labels"] = {
+            **settings.noise_settings(),
+            "flipped": gating.flipped_,
+            "dropped": gating.dropped_,
+            "mean_strength": float(strength.mean()),
+        }
     with atomic_directory(output_dir) as directory:
         save_file(gating.network_.state_dict(), str(directory / f"{GATING}.safetensors"))
         write_json_atomic(directory / f"{GATING}.json", info)
     return Path(output_dir)
+
+
+def _bradley_terry(names, hidden_size: int, settings: GatingSettings, plain: bool = False):
+    """The `BradleyTerryGating` of `settings` (`plain`: without the noisy-label remedies)."""
+    from .gating import BradleyTerryGating
+
+    remedies = {} if plain else {
+        "label_smoothing": settings.label_smoothing,
+        "adaptive_margin": settings.adaptive_margin,
+        "flip_below": settings.flip_below,
+        "drop_below": settings.drop_below,
+    }  # fmt: skip
+    return BradleyTerryGating(
+        _gating_config(names, hidden_size, settings),
+        learning_rate=settings.learning_rate,
+        batch_size=settings.batch_size,
+        epochs=settings.epochs,
+        weight_decay=settings.weight_decay,
+        validation_fraction=settings.validation_fraction,
+        seed=settings.seed,
+        **remedies,
+    )
+
+
+def pair_strength(
+    heads_dir: str | Path,
+    pair_dirs: Sequence[str | Path],
+    transform: torch.Tensor,
+    settings: GatingSettings,
+) -> np.ndarray:
+    """P(chosen > rejected) [N] of the preference pairs in `pair_dirs` (in order), as `settings.strength` says.
+
+    "probability": the reward distributions of the QRM made of the heads, T and a plain Bradley-Terry
+    gating network fitted first on these pairs (`qrm_hf.preference.preference_probability`).
+    "ensemble": the mean of that probability over `settings.ensemble_size` bootstrap refits of the heads
+    (on the attribute features the heads were fitted on) and of the gating network (on these pairs).
+    """
+    from ..preference import preference_probability
+    from .bootstrap import HeadEnsemble, PairFeatures, fit_bootstrap_heads
+    from .gating import expected_rewards
+    from .quantile_regression import MultiQuantileRegressor
+
+    coef, intercept, heads_info = load_heads(heads_dir)
+    names, levels = heads_info["attribute_names"], heads_info["quantile_levels"]
+    pairs = PairFeatures.from_dirs(pair_dirs)
+    if settings.strength == "ensemble":
+        estimator = MultiQuantileRegressor(
+            levels,
+            alpha=heads_info["alpha"],
+            solver=heads_info["solver"],
+            max_samples_per_attribute=heads_info["max_samples_per_attribute"],
+        )
+        ensemble = fit_bootstrap_heads(
+            heads_info["features"],
+            settings.ensemble_size,
+            settings.seed,
+            estimator=estimator,
+            attribute_names=names,
+            pair_features=pairs,
+            gating_settings=settings,
+            transform=transform,
+        )
+        return ensemble.strength(pairs).probability
+    plain = _bradley_terry(names, heads_info["hidden_size"], settings, plain=True).fit(
+        pairs.prompt,
+        expected_rewards(coef, transform, pairs.chosen, intercept),
+        expected_rewards(coef, transform, pairs.rejected, intercept),
+    )
+    model = HeadEnsemble(coef[None], intercept[None], transform, [plain.network_], levels)
+    _, chosen = model.score(pairs.chosen, pairs.prompt)
+    _, rejected = model.score(pairs.rejected, pairs.prompt)
+    return preference_probability(chosen[0], rejected[0]).numpy()
 
 
 # ------------------------------------------------------------------------------------------- 5. assemble

@@ -1,0 +1,303 @@
+"""`qrm preference-strength`: how strongly a QRM (and a bootstrap ensemble of it) prefers each pair's chosen response.
+
+One row per pair: the expected-reward margin, the margin over the pooled spread and P(R_chosen > R_rejected)
+from the reward distributions (`qrm_hf.preference`); with `--features`, the mean and standard deviation of
+the margins of an ensemble of heads (and gating networks) refitted on bootstrap resamples of those
+features (`qrm_hf.training.bootstrap`). Pairs with a negative (mean) margin are likely mislabelled, pairs
+whose |mean| is small against its spread ambiguous (Secrets of RLHF II).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PAIR_COLUMNS = ("prompt", "chosen", "rejected")
+
+
+def check_pair_rows(rows: list[dict], path: str) -> None:
+    """Every row needs `chosen` and `rejected`, and `prompt` unless both sides are chat lists."""
+    for number, row in enumerate(rows):
+        needed = ["chosen", "rejected"]
+        if not (isinstance(row.get("chosen"), list) and isinstance(row.get("rejected"), list)):
+            needed.insert(0, "prompt")
+        missing = [column for column in needed if column not in row]
+        if missing:
+            raise ValueError(
+                f"{path}, row {number}: missing column(s) {missing}; a pairs file has the columns "
+                f"{list(PAIR_COLUMNS)} (or `chosen` / `rejected` chat lists). Columns found: {sorted(row)}."
+            )
+
+
+def _feature_dirs(model, directories):
+    """Split `--features` into attribute and preference directories, checked against the model's backbone."""
+    from .training.features import check_same_backbone, read_manifest
+
+    settings = {str(d): read_manifest(d)["settings"] for d in directories}
+    check_same_backbone(settings)
+    for name, values in settings.items():
+        if values.get("hidden_size") != model.config.hidden_size:
+            raise ValueError(
+                f"{name} holds features of a backbone with hidden size {values.get('hidden_size')}, the model's "
+                f"has {model.config.hidden_size}: they come from another backbone."
+            )
+        pattern = list(model.config.prompt_end_pattern or [])
+        if pattern and values.get("prompt_end_pattern") != pattern:
+            raise ValueError(
+                f"{name} was extracted with the prompt-end pattern {values.get('prompt_end_pattern')}, the model "
+                f"uses {pattern}: the features come from another backbone or tokenizer."
+            )
+    attribute = [d for d in directories if settings[str(d)]["kind"] == "attribute"]
+    preference = [d for d in directories if settings[str(d)]["kind"] == "preference"]
+    if not attribute:
+        raise ValueError(
+            "--features needs at least one attribute (rating) feature directory to refit the heads."
+        )
+    return attribute, preference
+
+
+def _check_heads_fit_features(model, attribute_dirs, names) -> None:
+    """The model's own heads must predict the ratings of the features better than a constant does.
+
+    Features of another backbone with the same hidden size pass the manifest checks; the model's heads
+    read them as noise, which this catches.
+    """
+    from .evaluation import pinball_loss
+    from .training.stages import _load_labelled
+
+    X, Y = _load_labelled(attribute_dirs, names)
+    with torch.no_grad():
+        raw = model.regression_layer(torch.tensor(X, dtype=torch.float32)).view(len(X), len(names), -1)
+    levels = model.config.quantile_levels
+    heads = np.nanmean(pinball_loss(Y, raw.sort(-1).values.double().numpy(), levels))
+    constant = np.nanquantile(Y, levels, axis=0).T[None]  # [1, M, K]: each attribute's label quantiles
+    baseline = np.nanmean(pinball_loss(Y, np.broadcast_to(constant, raw.shape), levels))
+    if not heads < baseline:
+        raise ValueError(
+            f"The model's quantile heads predict the ratings in {[str(d) for d in attribute_dirs]} worse than a "
+            f"constant (pinball loss {heads:.4f} vs {baseline:.4f}): these features were not extracted with "
+            "the model's backbone."
+        )
+
+
+def _plot(path, probability, ensemble_mean=None):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = 1 if ensemble_mean is None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 3.8), squeeze=False)
+    axis = axes[0, 0]
+    axis.hist(probability, bins=np.linspace(0, 1, 21), color="tab:blue", edgecolor="white")
+    axis.axvline(0.5, color="black", linewidth=1, linestyle="--")
+    axis.set(
+        xlabel="P(R_chosen > R_rejected)", ylabel="pairs", title="Preference strength (QRM distribution)"
+    )
+    if ensemble_mean is not None:
+        axis = axes[0, 1]
+        axis.hist(ensemble_mean, bins=30, color="tab:orange", edgecolor="white")
+        axis.axvline(0, color="black", linewidth=1, linestyle="--")
+        axis.set(
+            xlabel="mean margin of the bootstrap ensemble",
+            ylabel="pairs",
+            title="Ensemble preference strength",
+        )
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _preference_strength(args) -> None:
+    from .cli import _load_model, check_writable
+    from .data import read_jsonl
+    from .evaluation import conversation_embeddings
+    from .preference import preference_strength
+    from .presets import DatasetPreset, preference_examples
+
+    rows = read_jsonl(args.pairs)
+    check_pair_rows(rows, args.pairs)
+    if args.ensemble and not args.features:
+        raise ValueError(
+            "--ensemble refits the heads on bootstrap resamples of --features: give --features DIR."
+        )
+    check_writable(args.output, "output")
+    check_writable(args.plot, "plot")
+    model, tokenizer = _load_model(args.model, args.revision, args.trust_remote_code)
+    attribute_dirs = preference_dirs = None
+    if args.features:
+        attribute_dirs, preference_dirs = _feature_dirs(model, args.features)
+        _check_heads_fit_features(model, attribute_dirs, list(model.config.attribute_names))
+    preset = DatasetPreset.custom(
+        "preference", prompt="prompt", chosen="chosen", rejected="rejected", name=str(args.pairs)
+    )
+    pairs = preference_examples(rows, preset)
+    keys = [tuple((m["role"], m["content"]) for m in side) for pair in pairs for side in pair]
+    unique = list(dict.fromkeys(keys))  # each distinct conversation is encoded once
+    position = {key: number for number, key in enumerate(unique)}
+    conversations = [[{"role": role, "content": content} for role, content in key] for key in unique]
+    response, prompt = conversation_embeddings(
+        model, tokenizer, conversations, args.batch_size, args.max_length
+    )
+    chosen_rows = torch.tensor([position[key] for key in keys[0::2]])
+    rejected_rows = torch.tensor([position[key] for key in keys[1::2]])
+    identical = (chosen_rows == rejected_rows).numpy()
+    with torch.no_grad():
+        chosen_out = model.score_embeddings(response[chosen_rows], prompt[chosen_rows])
+        rejected_out = model.score_embeddings(response[rejected_rows], prompt[chosen_rows])
+    strength = preference_strength(
+        chosen_out.reward_quantiles.double(), rejected_out.reward_quantiles.double()
+    )
+    margin, probability = strength.margin.numpy(), strength.probability.numpy()
+    effect = strength.effect_size.numpy()
+
+    ensemble = None
+    if args.features:
+        from .training.bootstrap import PairFeatures, fit_bootstrap_heads
+        from .training.quantile_regression import MultiQuantileRegressor
+        from .training.stages import GatingSettings
+
+        config = model.config
+        gating_settings = GatingSettings(
+            hidden_dim=config.gating_hidden_dim,
+            n_hidden=config.gating_n_hidden,
+            temperature=config.gating_temperature,
+            batch_norm=config.gating_batch_norm,
+            epochs=args.gating_epochs,
+            batch_size=args.gating_batch_size,
+            learning_rate=args.gating_learning_rate,
+        )
+        members = fit_bootstrap_heads(
+            attribute_dirs,
+            n_models=args.ensemble or 10,
+            seed=args.seed,
+            estimator=MultiQuantileRegressor(
+                list(config.quantile_levels), alpha=args.alpha, solver=args.solver
+            ),
+            attribute_names=list(config.attribute_names),
+            pair_features=preference_dirs or None,
+            gating_settings=gating_settings,
+            gating_network=None if preference_dirs else model.gating,
+            transform=model.reward_transform_matrix.detach().float(),
+            monotone_quantiles=config.monotone_quantiles,
+            quantile_mixing=config.quantile_mixing,
+        )
+        ensemble = members.strength(
+            PairFeatures(prompt[chosen_rows], response[chosen_rows], response[rejected_rows])
+        )
+
+    mean = ensemble.mean if ensemble is not None else margin
+    likely_mislabelled = (mean < 0) & ~identical
+    if ensemble is not None:
+        ambiguous = (np.abs(ensemble.mean) < ensemble.std) | identical
+    else:
+        ambiguous = (np.abs(probability - 0.5) < args.ambiguous_within) | identical
+    ids = [row.get("id", number) for number, row in enumerate(rows)]
+    records = []
+    for i, pair_id in enumerate(ids):
+        record = {
+            "id": pair_id,
+            "margin": float(margin[i]),
+            "effect_size": float(effect[i]),
+            "probability": float(probability[i]),
+        }
+        if ensemble is not None:
+            record.update(ensemble_mean=float(ensemble.mean[i]), ensemble_std=float(ensemble.std[i]))
+            record["ensemble_probability"] = float(ensemble.probability[i])
+        record.update(
+            likely_mislabelled=bool(likely_mislabelled[i]),
+            ambiguous=bool(ambiguous[i]),
+            identical=bool(identical[i]),
+        )
+        records.append(record)
+
+    print(f"{len(records)} pairs from {args.pairs} under {args.model}" + (
+        f" and a bootstrap ensemble of {args.ensemble or 10}" if ensemble is not None else ""
+    ))  # fmt: skip
+    print(
+        f"  P(chosen > rejected): mean {probability.mean():.3f}, median {np.median(probability):.3f}; "
+        f"{int((probability < 0.5).sum())} pairs under 0.5"
+    )
+    if identical.any():
+        print(
+            f"  {int(identical.sum())} pair(s) have the same chosen and rejected conversation (strength exactly "
+            f"0.5, counted as ambiguous): ids {[ids[i] for i in np.flatnonzero(identical)][: args.top]}"
+        )
+    measure = "ensemble mean margin" if ensemble is not None else "margin"
+    order = np.argsort(mean, kind="stable")
+    listed = [i for i in order if likely_mislabelled[i]][: args.top]
+    print(
+        f"  Likely mislabelled ({int(likely_mislabelled.sum())} with a negative {measure}; most negative first):"
+    )
+    for i in listed:
+        print(f"    id {ids[i]!s:<12} {measure} {mean[i]:+.4f}  P {probability[i]:.3f}")
+    spread = np.abs(mean) / (ensemble.std if ensemble is not None else np.ones_like(mean))
+    listed = [i for i in np.argsort(spread, kind="stable") if ambiguous[i] and not identical[i]][: args.top]
+    rule = "|mean| < std" if ensemble is not None else f"|P - 0.5| < {args.ambiguous_within}"
+    print(f"  Ambiguous ({int((ambiguous & ~identical).sum())} with {rule}):")
+    for i in listed:
+        extra = f" std {ensemble.std[i]:.4f}" if ensemble is not None else ""
+        print(f"    id {ids[i]!s:<12} {measure} {mean[i]:+.4f}{extra}  P {probability[i]:.3f}")
+    if args.output:
+        output = Path(args.output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text("".join(json.dumps(record) + "\n" for record in records))
+        print(f"Wrote {len(records)} rows to {output}")
+    if args.plot:
+        path = _plot(args.plot, probability, ensemble.mean if ensemble is not None else None)
+        print(f"Histogram of the strengths drawn to {path}")
+
+
+def add_preference_commands(commands) -> None:
+    """Add `qrm preference-strength` to the `qrm` parser's subparsers."""
+    parser = commands.add_parser(
+        "preference-strength",
+        help="preference strength of pairs: likely mislabelled and ambiguous pairs",
+        description="For each preference pair (prompt, chosen, rejected): the expected-reward margin, the margin "
+        "over the pooled spread and P(R_chosen > R_rejected) from the QRM's reward distributions; with --features, "
+        "the mean and std of the margins of an ensemble refitted on bootstrap resamples of those features "
+        "(attribute features refit the heads; preference features, if given, the gating network too).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    from .cli import _add_model_arguments
+
+    _add_model_arguments(parser)
+    parser.add_argument(
+        "--pairs", required=True, help="JSON Lines file: prompt, chosen, rejected (optional id)"
+    )
+    parser.add_argument(
+        "--features",
+        nargs="+",
+        metavar="DIR",
+        help="feature directories of qrm extract (the model's backbone)",
+    )
+    parser.add_argument(
+        "--ensemble", type=int, metavar="N", help="ensemble size with --features (default 10)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
+    parser.add_argument("--alpha", type=float, default=0.003, help="L1 penalty of the refitted heads")
+    parser.add_argument(
+        "--solver", choices=["fast", "sklearn"], default="fast", help="solver of the refitted heads"
+    )
+    parser.add_argument(
+        "--gating-epochs", type=int, default=40, help="epochs of each refitted gating network"
+    )
+    parser.add_argument("--gating-batch-size", type=int, default=32)
+    parser.add_argument("--gating-learning-rate", type=float, default=3e-4)
+    parser.add_argument(
+        "--ambiguous-within",
+        type=float,
+        default=0.05,
+        help="without an ensemble: a pair is ambiguous when |P - 0.5| is below this",
+    )
+    parser.add_argument("--top", type=int, default=10, help="pairs listed per group")
+    parser.add_argument("--output", help="write one JSON row per pair here")
+    parser.add_argument("--plot", help="write a histogram of the strengths (PNG) here")
+    parser.set_defaults(handler=_preference_strength)

@@ -1,0 +1,259 @@
+"""Bootstrap ensembles of QRM heads: preference strength as the vote of many reward models, cheaply.
+
+Secrets of RLHF II (Wang et al. 2024) measure the strength of a preference pair with ten reward models:
+the mean of their reward margins says which response the models prefer, the standard deviation how much
+they agree. With a frozen backbone, a QRM's reward models differ only in their linear heads and gating
+network, which refit on the cached features in seconds: `fit_bootstrap_heads` refits the quantile heads
+on bootstrap resamples of the rating rows (multinomial `sample_weight`, the same as resampling) and,
+given preference features, the gating network on resamples of the pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.base import clone
+from tqdm.auto import tqdm
+
+from ..modeling.modeling_qrm import QRMGatingNetwork, mixture_quantiles
+from ..preference import preference_probability
+
+
+@dataclass
+class PairFeatures:
+    """The embeddings of preference pairs: `prompt`, `chosen`, `rejected`, each [N, H] (float32)."""
+
+    prompt: torch.Tensor
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+
+    @classmethod
+    def from_dirs(cls, directories) -> PairFeatures:
+        """Read preference feature directories of `qrm extract` (one backbone), in order."""
+        from .features import check_same_backbone, load_features, read_manifest
+
+        directories = [directories] if isinstance(directories, (str, Path)) else list(directories)
+        if not directories:
+            raise ValueError("No preference feature directory given.")
+        check_same_backbone({str(d): read_manifest(d, kind="preference")["settings"] for d in directories})
+        tensors = [load_features(directory)[0] for directory in directories]
+        embeddings = torch.cat([t["embeddings"] for t in tensors]).float()  # [N, 2, H], chosen first
+        prompts = torch.cat([t["prompt_embeddings"] for t in tensors]).float()
+        return cls(prompts[:, 0], embeddings[:, 0], embeddings[:, 1])
+
+    def __len__(self) -> int:
+        return self.prompt.shape[0]
+
+    def __getitem__(self, index) -> PairFeatures:
+        return PairFeatures(self.prompt[index], self.chosen[index], self.rejected[index])
+
+    def flipped(self, mask) -> PairFeatures:
+        """The same pairs with chosen and rejected swapped where `mask` [N] is true (relabelled data)."""
+        mask = torch.as_tensor(np.asarray(mask), dtype=torch.bool)[:, None]
+        return PairFeatures(
+            self.prompt,
+            torch.where(mask, self.rejected, self.chosen),
+            torch.where(mask, self.chosen, self.rejected),
+        )
+
+
+@dataclass
+class EnsembleStrength:
+    """Strength of pairs under an ensemble (each [N]): `mean` and `std` of the members' expected-reward
+    margins (Secrets of RLHF II) and `probability`, the members' mean P(R_chosen > R_rejected)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    probability: np.ndarray
+
+
+@dataclass
+class HeadEnsemble:
+    """E reward models sharing a frozen backbone: heads, transform and gating of each member.
+
+    coef [E, M, K, H], intercept [E, M, K], transform [M, M] (shared), gating: E networks, or one shared
+    by all members. Members score embeddings exactly as `QRMForSequenceClassification.score_embeddings`.
+    """
+
+    coef: torch.Tensor
+    intercept: torch.Tensor
+    transform: torch.Tensor
+    gating: list[QRMGatingNetwork]
+    quantile_levels: list[float]
+    monotone_quantiles: bool = True
+    quantile_mixing: str = "average"
+
+    def __len__(self) -> int:
+        return self.coef.shape[0]
+
+    @torch.no_grad()
+    def score(
+        self, embeddings: torch.Tensor, prompt_embeddings: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(expected rewards [E, N], reward quantiles [E, N, K]) of responses [N, H] after prompts [N, H]."""
+        embeddings, prompt_embeddings = embeddings.float(), prompt_embeddings.float()
+        expected, quantiles = [], []
+        for member in range(len(self)):
+            raw = (
+                torch.einsum("nh,mkh->nmk", embeddings, self.coef[member].float())
+                + self.intercept[member].float()
+            )
+            attribute_quantiles = torch.einsum("nmk,mj->njk", raw, self.transform.float())
+            if self.monotone_quantiles:
+                attribute_quantiles = attribute_quantiles.sort(-1).values
+            network = self.gating[member if len(self.gating) > 1 else 0].eval()
+            weights = network(prompt_embeddings).float()  # [N, M]
+            expected.append((weights * attribute_quantiles.mean(-1)).sum(-1))
+            if self.quantile_mixing == "mixture":
+                levels = torch.tensor(self.quantile_levels, dtype=torch.float32)
+                quantiles.append(mixture_quantiles(attribute_quantiles.sort(-1).values, weights, levels))
+            else:
+                quantiles.append(torch.einsum("nm,nmk->nk", weights, attribute_quantiles))
+        return torch.stack(expected), torch.stack(quantiles)
+
+    def margins(self, pairs: PairFeatures) -> torch.Tensor:
+        """Expected reward of chosen minus rejected under every member: [E, N]."""
+        return self.score(pairs.chosen, pairs.prompt)[0] - self.score(pairs.rejected, pairs.prompt)[0]
+
+    def strength(self, pairs: PairFeatures) -> EnsembleStrength:
+        """Mean and standard deviation of the members' margins, and their mean preference probability."""
+        chosen_expected, chosen_quantiles = self.score(pairs.chosen, pairs.prompt)
+        rejected_expected, rejected_quantiles = self.score(pairs.rejected, pairs.prompt)
+        margins = (chosen_expected - rejected_expected).double()
+        probability = preference_probability(chosen_quantiles, rejected_quantiles).double().mean(0)
+        return EnsembleStrength(
+            mean=margins.mean(0).numpy(),
+            std=margins.std(0, correction=1 if len(self) > 1 else 0).numpy(),
+            probability=probability.numpy(),
+        )
+
+
+def _bootstrap_counts(n: int, rng: np.random.Generator) -> np.ndarray:
+    """How often each of n rows is drawn in n draws with replacement (a bootstrap resample as weights)."""
+    return rng.multinomial(n, np.full(n, 1.0 / n)).astype(np.float64)
+
+
+def fit_bootstrap_heads(
+    features,
+    n_models: int = 10,
+    seed: int = 0,
+    *,
+    estimator=None,
+    attribute_names: Sequence[str] | None = None,
+    pair_features=None,
+    gating_settings=None,
+    gating_network: QRMGatingNetwork | None = None,
+    transform: torch.Tensor | None = None,
+    monotone_quantiles: bool = True,
+    quantile_mixing: str = "average",
+) -> HeadEnsemble:
+    """Refit the quantile heads (and the gating network) of a QRM on `n_models` bootstrap resamples.
+
+    Args:
+        features: attribute feature directories of `qrm extract` (one or a list, same backbone).
+        n_models: ensemble size E (Secrets of RLHF II used 10 reward models).
+        seed: member e draws its resamples from `np.random.default_rng([seed, e])`.
+        estimator: a `MultiQuantileRegressor` whose settings the members copy (`sklearn.clone`; default:
+            the paper's 19 levels and alpha with the fast solver).
+        attribute_names: head order (default: the features' attributes in order of appearance).
+        pair_features: preference feature directories or a `PairFeatures`: each member also refits the
+            gating network (Bradley-Terry with `gating_settings`, no validation split) on a resample of the
+            pairs, on its own heads' rewards.
+        gating_network: without `pair_features`, the gating network all members share (e.g. a model's).
+        transform: the reward transform T [M, M] (default identity), shared.
+    """
+    from .quantile_regression import MultiQuantileRegressor
+    from .stages import PAPER_LEVELS, GatingSettings, _feature_settings, _gating_config, _load_labelled
+
+    if n_models < 1:
+        raise ValueError(f"n_models must be >= 1, got {n_models}.")
+    if (pair_features is None) == (gating_network is None):
+        raise ValueError(
+            "Give either pair_features (each member refits its gating network) or a gating_network shared "
+            "by all members: the ensemble needs gating weights to turn attributes into one reward."
+        )
+    directories = [features] if isinstance(features, (str, Path)) else list(features)
+    settings = _feature_settings(directories, "attribute")
+    found = list(dict.fromkeys(name for s in settings.values() for name in s["attributes"]))
+    names = list(attribute_names) if attribute_names is not None else found
+    unknown = sorted(set(found) - set(names))
+    if unknown:
+        raise ValueError(f"The features label attribute(s) {unknown} that are not among {names}.")
+    X, Y = _load_labelled(directories, names)
+    estimator = estimator if estimator is not None else MultiQuantileRegressor(PAPER_LEVELS)
+    levels = list(estimator.quantile_levels)
+    transform = torch.eye(len(names)) if transform is None else torch.as_tensor(transform).float()
+    if isinstance(pair_features, (str, Path, list, tuple)):
+        from .features import check_same_backbone, read_manifest
+
+        pair_dirs = [pair_features] if isinstance(pair_features, (str, Path)) else list(pair_features)
+        check_same_backbone(
+            {**settings, **{str(d): read_manifest(d, kind="preference")["settings"] for d in pair_dirs}}
+        )
+        pair_features = PairFeatures.from_dirs(pair_dirs)
+    if pair_features is not None and pair_features.prompt.shape[1] != X.shape[1]:
+        raise ValueError(
+            f"The pair features have hidden size {pair_features.prompt.shape[1]}, the attribute features "
+            f"{X.shape[1]}: they come from different backbones."
+        )
+    gating_settings = gating_settings or GatingSettings()
+
+    coefs, intercepts, networks = [], [], []
+    for member in tqdm(range(n_models), desc="bootstrap ensemble", unit="model"):
+        rng = np.random.default_rng([seed, member])
+        heads = clone(estimator).set_params(random_state=int(rng.integers(2**31)))
+        heads.fit(X, Y, sample_weight=_bootstrap_counts(len(X), rng))
+        coefs.append(torch.tensor(heads.coef_, dtype=torch.float32))
+        intercepts.append(torch.tensor(heads.intercept_, dtype=torch.float32))
+        if pair_features is not None:
+            resample = torch.as_tensor(rng.integers(0, len(pair_features), len(pair_features)))
+            config = _gating_config(names, X.shape[1], gating_settings)
+            networks.append(
+                _fit_member_gating(
+                    coefs[-1],
+                    intercepts[-1],
+                    transform,
+                    pair_features[resample],
+                    config,
+                    gating_settings,
+                    seed=int(rng.integers(2**31)),
+                )
+            )
+    return HeadEnsemble(
+        coef=torch.stack(coefs),
+        intercept=torch.stack(intercepts),
+        transform=transform,
+        gating=networks or [gating_network],
+        quantile_levels=levels,
+        monotone_quantiles=monotone_quantiles,
+        quantile_mixing=quantile_mixing,
+    )
+
+
+def _fit_member_gating(coef, intercept, transform, pairs: PairFeatures, config, settings, seed: int):
+    from .gating import BradleyTerryGating, expected_rewards
+
+    return (
+        BradleyTerryGating(
+            config,
+            learning_rate=settings.learning_rate,
+            batch_size=settings.batch_size,
+            epochs=settings.epochs,
+            weight_decay=settings.weight_decay,
+            validation_fraction=0.0,
+            seed=seed,
+        )
+        .fit(
+            pairs.prompt,
+            expected_rewards(coef, transform, pairs.chosen, intercept),
+            expected_rewards(coef, transform, pairs.rejected, intercept),
+        )
+        .network_
+    )
+
+
+__all__ = ["EnsembleStrength", "HeadEnsemble", "PairFeatures", "fit_bootstrap_heads"]
