@@ -427,7 +427,10 @@ class MultiQuantileRegressor(RegressorMixin, BaseEstimator):
                 raise ValueError(f"alpha must be >= 0, got {self.alpha}.")
             return None
         else:
-            grid = np.asarray(self.alpha, dtype=float)
+            try:
+                grid = np.asarray(self.alpha, dtype=float)
+            except (TypeError, ValueError):
+                grid = np.array([np.nan])
             if grid.ndim != 1 or grid.size == 0 or not np.all(grid >= 0):
                 raise ValueError(f"An alpha grid must be a non-empty list of numbers >= 0, got {self.alpha}.")
         if not (isinstance(self.cv, int) and self.cv >= 2):
@@ -615,7 +618,7 @@ class MultiQuantileRegressor(RegressorMixin, BaseEstimator):
             self.alpha_ = grid[self.cv_pinball_.argmin(1)]  # the first of equal losses: grids usually ascend
         problems = [(X[rows], Y[rows, m], self.alpha_[m]) for m, rows in enumerate(rows_per_attribute)]
         results = self._solve(problems, levels, "fitting quantile heads")
-        self.coef_ = np.stack([result[0] for result in results])  # [M, K, d]
+        self.coef_ = np.ascontiguousarray(np.stack([result[0] for result in results]))  # [M, K, d]
         self.intercept_ = np.stack([result[1] for result in results])  # [M, K]
         if self.solver == "fast":
             self.n_iter_ = np.stack([result[2] for result in results]).astype(np.int64)
