@@ -152,6 +152,26 @@ def render_model_card(
     return ModelCard.from_template(card_data, template_path=str(template_path), **fields)
 
 
+def add_evaluation_to_card(card: ModelCard | str, evaluation: Sequence[dict]) -> ModelCard:
+    """The card with `evaluation` entries (as for `render_model_card`) added to its `model-index`.
+
+    An existing result for the same dataset, split and metric name is replaced, so adding a newer results
+    file updates the card instead of listing the metric twice.
+    """
+    card = ModelCard(card if isinstance(card, str) else str(card), ignore_metadata_errors=True)
+    new = _eval_results(evaluation)
+    keys = {(result.dataset_type, result.dataset_split, result.metric_name) for result in new}
+    kept = [
+        result
+        for result in (card.data.eval_results or [])
+        if (result.dataset_type, result.dataset_split, result.metric_name) not in keys
+    ]
+    card.data.eval_results = kept + new
+    if not card.data.get("model_name"):
+        card.data.model_name = PLACEHOLDER_MODEL_NAME
+    return card
+
+
 def retarget_model_card(card: ModelCard | str, repo_id: str) -> ModelCard:
     """The card with `repo_id` in place of the placeholder a card rendered without a repo id names.
 

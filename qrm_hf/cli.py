@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 
@@ -61,18 +62,42 @@ def _score(args):
     _print_scores(model, tokenizer, rows, args.lam, args.alpha, args.plot, args.batch_size)
 
 
+def _finite_or_null(value):
+    """`value` with NaN and infinite floats replaced by None, so that the JSON is strict."""
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_null(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def _evaluate(args):
     from .data import read_jsonl
-    from .evaluation import evaluate_pairs, evaluate_ratings
+    from .evaluation import evaluate_pairs, evaluate_ratings, format_ratings_report, plot_calibration
 
+    if (args.baselines or args.plots) and not args.ratings:
+        raise SystemExit("qrm evaluate: --baselines and --plots need --ratings.")
     model, tokenizer = _load_model(args.model, args.revision)
     print(f"Loaded {type(model).__module__}.{type(model).__name__} from {args.model}")
     report = {}
     if args.ratings:
-        report["ratings"] = evaluate_ratings(
-            model, tokenizer, read_jsonl(args.ratings), tuple(args.label_range)
-        )
+        try:
+            report["ratings"] = evaluate_ratings(
+                model,
+                tokenizer,
+                read_jsonl(args.ratings),
+                tuple(args.label_range),
+                baseline_features=args.baselines or (),
+            )
+        except (ValueError, FileNotFoundError) as error:
+            raise SystemExit(f"qrm evaluate: {error}") from error
         ratings = report["ratings"]
+        print(format_ratings_report(ratings))
+        if args.plots:
+            paths = plot_calibration(ratings, args.plots)
+            print(f"  Reliability diagram and PIT histogram drawn to {', '.join(map(str, paths))}")
         by_kind = ratings.get("pinball_by_kind", {})
         print(
             f"  Held-out pinball loss of the reloaded model: {ratings['pinball']:.4f} "
@@ -89,8 +114,9 @@ def _evaluate(args):
     if args.showcase:
         print(f"  Showcase (exp_utility with lambda {args.lam}, cvar at alpha {args.alpha}):")
         _print_scores(model, tokenizer, read_jsonl(args.showcase), args.lam, args.alpha, args.plot)
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+    for path in dict.fromkeys(filter(None, (args.json, args.output))):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(_finite_or_null(report), indent=2))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,9 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser(
         "evaluate",
-        help="held-out pinball loss, calibration and pairwise accuracy",
-        description="Evaluate a QRM on rating data (pinball loss and calibration of "
-        "its attribute quantiles) and on preference pairs (accuracy).",
+        help="held-out pinball, CRPS, interval coverage and width, calibration plots, pairwise accuracy",
+        description="Evaluate a QRM on rating data (pinball loss, CRPS, coverage of the 50/80/90 %% "
+        "intervals, mean 90 %% width per attribute and per `kind`, the controversial / clear width ratio "
+        "next to the annotators' own spread ratio, optionally next to ridge and Gaussian baselines) and on "
+        "preference pairs (accuracy).",
     )
     evaluate.add_argument("model", help="QRM directory or Hub repo id")
     evaluate.add_argument("--revision", help="branch, tag or commit of a Hub model (default: main)")
@@ -163,15 +191,26 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--plot", help="PNG of the showcase reward distributions")
     evaluate.add_argument("--lam", type=float, default=1.0, help="risk aversion of the exponential utility")
     evaluate.add_argument("--alpha", type=float, default=0.1, help="tail fraction of the CVaR")
-    evaluate.add_argument("--json", help="also write the numbers to this JSON file")
+    evaluate.add_argument(
+        "--baselines",
+        nargs="+",
+        metavar="FEATURE_DIR",
+        help="training attribute features (qrm extract) to fit the ridge and heteroscedastic Gaussian "
+        "baselines on, reported next to the QRM (the held-out rows are encoded with the model's backbone)",
+    )
+    evaluate.add_argument("--plots", metavar="DIR", help="draw reliability.png and pit.png into DIR")
+    evaluate.add_argument("--output", metavar="FILE", help="write every number to this JSON file")
+    evaluate.add_argument("--json", help=argparse.SUPPRESS)  # the former name of --output
     evaluate.set_defaults(handler=_evaluate)
 
     from .cli_pipeline import add_pipeline_commands
+    from .cli_rewardbench import add_rewardbench_command
     from .cli_rlhf import add_rlhf_commands
     from .hub import add_push_command
 
     add_pipeline_commands(commands)
     add_rlhf_commands(commands)
+    add_rewardbench_command(commands)
     add_push_command(commands)
     return parser
 

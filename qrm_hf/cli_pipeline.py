@@ -77,6 +77,7 @@ def _fit_quantiles(args):
         n_jobs=args.n_jobs,
         validation_dirs=args.validation or (),
         ridge_baseline=args.ridge_baseline,
+        gaussian_baseline=args.gaussian_baseline,
     )
     info = json.loads((directory / "heads.json").read_text())
     print(f"Quantile heads written to {directory}; samples per attribute: {info['samples_per_attribute']}")
@@ -129,7 +130,9 @@ def _assemble(args):
         args.output_dir,
         transform_dir=args.transform,
         revision=args.revision,
-        settings=AssembleSettings(push_to_hub=args.push_to_hub, datasets=args.datasets or []),
+        settings=AssembleSettings(
+            push_to_hub=args.push_to_hub, datasets=args.datasets or [], results=args.results or []
+        ),
     )
     print(f"QRM saved to {directory}")
 
@@ -241,6 +244,11 @@ def add_pipeline_commands(commands) -> None:
         action="store_true",
         help="also report a ridge point estimate with residual quantiles (loads all features)",
     )
+    heads.add_argument(
+        "--gaussian-baseline",
+        action="store_true",
+        help="also report a heteroscedastic Gaussian (mean and log-std heads; loads all features)",
+    )
     heads.set_defaults(handler=_fit_quantiles)
 
     debias = commands.add_parser(
@@ -303,6 +311,12 @@ def add_pipeline_commands(commands) -> None:
     assemble.add_argument("--revision", help="backbone revision")
     assemble.add_argument("--datasets", nargs="+", help="Hub dataset ids to list in the model card")
     assemble.add_argument("--push-to-hub", metavar="REPO_ID", help="push the saved model to this Hub repo")
+    assemble.add_argument(
+        "--results",
+        nargs="+",
+        metavar="FILE",
+        help="`qrm rewardbench --output` files for the card's model-index",
+    )
     assemble.set_defaults(handler=_assemble)
 
     train = commands.add_parser(

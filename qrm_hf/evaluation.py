@@ -23,6 +23,95 @@ def pinball_loss(labels, predictions, levels: Sequence[float]) -> np.ndarray:
     return np.nanmean(np.where(np.isnan(residual), np.nan, loss), axis=0)
 
 
+def crps(labels, predictions, levels: Sequence[float]) -> np.ndarray:
+    """Continuous ranked probability score per attribute, in its quantile-score form.
+
+    labels [n, M] (NaN where missing), predictions [n, M, K] at ``levels`` [K] -> [M].
+    For one label y and quantile estimates q_k, the score is ``2 * mean_k pinball_{tau_k}(y - q_k)``,
+    which approximates the CRPS of the predicted distribution (the integral of 2 * pinball over
+    all levels, read at the K levels). It is averaged over the labelled rows of each attribute
+    (NaN labels are ignored; an attribute without any label gives NaN). Lower is better; in label
+    units. The estimates are used as given (not sorted).
+    """
+    loss = _pinball_per_row(labels, predictions, levels)  # [n, M, K], NaN where the label is missing
+    return 2 * _nanmean(loss.mean(-1), axis=0)
+
+
+def interval_bounds(predictions, levels: Sequence[float], width: float) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper ends of the central ``width`` interval [q_{(1-w)/2}, q_{(1+w)/2}], each [n, M].
+
+    predictions [n, M, K] at ``levels`` [K]. The ends are read exactly as :func:`qrm_hf.risk.quantile`
+    reads a quantile: estimates sorted along K, linear interpolation between levels, clamped to the
+    outermost levels (nothing is extrapolated into the tails).
+    """
+    if not 0 < width < 1:
+        raise ValueError(f"`width` must lie in (0, 1), got {width}.")
+    predictions = np.sort(np.asarray(predictions, dtype=float), axis=-1)
+    levels = np.asarray(levels, dtype=float)
+    if levels.ndim != 1 or levels.size != predictions.shape[-1]:
+        raise ValueError(
+            f"`levels` has {levels.size} entries but the predictions have K = {predictions.shape[-1]}."
+        )
+    if (np.diff(levels) <= 0).any():
+        raise ValueError(f"`levels` must be strictly increasing, got {levels.tolist()}.")
+    return _quantile(predictions, levels, (1 - width) / 2), _quantile(predictions, levels, (1 + width) / 2)
+
+
+def interval_coverage(labels, predictions, levels: Sequence[float], width: float) -> np.ndarray:
+    """Fraction of labels inside the central ``width`` interval, per attribute.
+
+    labels [n, M] (NaN ignored), predictions [n, M, K] at ``levels`` [K] -> [M]. The interval is
+    [q_{(1-w)/2}, q_{(1+w)/2}] with both ends included, read by :func:`interval_bounds` (linear
+    interpolation between levels as :func:`qrm_hf.risk.quantile`, clamped to the outermost levels).
+    A calibrated model covers a fraction ``width``. An attribute without any label gives NaN.
+    """
+    labels = np.asarray(labels, dtype=float)
+    low, high = interval_bounds(predictions, levels, width)
+    inside = np.where(np.isnan(labels), np.nan, (labels >= low) & (labels <= high))
+    return _nanmean(inside, axis=0)
+
+
+def interval_width(predictions, levels: Sequence[float], width: float) -> np.ndarray:
+    """Width q_{(1+w)/2} - q_{(1-w)/2} of the central ``width`` interval: predictions [n, M, K] -> [n, M].
+
+    Ends read as in :func:`interval_bounds` (clamped to the outermost levels, so a 0.95 interval of
+    quantiles estimated at 0.05..0.95 is the 0.90 one).
+    """
+    low, high = interval_bounds(predictions, levels, width)
+    return high - low
+
+
+def _quantile(sorted_predictions: np.ndarray, levels: np.ndarray, tau: float) -> np.ndarray:
+    """The tau-quantile of sorted estimates [..., K] by linear interpolation (risk.quantile in numpy)."""
+    if levels.size == 1:
+        return sorted_predictions[..., 0]
+    tau = min(max(tau, levels[0]), levels[-1])
+    low = int(np.clip(np.searchsorted(levels, tau, side="right") - 1, 0, levels.size - 2))
+    fraction = (tau - levels[low]) / (levels[low + 1] - levels[low])
+    q_low, q_high = sorted_predictions[..., low], sorted_predictions[..., low + 1]
+    return q_low + fraction * (q_high - q_low)
+
+
+def _pinball_per_row(labels, predictions, levels: Sequence[float]) -> np.ndarray:
+    """Pinball loss of every row, attribute and level: [n, M, K], NaN where the label is missing."""
+    labels, predictions = np.asarray(labels, dtype=float), np.asarray(predictions, dtype=float)
+    if labels.ndim != 2 or predictions.ndim != 3 or predictions.shape[:2] != labels.shape:
+        raise ValueError(
+            f"Expected labels [n, M] and predictions [n, M, K], got {labels.shape} and {predictions.shape}."
+        )
+    residual = labels[:, :, None] - predictions
+    levels = np.asarray(levels, dtype=float)
+    return np.maximum(levels * residual, (levels - 1) * residual)  # NaN labels stay NaN
+
+
+def _nanmean(values: np.ndarray, axis: int) -> np.ndarray:
+    """np.nanmean without the warning for an all-NaN slice (which gives NaN)."""
+    count = (~np.isnan(values)).sum(axis)
+    total = np.nansum(values, axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
 def calibration_error(labels, predictions, levels: Sequence[float]) -> float:
     """Mean over levels of |fraction of labels <= predicted tau-quantile - tau| (0 = calibrated).
 
@@ -44,10 +133,8 @@ def pairwise_accuracy(chosen_scores, rejected_scores) -> float:
     return float(np.mean((chosen > rejected) + 0.5 * (chosen == rejected)))
 
 
-def _score_unique(model, tokenizer, conversations, batch_size):
-    """Score each distinct conversation once; return the outputs and each input's row in them."""
-    from .scoring import score_conversations
-
+def unique_conversations(conversations) -> tuple[list, np.ndarray]:
+    """The distinct conversations (message lists), in first-seen order, and each input's row among them."""
     unique, position, index = [], {}, []
     for conversation in conversations:
         key = tuple((message["role"], message["content"]) for message in conversation)
@@ -55,15 +142,178 @@ def _score_unique(model, tokenizer, conversations, batch_size):
             position[key] = len(unique)
             unique.append(conversation)
         index.append(position[key])
-    outputs = score_conversations(model, tokenizer, unique, batch_size=batch_size)
-    return outputs, np.array(index)
+    return unique, np.array(index, dtype=int)
 
 
-def evaluate_ratings(model, tokenizer, rows, label_range, attributes=None, batch_size: int = 8) -> dict:
-    """Pinball loss and calibration of the model's attribute quantiles on rating rows (DESIGN.md §6).
+def _score_unique(model, tokenizer, conversations, batch_size):
+    """Score each distinct conversation once; return the outputs and each input's row in them."""
+    from .scoring import score_conversations
 
-    Returns `pinball` (mean over attributes and levels), `pinball_per_attribute`, `calibration_error`
-    and, when rows carry a `kind` column, `pinball_by_kind`.
+    unique, index = unique_conversations(conversations)
+    return score_conversations(model, tokenizer, unique, batch_size=batch_size), index
+
+
+COVERAGE_WIDTHS = (0.5, 0.8, 0.9)
+PIT_BINS = 10
+
+
+def probability_integral_transform(labels, predictions, levels: Sequence[float]) -> np.ndarray:
+    """PIT values F(y) of the labelled entries: labels [n, M], predictions [n, M, K] -> [number labelled].
+
+    F is the predicted CDF read from the sorted quantiles by linear interpolation between (q_k, tau_k);
+    a label below q_1 gets tau_1 / 2 and one above q_K gets (1 + tau_K) / 2 (the middle of the tail mass
+    the quantiles do not describe); a label on a flat stretch of quantiles gets the middle of its levels.
+    For a calibrated model the values are uniform on [0, 1].
+    """
+    labels = np.asarray(labels, dtype=float)
+    predictions = np.sort(np.asarray(predictions, dtype=float), axis=-1)
+    levels = np.asarray(levels, dtype=float)
+    observed = ~np.isnan(labels)
+    y, q = labels[observed], predictions[observed]  # [L], [L, K]
+    values = np.empty(len(y))
+    for i, (label, quantiles) in enumerate(zip(y, q, strict=True)):
+        below, at_most = np.sum(quantiles < label), np.sum(quantiles <= label)
+        if at_most == 0:
+            values[i] = levels[0] / 2
+        elif below == len(levels):
+            values[i] = (1 + levels[-1]) / 2
+        elif below < at_most:  # the label equals quantiles below..at_most-1: the middle of their levels
+            values[i] = (levels[below] + levels[at_most - 1]) / 2
+        else:  # strictly between quantiles below-1 and below
+            fraction = (label - quantiles[below - 1]) / (quantiles[below] - quantiles[below - 1])
+            values[i] = levels[below - 1] + fraction * (levels[below] - levels[below - 1])
+    return values
+
+
+def distribution_measures(labels, predictions, levels: Sequence[float], groups=None) -> dict:
+    """Per attribute: pinball, CRPS, coverage of the 50/80/90 % central intervals, mean 90 % width.
+
+    labels [n, M], predictions [n, M, K]. The width is averaged over distinct responses when `groups`
+    [n] (the response of each row; rows of one response share the prediction) is given, else over rows.
+    Returns lists of M floats under ``pinball``, ``crps``, ``coverage_50``, ``coverage_80``,
+    ``coverage_90``, ``width_90``.
+    """
+    labels, predictions = np.asarray(labels, dtype=float), np.asarray(predictions, dtype=float)
+    first = np.unique(groups, return_index=True)[1] if groups is not None else np.arange(len(labels))
+    measures = {
+        "pinball": _nanmean(_pinball_per_row(labels, predictions, levels).mean(-1), axis=0),
+        "crps": crps(labels, predictions, levels),
+    }
+    for width in COVERAGE_WIDTHS:
+        measures[f"coverage_{round(100 * width)}"] = interval_coverage(labels, predictions, levels, width)
+    measures["width_90"] = interval_width(predictions[first], levels, 0.9).mean(0)
+    return {name: [float(value) for value in values] for name, values in measures.items()}
+
+
+def annotator_spread(labels, groups) -> np.ndarray:
+    """Mean over responses of the annotators' own label standard deviation (population), per attribute.
+
+    labels [n, M] (one row per rating), groups [n] (the response rated). Responses with fewer than two
+    labels of an attribute are left out of its mean. -> [M]
+    """
+    labels = np.asarray(labels, dtype=float)
+    _, group = np.unique(np.asarray(groups), return_inverse=True)
+    spreads = []
+    for m in range(labels.shape[1]):
+        per_response = []
+        for g in range(group.max() + 1):
+            values = labels[group == g, m]
+            values = values[~np.isnan(values)]
+            if len(values) >= 2:
+                per_response.append(values.std())
+        spreads.append(np.mean(per_response) if per_response else np.nan)
+    return np.array(spreads)
+
+
+def _model_report(labels, predictions, levels, attributes, kinds, groups) -> dict:
+    """Distribution measures of one model: per attribute, overall, per kind, the width ratio and the
+    reliability / PIT data of the plots."""
+
+    def by_attribute(measures):
+        return {
+            attribute: {name: values[m] for name, values in measures.items()}
+            for m, attribute in enumerate(attributes)
+        }
+
+    measures = distribution_measures(labels, predictions, levels, groups)
+    observed = ~np.isnan(labels)
+    below = labels[observed][:, None] <= np.sort(predictions, axis=-1)[observed]  # [L, K]
+    pit = probability_integral_transform(labels, predictions, levels)
+    report = {
+        "attributes": by_attribute(measures),
+        "overall": {name: float(np.nanmean(values)) for name, values in measures.items()},
+        "reliability": {"levels": [float(t) for t in levels], "observed": below.mean(0).tolist()},
+        "pit_histogram": (np.histogram(pit, bins=PIT_BINS, range=(0, 1))[0] / max(len(pit), 1)).tolist(),
+    }
+    if kinds is not None:
+        report["by_kind"] = {
+            str(kind): by_attribute(
+                distribution_measures(
+                    labels[kinds == kind], predictions[kinds == kind], levels, groups[kinds == kind]
+                )
+            )
+            for kind in dict.fromkeys(kinds)
+        }
+        if {"clear", "controversial"} <= set(report["by_kind"]):
+            report["width_ratio"] = {
+                attribute: report["by_kind"]["controversial"][attribute]["width_90"]
+                / report["by_kind"]["clear"][attribute]["width_90"]
+                for attribute in attributes
+            }
+    return report
+
+
+def fit_baselines(feature_dirs, attributes, levels, label_range=None) -> dict:
+    """The ridge + cross-validated residual quantiles and the heteroscedastic Gaussian baselines, fitted
+    on attribute features of `qrm extract` (labels already in [0, 1]). Returns {name: estimator}; the
+    features' attributes must be `attributes`, and their label ranges `label_range` when given."""
+    from .training.features import read_manifest
+    from .training.quantile_regression import HeteroscedasticGaussian, RidgeResidualQuantiles
+    from .training.stages import _load_labelled
+
+    for directory in feature_dirs:
+        settings = read_manifest(directory, kind="attribute")["settings"]
+        missing = [name for name in attributes if name not in settings["attributes"]]
+        if missing:
+            raise ValueError(f"The features in {directory} have no labels for {missing}.")
+        ranges = {name: tuple(value) for name, value in settings.get("label_ranges", {}).items()}
+        if label_range is not None and any(
+            ranges.get(name, tuple(label_range)) != tuple(label_range) for name in attributes
+        ):
+            raise ValueError(
+                f"The features in {directory} were normalised with the label ranges {ranges}, not {tuple(label_range)}."
+            )
+    X, Y = _load_labelled(feature_dirs, list(attributes))
+    return {
+        "ridge": RidgeResidualQuantiles(list(levels)).fit(X, Y),
+        "gaussian": HeteroscedasticGaussian(list(levels)).fit(X, Y),
+    }
+
+
+def response_embeddings(model, tokenizer, conversations, batch_size: int = 8) -> np.ndarray:
+    """The response embeddings [N, H] the quantile heads read, computed with the model's own backbone
+    through the extraction encoder (`qrm_hf.training.features.BackboneEncoder`)."""
+    from .chat import encode_conversation
+    from .training.features import BackboneEncoder
+
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else tokenizer.pad_token_id
+    encoder = BackboneEncoder(model.model, model.config.prompt_end_pattern, pad, batch_size=batch_size)
+    sequences = [encode_conversation(tokenizer, messages=conversation) for conversation in conversations]
+    return encoder.encode(sequences, desc="baseline features")[0].double().numpy()
+
+
+def evaluate_ratings(
+    model, tokenizer, rows, label_range, attributes=None, batch_size: int = 8, baseline_features=()
+) -> dict:
+    """Pinball loss and the distribution measures of the model's attribute quantiles on rating rows.
+
+    Rows are DESIGN.md §6 rating rows (prompt, response, one column per attribute; optional ``kind`` and
+    ``conversation_id``; one row per annotator rating). Returns ``pinball`` (mean over attributes and
+    levels), ``pinball_per_attribute``, ``calibration_error``, ``pinball_by_kind`` (with kinds), and
+    ``models``: {``qrm``, and with `baseline_features` (training feature directories) ``ridge`` and
+    ``gaussian`` fitted on them}, each with per-attribute, overall and per-kind `distribution_measures`,
+    the controversial / clear 90 % width ratio, reliability and PIT data; ``annotator_spread`` (per kind)
+    and ``annotator_spread_ratio`` (controversial / clear) of the annotators' own labels.
     """
     from .presets import DatasetPreset, attribute_examples
 
@@ -79,21 +329,111 @@ def evaluate_ratings(model, tokenizer, rows, label_range, attributes=None, batch
     conversations, labels, index = attribute_examples(rows, preset, with_index=True)
     rows = [rows[i] for i in index]  # rows without any label are left out
     outputs, index = _score_unique(model, tokenizer, conversations, batch_size)
-    predictions = outputs["attribute_quantiles"].numpy()[index]  # [n, M, K]
+    predictions = {"qrm": outputs["attribute_quantiles"].double().numpy()[index]}  # [n, M, K]
     levels = model.config.quantile_levels
-    loss = pinball_loss(labels, predictions, levels)
+    if baseline_features:
+        unique, _ = unique_conversations(conversations)
+        embeddings = response_embeddings(model, tokenizer, unique, batch_size)[index]
+        for name, baseline in fit_baselines(baseline_features, attributes, levels, label_range).items():
+            predictions[name] = baseline.predict(embeddings)
+    loss = pinball_loss(labels, predictions["qrm"], levels)
     report = {
         "pinball": float(loss.mean()),
         "pinball_per_attribute": dict(zip(attributes, loss.mean(1).tolist(), strict=True)),
-        "calibration_error": calibration_error(labels, predictions, levels),
+        "calibration_error": calibration_error(labels, predictions["qrm"], levels),
     }
-    kinds = np.array([row.get("kind") for row in rows])
-    if kinds.any():
+    kinds = np.array([str(row.get("kind")) for row in rows]) if any(row.get("kind") for row in rows) else None
+    if kinds is not None:
         report["pinball_by_kind"] = {
-            str(kind): float(pinball_loss(labels[kinds == kind], predictions[kinds == kind], levels).mean())
+            kind: float(pinball_loss(labels[kinds == kind], predictions["qrm"][kinds == kind], levels).mean())
             for kind in dict.fromkeys(kinds)
         }
+    groups = index  # the response of each row
+    report["models"] = {
+        name: _model_report(labels, values, levels, attributes, kinds, groups)
+        for name, values in predictions.items()
+    }
+    if kinds is not None:
+        spread = {
+            kind: annotator_spread(labels[kinds == kind], groups[kinds == kind])
+            for kind in dict.fromkeys(kinds)
+        }
+        report["annotator_spread"] = {
+            kind: dict(zip(attributes, values.tolist(), strict=True)) for kind, values in spread.items()
+        }
+        if {"clear", "controversial"} <= set(spread):
+            with np.errstate(divide="ignore", invalid="ignore"):  # no spread on clear rows: NaN / inf
+                ratio = spread["controversial"] / spread["clear"]
+            report["annotator_spread_ratio"] = dict(zip(attributes, ratio.tolist(), strict=True))
     return report
+
+
+def format_ratings_report(report: dict) -> str:
+    """Plain-text tables of `evaluate_ratings`: every model side by side, per attribute and per kind."""
+    columns = ("pinball", "crps", "coverage_50", "coverage_80", "coverage_90", "width_90")
+    models = report["models"]
+    attributes = list(next(iter(models.values()))["attributes"])
+    header = f"  {'attribute':<16} {'kind':<14} {'model':<9}" + "".join(f"{c:>12}" for c in columns)
+    lines = ["Held-out distribution measures (labels in [0, 1]; lower pinball/CRPS is better, coverage should be"
+             " its nominal level):", header]  # fmt: skip
+    kinds = ["all", *next(iter(models.values())).get("by_kind", {})]
+    for attribute in attributes:
+        for kind in kinds:
+            for name, model_report in models.items():
+                entry = (model_report["attributes"] if kind == "all" else model_report["by_kind"][kind])[
+                    attribute
+                ]
+                lines.append(
+                    f"  {attribute:<16} {kind:<14} {name:<9}" + "".join(f"{entry[c]:>12.4f}" for c in columns)
+                )
+    if "annotator_spread_ratio" in report:
+        lines.append("Controversial / clear mean 90 % width, next to the annotators' own spread ratio:")
+        lines.append(
+            f"  {'attribute':<16}" + "".join(f"{name:>12}" for name in models) + f"{'annotators':>12}"
+        )
+        for attribute in attributes:
+            ratios = "".join(f"{models[name]['width_ratio'][attribute]:>12.2f}" for name in models)
+            lines.append(f"  {attribute:<16}{ratios}{report['annotator_spread_ratio'][attribute]:>12.2f}")
+    return "\n".join(lines)
+
+
+def plot_calibration(report: dict, directory) -> list:
+    """Draw `reliability.png` (observed vs nominal quantile level, every model) and `pit.png` (PIT
+    histograms) of an `evaluate_ratings` report into `directory`; returns the paths."""
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    models = report["models"]
+    fig, axis = plt.subplots(figsize=(5, 5))
+    axis.plot([0, 1], [0, 1], color="grey", linestyle="--", label="calibrated")
+    for name, model_report in models.items():
+        reliability = model_report["reliability"]
+        axis.plot(reliability["levels"], reliability["observed"], marker="o", markersize=3, label=name)
+    axis.set(xlabel="nominal level tau", ylabel="fraction of labels <= predicted tau-quantile",
+             title="Reliability diagram (held-out ratings)", xlim=(0, 1), ylim=(0, 1))  # fmt: skip
+    axis.legend()
+    fig.tight_layout()
+    paths = [directory / "reliability.png"]
+    fig.savefig(paths[0], dpi=120)
+    plt.close(fig)
+    fig, axis = plt.subplots(figsize=(6, 4))
+    edges = np.linspace(0, 1, PIT_BINS + 1)
+    for name, model_report in models.items():
+        axis.stairs(np.asarray(model_report["pit_histogram"]) * PIT_BINS, edges, label=name, linewidth=1.5)
+    axis.axhline(1.0, color="grey", linestyle="--", label="calibrated")
+    axis.set(xlabel="PIT value F(label)", ylabel="density", title="PIT histogram (held-out ratings)")
+    axis.legend()
+    fig.tight_layout()
+    paths.append(directory / "pit.png")
+    fig.savefig(paths[1], dpi=120)
+    plt.close(fig)
+    return paths
 
 
 def evaluate_pairs(model, tokenizer, rows, batch_size: int = 8) -> dict:

@@ -197,6 +197,7 @@ def push_model_dir(
     token: str | None = None,
     commit_description: str | None = None,
     delete_stale: bool = True,
+    results: Sequence[str | Path] = (),
 ):
     """Upload a saved QRM directory to the Hub repo `repo_id` in one commit; returns its `CommitInfo`.
 
@@ -212,6 +213,8 @@ def push_model_dir(
         revision: the branch to commit to (default ``main``); a ``refs/pr/N`` ref commits to that PR.
         commit_message: defaults to "Upload QRM".
         token: a Hub token (default: ``HF_TOKEN`` or the token saved by ``hf auth login``).
+        results: `qrm rewardbench --output` files whose scores go into the uploaded card's `model-index`
+            (the local card is left as it is).
 
     Returns:
         `huggingface_hub.CommitInfo`: ``.oid`` is the commit id to pin with ``revision=``.
@@ -229,10 +232,18 @@ def push_model_dir(
         CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(model_dir / name)) for name in files
     ]
     card_text = (model_dir / CARD).read_text(encoding="utf-8")
+    if results:
+        from .model_cards import add_evaluation_to_card
+        from .rewardbench import results_file_entries
+
+        card_text = str(
+            add_evaluation_to_card(card_text, results_file_entries([str(path) for path in results]))
+        )
     if PLACEHOLDER_REPO_ID in card_text:  # rendered without a repo id: name this repo in the snippets
-        card = str(retarget_model_card(card_text, repo_id)).encode("utf-8")
+        card_text = str(retarget_model_card(card_text, repo_id))
+    if card_text != (model_dir / CARD).read_text(encoding="utf-8"):
         operations = [op for op in operations if op.path_in_repo != CARD]
-        operations.append(CommitOperationAdd(path_in_repo=CARD, path_or_fileobj=card))
+        operations.append(CommitOperationAdd(path_in_repo=CARD, path_or_fileobj=card_text.encode("utf-8")))
     if delete_stale:
         stale = _stale_files(api, repo_id, revision, set(files))
         operations = [CommitOperationDelete(path_in_repo=path) for path in stale] + operations
@@ -336,6 +347,7 @@ def _push_command(args) -> None:
             revision=args.revision,
             commit_message=args.commit_message,
             token=args.token,
+            results=args.results or (),
         )
     except (FileNotFoundError, ValueError, ModelCardTemplateError, HfHubHTTPError) as error:
         raise SystemExit(f"qrm push: {error}") from error
@@ -389,6 +401,12 @@ def add_push_command(subparsers) -> argparse.ArgumentParser:
     )
     push.add_argument(
         "--token", metavar="TOKEN", help="Hub token (default: HF_TOKEN or the token saved by `hf auth login`)"
+    )
+    push.add_argument(
+        "--results",
+        nargs="+",
+        metavar="FILE",
+        help="`qrm rewardbench --output` files: their scores go into the uploaded card's model-index",
     )
     push.set_defaults(handler=_push_command)
     return push

@@ -60,6 +60,8 @@ def run_demo(config: TrainConfig | None = None, data_dir: Path = DEMO_DATA) -> P
     print(f"  QRM quantile heads          {validation['pinball_loss']:.4f}")
     if "pinball_loss_ridge_baseline" in validation:
         print(f"  ridge + residual quantiles  {validation['pinball_loss_ridge_baseline']:.4f}")
+    if "pinball_loss_gaussian_baseline" in validation:
+        print(f"  heteroscedastic Gaussian    {validation['pinball_loss_gaussian_baseline']:.4f}")
     print(f"  crossing quantile pairs before sorting: {validation['crossing_fraction_before_sorting']:.3f}")
     print(f"Gating validation accuracy: {gating['history'][-1]['validation_accuracy']:.3f}")
 
@@ -83,7 +85,11 @@ def run_demo(config: TrainConfig | None = None, data_dir: Path = DEMO_DATA) -> P
             "4",
             "--plot",
             str(output_dir / "showcase_distributions.png"),
-            "--json",
+            "--baselines",
+            str(output_dir / "features" / "attribute" / "ratings_train"),
+            "--plots",
+            str(output_dir / "calibration"),
+            "--output",
             str(output_dir / "heldout_evaluation.json"),
         ],
         check=True,

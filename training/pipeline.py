@@ -9,7 +9,7 @@ The YAML file (see ``training/configs/paper.yaml`` for every key, ``demo.yaml`` 
     attribute_datasets: [{preset: helpsteer, split: train, limit: ...}, {kind: attribute, source: ..., ...}]
     validation_datasets: [...]         # optional held-out attribute data: pinball loss, crossing fraction
     quantile_heads: {quantile_levels, alpha (a number, a list or "cv"), cv, solver, max_samples_per_attribute,
-                     seed, n_jobs, ridge_baseline}
+                     seed, n_jobs, ridge_baseline, gaussian_baseline}
     debias: {reference_datasets: [...], verbosity_attribute, threshold}   # or null: T = identity
     preference_datasets: [...]
     gating: {hidden_dim, n_hidden, temperature, batch_norm, learning_rate, batch_size, epochs, ...}
@@ -71,6 +71,7 @@ class HeadsSettings:
     seed: int = 0
     n_jobs: int = 1
     ridge_baseline: bool = False
+    gaussian_baseline: bool = False
 
 
 @dataclass

@@ -684,3 +684,128 @@ class RidgeResidualQuantiles(RegressorMixin, BaseEstimator):
         X = np.asarray(X, dtype=np.float64)
         point = np.stack([model.predict(X) for model in self.models_], axis=1)  # [n, M]
         return point[:, :, None] + self.residual_quantiles_[None]
+
+
+class HeteroscedasticGaussian(RegressorMixin, BaseEstimator):
+    """Distributional baseline: a Gaussian per input, with a linear mean head and a linear log-std head.
+
+    For each attribute, mu(x) = x.w + b and log sigma(x) = x.v + c are fitted jointly by minimising the
+    mean Gaussian negative log-likelihood plus ``alpha / 2 * (|w|^2 + |v|^2)`` on standardised features
+    (L-BFGS). ``alpha`` is picked from `alphas` by `cv`-fold cross-validated likelihood. Rows with
+    identical features (one response rated by several annotators) are one group: they stay on one side
+    of every split, and are fitted through their count, mean and variance (the likelihood only depends
+    on those), which makes the fit as fast as on distinct responses. The tau-quantile is
+    mu(x) + sigma(x) * Phi^-1(tau): the cheap distributional reward model, whose spread may vary with
+    the input but whose shape is always one symmetric hump.
+    """
+
+    def __init__(
+        self,
+        quantile_levels: Sequence[float],
+        alphas: Sequence[float] = (0.1, 1.0, 10.0, 100.0),
+        cv: int = 3,
+        max_iter: int = 300,
+    ):
+        self.quantile_levels = quantile_levels
+        self.alphas = alphas
+        self.cv = cv
+        self.max_iter = max_iter
+
+    @staticmethod
+    def _objective(theta, X, count, mean, variance, alpha):
+        """Penalised mean Gaussian NLL and its gradient at theta = (w [d], b, v [d], c), for groups of
+        rows with standardised features X [g, d], `count` labels each, of mean `mean` and (population)
+        variance `variance` [g]."""
+        d = X.shape[1]
+        w, b, v, c = theta[:d], theta[d], theta[d + 1 : 2 * d + 1], theta[-1]
+        log_std = np.clip(X @ v + c, -12.0, 12.0)
+        residual = mean - (X @ w + b)
+        precision = np.exp(-2 * log_std)
+        square = residual**2 + variance  # mean over the group of (y - mu)^2
+        weight = count / count.sum()
+        nll = weight @ (log_std + 0.5 * square * precision) + 0.5 * np.log(2 * np.pi)
+        grad_mean = -weight * residual * precision  # d nll / d mu
+        grad_log_std = weight * (1 - square * precision)  # d nll / d log sigma
+        grad = np.concatenate(
+            [
+                X.T @ grad_mean + alpha * w,
+                [grad_mean.sum()],
+                X.T @ grad_log_std + alpha * v,
+                [grad_log_std.sum()],
+            ]
+        )
+        return nll + 0.5 * alpha * (w @ w + v @ v), grad
+
+    def _fit_one(self, X, count, mean, variance, alpha):
+        """(w, b, v, c) minimising the penalised NLL of the groups (see `_objective`)."""
+        from scipy.optimize import minimize
+
+        d = X.shape[1]
+        start = np.zeros(2 * d + 2)
+        start[d] = np.average(mean, weights=count)
+        spread = np.average((mean - start[d]) ** 2 + variance, weights=count)
+        start[-1] = 0.5 * np.log(max(spread, 1e-6))
+        theta = minimize(
+            self._objective,
+            start,
+            args=(X, count, mean, variance, alpha),
+            jac=True,
+            method="L-BFGS-B",
+            options={"maxiter": self.max_iter},
+        ).x
+        return theta[:d], theta[d], theta[d + 1 : 2 * d + 1], theta[-1]
+
+    def fit(self, X, Y):
+        """X [n, d]; Y [n] or [n, M] with NaN for missing labels."""
+        from sklearn.model_selection import KFold
+
+        X = np.asarray(X, dtype=np.float64)
+        Y = np.asarray(Y, dtype=np.float64)
+        Y = Y[:, None] if Y.ndim == 1 else Y
+        self.feature_mean_ = X.mean(0)
+        self.feature_scale_ = np.where(X.std(0) > 0, X.std(0), 1.0)
+        Z = (X - self.feature_mean_) / self.feature_scale_
+        self.params_, self.alpha_ = [], []
+        for m in range(Y.shape[1]):
+            rows = np.flatnonzero(~np.isnan(Y[:, m]))
+            if rows.size == 0:
+                raise ValueError(f"Attribute {m} has no label to fit the Gaussian baseline on.")
+            unique, group = np.unique(Z[rows], axis=0, return_inverse=True)
+            group = group.reshape(-1)
+            count = np.bincount(group).astype(float)
+            mean = np.bincount(group, weights=Y[rows, m]) / count
+            variance = np.maximum(np.bincount(group, weights=Y[rows, m] ** 2) / count - mean**2, 0.0)
+            best = self.alphas[-1]
+            folds = min(self.cv, len(unique))
+            if folds >= 2 and len(self.alphas) > 1:
+                losses = []
+                for alpha in self.alphas:
+                    loss = 0.0
+                    for train, test in KFold(folds, shuffle=True, random_state=0).split(unique):
+                        params = self._fit_one(
+                            unique[train], count[train], mean[train], variance[train], alpha
+                        )
+                        # held-out NLL without the penalty
+                        loss += self._objective(
+                            np.concatenate([params[0], [params[1]], params[2], [params[3]]]),
+                            unique[test], count[test], mean[test], variance[test], 0.0,
+                        )[0] * count[test].sum()  # fmt: skip
+                    losses.append(loss)
+                best = self.alphas[int(np.argmin(losses))]
+            self.alpha_.append(best)
+            self.params_.append(self._fit_one(unique, count, mean, variance, best))
+        return self
+
+    def predict_mean_std(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """Means and standard deviations, each [n, M]."""
+        Z = (np.asarray(X, dtype=np.float64) - self.feature_mean_) / self.feature_scale_
+        mean = np.stack([Z @ w + b for w, b, _, _ in self.params_], axis=1)
+        std = np.stack([np.exp(np.clip(Z @ v + c, -12.0, 12.0)) for _, _, v, c in self.params_], axis=1)
+        return mean, std
+
+    def predict(self, X) -> np.ndarray:
+        """Quantile predictions [n, M, K]."""
+        from scipy.stats import norm
+
+        mean, std = self.predict_mean_std(X)
+        return mean[:, :, None] + std[:, :, None] * norm.ppf(np.asarray(self.quantile_levels, dtype=float))

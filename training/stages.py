@@ -318,7 +318,7 @@ def _load_labelled(directories, names: Sequence[str]) -> tuple[np.ndarray, np.nd
     return np.concatenate(X), np.concatenate(Y)
 
 
-def _validation_report(heads, directories, names, levels, ridge=None) -> dict:
+def _validation_report(heads, directories, names, levels, baselines=None) -> dict:
     """Held-out pinball loss (quantiles sorted, as the model does) and crossing before sorting."""
     from .quantile_regression import crossing_fraction
 
@@ -329,8 +329,8 @@ def _validation_report(heads, directories, names, levels, ridge=None) -> dict:
         "pinball_loss": float(pinball_loss(Y, np.sort(predictions, axis=-1), levels).mean()),
         "crossing_fraction_before_sorting": crossing_fraction(predictions),
     }
-    if ridge is not None:
-        report["pinball_loss_ridge_baseline"] = float(pinball_loss(Y, ridge.predict(X), levels).mean())
+    for name, baseline in (baselines or {}).items():
+        report[f"pinball_loss_{name}_baseline"] = float(pinball_loss(Y, baseline.predict(X), levels).mean())
     return report
 
 
@@ -348,18 +348,20 @@ def fit_quantile_heads(
     n_jobs: int = 1,
     validation_dirs: Sequence[str | Path] = (),
     ridge_baseline: bool = False,
+    gaussian_baseline: bool = False,
 ) -> Path:
     """Stage 2: `MultiQuantileRegressor` on attribute features of one or more datasets.
 
     Writes `heads.safetensors` (`coef` [M, K, H], `intercept` [M, K]) and `heads.json` (attribute
     names, levels, settings, backbone, samples per attribute, and with `validation_dirs` the held-out
     pinball loss and the fraction of crossing quantile pairs before sorting; `ridge_baseline` adds a
-    ridge point estimate with residual quantiles for comparison, which loads all training features).
-    `alpha` is one penalty (the paper's 0.003), a list of penalties or "cv" (`ALPHA_GRID`): then each
-    attribute gets the one with the lowest `cv`-fold cross-validated pinball loss on the training
-    features, recorded in `heads.json` (`alpha_selected`, `cv_pinball`).
+    ridge point estimate with residual quantiles for comparison, `gaussian_baseline` a heteroscedastic
+    Gaussian; both load all training features). `alpha` is one penalty (the paper's 0.003), a list of
+    penalties or "cv" (`ALPHA_GRID`): then each attribute gets the one with the lowest `cv`-fold
+    cross-validated pinball loss on the training features, recorded in `heads.json` (`alpha_selected`,
+    `cv_pinball`).
     """
-    from .quantile_regression import MultiQuantileRegressor, RidgeResidualQuantiles
+    from .quantile_regression import HeteroscedasticGaussian, MultiQuantileRegressor, RidgeResidualQuantiles
 
     settings = _feature_settings(feature_dirs, "attribute")
     if validation_dirs:
@@ -374,9 +376,13 @@ def fit_quantile_heads(
         n_jobs=n_jobs,
     ).fit_from_features(feature_dirs, attribute_names)
     names, levels = heads.attribute_names_, list(quantile_levels)
-    ridge = None
-    if ridge_baseline:
-        ridge = RidgeResidualQuantiles(levels).fit(*_load_labelled(feature_dirs, names))
+    baselines = {}
+    if ridge_baseline or gaussian_baseline:
+        X, Y = _load_labelled(feature_dirs, names)
+        if ridge_baseline:
+            baselines["ridge"] = RidgeResidualQuantiles(levels).fit(X, Y)
+        if gaussian_baseline:
+            baselines["gaussian"] = HeteroscedasticGaussian(levels).fit(X, Y)
     info = {
         "attribute_names": names,
         "quantile_levels": levels,
@@ -398,7 +404,7 @@ def fit_quantile_heads(
     if solver == "fast":
         info["worst_relative_gap"] = float(heads.gap_.max())
     if validation_dirs:
-        info["validation"] = _validation_report(heads, validation_dirs, names, levels, ridge)
+        info["validation"] = _validation_report(heads, validation_dirs, names, levels, baselines)
     with atomic_directory(output_dir) as directory:
         save_file(
             {
@@ -616,6 +622,7 @@ class AssembleSettings:
     gating_fallback: str = "error"
     datasets: list[str] = field(default_factory=list)  # Hub ids for the model card
     push_to_hub: str | None = None  # a repo id: push the model there once saved
+    results: list[str] = field(default_factory=list)  # `qrm rewardbench --output` files for the model-index
 
 
 def assemble_model(
@@ -680,6 +687,10 @@ def assemble_model(
                 "value": round(validation["pinball_loss"], 4),
             }
         )
+    if settings.results:
+        from ..rewardbench import results_file_entries
+
+        evaluation += results_file_entries(settings.results)
     with atomic_directory(output_dir) as directory:
         save_qrm(
             model,

@@ -1,0 +1,77 @@
+"""`qrm rewardbench MODEL --data PATH_OR_HUB_ID`: RewardBench / RewardBench 2 scores of a QRM."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _rewardbench(args) -> None:
+    from .cli import _load_model
+    from .rewardbench import format_report, parse_rank_by, run_rewardbench
+    from .training.features import write_json_atomic
+
+    try:
+        parse_rank_by(args.rank_by)
+    except ValueError as error:
+        raise SystemExit(f"qrm rewardbench: {error}") from error
+    model, tokenizer = _load_model(args.model, args.revision)
+    try:
+        report = run_rewardbench(
+            model,
+            tokenizer,
+            args.data,
+            split=args.split,
+            limit=args.limit,
+            rank_by=args.rank_by,
+            batch_size=args.batch_size,
+        )
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"qrm rewardbench: {error}") from error
+    report = {"model": str(args.model), **report}
+    print(format_report(report))
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(Path(args.output), report)
+        print(f"Results written to {args.output}")
+
+
+def add_rewardbench_command(commands) -> argparse.ArgumentParser:
+    """Add ``qrm rewardbench MODEL --data ... [--split] [--limit] [--output] [--rank-by]``."""
+    parser = commands.add_parser(
+        "rewardbench",
+        help="RewardBench / RewardBench 2 accuracy, optionally ranked by a risk measure",
+        description=(
+            "Score a QRM on RewardBench (rows prompt/chosen/rejected/subset: per-subset accuracy, the\n"
+            "Chat/Chat Hard/Safety/Reasoning sections weighted by the official example counts, and their\n"
+            "mean) or RewardBench 2 (chosen and rejected lists: best-of-N accuracy per subset, Ties scored\n"
+            "the official way, the mean of the subsets). The format is detected from the rows."
+        ),
+        epilog=(
+            "examples:\n"
+            "  qrm rewardbench outputs/demo/model --data allenai/reward-bench --output rb.json\n"
+            "  qrm rewardbench outputs/demo/model --data allenai/reward-bench-2 --rank-by cvar:0.25\n"
+            "  qrm rewardbench MODEL --data filtered.jsonl --limit 20 --rank-by quantile:0.1\n"
+            "then put the numbers in the model card: qrm push MODEL_DIR REPO_ID --results rb.json"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", help="QRM directory or Hub repo id")
+    parser.add_argument("--revision", help="branch, tag or commit of a Hub model (default: main)")
+    parser.add_argument(
+        "--data", required=True, help="Hub dataset id or local file / directory in an official format"
+    )
+    parser.add_argument(
+        "--split", help="split to read (default: filtered, else test, else train; a local file is its split)"
+    )
+    parser.add_argument("--limit", type=int, help="score only the first LIMIT rows of each subset")
+    parser.add_argument(
+        "--rank-by",
+        default="expectation",
+        help="what ranks responses: expectation (default), cvar[:ALPHA] (0.1), exp_utility[:LAMBDA] (1.0), "
+        "quantile:TAU",
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="conversations per forward pass")
+    parser.add_argument("--output", help="write the results to this JSON file")
+    parser.set_defaults(handler=_rewardbench)
+    return parser
