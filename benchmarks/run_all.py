@@ -3,7 +3,8 @@
 Each script runs in its own interpreter (so one benchmark's threads, caches and memory do not affect
 the next), with progress bars turned off, prints its own table and ends with a line
 ``RESULT <summary>``; this runner repeats those lines at the end. New ``bench_*.py`` scripts join
-automatically. ``make bench`` calls this file.
+automatically; the studies in `STUDIES` (e.g. ``ground_truth.py``) run after them. ``make bench``
+calls this file.
 
 Exit status: 1 if a script crashed (or printed no RESULT line), else 0. A benchmark that misses its
 target says FAIL in its result line but does not change the exit status: timings depend on the
@@ -17,10 +18,11 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+STUDIES = ("ground_truth.py",)  # run like the bench_*.py scripts, though they measure quality, not speed
 
 
 def main() -> int:
-    scripts = sorted(HERE.glob("bench_*.py"))
+    scripts = sorted(HERE.glob("bench_*.py")) + [HERE / name for name in STUDIES]
     env = dict(os.environ)
     env.setdefault("TQDM_DISABLE", "1")  # progress bars would bury the tables
     env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
