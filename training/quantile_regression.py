@@ -562,14 +562,12 @@ class MultiQuantileRegressor(RegressorMixin, BaseEstimator):
 
     def _solve(self, problems, levels, desc: str) -> list[tuple]:
         """Fit all K levels of each problem (X [n, d], y [n], alpha): a list of (coef [K, d], intercept [K], ...)."""
-        if self.solver == "fast":
+        if self.solver == "fast":  # (coef, intercept, iterations [K], gap [K]) per problem
+            settings = {"fit_intercept": self.fit_intercept, "tol": self.tol, "max_iter": self.max_iter}
             return [
-                fit_quantiles_ipm(
-                    X, y, levels, alpha, fit_intercept=self.fit_intercept, tol=self.tol, max_iter=self.max_iter,
-                    device=self.device,
-                )  # also returns the iterations and the gap per level
+                fit_quantiles_ipm(X, y, levels, alpha, device=self.device, **settings)
                 for X, y, alpha in tqdm(problems, desc=f"{desc} (fast)")
-            ]  # fmt: skip
+            ]
         K = len(levels)
         fits = Parallel(n_jobs=self.n_jobs, return_as="generator")(
             delayed(_fit_one)(X, y, tau, alpha, self.fit_intercept, self.highs_solver)
