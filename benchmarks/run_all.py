@@ -3,7 +3,8 @@
 Each script runs in its own interpreter (so one benchmark's threads, caches and memory do not affect
 the next), with progress bars turned off, prints its own table and ends with a line
 ``RESULT <summary>``; this runner repeats those lines at the end. New ``bench_*.py`` scripts join
-automatically; others are listed in ``REGISTERED``. ``make bench`` calls this file.
+automatically; the scripts in ``REGISTERED`` (quality studies such as ``ground_truth.py`` and
+``label_noise.py``) run after them. ``make bench`` calls this file.
 
 Exit status: 1 if a script crashed (or printed no RESULT line), else 0. A benchmark that misses its
 target says FAIL in its result line but does not change the exit status: timings depend on the
@@ -17,8 +18,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# Benchmarks whose names do not start with bench_, run after those.
-REGISTERED = ("label_noise.py",)
+# Scripts whose names do not start with bench_ (studies of quality, not speed), run after those.
+REGISTERED = ("label_noise.py", "ground_truth.py")
 
 
 def main() -> int:

@@ -16,6 +16,16 @@ def _locked(output_dir):
     return directory_lock(output_dir)
 
 
+def _alpha_argument(value: str) -> float | str:
+    """A penalty on the command line: a number or the word "cv"."""
+    if value == "cv":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a number or "cv", got {value!r}') from None
+
+
 def _dataset_spec(args):
     from .training.stages import DatasetSpec
 
@@ -67,7 +77,8 @@ def _fit_quantiles(args):
             args.output_dir,
             attribute_names=args.attributes,
             quantile_levels=args.levels,
-            alpha=args.alpha,
+            alpha=args.alpha[0] if len(args.alpha) == 1 else args.alpha,
+            cv=args.cv,
             solver=args.solver,
             max_samples_per_attribute=args.max_samples_per_attribute,
             seed=args.seed,
@@ -228,7 +239,14 @@ def add_pipeline_commands(commands) -> None:
     heads.add_argument("--output-dir", required=True, help="where heads.safetensors + heads.json go")
     heads.add_argument("--attributes", nargs="+", help="head order (default: the features' attributes)")
     heads.add_argument("--levels", nargs="+", type=float, default=PAPER_LEVELS, help="quantile levels")
-    heads.add_argument("--alpha", type=float, default=0.003, help="L1 penalty (default 0.003)")
+    heads.add_argument(
+        "--alpha",
+        type=_alpha_argument,
+        nargs="+",
+        default=[0.003],
+        help='L1 penalty (default 0.003); several values or "cv" choose one per attribute by cross-validation',
+    )
+    heads.add_argument("--cv", type=int, default=5, help="folds of the penalty choice (default 5)")
     heads.add_argument(
         "--solver",
         choices=["fast", "sklearn"],

@@ -299,6 +299,29 @@ def test_assemble_puts_rewardbench_results_into_the_model_index(trained, tmp_pat
     assert values_by_name == {"Score": 37.5, "Math": 50.0, "Ties": 25.0}
 
 
+def test_fit_quantiles_chooses_alpha_per_attribute_by_cross_validation(trained, tmp_path):
+    from qrm_hf.training.quantile_regression import MultiQuantileRegressor
+    from qrm_hf.training.stages import _load_labelled, load_heads
+
+    _, values, _, _ = trained
+    features = Path(values["output_dir"]) / "features" / "attribute" / "ratings"
+    levels = values["quantile_heads"]["quantile_levels"]
+    main(["fit-quantiles", str(features), "--output-dir", str(tmp_path / "heads"),
+          "--levels", *map(str, levels), "--alpha", "1e-4", "0.01", "10", "--cv", "3"])  # fmt: skip
+    coef, _, info = load_heads(tmp_path / "heads")
+    grid = ["0.0001", "0.01", "10.0"]
+    for name in ATTRIBUTES:
+        losses = info["cv_pinball"][name]
+        assert list(losses) == grid and info["alpha_selected"][name] == float(min(losses, key=losses.get))
+    # The heads are the plain fit of each attribute with its chosen penalty.
+    X, Y = _load_labelled([features], ATTRIBUTES)
+    for m, name in enumerate(ATTRIBUTES):
+        plain = MultiQuantileRegressor(levels, alpha=info["alpha_selected"][name]).fit(X, Y[:, m])
+        np.testing.assert_allclose(coef[m].numpy(), plain.coef_[0], atol=1e-5)
+    with pytest.raises(ValueError, match='quantile_heads: alpha must be a number, a list of numbers or "cv"'):
+        TrainConfig.from_dict({**values, "quantile_heads": {"alpha": "auto"}})
+
+
 # ------------------------------------------------------------------------------------------ bad input
 
 

@@ -247,3 +247,75 @@ def test_predictions_of_the_fast_solver_rarely_cross_on_held_out_data():
         warnings.simplefilter("error")
         fraction = crossing_fraction(heads.predict(X[300:]))
     assert 0.0 <= fraction < 0.1
+
+
+def annotated_responses(n_responses=30, annotators=3, d=8, seed=0):
+    """Each response (one feature row) rated by several annotators: its rows are identical in X.
+
+    Attribute 0 is a linear function of two features plus annotator noise (a small penalty fits it);
+    attribute 1 is pure annotator noise (only a penalty that zeroes every weight avoids fitting noise).
+    """
+    rng = np.random.default_rng(seed)
+    responses = rng.normal(size=(n_responses, d))
+    X = np.repeat(responses, annotators, axis=0)
+    signal = 0.5 + 0.15 * (X[:, 0] - X[:, 1])
+    Y = np.column_stack([signal, np.full(len(X), 0.5)]) + 0.05 * rng.normal(size=(len(X), 2))
+    return X, Y, np.repeat(np.arange(n_responses), annotators)
+
+
+def test_alpha_grid_picks_the_cross_validated_best_per_attribute():
+    from sklearn.model_selection import GroupKFold
+
+    from qrm_hf.evaluation import pinball_loss
+
+    X, Y, response = annotated_responses()
+    grid = [1e-4, 1e-2, 1.0]
+    heads = MultiQuantileRegressor(LEVELS, alpha=grid, cv=3, fit_intercept=True).fit(X, Y)
+
+    # The same selection written out by hand: folds over responses, sorted quantiles, row-weighted loss.
+    expected = np.zeros((2, len(grid)))
+    for train, test in GroupKFold(n_splits=3).split(X, groups=response):
+        for a, alpha in enumerate(grid):
+            fold = MultiQuantileRegressor(LEVELS, alpha=alpha, fit_intercept=True).fit(X[train], Y[train])
+            predictions = np.sort(fold.predict(X[test]), axis=-1)
+            expected[:, a] += pinball_loss(Y[test], predictions, LEVELS).mean(1) * len(test) / len(X)
+    np.testing.assert_allclose(heads.cv_pinball_, expected, rtol=1e-6)
+    # The signal needs a small penalty, the pure-noise attribute the one that drops every feature.
+    assert heads.alpha_.tolist() == [grid[expected[0].argmin()], grid[expected[1].argmin()]]
+    assert heads.alpha_[0] < 1.0 and heads.alpha_[1] == 1.0
+    np.testing.assert_allclose(np.abs(heads.coef_[1]).max(), 0, atol=1e-6)
+    # The refit on all rows with the chosen penalties equals a plain fit with them.
+    for m, alpha in enumerate(heads.alpha_):
+        plain = MultiQuantileRegressor(LEVELS, alpha=alpha, fit_intercept=True).fit(X, Y[:, m])
+        np.testing.assert_allclose(heads.predict(X)[:, m], plain.predict(X)[:, 0], atol=1e-5)
+
+
+def test_alpha_cv_keeps_the_rows_of_one_response_in_one_fold():
+    """Folds that split a response's identical rows would reward memorising it: the unpenalised fit.
+
+    Here every response has its own label mean that no feature explains; with more features than
+    responses an unpenalised fit memorises the training responses, which only leaks when a response's
+    rows sit on both sides of a fold.
+    """
+    rng = np.random.default_rng(1)
+    responses, annotators = 40, 5
+    X = np.repeat(rng.normal(size=(responses, 60)), annotators, axis=0)
+    Y = np.repeat(rng.uniform(0.2, 0.8, responses), annotators) + 0.02 * rng.normal(size=len(X))
+    heads = MultiQuantileRegressor(LEVELS, alpha=[0.0, 10.0], cv=4, fit_intercept=True).fit(X, Y)
+    assert heads.alpha_.tolist() == [10.0]  # memorising does not generalise to unseen responses
+
+
+@pytest.mark.parametrize(
+    ("alpha", "cv", "match"),
+    [("auto", 5, "number, a list"), ([], 5, "non-empty"), ([0.1, -1], 5, ">= 0"), ("cv", 1, "cv must")],
+)
+def test_bad_alpha_grids_are_refused(alpha, cv, match):
+    X, Y, _ = annotated_responses(n_responses=10)
+    with pytest.raises(ValueError, match=match):
+        MultiQuantileRegressor(LEVELS, alpha=alpha, cv=cv).fit(X, Y)
+
+
+def test_fixed_alpha_records_it_per_attribute():
+    X, Y, _ = annotated_responses(n_responses=10)
+    heads = MultiQuantileRegressor(LEVELS, alpha=0.01).fit(X, Y)
+    assert heads.alpha_.tolist() == [0.01, 0.01] and not hasattr(heads, "cv_pinball_")

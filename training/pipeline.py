@@ -8,7 +8,8 @@ The YAML file (see ``training/configs/paper.yaml`` for every key, ``demo.yaml`` 
     extraction: {max_length, batch_size, shard_size, dtype, reuse_across_datasets}
     attribute_datasets: [{preset: helpsteer, split: train, limit: ...}, {kind: attribute, source: ..., ...}]
     validation_datasets: [...]         # optional held-out attribute data: pinball loss, crossing fraction
-    quantile_heads: {quantile_levels, alpha, solver, max_samples_per_attribute, seed, n_jobs, ridge_baseline, gaussian_baseline}
+    quantile_heads: {quantile_levels, alpha (a number, a list or "cv"), cv, solver, max_samples_per_attribute,
+                     seed, n_jobs, ridge_baseline, gaussian_baseline}
     debias: {reference_datasets: [...], verbosity_attribute, threshold}   # or null: T = identity
     preference_datasets: [...]
     gating: {hidden_dim, n_hidden, temperature, batch_norm, learning_rate, batch_size, epochs, ...}
@@ -34,6 +35,7 @@ from typing import Any
 from ..locking import directory_lock
 from ..presets import looks_like_local_path
 from .features import damaged_shards, write_json_atomic
+from .quantile_regression import MultiQuantileRegressor
 from .stages import (
     PAPER_LEVELS,
     AssembleSettings,
@@ -66,7 +68,8 @@ class ExtractionSettings:
 @dataclass
 class HeadsSettings:
     quantile_levels: list[float] = field(default_factory=lambda: list(PAPER_LEVELS))
-    alpha: float = 0.003
+    alpha: float | list[float] | str = 0.003  # a list or "cv": one per attribute, by cross-validation
+    cv: int = 5
     solver: str = "fast"
     max_samples_per_attribute: int = 60_000
     seed: int = 0
@@ -193,6 +196,13 @@ class TrainConfig:
                     )
         if not self.attribute_datasets:
             raise ValueError(f"{where}: attribute_datasets is empty: the quantile heads need rated data.")
+        heads = self.quantile_heads
+        try:
+            MultiQuantileRegressor(
+                heads.quantile_levels, alpha=heads.alpha, cv=heads.cv, solver=heads.solver
+            )._validate_settings()
+        except ValueError as error:
+            raise ValueError(f"{where}: quantile_heads: {error}") from None
         if not self.preference_datasets:
             raise ValueError(
                 f"{where}: preference_datasets is empty: the gating network needs preference pairs."
@@ -334,10 +344,13 @@ def build_plan(config: TrainConfig) -> list[Stage]:
     pair_stages = [extract(spec) for spec in config.preference_datasets]
 
     heads_settings = asdict(config.quantile_heads)
+    fingerprint = dict(heads_settings)
+    if isinstance(fingerprint["alpha"], (int, float)):
+        del fingerprint["cv"]  # unused with one penalty: runs from before the option keep their heads
     heads = Stage(
         "fit-quantiles",
         out / "heads",
-        {**heads_settings, "attributes": config.attributes},
+        {**fingerprint, "attributes": config.attributes},
         attribute_stages + validation_stages,
         lambda: fit_quantile_heads(
             [stage.directory for stage in attribute_stages],

@@ -369,7 +369,8 @@ def fit_quantile_heads(
     *,
     attribute_names: Sequence[str] | None = None,
     quantile_levels: Sequence[float] = PAPER_LEVELS,
-    alpha: float = 0.003,
+    alpha: float | Sequence[float] | str = 0.003,
+    cv: int = 5,
     solver: str = "fast",
     max_samples_per_attribute: int = 60_000,
     seed: int = 0,
@@ -384,7 +385,10 @@ def fit_quantile_heads(
     names, levels, settings, backbone, samples per attribute, and with `validation_dirs` the held-out
     pinball loss and the fraction of crossing quantile pairs before sorting; `ridge_baseline` adds a
     ridge point estimate with residual quantiles for comparison, `gaussian_baseline` a heteroscedastic
-    Gaussian; both load all training features).
+    Gaussian; both load all training features). `alpha` is one penalty (the paper's 0.003), a list of
+    penalties or "cv" (`ALPHA_GRID`): then each attribute gets the one with the lowest `cv`-fold
+    cross-validated pinball loss on the training features, recorded in `heads.json` (`alpha_selected`,
+    `cv_pinball`).
     """
     from .quantile_regression import HeteroscedasticGaussian, MultiQuantileRegressor, RidgeResidualQuantiles
 
@@ -394,6 +398,7 @@ def fit_quantile_heads(
     heads = MultiQuantileRegressor(
         list(quantile_levels),
         alpha=alpha,
+        cv=cv,
         solver=solver,
         max_samples_per_attribute=max_samples_per_attribute,
         random_state=seed,
@@ -411,6 +416,7 @@ def fit_quantile_heads(
         "attribute_names": names,
         "quantile_levels": levels,
         "alpha": alpha,
+        "alpha_selected": dict(zip(names, heads.alpha_.tolist(), strict=True)),
         "solver": solver,
         "max_samples_per_attribute": max_samples_per_attribute,
         "seed": seed,
@@ -418,6 +424,12 @@ def fit_quantile_heads(
         **backbone_identity(next(iter(settings.values()))),
         "features": list(settings),
     }
+    if hasattr(heads, "cv_pinball_"):
+        info["cv_folds"] = cv
+        info["cv_pinball"] = {
+            name: dict(zip(map(str, heads.alphas_.tolist()), losses, strict=True))
+            for name, losses in zip(names, heads.cv_pinball_.tolist(), strict=True)
+        }
     if solver == "fast":
         info["worst_relative_gap"] = float(heads.gap_.max())
     if validation_dirs:
@@ -432,6 +444,15 @@ def fit_quantile_heads(
         )
         write_json_atomic(directory / f"{HEADS}.json", info)
     return Path(output_dir)
+
+
+def _alpha_summary(heads_info: dict) -> str:
+    """The penalty of the heads as a model card states it: the value, or the per-attribute choice."""
+    selected = heads_info.get("alpha_selected")
+    if selected is None or not isinstance(heads_info["alpha"], (str, list)):
+        return str(heads_info["alpha"])
+    chosen = ", ".join(f"{name} {alpha:g}" for name, alpha in selected.items())
+    return f"chosen per attribute by {heads_info['cv_folds']}-fold cross-validation ({chosen})"
 
 
 def load_heads(directory: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -795,7 +816,7 @@ def assemble_model(
     )
     validation = heads_info.get("validation", {})
     summary = (
-        f"Quantile heads: {heads_info['solver']} solver, alpha {heads_info['alpha']}, at most "
+        f"Quantile heads: {heads_info['solver']} solver, alpha {_alpha_summary(heads_info)}, at most "
         f"{heads_info['max_samples_per_attribute']} samples per attribute ({heads_info['samples_per_attribute']}). "
         f"Reward transform: {'verbosity debiasing' if transform_dir else 'identity'}. Gating: Bradley-Terry on "
         f"{gating_info['pairs']} preference pairs, {gating_settings.epochs} epochs, final validation "
