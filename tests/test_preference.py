@@ -59,7 +59,9 @@ def test_probability_matches_monte_carlo_on_two_humped_and_tied_distributions():
     atoms = lambda p: np.repeat(np.arange(5.0), (np.array(p) * 100).round().astype(int))  # noqa: E731
     expected = _monte_carlo(rng.choice(5, n, p=p_chosen), rng.choice(5, n, p=p_rejected))
     exact = sum(  # by hand: P(X > Y) + P(X = Y) / 2
-        p_chosen[i] * p_rejected[j] * (1.0 if i > j else 0.5 if i == j else 0.0) for i in range(5) for j in range(5)
+        p_chosen[i] * p_rejected[j] * (1.0 if i > j else 0.5 if i == j else 0.0)
+        for i in range(5)
+        for j in range(5)
     )
     assert preference_probability(atoms(p_chosen), atoms(p_rejected)) == pytest.approx(exact, abs=1e-12)
     assert exact == pytest.approx(expected, abs=4 * 0.5 / np.sqrt(n))
@@ -84,7 +86,9 @@ def test_strength_by_hand_and_a_flipped_pair_gets_its_strength_reversed():
     pooled = np.sqrt((np.var([1, 2, 3]) + np.var([0, 0, 3])) / 2)
     assert strength.margin[0] == pytest.approx(1.0)
     assert strength.effect_size[0] == pytest.approx(1.0 / pooled)
-    assert strength.probability[0] == pytest.approx((2 + 2 + 2.5) / 9)  # 1 and 2 beat both 0s; 3 too, and ties the 3
+    assert strength.probability[0] == pytest.approx(
+        (2 + 2 + 2.5) / 9
+    )  # 1 and 2 beat both 0s; 3 too, and ties the 3
     flipped = preference_strength(rejected, chosen)
     assert flipped.margin[0] == -strength.margin[0] and flipped.effect_size[0] == -strength.effect_size[0]
     assert flipped.probability[0] == 1 - strength.probability[0]
@@ -119,11 +123,15 @@ def test_integer_sample_weights_equal_repeated_rows(solver, fit_intercept):
     np.testing.assert_allclose(weighted.intercept_, plain.intercept_, atol=atol)
     for m in range(2):
         rows = repeated[~np.isnan(Y[repeated, m])]
-        objective = lambda model: quantile_objective(  # noqa: E731
-            X[rows], Y[rows, m], model.coef_[m], model.intercept_[m], levels, 0.01
-        )
-        np.testing.assert_allclose(objective(weighted), objective(plain), rtol=1e-5)
-    assert list(weighted.n_samples_) == [int((weights > 0).sum()), int(((weights > 0) & ~np.isnan(Y[:, 1])).sum())]
+        objectives = [
+            quantile_objective(X[rows], Y[rows, m], model.coef_[m], model.intercept_[m], levels, 0.01)
+            for model in (weighted, plain)
+        ]
+        np.testing.assert_allclose(*objectives, rtol=1e-5)
+    assert list(weighted.n_samples_) == [
+        int((weights > 0).sum()),
+        int(((weights > 0) & ~np.isnan(Y[:, 1])).sum()),
+    ]
 
 
 def test_sample_weights_of_zero_drop_rows_and_bad_weights_are_refused():
@@ -259,7 +267,10 @@ def test_remedies_change_the_fit_only_when_set_and_check_their_input():
         fitted = _bradley_terry(**remedy).fit(prompts, chosen, rejected, strength=strength)
         assert not torch.equal(first(plain), first(fitted)), remedy
     dropped = _bradley_terry(drop_below=0.2, flip_below=0.1).fit(prompts, chosen, rejected, strength=strength)
-    assert (dropped.flipped_, dropped.dropped_) == (int((strength < 0.1).sum()), int(((strength >= 0.1) & (strength < 0.2)).sum()))
+    assert (dropped.flipped_, dropped.dropped_) == (
+        int((strength < 0.1).sum()),
+        int(((strength >= 0.1) & (strength < 0.2)).sum()),
+    )
     with pytest.raises(ValueError, match="need the strength"):
         _bradley_terry(flip_below=0.3).fit(prompts, chosen, rejected)
     with pytest.raises(ValueError, match="label_smoothing"):
@@ -271,14 +282,21 @@ def test_remedies_change_the_fit_only_when_set_and_check_their_input():
 def test_noisy_label_settings_enter_the_fingerprint_only_when_set(trained, tmp_path):
     values, _, _ = trained
     plain = {key: value for key, value in GatingSettings().fingerprint().items()}
-    assert "flip_below" not in plain and "label_smoothing" not in plain  # runs made before keep their fingerprint
+    assert (
+        "flip_below" not in plain and "label_smoothing" not in plain
+    )  # runs made before keep their fingerprint
 
     def gating_fingerprint(gating):
-        config = TrainConfig.from_dict({**values, "gating": {**values["gating"], **gating}}, output_dir=tmp_path)
+        config = TrainConfig.from_dict(
+            {**values, "gating": {**values["gating"], **gating}}, output_dir=tmp_path
+        )
         return next(stage for stage in build_plan(config) if stage.name == "fit-gating").fingerprint()
 
     base = gating_fingerprint({})
-    assert len({base, gating_fingerprint({"flip_below": 0.2}), gating_fingerprint({"label_smoothing": 0.1})}) == 3
+    assert (
+        len({base, gating_fingerprint({"flip_below": 0.2}), gating_fingerprint({"label_smoothing": 0.1})})
+        == 3
+    )
     assert gating_fingerprint({"strength": "probability"}) == base  # the default, spelled out
 
 
@@ -291,7 +309,9 @@ def test_fit_gating_flips_the_pairs_the_measured_strength_puts_below_the_thresho
     assert strength.shape == (40,) and ((0 <= strength) & (strength <= 1)).all()
     fit_gating(out / "heads", [pairs_dir], tmp_path / "gating", settings=settings)
     info = json.loads((tmp_path / "gating" / "gating.json").read_text())
-    train = torch.randperm(40, generator=torch.Generator().manual_seed(0))[4:]  # the split BradleyTerryGating makes
+    train = torch.randperm(40, generator=torch.Generator().manual_seed(0))[
+        4:
+    ]  # the split BradleyTerryGating makes
     assert info["noisy_labels"]["flipped"] == int((strength[train.numpy()] < 0.5).sum())
     assert info["noisy_labels"]["flip_below"] == 0.5 and info["settings"]["adaptive_margin"] == 0.5
 
@@ -304,8 +324,22 @@ def test_preference_strength_command_rows_flipped_and_identical_pairs(trained, t
     model_dir = Path(values["output_dir"]) / "model"
     rows = [json.loads(line) for line in data["pairs"].read_text().splitlines()][:6]
     rows = [{"id": f"p{i}", **row} for i, row in enumerate(rows)]
-    rows.append({"id": "p0-flipped", "prompt": rows[0]["prompt"], "chosen": rows[0]["rejected"], "rejected": rows[0]["chosen"]})
-    rows.append({"id": "same", "prompt": rows[1]["prompt"], "chosen": rows[1]["chosen"], "rejected": rows[1]["chosen"]})
+    rows.append(
+        {
+            "id": "p0-flipped",
+            "prompt": rows[0]["prompt"],
+            "chosen": rows[0]["rejected"],
+            "rejected": rows[0]["chosen"],
+        }
+    )
+    rows.append(
+        {
+            "id": "same",
+            "prompt": rows[1]["prompt"],
+            "chosen": rows[1]["chosen"],
+            "rejected": rows[1]["chosen"],
+        }
+    )
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(row) + "\n" for row in rows))
     ratings, pairs_dir = _dirs(values)
@@ -315,7 +349,9 @@ def test_preference_strength_command_rows_flipped_and_identical_pairs(trained, t
         "--output", str(tmp_path / "strength.jsonl"), "--plot", str(tmp_path / "strength.png"),
     ])  # fmt: skip
     printed = capsys.readouterr().out
-    result = {row["id"]: row for row in map(json.loads, (tmp_path / "strength.jsonl").read_text().splitlines())}
+    result = {
+        row["id"]: row for row in map(json.loads, (tmp_path / "strength.jsonl").read_text().splitlines())
+    }
     assert list(result) == [row["id"] for row in rows]
     original, flipped = result["p0"], result["p0-flipped"]
     assert flipped["margin"] == pytest.approx(-original["margin"], abs=1e-6)
@@ -329,16 +365,23 @@ def test_preference_strength_command_rows_flipped_and_identical_pairs(trained, t
     assert "1 pair(s) have the same chosen and rejected conversation" in printed and "'same'" in printed
     assert (tmp_path / "strength.png").stat().st_size > 1000
     # The model's own numbers: P from its reward quantiles of the two conversations, computed here by hand.
+    from transformers import AutoTokenizer
+
     from qrm_hf import QRMForSequenceClassification
     from qrm_hf.chat import encode_conversation
-    from transformers import AutoTokenizer
 
     model = QRMForSequenceClassification.from_pretrained(model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     with torch.no_grad():
         q = [
-            model(torch.tensor([encode_conversation(tokenizer, prompt=rows[0]["prompt"], response=rows[0][side])]))
-            .reward_quantiles[0].double().numpy()
+            model(
+                torch.tensor(
+                    [encode_conversation(tokenizer, prompt=rows[0]["prompt"], response=rows[0][side])]
+                )
+            )
+            .reward_quantiles[0]
+            .double()
+            .numpy()
             for side in ("chosen", "rejected")
         ]
     brute = np.mean((q[0][:, None] > q[1][None]) + 0.5 * (q[0][:, None] == q[1][None]))
@@ -361,7 +404,16 @@ def test_preference_strength_refuses_bad_pairs_files_and_features_of_another_bac
     main(["train", str(write_config(tmp_path / "other.yaml", other_values))])
     other_ratings = tmp_path / "other-run" / "features" / "attribute" / "ratings"
     with pytest.raises(ValueError, match="not extracted with the model's backbone"):
-        main(["preference-strength", model_dir, "--pairs", str(data["pairs"]), "--features", str(other_ratings)])
+        main(
+            [
+                "preference-strength",
+                model_dir,
+                "--pairs",
+                str(data["pairs"]),
+                "--features",
+                str(other_ratings),
+            ]
+        )
     wide = save_backbone(tmp_path / "wide-backbone", hidden_size=48)
     wide_values = config_values(wide, data, tmp_path / "wide-run", debias=False)
     main(["train", str(write_config(tmp_path / "wide.yaml", wide_values))])
