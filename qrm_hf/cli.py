@@ -20,26 +20,21 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0 (risk aversion lambda)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
+def risk_parameter(name: str):
+    """argparse type: a value of the `qrm_hf.risk` parameter `name` (``lam`` > 0, ``alpha`` in (0, 1]),
+    checked by the risk registry."""
+    from . import risk
 
+    parameter = risk.RISK_PARAMETERS[name]
 
-def tail_fraction(text: str) -> float:
-    """argparse type: a number in (0, 1] (the CVaR tail mass)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {text}")
-    return value
+    def parse(text: str) -> float:
+        try:
+            return parameter.check(float(text))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must {parameter.domain}, got {text}") from None
+
+    parse.__name__ = name  # argparse names the type in its messages
+    return parse
 
 
 def check_writable(path: str | Path | None, what: str) -> None:
@@ -276,10 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--file", help="JSON Lines file with prompt/response (and optional name) per row")
     score.add_argument("--plot", help="write a PNG of the reward distributions here")
     score.add_argument(
-        "--lam", type=positive_float, default=1.0, help="risk aversion of the certainty equivalent (> 0)"
+        "--lam",
+        type=risk_parameter("lam"),
+        default=1.0,
+        help="risk aversion of the certainty equivalent (> 0)",
     )
     score.add_argument(
-        "--alpha", type=tail_fraction, default=0.1, help="tail fraction of the CVaR, in (0, 1]"
+        "--alpha", type=risk_parameter("alpha"), default=0.1, help="tail fraction of the CVaR, in (0, 1]"
     )
     score.set_defaults(handler=_score)
 
@@ -309,10 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--plot", help="PNG of the showcase reward distributions")
     evaluate.add_argument(
-        "--lam", type=positive_float, default=1.0, help="risk aversion of the certainty equivalent (> 0)"
+        "--lam",
+        type=risk_parameter("lam"),
+        default=1.0,
+        help="risk aversion of the certainty equivalent (> 0)",
     )
     evaluate.add_argument(
-        "--alpha", type=tail_fraction, default=0.1, help="tail fraction of the CVaR, in (0, 1]"
+        "--alpha", type=risk_parameter("alpha"), default=0.1, help="tail fraction of the CVaR, in (0, 1]"
     )
     evaluate.add_argument("--json", help="same as --output")
     evaluate.add_argument(
