@@ -162,7 +162,7 @@ def _preference_strength(args) -> None:
     if args.features:
         from .training.bootstrap import PairFeatures, fit_bootstrap_heads
         from .training.quantile_regression import MultiQuantileRegressor
-        from .training.stages import GatingSettings
+        from .training.settings import GatingSettings
 
         config = model.config
         gating_settings = GatingSettings(

