@@ -59,8 +59,8 @@ def _extract(args):
 
 
 def _fit_quantiles(args):
-    import json
 
+    from .training.outputs import QuantileHeadsOutput
     from .training.settings import HeadsSettings, settings_from_args
     from .training.stages import fit_quantile_heads
 
@@ -72,7 +72,7 @@ def _fit_quantiles(args):
             validation_dirs=args.validation or (),
             settings=settings_from_args(HeadsSettings, args),
         )
-    info = json.loads((directory / "heads.json").read_text())
+    info = QuantileHeadsOutput.load(directory).info
     print(f"Quantile heads written to {directory}; samples per attribute: {info['samples_per_attribute']}")
     if "validation" in info:
         print(f"Validation: {info['validation']}")

