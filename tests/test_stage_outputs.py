@@ -57,3 +57,32 @@ def test_mismatched_outputs_are_refused(tmp_path):
     gating = GatingOutput({}, {"attribute_names": NAMES, "hidden_size": 8})
     with pytest.raises(ValueError, match="hidden size 8"):
         gating.check_fits(heads(), "g")
+
+
+def test_gating_network_from_sizes_is_the_config_network():
+    """`QRMGatingNetwork.from_sizes` (no backbone config) builds the network of a `QRMConfig`: same keys,
+    shapes and outputs, for both block formats."""
+    from conftest import tiny_backbone_config
+    from qrm_hf import QRMConfig
+    from qrm_hf.modeling.modeling_qrm import QRMGatingNetwork
+
+    for batch_norm in (False, True):
+        config = QRMConfig(
+            backbone_config=tiny_backbone_config(),
+            attribute_names=["a", "b", "c"],
+            gating_hidden_dim=8,
+            gating_n_hidden=2,
+            gating_temperature=3.0,
+            gating_batch_norm=batch_norm,
+        )
+        from_config = QRMGatingNetwork(config).eval()
+        from_sizes = QRMGatingNetwork.from_sizes(
+            config.hidden_size, 3, hidden_dim=8, n_hidden=2, temperature=3.0, batch_norm=batch_norm
+        ).eval()
+        expected = from_config.state_dict()
+        assert {k: v.shape for k, v in from_sizes.state_dict().items()} == {
+            k: v.shape for k, v in expected.items()
+        }
+        from_sizes.load_state_dict(expected)
+        x = torch.randn(5, config.hidden_size, generator=torch.Generator().manual_seed(1))
+        assert torch.equal(from_sizes(x), from_config(x))

@@ -236,7 +236,8 @@ def fit_bootstrap_heads(
 
 
 def _fit_member_gating(coef, intercept, transform, pairs: PairFeatures, config, settings, seed: int):
-    from .gating import BradleyTerryGating, expected_rewards
+    from .gating import BradleyTerryGating
+    from .rewards import expected_rewards
 
     return (
         BradleyTerryGating(

@@ -18,6 +18,7 @@ doubtful ones less, and `label_smoothing` eps minimises -(1 - eps) log sigmoid(z
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -25,23 +26,32 @@ from tqdm.auto import tqdm
 
 from ..modeling.configuration_qrm import QRMConfig
 from ..modeling.modeling_qrm import QRMGatingNetwork
+from .rewards import expected_rewards  # noqa: F401  (re-exported: its home before training/rewards.py)
 
 
-def expected_rewards(
-    head_weight: torch.Tensor,
-    transform: torch.Tensor,
-    embeddings: torch.Tensor,
-    head_intercept: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Per-attribute expected rewards after the transform: mean_k Q[m, k] with Q = heads(x), Q^T . T.
+@dataclass(frozen=True)
+class GatingArchitecture:
+    """The sizes of a gating network, with the attribute names of a `QRMConfig` (which also fits here):
+    what `BradleyTerryGating` builds its `QRMGatingNetwork` from, without a backbone config."""
 
-    head_weight [M, K, H], head_intercept [M, K] (None: heads without bias), transform [M, M],
-    embeddings [..., H] -> [..., M].
-    """
-    mean_reward = embeddings.float() @ head_weight.mean(1).T  # the mean over levels of a linear map is linear
-    if head_intercept is not None:
-        mean_reward = mean_reward + head_intercept.mean(1)
-    return mean_reward @ transform
+    hidden_size: int
+    num_attributes: int
+    gating_hidden_dim: int = 1024
+    gating_n_hidden: int = 3
+    gating_temperature: float = 10.0
+    gating_batch_norm: bool = False
+
+
+def gating_network(config: GatingArchitecture | QRMConfig) -> QRMGatingNetwork:
+    """A fresh `QRMGatingNetwork` of these sizes (the state-dict keys of the assembled model's `gating`)."""
+    return QRMGatingNetwork.from_sizes(
+        config.hidden_size,
+        config.num_attributes,
+        hidden_dim=config.gating_hidden_dim,
+        n_hidden=config.gating_n_hidden,
+        temperature=config.gating_temperature,
+        batch_norm=config.gating_batch_norm,
+    )
 
 
 class BradleyTerryGating:
@@ -53,7 +63,7 @@ class BradleyTerryGating:
 
     def __init__(
         self,
-        config: QRMConfig,
+        config: GatingArchitecture | QRMConfig,
         learning_rate: float = 3e-4,
         batch_size: int = 1024,
         epochs: int = 3,
@@ -137,7 +147,7 @@ class BradleyTerryGating:
             if len(train) == 0:
                 raise ValueError(f"drop_below={self.drop_below} leaves no training pair.")
 
-        network = QRMGatingNetwork(self.config)
+        network = gating_network(self.config)
         optimizer = torch.optim.AdamW(
             network.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
         )

@@ -474,7 +474,7 @@ def fit_debias(
     Writes `transform.safetensors` (`transform` [M, M]) and `debias.json` (penalties, correlations).
     """
     from .debias import VerbosityDebiaser
-    from .gating import expected_rewards
+    from .rewards import expected_rewards
 
     options = replace(settings or DebiasSettings(), **overrides)
     coef, intercept, heads_info = load_heads(heads_dir)
@@ -521,16 +521,10 @@ def load_transform(directory: str | Path | None, attribute_names: Sequence[str])
 
 
 def _gating_config(attribute_names: Sequence[str], hidden_size: int, gating: GatingSettings):
-    from transformers import LlamaConfig
+    """The sizes of the gating network of `gating` (`BradleyTerryGating` builds it from them)."""
+    from .gating import GatingArchitecture
 
-    from ..modeling.configuration_qrm import QRMConfig
-
-    # Only the hidden size of the backbone matters to the gating network; assembly uses the real config.
-    return QRMConfig(
-        backbone_config=LlamaConfig(hidden_size=hidden_size, num_attention_heads=1, num_key_value_heads=1),
-        attribute_names=list(attribute_names),
-        **gating.config_kwargs(),
-    )
+    return GatingArchitecture(hidden_size, len(attribute_names), **gating.config_kwargs())
 
 
 def fit_gating(
@@ -548,7 +542,7 @@ def fit_gating(
     With noisy-label settings (`GatingSettings.noise_settings`) that need them, each pair's strength is
     measured first (`pair_strength`) and the pairs flipped and dropped are counted in `gating.json`.
     """
-    from .gating import expected_rewards
+    from .rewards import expected_rewards
 
     settings = settings or GatingSettings()
     if settings.rewards not in ("transformed", "untransformed"):
@@ -634,8 +628,8 @@ def pair_strength(
     """
     from ..preference import preference_probability
     from .bootstrap import HeadEnsemble, PairFeatures, fit_bootstrap_heads
-    from .gating import expected_rewards
     from .quantile_regression import MultiQuantileRegressor
+    from .rewards import expected_rewards
 
     coef, intercept, heads_info = load_heads(heads_dir)
     names, levels = heads_info["attribute_names"], heads_info["quantile_levels"]
@@ -753,8 +747,8 @@ def assemble_model(
 
 
 def _gating_network(names, hidden_size, gating: GatingSettings, state_dict):
-    from ..modeling.modeling_qrm import QRMGatingNetwork
+    from .gating import gating_network
 
-    network = QRMGatingNetwork(_gating_config(names, hidden_size, gating))
+    network = gating_network(_gating_config(names, hidden_size, gating))
     network.load_state_dict(state_dict)
     return network.eval()
