@@ -21,7 +21,7 @@ from conftest import tiny_backbone_config
 from qrm_hf import QRMForSequenceClassification
 from qrm_hf.chat import encode_conversation
 from qrm_hf.cli import main
-from qrm_hf.training.features import load_features
+from qrm_hf.training.features import load_features, load_labelled
 from qrm_hf.training.pipeline import TrainConfig, build_plan, run_training
 from qrm_hf.training.quantile_regression import MultiQuantileRegressor
 from qrm_hf.training.stages import (
@@ -345,7 +345,7 @@ def test_assemble_puts_rewardbench_results_into_the_model_index(trained, tmp_pat
 
 def test_fit_quantiles_chooses_alpha_per_attribute_by_cross_validation(trained, tmp_path):
     from qrm_hf.training.quantile_regression import MultiQuantileRegressor
-    from qrm_hf.training.stages import _load_labelled, load_heads
+    from qrm_hf.training.stages import load_heads
 
     _, values, _, _ = trained
     features = Path(values["output_dir"]) / "features" / "attribute" / "ratings"
@@ -358,7 +358,7 @@ def test_fit_quantiles_chooses_alpha_per_attribute_by_cross_validation(trained, 
         losses = info["cv_pinball"][name]
         assert list(losses) == grid and info["alpha_selected"][name] == float(min(losses, key=losses.get))
     # The heads are the plain fit of each attribute with its chosen penalty.
-    X, Y = _load_labelled([features], ATTRIBUTES)
+    X, Y = load_labelled([features], ATTRIBUTES)
     for m, name in enumerate(ATTRIBUTES):
         plain = MultiQuantileRegressor(levels, alpha=info["alpha_selected"][name]).fit(X, Y[:, m])
         np.testing.assert_allclose(coef[m].numpy(), plain.coef_[0], atol=1e-5)
@@ -385,9 +385,7 @@ def test_bad_input_is_refused_with_a_clear_error_and_leaves_no_output(trained, t
         other, DatasetSpec(**ratings_spec(data["ratings"])), tmp_path / "other_ratings", max_length=256
     )
     with pytest.raises(ValueError, match="another backbone"):
-        MultiQuantileRegressor([0.5]).fit_from_features(
-            [out / "features" / "attribute" / "ratings", other_ratings]
-        )
+        load_labelled([out / "features" / "attribute" / "ratings", other_ratings], ATTRIBUTES)
     # A failure inside a stage leaves neither its output nor a partial directory behind.
     from qrm_hf.training import gating as gating_module
 

@@ -24,16 +24,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from ..evaluation import pinball_loss
 from ..presets import DatasetPreset, attribute_examples, get_preset, load_preset, preference_examples
 from .features import (
     BackboneEncoder,
+    attribute_names_of,
     backbone_identity,
     check_same_backbone,
     extract_to_shards,
+    feature_settings,
+    iter_shards,
+    load_labelled,
     read_manifest,
 )
 from .outputs import GatingOutput, QuantileHeadsOutput, TransformOutput
@@ -307,41 +310,14 @@ def extract_features(
 # ------------------------------------------------------------------------------------------- 2. heads
 
 
-def _feature_settings(directories: Sequence[str | Path], kind: str) -> dict[str, dict]:
-    if not directories:
-        raise ValueError(f"No {kind} feature directory given.")
-    settings = {str(d): read_manifest(d, kind=kind)["settings"] for d in directories}
-    check_same_backbone(settings)
-    return settings
-
-
-def _iter_shards(directories: Sequence[str | Path], names: Sequence[str], desc: str):
-    """Yield dicts of the requested tensors, one shard at a time (features never all in memory)."""
-    paths = [Path(d) / shard for d in directories for shard in read_manifest(d)["shards"]]
-    for path in tqdm(paths, desc=desc, unit="shard"):
-        with safe_open(str(path), framework="pt") as shard:
-            yield {name: shard.get_tensor(name) for name in names}
-
-
-def _load_labelled(directories, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """All embeddings [N, H] and labels [N, M] of attribute feature directories, label columns in `names` order."""
-    from .features import load_features
-
-    X, Y = [], []
-    for directory in directories:
-        features, settings = load_features(directory)
-        block = np.full((len(features["labels"]), len(names)), np.nan)
-        block[:, [names.index(a) for a in settings["attributes"]]] = features["labels"].double().numpy()
-        X.append(features["embeddings"].double().numpy())
-        Y.append(block)
-    return np.concatenate(X), np.concatenate(Y)
+_feature_settings, _iter_shards, _load_labelled = feature_settings, iter_shards, load_labelled  # former names
 
 
 def _validation_report(heads, directories, names, levels, baselines=None) -> dict:
     """Held-out pinball loss (quantiles sorted, as the model does) and crossing before sorting."""
     from .quantile_regression import crossing_fraction
 
-    X, Y = _load_labelled(directories, names)
+    X, Y = load_labelled(directories, names)
     predictions = heads.predict(X)
     report = {
         "examples": len(X),
@@ -377,22 +353,23 @@ def fit_quantile_heads(
     from .quantile_regression import HeteroscedasticGaussian, MultiQuantileRegressor, RidgeResidualQuantiles
 
     options = replace(settings or HeadsSettings(), **overrides)
-    settings = _feature_settings(feature_dirs, "attribute")
+    settings = feature_settings(feature_dirs, "attribute")
     if validation_dirs:
-        check_same_backbone({**settings, **_feature_settings(validation_dirs, "attribute")})
+        check_same_backbone({**settings, **feature_settings(validation_dirs, "attribute")})
+    names, levels = attribute_names_of(feature_dirs, attribute_names), list(options.quantile_levels)
     heads = MultiQuantileRegressor(
-        list(options.quantile_levels),
+        levels,
         alpha=options.alpha,
         cv=options.cv,
         solver=options.solver,
         max_samples_per_attribute=options.max_samples_per_attribute,
         random_state=options.seed,
         n_jobs=options.n_jobs,
-    ).fit_from_features(feature_dirs, attribute_names)
-    names, levels = heads.attribute_names_, list(options.quantile_levels)
+    )
+    heads.fit(*load_labelled(feature_dirs, names, select_rows=heads.select_rows))
     baselines = {}
     if options.ridge_baseline or options.gaussian_baseline:
-        X, Y = _load_labelled(feature_dirs, names)
+        X, Y = load_labelled(feature_dirs, names)
         if options.ridge_baseline:
             baselines["ridge"] = RidgeResidualQuantiles(levels).fit(X, Y)
         if options.gaussian_baseline:
@@ -447,10 +424,10 @@ def load_heads(directory: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict]
 
 def _check_features_fit_heads(heads_info: dict, settings: dict[str, dict]) -> None:
     """Features for rewards must come from the backbone (and hidden size) the heads were fitted on."""
-    for name, feature_settings in settings.items():
-        if feature_settings.get("hidden_size") != heads_info["hidden_size"]:
+    for name, directory_settings in settings.items():
+        if directory_settings.get("hidden_size") != heads_info["hidden_size"]:
             raise ValueError(
-                f"{name} has hidden size {feature_settings.get('hidden_size')}, the quantile heads "
+                f"{name} has hidden size {directory_settings.get('hidden_size')}, the quantile heads "
                 f"{heads_info['hidden_size']}: they come from different backbones."
             )
     check_same_backbone({"the quantile heads": heads_info, **settings})
@@ -485,7 +462,7 @@ def fit_debias(
     identity = torch.eye(coef.shape[0])
     rewards = [
         expected_rewards(coef, identity, shard["embeddings"], intercept).reshape(-1, coef.shape[0])
-        for shard in _iter_shards(reference_dirs, ["embeddings"], "rewards of the reference responses")
+        for shard in iter_shards(reference_dirs, ["embeddings"], "rewards of the reference responses")
     ]
     debiaser = VerbosityDebiaser(
         heads_info["attribute_names"],
@@ -556,9 +533,9 @@ def fit_gating(
     transform = load_transform(transform_dir, names)
     if settings.rewards == "untransformed":
         transform = torch.eye(len(names))
-    _check_features_fit_heads(heads_info, _feature_settings(pair_dirs, "preference"))
+    _check_features_fit_heads(heads_info, feature_settings(pair_dirs, "preference"))
     prompts, rewards = [], []
-    for shard in _iter_shards(
+    for shard in iter_shards(
         pair_dirs, ["embeddings", "prompt_embeddings"], "rewards of the preference pairs"
     ):
         prompts.append(shard["prompt_embeddings"][:, 0].float())  # chosen and rejected share the prompt
