@@ -20,7 +20,6 @@ accelerate's offloading hooks, PEFT wrappers and quantised linears see them; the
 """
 
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import torch
 import torch.nn as nn
@@ -208,12 +207,25 @@ class QRMRewardTransform(nn.Module):
         return torch.einsum("bmk,mn->bnk", quantiles, self.weight.to(quantiles.dtype))
 
 
+@dataclass
+class QRMGatingSizes:
+    """The six `QRMConfig` fields a `QRMGatingNetwork` is built from: build one without a backbone config
+    (e.g. to fit it on stored prompt embeddings) with the same layers and state-dict keys."""
+
+    hidden_size: int
+    num_attributes: int
+    gating_hidden_dim: int = 1024
+    gating_n_hidden: int = 3
+    gating_temperature: float = 10.0
+    gating_batch_norm: bool = False
+
+
 class QRMGatingNetwork(nn.Module):
     """MLP on the prompt embedding -> mixing weights over the M attributes, summing to `logit_scale`."""
 
-    def __init__(self, config: QRMConfig):
+    def __init__(self, config: QRMConfig | QRMGatingSizes):
         super().__init__()
-        blocks, width = [], config.hidden_size  # reads only the six sizes that `from_sizes` takes
+        blocks, width = [], config.hidden_size
         for _ in range(config.gating_n_hidden):
             if config.gating_batch_norm:  # released QRM format: layers.{3i} Linear, layers.{3i+2} BatchNorm1d
                 blocks += [nn.Linear(width, config.gating_hidden_dim, bias=False), nn.ReLU()]
@@ -226,28 +238,6 @@ class QRMGatingNetwork(nn.Module):
         self.logit_scale = nn.Parameter(torch.ones(1))
         self.temperature = config.gating_temperature
         self.batch_norm = config.gating_batch_norm and config.gating_n_hidden > 0
-
-    @classmethod
-    def from_sizes(
-        cls,
-        hidden_size: int,
-        num_attributes: int,
-        hidden_dim: int = 1024,
-        n_hidden: int = 3,
-        temperature: float = 10.0,
-        batch_norm: bool = False,
-    ) -> "QRMGatingNetwork":
-        """The network of a `QRMConfig` with these gating settings (same layers and state-dict keys),
-        without a backbone config: e.g. to fit it on stored prompt embeddings."""
-        sizes = SimpleNamespace(
-            hidden_size=hidden_size,
-            num_attributes=num_attributes,
-            gating_hidden_dim=hidden_dim,
-            gating_n_hidden=n_hidden,
-            gating_temperature=temperature,
-            gating_batch_norm=batch_norm,
-        )
-        return cls(sizes)
 
     def forward(self, prompt_embedding: torch.Tensor) -> torch.Tensor:  # [B, H] -> [B, M]
         if self.batch_norm and self.training and prompt_embedding.shape[0] == 1:
@@ -522,6 +512,7 @@ class QRMForSequenceClassification(PreTrainedModel):
 __all__ = [
     "QRMForSequenceClassification",
     "QRMGatingNetwork",
+    "QRMGatingSizes",
     "QRMOutput",
     "QRMRewardTransform",
     "find_last_pattern",

@@ -60,11 +60,11 @@ def test_mismatched_outputs_are_refused(tmp_path):
 
 
 def test_gating_network_from_sizes_is_the_config_network():
-    """`QRMGatingNetwork.from_sizes` (no backbone config) builds the network of a `QRMConfig`: same keys,
-    shapes and outputs, for both block formats."""
+    """`QRMGatingNetwork(QRMGatingSizes(...))` (no backbone config) builds the network of a `QRMConfig`:
+    same keys, shapes and outputs, for both block formats."""
     from conftest import tiny_backbone_config
     from qrm_hf import QRMConfig
-    from qrm_hf.modeling.modeling_qrm import QRMGatingNetwork
+    from qrm_hf.modeling.modeling_qrm import QRMGatingNetwork, QRMGatingSizes
 
     for batch_norm in (False, True):
         config = QRMConfig(
@@ -76,9 +76,8 @@ def test_gating_network_from_sizes_is_the_config_network():
             gating_batch_norm=batch_norm,
         )
         from_config = QRMGatingNetwork(config).eval()
-        from_sizes = QRMGatingNetwork.from_sizes(
-            config.hidden_size, 3, hidden_dim=8, n_hidden=2, temperature=3.0, batch_norm=batch_norm
-        ).eval()
+        sizes = QRMGatingSizes(config.hidden_size, 3, 8, 2, 3.0, batch_norm)
+        from_sizes = QRMGatingNetwork(sizes).eval()
         expected = from_config.state_dict()
         assert {k: v.shape for k, v in from_sizes.state_dict().items()} == {
             k: v.shape for k, v in expected.items()

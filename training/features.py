@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from ..chat import split_by_length
 from ..locking import directory_lock
 from ..modeling.modeling_qrm import find_last_pattern
+from ..scoring import right_pad
 
 MANIFEST = "manifest.json"
 
@@ -81,12 +82,7 @@ class BackboneEncoder:
         device = next(self.backbone.parameters()).device
         progress = tqdm(total=len(order), desc=desc, unit="conv")
         for batch in self._batches(order, device):
-            length = len(batch[-1])
-            input_ids = torch.full((len(batch), length), self.pad_token_id, dtype=torch.long)
-            attention_mask = torch.zeros(len(batch), length, dtype=torch.long)
-            for row, seq in enumerate(batch):
-                input_ids[row, : len(seq)] = torch.tensor(seq)
-                attention_mask[row, : len(seq)] = 1
+            input_ids, attention_mask = right_pad(batch, self.pad_token_id)  # batches are sorted by length
             input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
             hidden = self.backbone(
                 input_ids=input_ids, attention_mask=attention_mask, use_cache=False

@@ -18,40 +18,14 @@ doubtful ones less, and `label_smoothing` eps minimises -(1 - eps) log sigmoid(z
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..modeling.configuration_qrm import QRMConfig
-from ..modeling.modeling_qrm import QRMGatingNetwork
+from ..modeling.modeling_qrm import QRMGatingNetwork, QRMGatingSizes
 from .rewards import expected_rewards  # noqa: F401  (re-exported: its home before training/rewards.py)
-
-
-@dataclass(frozen=True)
-class GatingArchitecture:
-    """The sizes of a gating network, with the attribute names of a `QRMConfig` (which also fits here):
-    what `BradleyTerryGating` builds its `QRMGatingNetwork` from, without a backbone config."""
-
-    hidden_size: int
-    num_attributes: int
-    gating_hidden_dim: int = 1024
-    gating_n_hidden: int = 3
-    gating_temperature: float = 10.0
-    gating_batch_norm: bool = False
-
-
-def gating_network(config: GatingArchitecture | QRMConfig) -> QRMGatingNetwork:
-    """A fresh `QRMGatingNetwork` of these sizes (the state-dict keys of the assembled model's `gating`)."""
-    return QRMGatingNetwork.from_sizes(
-        config.hidden_size,
-        config.num_attributes,
-        hidden_dim=config.gating_hidden_dim,
-        n_hidden=config.gating_n_hidden,
-        temperature=config.gating_temperature,
-        batch_norm=config.gating_batch_norm,
-    )
 
 
 class BradleyTerryGating:
@@ -63,7 +37,7 @@ class BradleyTerryGating:
 
     def __init__(
         self,
-        config: GatingArchitecture | QRMConfig,
+        config: QRMGatingSizes | QRMConfig,
         learning_rate: float = 3e-4,
         batch_size: int = 1024,
         epochs: int = 3,
@@ -147,7 +121,7 @@ class BradleyTerryGating:
             if len(train) == 0:
                 raise ValueError(f"drop_below={self.drop_below} leaves no training pair.")
 
-        network = gating_network(self.config)
+        network = QRMGatingNetwork(self.config)
         optimizer = torch.optim.AdamW(
             network.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
         )

@@ -338,8 +338,9 @@ def fit_quantiles_ipm(
 
 
 def _as_float64(array) -> np.ndarray:
+    """A numpy float64 array of an array-like or a tensor of any dtype and device (bfloat16 included)."""
     if isinstance(array, torch.Tensor):
-        array = array.detach().cpu()
+        array = array.detach().cpu().double().numpy()
     return np.asarray(array, dtype=np.float64)
 
 

@@ -499,9 +499,9 @@ def load_transform(directory: str | Path | None, attribute_names: Sequence[str])
 
 def _gating_config(attribute_names: Sequence[str], hidden_size: int, gating: GatingSettings):
     """The sizes of the gating network of `gating` (`BradleyTerryGating` builds it from them)."""
-    from .gating import GatingArchitecture
+    from ..modeling.modeling_qrm import QRMGatingSizes
 
-    return GatingArchitecture(hidden_size, len(attribute_names), **gating.config_kwargs())
+    return QRMGatingSizes(hidden_size, len(attribute_names), **gating.config_kwargs())
 
 
 def fit_gating(
@@ -724,8 +724,8 @@ def assemble_model(
 
 
 def _gating_network(names, hidden_size, gating: GatingSettings, state_dict):
-    from .gating import gating_network
+    from ..modeling.modeling_qrm import QRMGatingNetwork
 
-    network = gating_network(_gating_config(names, hidden_size, gating))
+    network = QRMGatingNetwork(_gating_config(names, hidden_size, gating))
     network.load_state_dict(state_dict)
     return network.eval()
