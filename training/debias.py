@@ -284,22 +284,3 @@ def debiased_rewards(rewards, transform):
         raise ValueError("rewards must have shape [..., M], got a scalar.")
     _check_transform(transform, rewards.shape[-1])
     return rewards @ transform
-
-
-def debiased_quantiles(quantiles, transform):
-    """The transform at every level, as the model applies it: quantiles [..., M, K] -> [..., M, K].
-
-    Q'[m', k] = sum_m Q[m, k] T[m, m']. Torch in, torch out (dtype and device kept); else float64 numpy.
-    """
-    if isinstance(quantiles, torch.Tensor):
-        transform = torch.as_tensor(transform).to(device=quantiles.device, dtype=quantiles.dtype)
-        if quantiles.ndim < 2:
-            raise ValueError(f"quantiles must have shape [..., M, K], got {list(quantiles.shape)}.")
-        _check_transform(transform, quantiles.shape[-2])
-        return torch.einsum("...mk,mn->...nk", quantiles, transform)
-    quantiles = _as_float64(quantiles)
-    transform = _as_float64(transform)
-    if quantiles.ndim < 2:
-        raise ValueError(f"quantiles must have shape [..., M, K], got {list(quantiles.shape)}.")
-    _check_transform(transform, quantiles.shape[-2])
-    return np.einsum("...mk,mn->...nk", quantiles, transform)
