@@ -9,6 +9,7 @@ from qrm_hf.cli import build_parser
 from qrm_hf.modeling.configuration_qrm import DEFAULT_QUANTILE_LEVELS
 from qrm_hf.training import settings as stage_settings
 from qrm_hf.training.settings import (
+    NOISE_SETTINGS,
     AssembleSettings,
     DebiasSettings,
     ExtractionSettings,
@@ -97,3 +98,25 @@ def test_the_quantile_levels_are_defined_once():
     assert stage_settings.PAPER_LEVELS is DEFAULT_QUANTILE_LEVELS
     assert HeadsSettings().quantile_levels == pytest.approx([0.05 * k for k in range(1, 20)], abs=1e-12)
     assert HeadsSettings().quantile_levels is not DEFAULT_QUANTILE_LEVELS  # a copy per instance
+
+
+def test_stage_fingerprints_keep_the_keys_of_runs_made_before_the_settings_dataclasses(tmp_path):
+    """`qrm train` skips a stage whose fingerprint did not change: the fingerprints must stay the
+    dictionaries earlier versions recorded (asdict of the block, minus what never defined the output)."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from qrm_hf.training.pipeline import TrainConfig, build_plan
+
+    paper = Path(__file__).resolve().parent.parent / "training" / "configs" / "paper.yaml"
+    config = TrainConfig.from_yaml(paper, output_dir=tmp_path)
+    stages = {stage.name: stage.settings for stage in build_plan(config)}
+    extraction = {k: v for k, v in asdict(config.extraction).items() if k != "reuse_across_datasets"}
+    extract = next(settings for name, settings in stages.items() if name.startswith("extract "))
+    assert {k: extract[k] for k in extraction} == extraction
+    assert set(extract) == {"backbone", "dataset", "data_content", *extraction}
+    heads = {k: v for k, v in asdict(config.quantile_heads).items() if k != "cv"}  # one penalty: no cv
+    assert stages["fit-quantiles"] == {**heads, "attributes": config.attributes}
+    assert stages["debias"] == {k: v for k, v in asdict(config.debias).items() if k != "reference_datasets"}
+    assert stages["fit-gating"] == {k: v for k, v in asdict(config.gating).items() if k not in NOISE_SETTINGS}
+    assert stages["assemble"] == {"backbone": extract["backbone"], **asdict(config.model)}

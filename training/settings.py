@@ -71,6 +71,10 @@ class ExtractionSettings:
         False, help="encode a conversation shared by several datasets of a run once (small runs)", cli=False
     )
 
+    def fingerprint(self) -> dict:
+        """What defines the extracted features (sharing embeddings across datasets does not change them)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "reuse_across_datasets"}
+
 
 @dataclass
 class HeadsSettings:
@@ -102,6 +106,14 @@ class HeadsSettings:
         False, help="also report a heteroscedastic Gaussian (mean and log-std heads; loads all features)"
     )
 
+    def fingerprint(self) -> dict:
+        """What defines the fitted heads; `cv` is unused with one penalty, and left out then so that heads
+        fitted before the option existed stay up to date."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        if isinstance(self.alpha, (int, float)):
+            del values["cv"]
+        return values
+
 
 @dataclass
 class DebiasSettings:
@@ -116,6 +128,10 @@ class DebiasSettings:
         None, help="default: the attribute whose name ends with 'verbosity'", cli={"type": str}
     )
     threshold: float = setting(0.03, help="largest Spearman correlation with the verbosity reward")
+
+    def fingerprint(self) -> dict:
+        """What defines the transform besides its inputs (the reference datasets are inputs of the stage)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "reference_datasets"}
 
 
 # Settings of the noisy-label remedies: a gating fit that leaves them at their defaults is the paper's.
@@ -224,6 +240,10 @@ class AssembleSettings:
         help="`qrm rewardbench --output` files for the card's model-index",
         cli={"nargs": "+", "metavar": "FILE"},
     )
+
+    def fingerprint(self) -> dict:
+        """What defines the saved model besides its inputs."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 # ------------------------------------------------------------------------------------------- readers
