@@ -207,10 +207,23 @@ class QRMRewardTransform(nn.Module):
         return torch.einsum("bmk,mn->bnk", quantiles, self.weight.to(quantiles.dtype))
 
 
+@dataclass
+class QRMGatingSizes:
+    """The six `QRMConfig` fields a `QRMGatingNetwork` is built from: build one without a backbone config
+    (e.g. to fit it on stored prompt embeddings) with the same layers and state-dict keys."""
+
+    hidden_size: int
+    num_attributes: int
+    gating_hidden_dim: int = 1024
+    gating_n_hidden: int = 3
+    gating_temperature: float = 10.0
+    gating_batch_norm: bool = False
+
+
 class QRMGatingNetwork(nn.Module):
     """MLP on the prompt embedding -> mixing weights over the M attributes, summing to `logit_scale`."""
 
-    def __init__(self, config: QRMConfig):
+    def __init__(self, config: QRMConfig | QRMGatingSizes):
         super().__init__()
         blocks, width = [], config.hidden_size
         for _ in range(config.gating_n_hidden):
@@ -499,6 +512,7 @@ class QRMForSequenceClassification(PreTrainedModel):
 __all__ = [
     "QRMForSequenceClassification",
     "QRMGatingNetwork",
+    "QRMGatingSizes",
     "QRMOutput",
     "QRMRewardTransform",
     "find_last_pattern",

@@ -16,6 +16,11 @@ from typing import Any
 # Placeholder turns used to probe a chat template. Plain words, no whitespace at either end.
 _PROBE_USER = "What is two plus two?"
 _PROBE_RESPONSES = ("Two plus two equals four.", "4, of course.")
+# A whole probe conversation, e.g. to check that a tokenizer renders a QRM's prompt-end pattern.
+PROBE_CONVERSATION = [
+    {"role": "user", "content": _PROBE_USER},
+    {"role": "assistant", "content": _PROBE_RESPONSES[0]},
+]
 _MAX_SEPARATOR_TOKENS = 2  # whitespace tokens allowed between an end-of-turn token and the next header
 
 

@@ -16,16 +16,6 @@ def _locked(output_dir):
     return directory_lock(output_dir)
 
 
-def _alpha_argument(value: str) -> float | str:
-    """A penalty on the command line: a number or the word "cv"."""
-    if value == "cv":
-        return value
-    try:
-        return float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a number or "cv", got {value!r}') from None
-
-
 def _dataset_spec(args):
     from .training.stages import DatasetSpec
 
@@ -51,24 +41,27 @@ def _dataset_spec(args):
 
 
 def _extract(args):
+    from .training.settings import ExtractionSettings, settings_from_args
     from .training.stages import extract_features
 
+    settings = settings_from_args(ExtractionSettings, args)
     directory = extract_features(
         args.backbone,
         _dataset_spec(args),
         args.output_dir,
         revision=args.revision,
-        dtype=args.dtype,
-        max_length=args.max_length,
-        batch_size=args.batch_size,
-        shard_size=args.shard_size,
+        dtype=settings.dtype,
+        max_length=settings.max_length,
+        batch_size=settings.batch_size,
+        shard_size=settings.shard_size,
     )
     print(f"Features written to {directory}")
 
 
 def _fit_quantiles(args):
-    import json
 
+    from .training.outputs import QuantileHeadsOutput
+    from .training.settings import HeadsSettings, settings_from_args
     from .training.stages import fit_quantile_heads
 
     with _locked(args.output_dir):
@@ -76,59 +69,31 @@ def _fit_quantiles(args):
             args.features,
             args.output_dir,
             attribute_names=args.attributes,
-            quantile_levels=args.levels,
-            alpha=args.alpha[0] if len(args.alpha) == 1 else args.alpha,
-            cv=args.cv,
-            solver=args.solver,
-            max_samples_per_attribute=args.max_samples_per_attribute,
-            seed=args.seed,
-            n_jobs=args.n_jobs,
             validation_dirs=args.validation or (),
-            ridge_baseline=args.ridge_baseline,
-            gaussian_baseline=args.gaussian_baseline,
+            settings=settings_from_args(HeadsSettings, args),
         )
-    info = json.loads((directory / "heads.json").read_text())
+    info = QuantileHeadsOutput.load(directory).info
     print(f"Quantile heads written to {directory}; samples per attribute: {info['samples_per_attribute']}")
     if "validation" in info:
         print(f"Validation: {info['validation']}")
 
 
 def _debias(args):
+    from .training.settings import DebiasSettings, settings_from_args
     from .training.stages import fit_debias
 
     with _locked(args.output_dir):
         directory = fit_debias(
-            args.heads,
-            args.reference,
-            args.output_dir,
-            verbosity_attribute=args.verbosity_attribute,
-            threshold=args.threshold,
+            args.heads, args.reference, args.output_dir, settings=settings_from_args(DebiasSettings, args)
         )
     print(f"Reward transform written to {directory}")
 
 
 def _fit_gating(args):
-    from .training.stages import GatingSettings, fit_gating
+    from .training.settings import GatingSettings, settings_from_args
+    from .training.stages import fit_gating
 
-    settings = GatingSettings(
-        hidden_dim=args.hidden_dim,
-        n_hidden=args.n_hidden,
-        temperature=args.temperature,
-        batch_norm=args.batch_norm,
-        learning_rate=args.learning_rate,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        weight_decay=args.weight_decay,
-        validation_fraction=args.validation_fraction,
-        seed=args.seed,
-        rewards=args.rewards,
-        label_smoothing=args.label_smoothing,
-        adaptive_margin=args.adaptive_margin,
-        flip_below=args.flip_below,
-        drop_below=args.drop_below,
-        strength=args.strength,
-        ensemble_size=args.ensemble_size,
-    )
+    settings = settings_from_args(GatingSettings, args)
     with _locked(args.output_dir):
         directory = fit_gating(
             args.heads, args.pairs, args.output_dir, transform_dir=args.transform, settings=settings
@@ -137,7 +102,8 @@ def _fit_gating(args):
 
 
 def _assemble(args):
-    from .training.stages import AssembleSettings, assemble_model
+    from .training.settings import AssembleSettings, settings_from_args
+    from .training.stages import assemble_model
 
     with _locked(args.output_dir):
         directory = assemble_model(
@@ -147,9 +113,7 @@ def _assemble(args):
             args.output_dir,
             transform_dir=args.transform,
             revision=args.revision,
-            settings=AssembleSettings(
-                push_to_hub=args.push_to_hub, datasets=args.datasets or [], results=args.results or []
-            ),
+            settings=settings_from_args(AssembleSettings, args),
         )
     print(f"QRM saved to {directory}")
 
@@ -201,8 +165,14 @@ def _add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_pipeline_commands(commands) -> None:
     """Add the training-pipeline subcommands to the `qrm` parser's subparsers."""
-    from .cli import positive_int
-    from .training.stages import PAPER_LEVELS, GatingSettings
+    from .training.settings import (
+        AssembleSettings,
+        DebiasSettings,
+        ExtractionSettings,
+        GatingSettings,
+        HeadsSettings,
+        add_settings_arguments,
+    )
 
     extract = commands.add_parser(
         "extract",
@@ -215,15 +185,7 @@ def add_pipeline_commands(commands) -> None:
     extract.add_argument("backbone", help="decoder: Hub id, local directory, or embedded:smollm2")
     extract.add_argument("--output-dir", required=True, help="feature directory to write")
     extract.add_argument("--revision", help="backbone revision (branch, tag or commit)")
-    extract.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    extract.add_argument(
-        "--max-length",
-        type=positive_int,
-        default=4096,
-        help="skip (and count) conversations longer than this many tokens (default 4096)",
-    )
-    extract.add_argument("--batch-size", type=positive_int, default=16, help="conversations per forward pass")
-    extract.add_argument("--shard-size", type=positive_int, default=4096, help="examples per shard file")
+    add_settings_arguments(extract, ExtractionSettings)
     _add_dataset_arguments(extract)
     extract.set_defaults(handler=_extract)
 
@@ -238,35 +200,8 @@ def add_pipeline_commands(commands) -> None:
     )
     heads.add_argument("--output-dir", required=True, help="where heads.safetensors + heads.json go")
     heads.add_argument("--attributes", nargs="+", help="head order (default: the features' attributes)")
-    heads.add_argument("--levels", nargs="+", type=float, default=PAPER_LEVELS, help="quantile levels")
-    heads.add_argument(
-        "--alpha",
-        type=_alpha_argument,
-        nargs="+",
-        default=[0.003],
-        help='L1 penalty (default 0.003); several values or "cv" choose one per attribute by cross-validation',
-    )
-    heads.add_argument("--cv", type=int, default=5, help="folds of the penalty choice (default 5)")
-    heads.add_argument(
-        "--solver",
-        choices=["fast", "sklearn"],
-        default="fast",
-        help="fast: batched interior point in torch; sklearn: QuantileRegressor (paper)",
-    )
-    heads.add_argument("--max-samples-per-attribute", type=int, default=60_000)
-    heads.add_argument("--seed", type=int, default=0)
-    heads.add_argument("--n-jobs", type=int, default=1, help="parallel fits (sklearn solver)")
     heads.add_argument("--validation", nargs="+", help="held-out attribute feature directories to report on")
-    heads.add_argument(
-        "--ridge-baseline",
-        action="store_true",
-        help="also report a ridge point estimate with residual quantiles (loads all features)",
-    )
-    heads.add_argument(
-        "--gaussian-baseline",
-        action="store_true",
-        help="also report a heteroscedastic Gaussian (mean and log-std heads; loads all features)",
-    )
+    add_settings_arguments(heads, HeadsSettings)
     heads.set_defaults(handler=_fit_quantiles)
 
     debias = commands.add_parser(
@@ -279,13 +214,9 @@ def add_pipeline_commands(commands) -> None:
     debias.add_argument("heads", help="output directory of qrm fit-quantiles")
     debias.add_argument("reference", nargs="+", help="feature directories of reference responses (any kind)")
     debias.add_argument("--output-dir", required=True)
-    debias.add_argument(
-        "--verbosity-attribute", help="default: the attribute whose name ends with 'verbosity'"
-    )
-    debias.add_argument("--threshold", type=float, default=0.03)
+    add_settings_arguments(debias, DebiasSettings)
     debias.set_defaults(handler=_debias)
 
-    defaults = GatingSettings()
     gating = commands.add_parser(
         "fit-gating",
         help="stage 4: fit the gating network on preference pairs (Bradley-Terry)",
@@ -296,39 +227,7 @@ def add_pipeline_commands(commands) -> None:
     gating.add_argument("pairs", nargs="+", help="preference feature directories (qrm extract)")
     gating.add_argument("--output-dir", required=True)
     gating.add_argument("--transform", help="output directory of qrm debias (default: no transform)")
-    for name, value in vars(defaults).items():
-        if name == "batch_norm":
-            gating.add_argument(
-                "--batch-norm", action="store_true", help="BatchNorm hidden blocks (released format)"
-            )
-        elif name == "rewards":
-            gating.add_argument(
-                "--rewards",
-                choices=["transformed", "untransformed"],
-                default=value,
-                help="fit on the rewards after T (as the model computes them; default) or "
-                "before (ArmoRM's script)",
-            )
-        elif name in ("flip_below", "drop_below"):
-            gating.add_argument(
-                f"--{name.replace('_', '-')}",
-                type=float,
-                metavar="P",
-                help=f"{name.split('_')[0]} the training pairs whose measured P(chosen > rejected) is below P "
-                "(noisy labels; default off)",
-            )
-        elif name == "strength":
-            gating.add_argument(
-                "--strength",
-                choices=["probability", "ensemble"],
-                default=value,
-                help="how the strength of a pair is measured: the QRM's own P(chosen > rejected) after a "
-                "plain first fit (default) or the mean over a bootstrap ensemble (--ensemble-size)",
-            )
-        else:
-            gating.add_argument(
-                f"--{name.replace('_', '-')}", type=type(value), default=value, help=f"default {value}"
-            )
+    add_settings_arguments(gating, GatingSettings)
     gating.set_defaults(handler=_fit_gating)
 
     assemble = commands.add_parser(
@@ -343,14 +242,7 @@ def add_pipeline_commands(commands) -> None:
     assemble.add_argument("--transform", help="output directory of qrm debias")
     assemble.add_argument("--output-dir", required=True)
     assemble.add_argument("--revision", help="backbone revision")
-    assemble.add_argument("--datasets", nargs="+", help="Hub dataset ids to list in the model card")
-    assemble.add_argument("--push-to-hub", metavar="REPO_ID", help="push the saved model to this Hub repo")
-    assemble.add_argument(
-        "--results",
-        nargs="+",
-        metavar="FILE",
-        help="`qrm rewardbench --output` files for the card's model-index",
-    )
+    add_settings_arguments(assemble, AssembleSettings)
     assemble.set_defaults(handler=_assemble)
 
     train = commands.add_parser(

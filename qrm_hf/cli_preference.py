@@ -67,9 +67,9 @@ def _check_heads_fit_features(model, attribute_dirs, names) -> None:
     read them as noise, which this catches.
     """
     from .evaluation import pinball_loss
-    from .training.stages import _load_labelled
+    from .training.features import load_labelled
 
-    X, Y = _load_labelled(attribute_dirs, names)
+    X, Y = load_labelled(attribute_dirs, names)
     with torch.no_grad():
         raw = model.regression_layer(torch.tensor(X, dtype=torch.float32)).view(len(X), len(names), -1)
     levels = model.config.quantile_levels
@@ -162,7 +162,7 @@ def _preference_strength(args) -> None:
     if args.features:
         from .training.bootstrap import PairFeatures, fit_bootstrap_heads
         from .training.quantile_regression import MultiQuantileRegressor
-        from .training.stages import GatingSettings
+        from .training.settings import GatingSettings
 
         config = model.config
         gating_settings = GatingSettings(

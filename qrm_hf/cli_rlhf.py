@@ -10,14 +10,20 @@ import argparse
 import os
 
 from . import risk
-
-# The paper's values (§4.3), the defaults of both commands; tests check they match PaperSFTConfig,
-# PaperRLOOConfig and paper_lora_config, which cannot be imported here (they import TRL).
-DATA = "Anthropic/hh-rlhf"
-BATCH_SIZE = 1024
-LORA_R, LORA_ALPHA, LORA_DROPOUT, LORA_TARGETS = 32, 64, 0.05, "all-linear"
-SFT_LEARNING_RATE, SFT_MAX_LENGTH = 3e-4, 1024
-RLOO_LEARNING_RATE, NUM_GENERATIONS, MAX_PROMPT_LENGTH, MAX_COMPLETION_LENGTH = 1e-4, 2, 347, 512
+from .training.paper_rlhf import (  # the paper's values (§4.3), also the defaults of the trainer configs
+    BATCH_SIZE,
+    DATA,
+    LORA_ALPHA,
+    LORA_DROPOUT,
+    LORA_R,
+    LORA_TARGETS,
+    MAX_COMPLETION_LENGTH,
+    MAX_PROMPT_LENGTH,
+    NUM_GENERATIONS,
+    RLOO_LEARNING_RATE,
+    SFT_LEARNING_RATE,
+    SFT_MAX_LENGTH,
+)
 
 SFT_DESCRIPTION = """\
 Supervised fine-tuning of a base model on the chosen responses of preference data (Anthropic HH-RLHF by

@@ -272,9 +272,8 @@ def fit_baselines(feature_dirs, attributes, levels, label_range=None) -> dict:
     """The ridge + cross-validated residual quantiles and the heteroscedastic Gaussian baselines, fitted
     on attribute features of `qrm extract` (labels already in [0, 1]). Returns {name: estimator}; the
     features' attributes must be `attributes`, and their label ranges `label_range` when given."""
-    from .training.features import read_manifest
+    from .training.features import load_labelled, read_manifest
     from .training.quantile_regression import HeteroscedasticGaussian, RidgeResidualQuantiles
-    from .training.stages import _load_labelled
 
     for directory in feature_dirs:
         settings = read_manifest(directory, kind="attribute")["settings"]
@@ -288,7 +287,7 @@ def fit_baselines(feature_dirs, attributes, levels, label_range=None) -> dict:
             raise ValueError(
                 f"The features in {directory} were normalised with the label ranges {ranges}, not {tuple(label_range)}."
             )
-    X, Y = _load_labelled(feature_dirs, list(attributes))
+    X, Y = load_labelled(feature_dirs, list(attributes))
     return {
         "ridge": RidgeResidualQuantiles(list(levels)).fit(X, Y),
         "gaussian": HeteroscedasticGaussian(list(levels)).fit(X, Y),

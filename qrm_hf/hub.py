@@ -280,22 +280,23 @@ def push_qrm(
     Weights are sharded past `max_shard_size`; the card is rendered for `repo_id` (see `render_model_card`
     for `base_model`, `datasets`, `training_summary`, `evaluation`). Returns the `CommitInfo`.
     """
-    from .model_cards import render_model_card
+    from .training.assemble import save_qrm
 
     if tokenizer is None:
         raise ValueError("push_qrm needs the tokenizer: a QRM on the Hub is loaded with its own tokenizer.")
     with tempfile.TemporaryDirectory(prefix="qrm-push-") as tmp:
-        model.save_pretrained(tmp, max_shard_size=max_shard_size)
-        tokenizer.save_pretrained(tmp)
-        render_model_card(
-            model.config,
-            base_model=base_model,
-            repo_id=repo_id,
-            datasets=list(datasets),
-            license=license,
+        save_qrm(
+            model,
+            tmp,
+            tokenizer=tokenizer,
+            backbone_name=base_model,
+            datasets=datasets,
             training_summary=training_summary,
             evaluation=evaluation,
-        ).save(Path(tmp) / CARD)
+            repo_id=repo_id,
+            license=license,
+            max_shard_size=max_shard_size,
+        )
         return push_model_dir(
             tmp, repo_id, private=private, revision=revision, commit_message=commit_message, token=token
         )

@@ -156,7 +156,7 @@ def model_scorer(
 
 
 def _conversation(prompt, response, where: str) -> Conversation:
-    from .presets import _conversation as conversation
+    from .dataset_loading import _conversation as conversation
 
     return conversation(prompt, response, None, where)
 

@@ -22,6 +22,17 @@ SUMMARY_MEASURES = {
 }
 
 
+def right_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids [B, T], attention_mask [B, T]) of token sequences padded on the right to the longest."""
+    length = max(map(len, sequences))
+    input_ids = torch.full((len(sequences), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros(len(sequences), length, dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        input_ids[row, : len(sequence)] = torch.tensor(sequence)
+        attention_mask[row, : len(sequence)] = 1
+    return input_ids, attention_mask
+
+
 def max_scoring_length(model) -> int | None:
     """The longest conversation (in tokens) the model's backbone has positions for, None if unknown."""
     config = getattr(model, "config", None)
@@ -83,13 +94,7 @@ def score_conversations(
     results: dict[str, torch.Tensor] = {}
     for start in tqdm(range(0, len(order), batch_size), desc="scoring", unit="batch", disable=not progress):
         rows = order[start : start + batch_size]
-        batch = [sequences[i] for i in rows]
-        length = max(map(len, batch))
-        input_ids = torch.full((len(batch), length), pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros(len(batch), length, dtype=torch.long)
-        for row, sequence in enumerate(batch):
-            input_ids[row, : len(sequence)] = torch.tensor(sequence)
-            attention_mask[row, : len(sequence)] = 1
+        input_ids, attention_mask = right_pad([sequences[i] for i in rows], pad_token_id)
         output = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))
         for name in fields:
             value = output[name].float().cpu()

@@ -7,7 +7,6 @@ from conftest import make_qrm
 from qrm_hf.training.debias import (
     ARMORM_PENALTY_GRID,
     VerbosityDebiaser,
-    debiased_quantiles,
     debiased_rewards,
 )
 from qrm_hf.training.gating import expected_rewards
@@ -116,7 +115,7 @@ def test_transform_applies_at_every_quantile_level(fitted):
     debiaser, _ = fitted
     p, v, t = debiaser.penalties_, debiaser.verbosity_index_, debiaser.transform_
     q = np.random.default_rng(1).normal(size=(50, len(NAMES), 7)).cumsum(-1)  # [N, M, K]
-    moved = debiased_quantiles(q, t)
+    moved = np.einsum("nmk,mj->njk", q, t)  # T at every level, as the model applies it
     assert moved.shape == q.shape
     for k in range(q.shape[-1]):
         np.testing.assert_allclose(moved[:, :, k], q[:, :, k] - p * q[:, [v], k], atol=1e-12)
@@ -140,7 +139,6 @@ def test_model_with_the_fitted_transform_debiases_every_level():
     p = torch.as_tensor(debiaser.penalties_, dtype=torch.float32)
     expected = raw - p[None, :, None] * raw[:, 2:3, :]
     torch.testing.assert_close(out.attribute_quantiles, expected, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(out.attribute_quantiles, debiased_quantiles(raw, debiaser.transform_))
     torch.testing.assert_close(
         out.rewards, expected_rewards(weight, qrm.reward_transform_matrix, x), atol=1e-5, rtol=1e-5
     )
@@ -208,6 +206,6 @@ def test_transform_shape_errors_and_unfitted():
     with pytest.raises(ValueError, match="3 attributes, the transform is for 2"):
         debiased_rewards(np.zeros((4, 3)), np.eye(2))
     with pytest.raises(ValueError, match="square"):
-        debiased_quantiles(torch.zeros(4, 3, 5), torch.zeros(3, 2))
+        debiased_rewards(torch.zeros(4, 3), torch.zeros(3, 2))
     with pytest.raises(RuntimeError, match="not fitted"):
         VerbosityDebiaser(["a", "verbosity"]).transform(np.zeros((3, 2)))

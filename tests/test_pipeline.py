@@ -21,7 +21,7 @@ from conftest import tiny_backbone_config
 from qrm_hf import QRMForSequenceClassification
 from qrm_hf.chat import encode_conversation
 from qrm_hf.cli import main
-from qrm_hf.training.features import load_features
+from qrm_hf.training.features import load_features, load_labelled
 from qrm_hf.training.pipeline import TrainConfig, build_plan, run_training
 from qrm_hf.training.quantile_regression import MultiQuantileRegressor
 from qrm_hf.training.stages import (
@@ -176,6 +176,50 @@ def test_train_assembles_a_model_whose_forward_pass_reproduces_the_fitted_parts(
     assert validation["examples"] == 12 and 0 <= validation["crossing_fraction_before_sorting"] <= 1
 
 
+def test_train_stage_outputs_equal_direct_estimator_calls_bitwise(trained):
+    """The pipeline adds nothing to its estimators: its heads are `MultiQuantileRegressor.fit` on the
+    features it extracted, and its gating network `BradleyTerryGating.fit` on the expected rewards (mean
+    over the levels, then T) of the pairs, bit for bit. A refactor of the stages must keep this."""
+    from transformers import LlamaConfig
+
+    from qrm_hf.modeling.configuration_qrm import QRMConfig
+    from qrm_hf.training.gating import BradleyTerryGating
+
+    _, values, _, _ = trained
+    out = Path(values["output_dir"])
+    heads_settings = values["quantile_heads"]
+    ratings, _ = load_features(out / "features" / "attribute" / "ratings")
+    direct = MultiQuantileRegressor(heads_settings["quantile_levels"], alpha=heads_settings["alpha"]).fit(
+        ratings["embeddings"].double().numpy(), ratings["labels"].double().numpy()
+    )
+    coef, intercept, _ = load_heads(out / "heads")
+    assert torch.equal(coef, torch.tensor(direct.coef_, dtype=torch.float32))
+    assert torch.equal(intercept, torch.tensor(direct.intercept_, dtype=torch.float32))
+
+    from safetensors.torch import load_file
+
+    transform = load_file(str(out / "debias" / "transform.safetensors"))["transform"]
+    pairs, _ = load_features(out / "features" / "preference" / "pairs")
+    rewards = (pairs["embeddings"].float() @ coef.mean(1).T + intercept.mean(1)) @ transform  # [N, 2, M]
+    gating = values["gating"]
+    config = QRMConfig(
+        backbone_config=LlamaConfig(hidden_size=coef.shape[-1], num_attention_heads=1, num_key_value_heads=1),
+        attribute_names=ATTRIBUTES,
+        gating_hidden_dim=gating["hidden_dim"],
+        gating_n_hidden=gating["n_hidden"],
+    )
+    fitted = BradleyTerryGating(
+        config,
+        learning_rate=gating["learning_rate"],
+        batch_size=gating["batch_size"],
+        epochs=gating["epochs"],
+    ).fit(pairs["prompt_embeddings"][:, 0].float(), rewards[:, 0], rewards[:, 1])
+    saved = load_file(str(out / "gating" / "gating.safetensors"))
+    expected = fitted.network_.state_dict()
+    assert saved.keys() == expected.keys()
+    assert all(torch.equal(saved[name], expected[name]) for name in saved)
+
+
 def test_a_second_run_skips_every_stage(trained, capsys):
     path, values, _, _ = trained
     before = mtimes(Path(values["output_dir"]))
@@ -301,7 +345,7 @@ def test_assemble_puts_rewardbench_results_into_the_model_index(trained, tmp_pat
 
 def test_fit_quantiles_chooses_alpha_per_attribute_by_cross_validation(trained, tmp_path):
     from qrm_hf.training.quantile_regression import MultiQuantileRegressor
-    from qrm_hf.training.stages import _load_labelled, load_heads
+    from qrm_hf.training.stages import load_heads
 
     _, values, _, _ = trained
     features = Path(values["output_dir"]) / "features" / "attribute" / "ratings"
@@ -314,7 +358,7 @@ def test_fit_quantiles_chooses_alpha_per_attribute_by_cross_validation(trained, 
         losses = info["cv_pinball"][name]
         assert list(losses) == grid and info["alpha_selected"][name] == float(min(losses, key=losses.get))
     # The heads are the plain fit of each attribute with its chosen penalty.
-    X, Y = _load_labelled([features], ATTRIBUTES)
+    X, Y = load_labelled([features], ATTRIBUTES)
     for m, name in enumerate(ATTRIBUTES):
         plain = MultiQuantileRegressor(levels, alpha=info["alpha_selected"][name]).fit(X, Y[:, m])
         np.testing.assert_allclose(coef[m].numpy(), plain.coef_[0], atol=1e-5)
@@ -341,9 +385,7 @@ def test_bad_input_is_refused_with_a_clear_error_and_leaves_no_output(trained, t
         other, DatasetSpec(**ratings_spec(data["ratings"])), tmp_path / "other_ratings", max_length=256
     )
     with pytest.raises(ValueError, match="another backbone"):
-        MultiQuantileRegressor([0.5]).fit_from_features(
-            [out / "features" / "attribute" / "ratings", other_ratings]
-        )
+        load_labelled([out / "features" / "attribute" / "ratings", other_ratings], ATTRIBUTES)
     # A failure inside a stage leaves neither its output nor a partial directory behind.
     from qrm_hf.training import gating as gating_module
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from qrm_hf.training.features import write_manifest, write_shard
+from qrm_hf.training.features import attribute_names_of, load_labelled, write_manifest, write_shard
 from qrm_hf.training.quantile_regression import (
     MultiQuantileRegressor,
     crossing_fraction,
@@ -216,28 +216,34 @@ def write_features(directory, X, Y, shard_size, kind="attribute"):
     return directory
 
 
-def test_fit_from_features_equals_fit_on_the_loaded_arrays(tmp_path):
+def test_fitting_on_the_selected_rows_read_from_features_equals_fit_on_all_arrays(tmp_path):
     X, Y = embedding_like(150, 6)
     X, Y = X.astype(np.float32), Y.astype(np.float32)  # as stored in the shards
     directory = write_features(tmp_path / "features", X, Y, shard_size=40)
     settings = dict(quantile_levels=LEVELS, max_samples_per_attribute=70, random_state=1)
-    from_features = MultiQuantileRegressor(**settings).fit_from_features(directory)
+    frugal = MultiQuantileRegressor(**settings)
+    names = attribute_names_of([directory])
+    X_selected, Y_selected = load_labelled([directory], names, select_rows=frugal.select_rows)
+    assert len(X_selected) < len(X)  # only the selected rows were read
+    frugal.fit(X_selected, Y_selected)
     from_arrays = MultiQuantileRegressor(**settings).fit(X, Y)
-    np.testing.assert_allclose(from_features.coef_, from_arrays.coef_, atol=1e-10)
-    assert from_features.n_samples_.tolist() == [70, 70]
+    np.testing.assert_array_equal(frugal.coef_, from_arrays.coef_)
+    np.testing.assert_array_equal(frugal.intercept_, from_arrays.intercept_)
+    assert frugal.n_samples_.tolist() == [70, 70]
 
 
-def test_fit_from_features_refuses_preference_or_unfinished_features(tmp_path):
+def test_the_feature_reader_refuses_preference_or_unfinished_features(tmp_path):
     X, Y = embedding_like(30, 4)
     write_features(tmp_path / "pairs", X, Y, shard_size=40, kind="preference")
+    select = MultiQuantileRegressor(LEVELS).select_rows
     with pytest.raises(ValueError, match="holds preference features; this step needs attribute"):
-        MultiQuantileRegressor(LEVELS).fit_from_features(tmp_path / "pairs")
+        load_labelled([tmp_path / "pairs"], ["attribute-0"], select_rows=select)
     with pytest.raises(FileNotFoundError, match="not a feature directory of `qrm extract`"):
-        MultiQuantileRegressor(LEVELS).fit_from_features(tmp_path / "missing")
+        load_labelled([tmp_path / "missing"], ["attribute-0"], select_rows=select)
     directory = write_features(tmp_path / "partial", X, Y, shard_size=40)
     write_manifest(directory, {"settings": {"kind": "attribute"}, "complete": False})
     with pytest.raises(ValueError, match="did not finish"):
-        MultiQuantileRegressor(LEVELS).fit_from_features(directory)
+        load_labelled([directory], ["attribute-0"], select_rows=select)
 
 
 def test_predictions_of_the_fast_solver_rarely_cross_on_held_out_data():

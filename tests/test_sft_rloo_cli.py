@@ -29,7 +29,7 @@ from qrm_hf.presets import load_rows
 from qrm_hf.training.rlhf_data import chosen_completions, rloo_prompts
 from qrm_hf.training.rloo import RISK_MEASURES
 from qrm_hf.training.rloo_pipeline import PAPER_MAX_PROMPT_LENGTH, PaperRLOOConfig
-from qrm_hf.training.sft import PAPER_BATCH_SIZE, PaperSFTConfig, paper_lora_config
+from qrm_hf.training.sft import PaperSFTConfig, paper_lora_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = [
@@ -292,7 +292,7 @@ def test_defaults_are_the_paper_values():
     lora = paper_lora_config()
     assert (lora.r, lora.lora_alpha, lora.target_modules) == (32, 64, "all-linear")
     for args in (sft, rloo):
-        assert args.batch_size == PAPER_BATCH_SIZE == 1024 and args.data == "Anthropic/hh-rlhf"
+        assert args.batch_size == 1024 and args.data == "Anthropic/hh-rlhf"
         cli_lora = (args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules)
         assert cli_lora == (lora.r, lora.lora_alpha, lora.lora_dropout, lora.target_modules)
 

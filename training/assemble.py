@@ -83,10 +83,17 @@ def save_qrm(
     datasets: Sequence[str] = (),
     training_summary: str = "",
     evaluation: list[dict] | None = None,
+    *,
+    repo_id: str | None = None,
+    license: str = "apache-2.0",
+    max_shard_size: int | str | None = None,
 ) -> Path:
-    """`save_pretrained` with the tokenizer and a model card rendered from `model_cards/`."""
+    """`save_pretrained` (sharded past `max_shard_size` when given) with the tokenizer and a model card
+    rendered from `model_cards/` (for `repo_id` when given); also what `qrm_hf.hub.push_qrm` uploads."""
     output_dir = Path(output_dir)
-    model.save_pretrained(output_dir)
+    model.save_pretrained(
+        output_dir, **({} if max_shard_size is None else {"max_shard_size": max_shard_size})
+    )
     if tokenizer is not None:
         tokenizer = (
             AutoTokenizer.from_pretrained(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
@@ -95,7 +102,9 @@ def save_qrm(
     card = render_model_card(
         model.config,
         base_model=backbone_name,
+        repo_id=repo_id,
         datasets=list(datasets),
+        license=license,
         training_summary=training_summary,
         evaluation=evaluation,
     )

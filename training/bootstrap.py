@@ -34,16 +34,9 @@ class PairFeatures:
     @classmethod
     def from_dirs(cls, directories) -> PairFeatures:
         """Read preference feature directories of `qrm extract` (one backbone), in order."""
-        from .features import check_same_backbone, load_features, read_manifest
+        from .features import load_pairs
 
-        directories = [directories] if isinstance(directories, (str, Path)) else list(directories)
-        if not directories:
-            raise ValueError("No preference feature directory given.")
-        check_same_backbone({str(d): read_manifest(d, kind="preference")["settings"] for d in directories})
-        tensors = [load_features(directory)[0] for directory in directories]
-        embeddings = torch.cat([t["embeddings"] for t in tensors]).float()  # [N, 2, H], chosen first
-        prompts = torch.cat([t["prompt_embeddings"] for t in tensors]).float()
-        return cls(prompts[:, 0], embeddings[:, 0], embeddings[:, 1])
+        return cls(*load_pairs(directories))
 
     def __len__(self) -> int:
         return self.prompt.shape[0]
@@ -166,8 +159,10 @@ def fit_bootstrap_heads(
         gating_network: without `pair_features`, the gating network all members share (e.g. a model's).
         transform: the reward transform T [M, M] (default identity), shared.
     """
+    from .features import attribute_names_of, feature_settings, load_labelled
     from .quantile_regression import MultiQuantileRegressor
-    from .stages import PAPER_LEVELS, GatingSettings, _feature_settings, _gating_config, _load_labelled
+    from .settings import PAPER_LEVELS, GatingSettings
+    from .stages import _gating_config
 
     if n_models < 1:
         raise ValueError(f"n_models must be >= 1, got {n_models}.")
@@ -177,13 +172,9 @@ def fit_bootstrap_heads(
             "by all members: the ensemble needs gating weights to turn attributes into one reward."
         )
     directories = [features] if isinstance(features, (str, Path)) else list(features)
-    settings = _feature_settings(directories, "attribute")
-    found = list(dict.fromkeys(name for s in settings.values() for name in s["attributes"]))
-    names = list(attribute_names) if attribute_names is not None else found
-    unknown = sorted(set(found) - set(names))
-    if unknown:
-        raise ValueError(f"The features label attribute(s) {unknown} that are not among {names}.")
-    X, Y = _load_labelled(directories, names)
+    settings = feature_settings(directories, "attribute")
+    names = attribute_names_of(directories, attribute_names)
+    X, Y = load_labelled(directories, names)
     estimator = estimator if estimator is not None else MultiQuantileRegressor(PAPER_LEVELS)
     levels = list(estimator.quantile_levels)
     transform = torch.eye(len(names)) if transform is None else torch.as_tensor(transform).float()
@@ -235,7 +226,8 @@ def fit_bootstrap_heads(
 
 
 def _fit_member_gating(coef, intercept, transform, pairs: PairFeatures, config, settings, seed: int):
-    from .gating import BradleyTerryGating, expected_rewards
+    from .gating import BradleyTerryGating
+    from .rewards import expected_rewards
 
     return (
         BradleyTerryGating(

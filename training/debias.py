@@ -34,17 +34,13 @@ import torch
 from scipy.stats import spearmanr
 from sklearn.base import BaseEstimator
 
+from .quantile_regression import _as_float64
+
 # ArmoRM's grid, verbatim (armo-rm/stage-2_train.py): fine steps near 0, then 0.05 steps up to 0.95.
 ARMORM_PENALTY_GRID: tuple[float, ...] = (
     0.0, 0.01, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15,
     0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95,
 )  # fmt: skip
-
-
-def _as_float64(array) -> np.ndarray:
-    if isinstance(array, torch.Tensor):
-        array = array.detach().cpu().double().numpy()
-    return np.asarray(array, dtype=np.float64)
 
 
 def _spearman_with(columns: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -288,22 +284,3 @@ def debiased_rewards(rewards, transform):
         raise ValueError("rewards must have shape [..., M], got a scalar.")
     _check_transform(transform, rewards.shape[-1])
     return rewards @ transform
-
-
-def debiased_quantiles(quantiles, transform):
-    """The transform at every level, as the model applies it: quantiles [..., M, K] -> [..., M, K].
-
-    Q'[m', k] = sum_m Q[m, k] T[m, m']. Torch in, torch out (dtype and device kept); else float64 numpy.
-    """
-    if isinstance(quantiles, torch.Tensor):
-        transform = torch.as_tensor(transform).to(device=quantiles.device, dtype=quantiles.dtype)
-        if quantiles.ndim < 2:
-            raise ValueError(f"quantiles must have shape [..., M, K], got {list(quantiles.shape)}.")
-        _check_transform(transform, quantiles.shape[-2])
-        return torch.einsum("...mk,mn->...nk", quantiles, transform)
-    quantiles = _as_float64(quantiles)
-    transform = _as_float64(transform)
-    if quantiles.ndim < 2:
-        raise ValueError(f"quantiles must have shape [..., M, K], got {list(quantiles.shape)}.")
-    _check_transform(transform, quantiles.shape[-2])
-    return np.einsum("...mk,mn->...nk", quantiles, transform)

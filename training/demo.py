@@ -10,13 +10,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from .outputs import GatingOutput, QuantileHeadsOutput
 from .pipeline import TrainConfig, run_training
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
@@ -53,8 +53,8 @@ def run_demo(config: TrainConfig | None = None, data_dir: Path = DEMO_DATA) -> P
     started = time.perf_counter()
     print(f"Training with `qrm train {DEMO_CONFIG}` into {config.output_dir}")
     model_dir = run_training(config)
-    heads = json.loads((config.output_dir / "heads" / "heads.json").read_text())
-    gating = json.loads((config.output_dir / "gating" / "gating.json").read_text())
+    heads = QuantileHeadsOutput.load(config.output_dir / "heads").info
+    gating = GatingOutput.load(config.output_dir / "gating").info
     validation = heads["validation"]
     print(f"Held-out pinball loss (lower is better) on {validation['examples']} ratings:")
     print(f"  QRM quantile heads          {validation['pinball_loss']:.4f}")

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 from ..chat import split_by_length
 from ..locking import directory_lock
 from ..modeling.modeling_qrm import find_last_pattern
+from ..scoring import right_pad
 
 MANIFEST = "manifest.json"
 
@@ -80,12 +82,7 @@ class BackboneEncoder:
         device = next(self.backbone.parameters()).device
         progress = tqdm(total=len(order), desc=desc, unit="conv")
         for batch in self._batches(order, device):
-            length = len(batch[-1])
-            input_ids = torch.full((len(batch), length), self.pad_token_id, dtype=torch.long)
-            attention_mask = torch.zeros(len(batch), length, dtype=torch.long)
-            for row, seq in enumerate(batch):
-                input_ids[row, : len(seq)] = torch.tensor(seq)
-                attention_mask[row, : len(seq)] = 1
+            input_ids, attention_mask = right_pad(batch, self.pad_token_id)  # batches are sorted by length
             input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
             hidden = self.backbone(
                 input_ids=input_ids, attention_mask=attention_mask, use_cache=False
@@ -396,3 +393,96 @@ def load_features(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict]
     shards = [load_file(str(directory / name)) for name in manifest["shards"]]
     tensors = {name: torch.cat([shard[name] for shard in shards]) for name in shards[0]}
     return tensors, manifest["settings"]
+
+
+# ------------------------------------------------------------------------------------------- reading
+# The one reader of feature directories for the stages, the evaluation baselines, bootstrap ensembles and
+# `qrm preference-strength`: estimators get arrays, and only the readers know the disk format.
+
+
+def feature_settings(directories: Sequence[str | Path], kind: str) -> dict[str, dict]:
+    """{directory: settings} of finished, undamaged `kind` feature directories of one backbone."""
+    if not directories:
+        raise ValueError(f"No {kind} feature directory given.")
+    settings = {str(d): read_manifest(d, kind=kind)["settings"] for d in directories}
+    check_same_backbone(settings)
+    return settings
+
+
+def iter_shards(directories: Sequence[str | Path], names: Sequence[str], desc: str = "reading features"):
+    """Yield dicts of the tensors `names`, one shard at a time, in order (features never all in memory)."""
+    paths = [Path(d) / shard for d in directories for shard in read_manifest(d)["shards"]]
+    for path in tqdm(paths, desc=desc, unit="shard"):
+        with safe_open(str(path), framework="pt") as shard:
+            yield {name: shard.get_tensor(name) for name in names}
+
+
+def attribute_names_of(directories: Sequence[str | Path], names: Sequence[str] | None = None) -> list[str]:
+    """The label columns of attribute feature directories: `names` (checked to cover every attribute they
+    label) or, by default, their attributes in order of appearance."""
+    found = [
+        a for settings in feature_settings(directories, "attribute").values() for a in settings["attributes"]
+    ]
+    names = list(dict.fromkeys(found)) if names is None else list(names)
+    unknown = sorted(set(found) - set(names))
+    if unknown:
+        raise ValueError(
+            f"The features label attribute(s) {unknown} that are not among attribute_names {names}."
+        )
+    return names
+
+
+def load_labelled(
+    directories: Sequence[str | Path], names: Sequence[str], select_rows=None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings X [N, H] (float64) and labels Y [N, M] (label column m is attribute `names[m]`, NaN where
+    a directory does not label it) of attribute feature directories of one backbone, concatenated in order.
+
+    `select_rows` (labels [N, M] -> the rows of each attribute, e.g. `MultiQuantileRegressor.select_rows`)
+    reads the labels first and then only the embeddings of the selected rows, one shard at a time (never
+    `prompt_embeddings`): X and Y then hold the union of the selected rows, and a label outside its
+    attribute's selection is NaN, so that fitting on them uses exactly the selected rows.
+    """
+    directories = [Path(d) for d in ([directories] if isinstance(directories, (str, Path)) else directories)]
+    settings = feature_settings(directories, "attribute")
+    names = list(names)
+    labels = []
+    for directory, directory_settings in zip(directories, settings.values(), strict=True):
+        columns = [names.index(name) for name in directory_settings["attributes"]]
+        for shard in iter_shards([directory], ["labels"], "reading labels"):
+            block = np.full((shard["labels"].shape[0], len(names)), np.nan)
+            block[:, columns] = shard["labels"].double().numpy()
+            labels.append(block)
+    Y = np.concatenate(labels)
+    if select_rows is None:
+        X = torch.cat([shard["embeddings"] for shard in iter_shards(directories, ["embeddings"])])
+        return X.double().numpy(), Y
+    try:
+        rows_per_attribute = select_rows(Y)
+    except ValueError as error:
+        raise ValueError(f"{error} (attributes {names}; features {list(settings)})") from error
+    union = np.unique(np.concatenate(rows_per_attribute))
+    offsets = np.cumsum([0, *(len(block) for block in labels)])
+    paths = [directory / shard for directory in directories for shard in read_manifest(directory)["shards"]]
+    blocks = []
+    for number, path in enumerate(tqdm(paths, desc="reading features", unit="shard")):
+        local = union[(union >= offsets[number]) & (union < offsets[number + 1])] - offsets[number]
+        if len(local):  # shards without a selected row are not opened
+            with safe_open(str(path), framework="pt") as shard:
+                blocks.append(shard.get_tensor("embeddings")[torch.as_tensor(local)])
+    selected = np.full((len(union), len(names)), np.nan)
+    for m, rows in enumerate(rows_per_attribute):
+        position = np.searchsorted(union, rows)
+        selected[position, m] = Y[rows, m]
+    return torch.cat(blocks).double().numpy(), selected
+
+
+def load_pairs(directories) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(prompt, chosen, rejected) embeddings [N, H] (float32) of preference feature directories of one
+    backbone, in order."""
+    directories = [directories] if isinstance(directories, (str, Path)) else list(directories)
+    feature_settings(directories, "preference")
+    tensors = [load_features(directory)[0] for directory in directories]
+    embeddings = torch.cat([t["embeddings"] for t in tensors]).float()  # [N, 2, H], chosen first
+    prompts = torch.cat([t["prompt_embeddings"] for t in tensors]).float()
+    return prompts[:, 0], embeddings[:, 0], embeddings[:, 1]

@@ -24,24 +24,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..modeling.configuration_qrm import QRMConfig
-from ..modeling.modeling_qrm import QRMGatingNetwork
-
-
-def expected_rewards(
-    head_weight: torch.Tensor,
-    transform: torch.Tensor,
-    embeddings: torch.Tensor,
-    head_intercept: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Per-attribute expected rewards after the transform: mean_k Q[m, k] with Q = heads(x), Q^T . T.
-
-    head_weight [M, K, H], head_intercept [M, K] (None: heads without bias), transform [M, M],
-    embeddings [..., H] -> [..., M].
-    """
-    mean_reward = embeddings.float() @ head_weight.mean(1).T  # the mean over levels of a linear map is linear
-    if head_intercept is not None:
-        mean_reward = mean_reward + head_intercept.mean(1)
-    return mean_reward @ transform
+from ..modeling.modeling_qrm import QRMGatingNetwork, QRMGatingSizes
+from .rewards import expected_rewards  # noqa: F401  (re-exported: its home before training/rewards.py)
 
 
 class BradleyTerryGating:
@@ -53,7 +37,7 @@ class BradleyTerryGating:
 
     def __init__(
         self,
-        config: QRMConfig,
+        config: QRMGatingSizes | QRMConfig,
         learning_rate: float = 3e-4,
         batch_size: int = 1024,
         epochs: int = 3,

@@ -28,7 +28,7 @@ import json
 import shutil
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +36,17 @@ from ..locking import directory_lock
 from ..presets import looks_like_local_path
 from .features import damaged_shards, write_json_atomic
 from .quantile_regression import MultiQuantileRegressor
-from .stages import (
-    PAPER_LEVELS,
+from .settings import (
     AssembleSettings,
-    DatasetSpec,
+    DebiasSettings,
+    ExtractionSettings,
     GatingSettings,
+    HeadsSettings,
+    check_keys,
+    settings_from_mapping,
+)
+from .stages import (
+    DatasetSpec,
     assemble_model,
     extract_features,
     fit_debias,
@@ -52,47 +58,6 @@ from .stages import (
 )
 
 STATE = "pipeline_state.json"
-
-
-@dataclass
-class ExtractionSettings:
-    max_length: int | None = 4096
-    batch_size: int = 16
-    shard_size: int = 4096
-    dtype: str = "float32"
-    # Keep every embedding in memory across the datasets of a run, so that a conversation in several
-    # datasets (e.g. rated responses re-used as preference pairs) is encoded once. Small runs only.
-    reuse_across_datasets: bool = False
-
-
-@dataclass
-class HeadsSettings:
-    quantile_levels: list[float] = field(default_factory=lambda: list(PAPER_LEVELS))
-    alpha: float | list[float] | str = 0.003  # a list or "cv": one per attribute, by cross-validation
-    cv: int = 5
-    solver: str = "fast"
-    max_samples_per_attribute: int = 60_000
-    seed: int = 0
-    n_jobs: int = 1
-    ridge_baseline: bool = False
-    gaussian_baseline: bool = False
-
-
-@dataclass
-class DebiasSettings:
-    reference_datasets: list[DatasetSpec] = field(default_factory=list)
-    verbosity_attribute: str | None = None
-    threshold: float = 0.03
-
-
-def _settings(cls, values: dict | None, where: str):
-    """A settings dataclass from a YAML mapping, naming unknown keys."""
-    values = dict(values or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}.")
-    return cls(**values)
 
 
 @dataclass
@@ -128,10 +93,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict, base_dir: Path = Path("."), where: str = "config", output_dir=None):
         values = dict(values)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}.")
+        check_keys(cls, values, where)
         missing = [
             key
             for key in ("output_dir", "backbone")
@@ -162,7 +124,7 @@ class TrainConfig:
             references = datasets("reference_datasets", debias.pop("reference_datasets", None))
             if not references:
                 raise ValueError(f"{where}: debias needs reference_datasets (e.g. the preference data).")
-            debias = _settings(DebiasSettings, debias, f"{where}: debias")
+            debias = settings_from_mapping(DebiasSettings, debias, f"{where}: debias")
             debias.reference_datasets = references
         config = cls(
             output_dir=Path(output_dir or values["output_dir"]),
@@ -172,11 +134,15 @@ class TrainConfig:
             attribute_datasets=datasets("attribute_datasets"),
             validation_datasets=datasets("validation_datasets"),
             preference_datasets=datasets("preference_datasets"),
-            extraction=_settings(ExtractionSettings, values.get("extraction"), f"{where}: extraction"),
-            quantile_heads=_settings(HeadsSettings, values.get("quantile_heads"), f"{where}: quantile_heads"),
+            extraction=settings_from_mapping(
+                ExtractionSettings, values.get("extraction"), f"{where}: extraction"
+            ),
+            quantile_heads=settings_from_mapping(
+                HeadsSettings, values.get("quantile_heads"), f"{where}: quantile_heads"
+            ),
             debias=debias,
-            gating=_settings(GatingSettings, values.get("gating"), f"{where}: gating"),
-            model=_settings(AssembleSettings, values.get("model"), f"{where}: model"),
+            gating=settings_from_mapping(GatingSettings, values.get("gating"), f"{where}: gating"),
+            model=settings_from_mapping(AssembleSettings, values.get("model"), f"{where}: model"),
         )
         config.check(where)
         return config
@@ -289,126 +255,142 @@ class _SharedBackbone:
 
 
 def build_plan(config: TrainConfig) -> list[Stage]:
-    """The stages of a run in order, each with its fingerprinted settings (nothing is loaded)."""
-    out = config.output_dir
+    """The stages of a run in order, each with its fingerprinted settings (nothing is loaded).
+
+    Each stage's fingerprint and its run come from the same settings object (`<Settings>.fingerprint()`
+    and the `settings=` argument of the stage function), so that they cannot drift apart.
+    """
     location, backbone_name = resolve_backbone(config.backbone)
     backbone = {
         "name": backbone_name,
         "revision": config.backbone_revision,
         "content": content_signature(location),
     }
-    shared_backbone = _SharedBackbone(config)
-    extraction = {
-        key: value for key, value in asdict(config.extraction).items() if key != "reuse_across_datasets"
-    }
-    extracts: dict[str, Stage] = {}
+    extract = _Extractions(config, backbone)
+    attribute_stages = [extract(spec) for spec in config.attribute_datasets]
+    validation_stages = [extract(spec) for spec in config.validation_datasets]
+    reference_stages = [extract(spec) for spec in config.debias.reference_datasets] if config.debias else []
+    pair_stages = [extract(spec) for spec in config.preference_datasets]
+    heads = _heads_stage(config, attribute_stages, validation_stages)
+    debias = _debias_stage(config, heads, reference_stages) if config.debias else None
+    gating = _gating_stage(config, heads, debias, pair_stages)
+    model = _assemble_stage(config, backbone, heads, debias, gating)
+    return [*extract.stages.values(), heads, *([debias] if debias else []), gating, model]
 
-    def extract(spec: DatasetSpec) -> Stage:
-        description = spec.describe()
+
+class _Extractions:
+    """The extraction stages of a run, one per feature directory (a dataset listed twice is extracted once)."""
+
+    def __init__(self, config: TrainConfig, backbone: dict):
+        self.config, self.backbone = config, backbone
+        self.shared_backbone = _SharedBackbone(config)
+        self.stages: dict[str, Stage] = {}
+
+    def __call__(self, spec: DatasetSpec) -> Stage:
+        config, description = self.config, spec.describe()
         kind = spec.resolve().kind
-        directory = out / "features" / kind / spec.display_name
-        if str(directory) in extracts:
-            stage = extracts[str(directory)]
+        directory = config.output_dir / "features" / kind / spec.display_name
+        if str(directory) in self.stages:
+            stage = self.stages[str(directory)]
             if stage.settings["dataset"] != description:
                 raise ValueError(
                     f"Two different datasets are both named {spec.display_name!r}: give one of them a `name`."
                 )
             return stage
-        settings = {
-            "backbone": backbone,
+        settings = config.extraction
+        fingerprint = {
+            "backbone": self.backbone,
             "dataset": description,
             "data_content": content_signature(description["source"]),
-            **extraction,
+            **settings.fingerprint(),
         }
 
-        def run(spec=spec, directory=directory):
+        def run():
             return extract_features(
                 config.backbone,
                 spec,
                 directory,
                 revision=config.backbone_revision,
-                dtype=config.extraction.dtype,
-                max_length=config.extraction.max_length,
-                batch_size=config.extraction.batch_size,
-                shard_size=config.extraction.shard_size,
-                loaded=shared_backbone.get(),
+                dtype=settings.dtype,
+                max_length=settings.max_length,
+                batch_size=settings.batch_size,
+                shard_size=settings.shard_size,
+                loaded=self.shared_backbone.get(),
             )
 
-        stage = Stage(f"extract {kind}/{spec.display_name}", directory, settings, [], run, distributed=True)
-        extracts[str(directory)] = stage
+        stage = Stage(
+            f"extract {kind}/{spec.display_name}", directory, fingerprint, [], run, distributed=True
+        )
+        self.stages[str(directory)] = stage
         return stage
 
-    attribute_stages = [extract(spec) for spec in config.attribute_datasets]
-    validation_stages = [extract(spec) for spec in config.validation_datasets]
-    reference_stages = [extract(spec) for spec in config.debias.reference_datasets] if config.debias else []
-    pair_stages = [extract(spec) for spec in config.preference_datasets]
 
-    heads_settings = asdict(config.quantile_heads)
-    fingerprint = dict(heads_settings)
-    if isinstance(fingerprint["alpha"], (int, float)):
-        del fingerprint["cv"]  # unused with one penalty: runs from before the option keep their heads
-    heads = Stage(
+def _heads_stage(config: TrainConfig, attribute_stages: list[Stage], validation_stages: list[Stage]) -> Stage:
+    settings, directory = config.quantile_heads, config.output_dir / "heads"
+    return Stage(
         "fit-quantiles",
-        out / "heads",
-        {**fingerprint, "attributes": config.attributes},
+        directory,
+        {**settings.fingerprint(), "attributes": config.attributes},
         attribute_stages + validation_stages,
         lambda: fit_quantile_heads(
             [stage.directory for stage in attribute_stages],
-            out / "heads",
+            directory,
             attribute_names=config.attributes,
             validation_dirs=[stage.directory for stage in validation_stages],
-            **heads_settings,
+            settings=settings,
         ),
     )
-    plan = [*extracts.values(), heads]
-    debias = None
-    if config.debias:
-        debias_settings = {
-            key: value for key, value in asdict(config.debias).items() if key != "reference_datasets"
-        }
-        debias = Stage(
-            "debias",
-            out / "debias",
-            debias_settings,
-            [heads, *reference_stages],
-            lambda: fit_debias(
-                out / "heads",
-                [stage.directory for stage in reference_stages],
-                out / "debias",
-                **debias_settings,
-            ),
-        )
-        plan.append(debias)
-    transform_dir = out / "debias" if debias else None
-    gating = Stage(
+
+
+def _debias_stage(config: TrainConfig, heads: Stage, reference_stages: list[Stage]) -> Stage:
+    settings, directory = config.debias, config.output_dir / "debias"
+    return Stage(
+        "debias",
+        directory,
+        settings.fingerprint(),
+        [heads, *reference_stages],
+        lambda: fit_debias(
+            heads.directory, [stage.directory for stage in reference_stages], directory, settings=settings
+        ),
+    )
+
+
+def _gating_stage(config: TrainConfig, heads: Stage, debias: Stage | None, pair_stages: list[Stage]) -> Stage:
+    settings, directory = config.gating, config.output_dir / "gating"
+    return Stage(
         "fit-gating",
-        out / "gating",
-        config.gating.fingerprint(),
+        directory,
+        settings.fingerprint(),
         [heads, *([debias] if debias else []), *pair_stages],
         lambda: fit_gating(
-            out / "heads",
+            heads.directory,
             [stage.directory for stage in pair_stages],
-            out / "gating",
-            transform_dir=transform_dir,
-            settings=config.gating,
+            directory,
+            transform_dir=debias.directory if debias else None,
+            settings=settings,
         ),
     )
-    model = Stage(
+
+
+def _assemble_stage(
+    config: TrainConfig, backbone: dict, heads: Stage, debias: Stage | None, gating: Stage
+) -> Stage:
+    settings, directory = config.model, config.output_dir / "model"
+    return Stage(
         "assemble",
-        out / "model",
-        {"backbone": backbone, **asdict(config.model)},
+        directory,
+        {"backbone": backbone, **settings.fingerprint()},
         [heads, *([debias] if debias else []), gating],
         lambda: assemble_model(
             config.backbone,
-            out / "heads",
-            out / "gating",
-            out / "model",
-            transform_dir=transform_dir,
+            heads.directory,
+            gating.directory,
+            directory,
+            transform_dir=debias.directory if debias else None,
             revision=config.backbone_revision,
-            settings=config.model,
+            settings=settings,
         ),
     )
-    return [*plan, gating, model]
 
 
 # ------------------------------------------------------------------------------------------- running

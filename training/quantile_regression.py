@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -339,8 +338,9 @@ def fit_quantiles_ipm(
 
 
 def _as_float64(array) -> np.ndarray:
+    """A numpy float64 array of an array-like or a tensor of any dtype and device (bfloat16 included)."""
     if isinstance(array, torch.Tensor):
-        array = array.detach().cpu()
+        array = array.detach().cpu().double().numpy()
     return np.asarray(array, dtype=np.float64)
 
 
@@ -525,67 +525,13 @@ class MultiQuantileRegressor(RegressorMixin, BaseEstimator):
         rows_per_attribute = self._select_rows(Y, sample_weight)
         return self._fit_rows(X, Y, rows_per_attribute, levels, sample_weight)
 
-    def fit_from_features(self, directories, attribute_names: Sequence[str] | None = None):
-        """Fit from feature directories written by `qrm extract` (attribute data), reading only what is needed.
-
-        `directories` is one directory or a list of them (e.g. one per dataset, each labelling its own
-        attributes); they must come from the same backbone. Column m of the labels is attribute
-        ``attribute_names[m]`` (default: the attributes of the directories, in order of appearance); a
-        directory without an attribute leaves it missing (NaN) for its rows. Sets `attribute_names_`.
-
-        The labels of every shard are read first and the rows of each attribute selected as in `fit`;
-        then only the `embeddings` of the shards holding selected rows are read, one shard at a time,
-        keeping the selected rows (never `prompt_embeddings`). The result equals `fit` on all features.
-        """
-        from safetensors import safe_open
-
-        from .features import check_same_backbone, read_manifest
-
-        directories = (
-            [Path(directories)] if isinstance(directories, (str, Path)) else list(map(Path, directories))
-        )
-        if not directories:
-            raise ValueError("No feature directory given.")
-        levels = self._validate_settings()
-        manifests = {str(directory): read_manifest(directory, kind="attribute") for directory in directories}
-        check_same_backbone({name: manifest["settings"] for name, manifest in manifests.items()})
-        found = [name for manifest in manifests.values() for name in manifest["settings"]["attributes"]]
-        names = list(dict.fromkeys(found)) if attribute_names is None else list(attribute_names)
-        unknown = sorted(set(found) - set(names))
-        if unknown:
-            raise ValueError(
-                f"The features label attribute(s) {unknown} that are not among attribute_names {names}."
-            )
-        paths, labels = [], []
-        for directory, manifest in zip(directories, manifests.values(), strict=True):
-            columns = [names.index(name) for name in manifest["settings"]["attributes"]]
-            for shard_name in manifest["shards"]:
-                paths.append(directory / shard_name)
-                with safe_open(str(paths[-1]), framework="pt") as shard:
-                    shard_labels = shard.get_tensor("labels").double().numpy()
-                block = np.full((shard_labels.shape[0], len(names)), np.nan)
-                block[:, columns] = shard_labels
-                labels.append(block)
-        sizes = [len(block) for block in labels]
-        try:
-            Y = self._validate_labels(np.concatenate(labels))
-        except ValueError as error:
-            raise ValueError(f"{error} (attributes {names}; features {list(manifests)})") from error
-        rows_per_attribute = self._select_rows(Y)
-        union = np.unique(np.concatenate(rows_per_attribute))
-        offsets = np.concatenate([[0], np.cumsum(sizes)])
-        blocks = []
-        for number, path in enumerate(tqdm(paths, desc="reading features", unit="shard")):
-            local = union[(union >= offsets[number]) & (union < offsets[number + 1])] - offsets[number]
-            if len(local):
-                with safe_open(str(path), framework="pt") as shard:
-                    blocks.append(shard.get_tensor("embeddings")[torch.as_tensor(local)])
-        X = _as_float64(torch.cat(blocks))
-        if not np.isfinite(X).all():
-            raise ValueError(f"The embeddings in {list(manifests)} contain NaN or infinite values.")
-        positions = [np.searchsorted(union, rows) for rows in rows_per_attribute]
-        self.attribute_names_ = names
-        return self._fit_rows(X, Y[union], positions, levels)
+    def select_rows(self, Y) -> list[np.ndarray]:
+        """The rows of Y [n, M] that `fit` uses for each attribute (labelled; at most
+        `max_samples_per_attribute`, seeded). Fitting on only these rows, with every other label NaN, gives
+        the same heads: `training.features.load_labelled(..., select_rows=heads.select_rows)` reads only
+        their embeddings from a feature store."""
+        self._validate_settings()
+        return self._select_rows(self._validate_labels(Y))
 
     def _solve(self, problems, levels, desc: str) -> list[tuple]:
         """Fit all K levels of each problem (X [n, d], y [n], alpha, sample weights [n] or None): a list of

@@ -44,13 +44,8 @@ from torch import nn
 from trl.data_utils import apply_chat_template, is_conversational
 
 from .. import risk
+from ..chat import PROBE_CONVERSATION
 from ..modeling.modeling_qrm import find_last_pattern
-
-# Conversation used to check that a reward tokenizer renders the QRM's prompt-end pattern.
-_PROBE = [
-    {"role": "user", "content": "What is two plus two?"},
-    {"role": "assistant", "content": "Two plus two equals four."},
-]
 
 # Config field -> the registry parameter whose value it gives when the `risk_measure` spec leaves it out.
 _PARAMETER_FIELDS = {"risk_lambda": "lam", "risk_alpha": "alpha", "risk_tau": "tau"}
@@ -239,7 +234,7 @@ class RiskAwareRewardsMixin:
             )
         if spec.pattern and getattr(tokenizer, "chat_template", None):
             try:
-                text = tokenizer.apply_chat_template(_PROBE, tokenize=False)
+                text = tokenizer.apply_chat_template(PROBE_CONVERSATION, tokenize=False)
             except Exception:  # a template that refuses this probe conversation: nothing to check here
                 return
             ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])

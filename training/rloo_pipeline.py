@@ -29,6 +29,7 @@ from peft import LoraConfig
 from transformers import AutoTokenizer
 
 from ..presets import DatasetPreset, load_rows
+from . import paper_rlhf as paper
 from .grpo import RiskAwareGRPOConfig, RiskAwareGRPOTrainer
 from .risk_rewards import RiskAwareRewardsArguments, quantile_levels_of
 from .rlhf_data import filter_prompts_by_length, rloo_prompts
@@ -37,7 +38,7 @@ from .sft import SAVE_DTYPES, finish_lora_training, last_checkpoint, paper_lora_
 
 logger = logging.getLogger(__name__)
 
-PAPER_MAX_PROMPT_LENGTH = 347  # "prompts with fewer than 348 tokens"
+PAPER_MAX_PROMPT_LENGTH = paper.MAX_PROMPT_LENGTH  # "prompts with fewer than 348 tokens"
 TRAINERS = {RiskAwareRLOOConfig: RiskAwareRLOOTrainer, RiskAwareGRPOConfig: RiskAwareGRPOTrainer}
 
 
@@ -52,11 +53,17 @@ class _PaperRLValues:
         max_completion_length (`int`, *optional*, defaults to `512`): paper value.
     """
 
-    learning_rate: float = field(default=1e-4, metadata={"help": "The learning rate of AdamW."})
-    lr_scheduler_type: str = field(default="constant", metadata={"help": "The learning rate schedule."})
-    num_generations: int | None = field(default=2, metadata={"help": "Completions per prompt (k of RLOO)."})
+    learning_rate: float = field(
+        default=paper.RLOO_LEARNING_RATE, metadata={"help": "The learning rate of AdamW."}
+    )
+    lr_scheduler_type: str = field(
+        default=paper.RLOO_LR_SCHEDULER, metadata={"help": "The learning rate schedule."}
+    )
+    num_generations: int | None = field(
+        default=paper.NUM_GENERATIONS, metadata={"help": "Completions per prompt (k of RLOO)."}
+    )
     max_completion_length: int | None = field(
-        default=512, metadata={"help": "Longest completion, in tokens."}
+        default=paper.MAX_COMPLETION_LENGTH, metadata={"help": "Longest completion, in tokens."}
     )
 
 

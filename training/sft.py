@@ -27,11 +27,11 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
 from ..presets import DatasetPreset, load_rows
+from . import paper_rlhf as paper
 from .rlhf_data import chosen_completions
 
 logger = logging.getLogger(__name__)
 
-PAPER_BATCH_SIZE = 1024  # examples per optimizer step, SFT and RLOO alike (paper §4.3)
 SAVE_DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
@@ -39,7 +39,13 @@ def paper_lora_config(**overrides) -> LoraConfig:
     """The paper's LoRA adapter (rank 32, alpha 64) for a causal LM, on every linear layer but the output
     head (the paper does not name the modules; dropout 0.05 is TRL's default). `overrides` go to
     `peft.LoraConfig`."""
-    values = dict(r=32, lora_alpha=64, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+    values = dict(
+        r=paper.LORA_R,
+        lora_alpha=paper.LORA_ALPHA,
+        lora_dropout=paper.LORA_DROPOUT,
+        target_modules=paper.LORA_TARGETS,
+        task_type="CAUSAL_LM",
+    )
     values.update(overrides)
     return LoraConfig(**values)
 
@@ -78,10 +84,18 @@ class PaperSFTConfig(SFTConfig):
             Drop the examples longer than `max_length` instead of truncating them (not with `packing`).
     """
 
-    learning_rate: float = field(default=3e-4, metadata={"help": "The initial learning rate for AdamW."})
-    lr_scheduler_type: str = field(default="cosine", metadata={"help": "The learning rate schedule."})
-    num_train_epochs: float = field(default=1.0, metadata={"help": "Total number of training epochs."})
-    max_length: int | None = field(default=1024, metadata={"help": "Longest tokenized example, in tokens."})
+    learning_rate: float = field(
+        default=paper.SFT_LEARNING_RATE, metadata={"help": "The initial learning rate for AdamW."}
+    )
+    lr_scheduler_type: str = field(
+        default=paper.SFT_LR_SCHEDULER, metadata={"help": "The learning rate schedule."}
+    )
+    num_train_epochs: float = field(
+        default=paper.SFT_EPOCHS, metadata={"help": "Total number of training epochs."}
+    )
+    max_length: int | None = field(
+        default=paper.SFT_MAX_LENGTH, metadata={"help": "Longest tokenized example, in tokens."}
+    )
     drop_long_examples: bool = field(
         default=True,
         metadata={"help": "Drop the examples longer than `max_length` instead of truncating them."},
@@ -254,7 +268,6 @@ def run_sft(
 
 
 __all__ = [
-    "PAPER_BATCH_SIZE",
     "PaperSFTConfig",
     "PaperSFTTrainer",
     "SFTResult",

