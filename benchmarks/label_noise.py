@@ -76,7 +76,8 @@ def demo_features(output_dir: Path):
 
 def fit_gating_network(heads, pairs, settings, strength=None):
     """A `BradleyTerryGating` network on all `pairs` (no validation split) with `settings`."""
-    from qrm_hf.training.gating import BradleyTerryGating, expected_rewards
+    from qrm_hf.training.gating import BradleyTerryGating
+    from qrm_hf.training.rewards import expected_rewards
     from qrm_hf.training.stages import _gating_config
 
     coef, intercept, names = heads
@@ -176,7 +177,8 @@ def main() -> int:
 
     from qrm_hf.training.bootstrap import PairFeatures, fit_bootstrap_heads
     from qrm_hf.training.quantile_regression import MultiQuantileRegressor
-    from qrm_hf.training.stages import PAPER_LEVELS, load_heads
+    from qrm_hf.training.settings import PAPER_LEVELS
+    from qrm_hf.training.stages import load_heads
 
     config, ratings_dir, pairs_dir, heldout_dir = demo_features(args.output_dir)
     coef, intercept, info = load_heads(args.output_dir / "heads")
@@ -302,9 +304,9 @@ def main() -> int:
 
 
 def _ratings(directory, names):
-    from qrm_hf.training.stages import _load_labelled
+    from qrm_hf.training.features import load_labelled
 
-    return _load_labelled([directory], names)
+    return load_labelled([directory], names)
 
 
 if __name__ == "__main__":

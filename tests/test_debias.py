@@ -9,7 +9,7 @@ from qrm_hf.training.debias import (
     VerbosityDebiaser,
     debiased_rewards,
 )
-from qrm_hf.training.gating import expected_rewards
+from qrm_hf.training.rewards import expected_rewards
 
 NAMES = ["helpfulness", "correctness", "independent", "concise", "length-lover", "helpsteer-verbosity"]
 SLOPES = {"helpfulness": 0.5, "correctness": 0.2, "independent": 0.0, "concise": -0.4, "length-lover": 3.0}

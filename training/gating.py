@@ -25,7 +25,6 @@ from tqdm.auto import tqdm
 
 from ..modeling.configuration_qrm import QRMConfig
 from ..modeling.modeling_qrm import QRMGatingNetwork, QRMGatingSizes
-from .rewards import expected_rewards  # noqa: F401  (re-exported: its home before training/rewards.py)
 
 
 class BradleyTerryGating:

@@ -310,9 +310,6 @@ def extract_features(
 # ------------------------------------------------------------------------------------------- 2. heads
 
 
-_feature_settings, _iter_shards, _load_labelled = feature_settings, iter_shards, load_labelled  # former names
-
-
 def _validation_report(heads, directories, names, levels, baselines=None) -> dict:
     """Held-out pinball loss (quantiles sorted, as the model does) and crossing before sorting."""
     from .quantile_regression import crossing_fraction
