@@ -224,6 +224,20 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_distribution_table_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the printed reward-distribution table and its plot (`qrm score`, `qrm evaluate --showcase`)."""
+    parser.add_argument("--plot", help="write a PNG of the reward distributions here")
+    parser.add_argument(
+        "--lam",
+        type=risk_parameter("lam"),
+        default=1.0,
+        help="risk aversion of the certainty equivalent (> 0)",
+    )
+    parser.add_argument(
+        "--alpha", type=risk_parameter("alpha"), default=0.1, help="tail fraction of the CVaR, in (0, 1]"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qrm",
@@ -269,16 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--prompt", help="the user's message")
     score.add_argument("--response", help="the assistant's answer")
     score.add_argument("--file", help="JSON Lines file with prompt/response (and optional name) per row")
-    score.add_argument("--plot", help="write a PNG of the reward distributions here")
-    score.add_argument(
-        "--lam",
-        type=risk_parameter("lam"),
-        default=1.0,
-        help="risk aversion of the certainty equivalent (> 0)",
-    )
-    score.add_argument(
-        "--alpha", type=risk_parameter("alpha"), default=0.1, help="tail fraction of the CVaR, in (0, 1]"
-    )
+    _add_distribution_table_arguments(score)
     score.set_defaults(handler=_score)
 
     evaluate = commands.add_parser(
@@ -305,16 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--showcase", help="JSON Lines rows (name, prompt, response) to print risk measures for"
     )
-    evaluate.add_argument("--plot", help="PNG of the showcase reward distributions")
-    evaluate.add_argument(
-        "--lam",
-        type=risk_parameter("lam"),
-        default=1.0,
-        help="risk aversion of the certainty equivalent (> 0)",
-    )
-    evaluate.add_argument(
-        "--alpha", type=risk_parameter("alpha"), default=0.1, help="tail fraction of the CVaR, in (0, 1]"
-    )
+    _add_distribution_table_arguments(evaluate)
     evaluate.add_argument("--json", help="same as --output")
     evaluate.add_argument(
         "--baselines",
