@@ -118,9 +118,10 @@ def _plot(path, probability, ensemble_mean=None):
 def _preference_strength(args) -> None:
     from .cli import _load_model, check_writable
     from .data import read_jsonl
-    from .evaluation import conversation_embeddings
+    from .evaluation import unique_conversations
     from .preference import preference_strength
     from .presets import DatasetPreset, preference_examples
+    from .scoring import conversation_embeddings
 
     rows = read_jsonl(args.pairs)
     check_pair_rows(rows, args.pairs)
@@ -139,15 +140,12 @@ def _preference_strength(args) -> None:
         "preference", prompt="prompt", chosen="chosen", rejected="rejected", name=str(args.pairs)
     )
     pairs = preference_examples(rows, preset)
-    keys = [tuple((m["role"], m["content"]) for m in side) for pair in pairs for side in pair]
-    unique = list(dict.fromkeys(keys))  # each distinct conversation is encoded once
-    position = {key: number for number, key in enumerate(unique)}
-    conversations = [[{"role": role, "content": content} for role, content in key] for key in unique]
+    # each distinct conversation is encoded once; chosen sides at even positions, rejected at odd ones
+    conversations, index = unique_conversations([side for pair in pairs for side in pair])
     response, prompt = conversation_embeddings(
         model, tokenizer, conversations, args.batch_size, args.max_length
     )
-    chosen_rows = torch.tensor([position[key] for key in keys[0::2]])
-    rejected_rows = torch.tensor([position[key] for key in keys[1::2]])
+    chosen_rows, rejected_rows = torch.as_tensor(index[0::2]), torch.as_tensor(index[1::2])
     identical = (chosen_rows == rejected_rows).numpy()
     with torch.no_grad():
         chosen_out = model.score_embeddings(response[chosen_rows], prompt[chosen_rows])

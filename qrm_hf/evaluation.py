@@ -294,36 +294,6 @@ def fit_baselines(feature_dirs, attributes, levels, label_range=None) -> dict:
     }
 
 
-def conversation_embeddings(
-    model,
-    tokenizer,
-    conversations,
-    batch_size: int = 8,
-    max_length: int | None = None,
-    desc: str = "embeddings",
-):
-    """(response embeddings [N, H], prompt embeddings [N, H]), float32 tensors, of conversations under the
-    model's own backbone, through the extraction encoder (`qrm_hf.training.features.BackboneEncoder`):
-    what the quantile heads and the gating network read, so `model.score_embeddings(response, prompt)`
-    is the model's output. Conversations longer than `max_length` tokens (default: the backbone's
-    positions) are refused by row, never truncated."""
-    from .chat import encode_conversation, split_by_length
-    from .scoring import max_scoring_length
-    from .training.features import BackboneEncoder
-
-    pad = model.config.pad_token_id if model.config.pad_token_id is not None else tokenizer.pad_token_id
-    encoder = BackboneEncoder(model.model, model.config.prompt_end_pattern, pad, batch_size=batch_size)
-    sequences = [encode_conversation(tokenizer, messages=conversation) for conversation in conversations]
-    max_length = max_length if max_length is not None else max_scoring_length(model)
-    _, too_long = split_by_length([len(sequence) for sequence in sequences], max_length)
-    if too_long:
-        raise ValueError(
-            f"{len(too_long)} conversation(s) are longer than max_length={max_length} tokens (first: row "
-            f"{too_long[0]}, {len(sequences[too_long[0]])} tokens); conversations are never truncated."
-        )
-    return encoder.encode(sequences, desc=desc)
-
-
 def evaluate_ratings(
     model,
     tokenizer,
@@ -364,6 +334,8 @@ def evaluate_ratings(
     predictions = {"qrm": outputs["attribute_quantiles"].double().numpy()[index]}  # [n, M, K]
     levels = model.config.quantile_levels
     if baseline_features:
+        from .scoring import conversation_embeddings
+
         used = np.unique(index)  # the distinct responses of the rows kept
         embeddings = (
             conversation_embeddings(

@@ -41,6 +41,64 @@ def max_scoring_length(model) -> int | None:
     return int(length) if isinstance(length, int) and length > 0 else None
 
 
+def split_scorable(model, sequences, max_length: int | None = None, too_long: str = "error"):
+    """(kept, too_long) row positions of token sequences under `max_length` (default: the backbone's
+    positions). Conversations are never truncated, which would cut the response the reward is read at:
+    with ``too_long="error"`` the over-long ones are refused by row, with ``"skip"`` they are returned to
+    be left out and counted. Raises when no conversation is left."""
+    from .chat import split_by_length
+
+    if too_long not in ("error", "skip"):
+        raise ValueError(f"too_long must be 'error' or 'skip', got {too_long!r}.")
+    max_length = max_length if max_length is not None else max_scoring_length(model)
+    kept, skipped = split_by_length([len(sequence) for sequence in sequences], max_length)
+    if skipped and too_long == "error":
+        listed = ", ".join(f"{i} ({len(sequences[i])} tokens)" for i in skipped[:5])
+        raise ValueError(
+            f"{len(skipped)} conversation(s) are longer than max_length={max_length} tokens, the most the model "
+            f"reads: row {listed}{', ...' if len(skipped) > 5 else ''}. Shorten them (conversations are never "
+            "truncated: that would cut the response) or leave them out."
+        )
+    if not kept:
+        raise ValueError(
+            f"All {len(sequences)} conversations are longer than max_length={max_length} tokens."
+        )
+    return kept, skipped
+
+
+def scoring_pad_token_id(model, tokenizer) -> int:
+    """The pad token id of batched scoring: the model's, else the tokenizer's."""
+    pad_token_id = (
+        model.config.pad_token_id if model.config.pad_token_id is not None else tokenizer.pad_token_id
+    )
+    if pad_token_id is None:
+        raise ValueError("Neither the model config nor the tokenizer defines a pad token id.")
+    return pad_token_id
+
+
+def conversation_embeddings(
+    model,
+    tokenizer,
+    conversations: Sequence[list[dict]],
+    batch_size: int = 8,
+    max_length: int | None = None,
+    desc: str = "embeddings",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(response embeddings [N, H], prompt embeddings [N, H]), float32 tensors, of conversations under the
+    model's own backbone, through the extraction encoder (`qrm_hf.training.features.BackboneEncoder`):
+    what the quantile heads and the gating network read, so `model.score_embeddings(response, prompt)`
+    is the model's output. Over-long conversations are refused by row (`split_scorable`)."""
+    from .training.features import BackboneEncoder
+
+    sequences = [encode_conversation(tokenizer, messages=messages) for messages in conversations]
+    split_scorable(model, sequences, max_length)
+    pad_token_id = scoring_pad_token_id(model, tokenizer)
+    encoder = BackboneEncoder(
+        model.model, model.config.prompt_end_pattern, pad_token_id, batch_size=batch_size
+    )
+    return encoder.encode(sequences, desc=desc)
+
+
 @torch.inference_mode()
 def score_conversations(
     model,
@@ -63,31 +121,11 @@ def score_conversations(
     ``too_long="skip"`` they are not run, their rows are NaN and `too_long` marks them (as `qrm extract`
     skips and counts them).
     """
-    from .chat import split_by_length
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-    if too_long not in ("error", "skip"):
-        raise ValueError(f"too_long must be 'error' or 'skip', got {too_long!r}.")
     sequences = [encode_conversation(tokenizer, messages=messages) for messages in conversations]
-    max_length = max_length if max_length is not None else max_scoring_length(model)
-    kept, skipped = split_by_length([len(sequence) for sequence in sequences], max_length)
-    if skipped and too_long == "error":
-        listed = ", ".join(f"{i} ({len(sequences[i])} tokens)" for i in skipped[:5])
-        raise ValueError(
-            f"{len(skipped)} conversation(s) are longer than max_length={max_length} tokens, the most the model "
-            f"reads: row {listed}{', ...' if len(skipped) > 5 else ''}. Shorten them (conversations are never "
-            "truncated: that would cut the response) or leave them out."
-        )
-    if not kept:
-        raise ValueError(
-            f"All {len(sequences)} conversations are longer than max_length={max_length} tokens."
-        )
-    pad_token_id = (
-        model.config.pad_token_id if model.config.pad_token_id is not None else tokenizer.pad_token_id
-    )
-    if pad_token_id is None:
-        raise ValueError("Neither the model config nor the tokenizer defines a pad token id.")
+    kept, skipped = split_scorable(model, sequences, max_length, too_long)
+    pad_token_id = scoring_pad_token_id(model, tokenizer)
     order = sorted(kept, key=lambda i: len(sequences[i]))
     device = next(model.parameters()).device
     fields = ("logits", "reward_quantiles", "attribute_quantiles", "rewards", "gating_output")
