@@ -20,6 +20,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def risk_spec(spec: str) -> str:
+    """argparse type: a `qrm_hf.risk` measure spec (`exp_utility`, `quantile:0.05`, ...), checked by the registry."""
+    from . import risk
+
+    try:
+        risk.parse(spec)
+    except (ValueError, TypeError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return spec
+
+
 def risk_parameter(name: str):
     """argparse type: a value of the `qrm_hf.risk` parameter `name` (``lam`` > 0, ``alpha`` in (0, 1]),
     checked by the risk registry."""

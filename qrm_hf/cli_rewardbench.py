@@ -8,10 +8,9 @@ from pathlib import Path
 
 def _rewardbench(args) -> None:
     from .cli import _load_model, check_writable
-    from .rewardbench import format_report, parse_rank_by, run_rewardbench
+    from .rewardbench import format_report, run_rewardbench
     from .training.features import write_json_atomic
 
-    parse_rank_by(args.rank_by)
     check_writable(args.output, "results")
     model, tokenizer = _load_model(args.model, args.revision, args.trust_remote_code)
     report = run_rewardbench(
@@ -52,7 +51,7 @@ def add_rewardbench_command(commands) -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from .cli import _add_model_arguments, positive_int
+    from .cli import _add_model_arguments, positive_int, risk_spec
 
     _add_model_arguments(parser)
     parser.add_argument(
@@ -64,9 +63,10 @@ def add_rewardbench_command(commands) -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=positive_int, help="score only the first LIMIT rows of each subset")
     parser.add_argument(
         "--rank-by",
+        type=risk_spec,
         default="expectation",
-        help="what ranks responses: expectation (default), cvar[:ALPHA] (0.1), exp_utility[:LAMBDA] (1.0), "
-        "quantile:TAU",
+        help="what ranks responses, a qrm_hf.risk measure spec: expectation (default), cvar[:ALPHA] (0.1), "
+        "exp_utility[:LAMBDA] (1.0), quantile[:TAU] (0.1), certainty_equivalent[:LAMBDA]",
     )
     parser.add_argument("--output", help="write the results to this JSON file")
     parser.set_defaults(handler=_rewardbench)

@@ -10,6 +10,7 @@ import argparse
 import os
 
 from . import risk
+from .cli import risk_spec
 from .training.paper_rlhf import (  # the paper's values (§4.3), also the defaults of the trainer configs
     BATCH_SIZE,
     DATA,
@@ -213,15 +214,6 @@ def add_rlhf_commands(subparsers) -> None:
         command.set_defaults(handler=_rlhf, algorithm=name)
 
 
-def _risk_measure(spec: str) -> str:
-    """A `qrm_hf.risk` spec (`exp_utility`, `quantile:0.05`, ...), checked against the registry."""
-    try:
-        risk.parse(spec)
-    except (ValueError, TypeError) as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return spec
-
-
 def _add_policy_optimization_arguments(parser: argparse.ArgumentParser, algorithm: str) -> None:
     """The options of `qrm rloo` and `qrm grpo`."""
     parser.add_argument("policy", help="the SFT model directory (output of `qrm sft`), or a Hub id")
@@ -234,7 +226,7 @@ def _add_policy_optimization_arguments(parser: argparse.ArgumentParser, algorith
     group = parser.add_argument_group("risk")
     group.add_argument(
         "--risk-measure",
-        type=_risk_measure,
+        type=risk_spec,
         default="exp_utility",
         metavar="{" + ",".join(risk.RISK_MEASURES) + "}[:VALUE]",
         help="reward taken from the QRM's distribution (qrm_hf.risk.RISK_MEASURES): "
