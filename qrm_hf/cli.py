@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -207,8 +206,10 @@ def _evaluate(args):
     if showcase:
         print(f"  Showcase (certainty equivalent with lambda {args.lam}, cvar at alpha {args.alpha}):")
         _print_scores(model, tokenizer, *showcase, args.lam, args.alpha, args.plot, **lengths)
+    from .training.features import write_json_atomic
+
     for path in outputs:
-        Path(path).write_text(json.dumps(_finite_or_null(report), indent=2))
+        write_json_atomic(Path(path), _finite_or_null(report))
 
 
 def _skipped_note(report: dict) -> str:
