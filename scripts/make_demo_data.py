@@ -1,8 +1,9 @@
 """Generate the qrm-hf demo dataset (`data/demo/`) from hand-written text and simulated annotators.
 
 The dataset is a toy for `make demo` and the tests: about 70 hand-written prompts with three or four
-responses each, rated 0-4 on helpfulness, correctness, safety and verbosity by five simulated
-annotators, plus preference pairs derived from those ratings.
+hand-written responses and two or three stock ones (a non-answer, an off-topic remark, a brush-off)
+each, rated 0-4 on helpfulness, correctness, safety and verbosity by five simulated annotators, plus
+preference pairs derived from those ratings.
 
 How the labels are made (all randomness is seeded, so two runs write byte-identical files):
 
@@ -1300,6 +1301,81 @@ PROMPTS = [
 
 
 # ---------------------------------------------------------------------------------------------------
+# Stock responses: every prompt also gets a few responses whose clear-cut quality shows in the text
+# itself (a refusal of a harmless question, an off-topic remark, a rude brush-off; for a harmful
+# request, a refusal that explains itself). Hand-written answers often differ in facts a small backbone
+# cannot read; these give the heads clear-cut responses they can learn to be sure about.
+# ---------------------------------------------------------------------------------------------------
+
+STOCK_STYLES = {
+    "no-answer": (
+        ((0, 2, 4),),
+        (
+            "I'm sorry, but I can't help with that.",
+            "I don't know.",
+            "Sorry, I have no idea.",
+            "I'd rather not answer that.",
+            "Hmm, I couldn't tell you, sorry.",
+            "Unfortunately I can't assist with this request.",
+            "I'm not able to answer that question.",
+            "No idea. Ask someone else.",
+        ),
+    ),
+    "off-topic": (
+        ((0, 1, 4),),
+        (
+            "Did you know that octopuses have three hearts? Nature is amazing.",
+            "My favourite season is autumn, when the leaves turn red and gold.",
+            "Bananas are technically berries, but strawberries are not.",
+            "I recently started learning the guitar, and my fingers hurt a lot.",
+            "Cats sleep for about fifteen hours a day, which sounds wonderful.",
+            "The Great Wall of China is much longer than most people think.",
+            "Honey never spoils; archaeologists have found edible honey in ancient tombs.",
+            "It looks like it might rain later, so take an umbrella.",
+        ),
+    ),
+    "brush-off": (
+        ((0, 1, 2),),
+        (
+            "What a pointless question. Stop wasting my time.",
+            "Ugh, figure it out yourself. I'm not your servant.",
+            "Seriously? Even a child could answer that. Go away.",
+            "Nobody cares. Ask something worth my time.",
+            "That's a stupid question, and you should feel stupid for asking it.",
+            "Not my problem. Look it up yourself, genius.",
+        ),
+    ),
+    "explained-refusal": (
+        ((3, 4, 4),),
+        (
+            "I can't help with that: it could seriously hurt people, and it's against the law. If something "
+            "is going on that you need help with, I'm glad to talk it through or point you to someone who can.",
+            "I won't help with this, because it would put other people at risk and is likely illegal. If you "
+            "tell me what you're really trying to solve, I can suggest a safe and legal way to do it.",
+            "That's not something I can assist with, since it could cause real harm. If you're in a difficult "
+            "situation, a counsellor, a lawyer or a local support service can help, and I'm happy to help you "
+            "find one.",
+        ),
+    ),
+}
+STOCK_BY_CATEGORY = {  # refusals are disputed on borderline requests, so they get no stock refusal
+    "harmful": ("explained-refusal", "off-topic"),
+    "borderline": ("off-topic", "brush-off"),
+}
+STOCK_DEFAULT = ("no-answer", "off-topic", "brush-off")
+
+
+def stock_responses(key: str, category: str) -> list[tuple]:
+    """The stock responses of one prompt, as (text, scores) or (text, scores_a, scores_b) like the
+    hand-written ones: one phrasing of each of its category's styles, drawn by the prompt key."""
+    rng = random.Random(f"stock:{key}")
+    return [
+        (rng.choice(STOCK_STYLES[style][1]), *STOCK_STYLES[style][0])
+        for style in STOCK_BY_CATEGORY.get(category, STOCK_DEFAULT)
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------
 # Labels
 # ---------------------------------------------------------------------------------------------------
 
@@ -1308,12 +1384,18 @@ def prompt_kind(category: str) -> str:
     return "controversial" if category in CONTROVERSIAL_CATEGORIES else "clear"
 
 
+def with_stock(key: str, category: str, responses: list) -> list:
+    """The hand-written responses of a prompt followed by its stock ones."""
+    return [*responses, *stock_responses(key, category)]
+
+
 def check_content(prompts=PROMPTS) -> None:
     """Fail early on a typo in the tables: duplicate keys, bad scores, kinds that don't match."""
     keys = [key for key, *_ in prompts]
     if len(set(keys)) != len(keys):
         raise ValueError("duplicate prompt keys")
-    for key, category, _, responses in prompts:
+    for key, category, _, written in prompts:
+        responses = with_stock(key, category, written)
         if category not in CATEGORY_PROFILE:
             raise ValueError(f"{key}: unknown category {category!r}")
         disputed = False
@@ -1523,7 +1605,12 @@ trained on it should be used for anything but demonstrating and testing qrm-hf.
 `scripts/make_demo_data.py` (standard library only, seeded) holds {n_prompts} hand-written prompts
 (factual, math, coding, how-to, clearly harmful requests, opinion questions, jokes, borderline
 requests, blunt answers and political-ish opinions) with 3-4 hand-written responses each, and base
-scores 0-4 for helpfulness, correctness and safety per response.
+scores 0-4 for helpfulness, correctness and safety per response. Every prompt also gets 2-3 stock
+responses whose clear-cut quality shows in the text itself: a non-answer ("I don't know."), an
+off-topic remark and a rude brush-off (for a harmful request: a refusal that explains itself and an
+off-topic remark; borderline requests get no stock refusal, since refusing them is disputed).
+Hand-written answers often differ only in facts that a small backbone cannot read; the stock ones
+give the quantile heads clear-cut responses they can learn to be sure about.
 
 - Five annotators rate each response. Annotators belong to one of two groups: A (ids 0-9) likes
   direct, decisive and edgy answers; B (ids 10-19) prefers cautious, balanced and polite ones.
@@ -1565,6 +1652,13 @@ Counts:
 | train | {train_prompts} | {train_responses} | {ratings_train} | {train_pairs} |
 | held-out | {heldout_prompts} | {heldout_responses} | {ratings_heldout} | {heldout_pairs} |
 
+How wide a perfect model's distributions would be: on the held-out responses, the controversial ÷
+clear ratio of the mean central 90 % interval width (q0.95 − q0.05 of each response's true label
+distribution, i.e. its annotators' label distributions mixed, on the [0, 1] scale) is
+helpfulness {ceiling_helpfulness:.2f}, correctness {ceiling_correctness:.2f}, safety {ceiling_safety:.2f}.
+This is the ceiling of the width ratio `qrm evaluate` reports: a model that is also unsure of a clear
+response's mean widens the clear intervals and reports less.
+
 Showcase:
 
 {showcase_list}
@@ -1578,6 +1672,57 @@ python scripts/make_demo_data.py            # --out data/demo --seed 0
 Running it twice gives byte-identical files; `tests/test_demo_data.py` checks that the shipped files
 are exactly what the script writes.
 """
+
+
+def label_distribution(base: int) -> dict[int, float]:
+    """The distribution of one annotator's label for a base score, as `noisy` draws it."""
+    distribution = Counter()
+    for delta, probability in ((-1, NOISE / 2), (0, 1 - NOISE), (1, NOISE / 2)):
+        distribution[min(4, max(0, base + delta))] += probability
+    return distribution
+
+
+def true_width_90(scores: list[tuple[int, int, int]], annotators: list[int], attribute: int) -> float:
+    """Width of the central 90 % interval (q0.95 - q0.05, labels scaled to [0, 1]) of the true label
+    distribution of one response: its annotators' label distributions, mixed in equal parts."""
+    mixture = Counter()
+    for annotator in annotators:
+        base = scores[1] if len(scores) == 2 and annotator_group(annotator) == "B" else scores[0]
+        for label, probability in label_distribution(base[attribute]).items():
+            mixture[label] += probability / len(annotators)
+
+    def quantile(level):  # where the cumulative probability reaches the level; on a tie, mid-way
+        labels, cumulative = sorted(mixture), 0.0
+        for position, label in enumerate(labels):
+            cumulative += mixture[label]
+            if abs(cumulative - level) < 1e-9 and position + 1 < len(labels):
+                return (label + labels[position + 1]) / 2
+            if cumulative > level:
+                return label
+        return labels[-1]
+
+    return (quantile(0.95) - quantile(0.05)) / 4
+
+
+def ceiling_width_ratios(heldout_rows: list[dict]) -> dict[str, float]:
+    """Per hand-scored attribute, the controversial / clear ratio of mean true 90 % widths over the
+    held-out responses: what a model that knew every response's label distribution would report."""
+    scores_of = {
+        f"{key}-r{index}": scores
+        for key, category, _, written in PROMPTS
+        for index, (_, *scores) in enumerate(with_stock(key, category, written))
+    }
+    widths = {"clear": [], "controversial": []}
+    for conversation, rows in group_by_response(heldout_rows).items():
+        annotators = [row["annotator"] for row in rows]
+        widths[rows[0]["kind"]].append(
+            [true_width_90(scores_of[conversation], annotators, m) for m in range(len(SCORED))]
+        )
+    return {
+        name: statistics.fmean(w[m] for w in widths["controversial"])
+        / statistics.fmean(w[m] for w in widths["clear"])
+        for m, name in enumerate(SCORED)
+    }
 
 
 def split_summary(keys: list[str], rows: list[dict], pairs: list[dict]) -> dict[str, str]:
@@ -1614,6 +1759,10 @@ def readme_text(splits: dict, showcase: list[dict]) -> str:
         heldout_responses=summaries["heldout"]["responses"],
         train_pairs=summaries["train"]["pairs"],
         heldout_pairs=summaries["heldout"]["pairs"],
+        **{
+            f"ceiling_{name}": ratio
+            for name, ratio in ceiling_width_ratios(splits["heldout"]["ratings"]).items()
+        },
         showcase_list="\n".join(f'- {s["name"]}: "{s["prompt"]}" → "{s["response"]}"' for s in showcase),
     )
 
@@ -1630,7 +1779,7 @@ def build(seed: int) -> dict:
     splits = {name: {"keys": [], "ratings": [], "pairs": []} for name in ("train", "heldout")}
     for key, category, prompt, responses in PROMPTS:
         split = splits["heldout" if key in heldout else "train"]
-        rows = rate_prompt(seed, key, category, prompt, responses)
+        rows = rate_prompt(seed, key, category, prompt, with_stock(key, category, responses))
         split["keys"].append(key)
         split["ratings"].extend(rows)
         split["pairs"].extend(pair_prompt(rows, PROFILES[CATEGORY_PROFILE[category]]))

@@ -1,6 +1,7 @@
 """The demo pipeline end to end, on the shipped demo data with a tiny random backbone and SmolLM2's tokenizer."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,7 +42,10 @@ def test_demo_saves_a_model_that_reloads_through_remote_code_with_the_fitted_num
     # the training process scored the same rows with the fitted heads on extracted features.
     assert heldout["ratings"]["pinball"] == pytest.approx(heads["validation"]["pinball_loss"], abs=1e-4)
     assert set(heldout["ratings"]["pinball_by_kind"]) == {"clear", "controversial"}
-    assert 0 <= heldout["pairs"]["accuracy"] <= 1 and heldout["pairs"]["pairs"] == 65
+    heldout_pairs = (
+        (Path(__file__).parent.parent / "data" / "demo" / "pairs_heldout.jsonl").read_text().splitlines()
+    )
+    assert 0 <= heldout["pairs"]["accuracy"] <= 1 and heldout["pairs"]["pairs"] == len(heldout_pairs)
     assert (out / "showcase_distributions.png").stat().st_size > 10_000
     card = (model_dir / "README.md").read_text()
     assert "pinball_loss" in card and "helpfulness, correctness, safety, verbosity" in card

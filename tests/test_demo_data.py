@@ -2,6 +2,8 @@
 
 import importlib.util
 import json
+import math
+import random
 import statistics
 import subprocess
 import sys
@@ -67,7 +69,7 @@ def test_schema_and_label_range():
     missing = sum(row["correctness"] is None for row in rows) / len(rows)
     assert 0.05 < missing < 0.15
     assert all(row[name] is not None for row in rows for name in ("helpfulness", "safety", "verbosity"))
-    assert len(by_response(rows)) <= 300
+    assert len(by_response(rows)) <= 500
 
 
 def test_split_by_prompt_with_both_kinds():
@@ -132,3 +134,33 @@ def test_content_tables_are_consistent(script):
     assert 60 <= len(script.PROMPTS) <= 80
     kinds = [script.prompt_kind(category) for _, category, *_ in script.PROMPTS]
     assert 0.25 < kinds.count("controversial") / len(kinds) < 0.45
+
+
+def test_the_ceiling_width_is_that_of_the_label_draws(script):
+    """The README's ceiling ratio comes from `true_width_90`; check it against labels drawn the way the
+    dataset draws them (`rate`): a clear response, one at the edge of the scale, a disputed one."""
+    rng = random.Random(0)
+    annotators = [1, 4, 12, 15, 17]  # two of group A, three of group B
+    cases = [([(2, 3, 4)], (0, 1, 2)), ([(0, 1, 4)], (0, 1, 2)), ([(4, 4, 3), (1, 4, 1)], (0, 1))]
+    for scores, attributes in cases:
+        for attribute in attributes:
+            name = script.SCORED[attribute]
+            draws = (
+                script.rate("a response", scores, rng.choice(annotators), rng)[name] for _ in range(20_000)
+            )
+            labels = sorted(label for label in draws if label is not None)  # correctness is sometimes missing
+            drawn = (
+                labels[math.ceil(0.95 * len(labels)) - 1] - labels[math.ceil(0.05 * len(labels)) - 1]
+            ) / 4
+            assert script.true_width_90(scores, annotators, attribute) == drawn, (scores, name)
+    # Safety of the disputed response: group A's upper tail holds exactly 5 % (2 annotators of 5, each one
+    # point up with probability 1/8), so every q0.95 in [3, 4] is a population quantile: the middle is used.
+    assert script.true_width_90([(4, 4, 3), (1, 4, 1)], annotators, 2) == (3.5 - 0) / 4
+
+
+def test_stock_responses_are_clear_cut_and_drawn_per_prompt(script):
+    for key, category, _, written in script.PROMPTS:
+        stock = script.stock_responses(key, category)
+        assert script.with_stock(key, category, written)[len(written) :] == stock
+        assert all(len(scores) == 1 for _, *scores in stock)  # stock answers are never disputed
+        assert {text for text, *_ in stock}.isdisjoint(text for text, *_ in written)
