@@ -161,8 +161,10 @@ def _evaluate(args):
 
     if not (args.ratings or args.pairs or args.showcase):
         raise ValueError("Nothing to evaluate: give --ratings, --pairs and/or --showcase.")
-    if (args.baselines or args.plots) and not args.ratings:
-        raise ValueError("--baselines and --plots need --ratings.")
+    if (args.baselines or args.plots or args.bootstrap) and not args.ratings:
+        raise ValueError("--baselines, --bootstrap and --plots need --ratings.")
+    if args.bootstrap and (args.bootstrap < 2 or not args.baselines):
+        raise ValueError("--bootstrap needs N >= 2 and --baselines (the training features to refit on).")
     ratings = read_jsonl(args.ratings) if args.ratings else None
     pairs = read_jsonl(args.pairs) if args.pairs else None
     showcase = _scoring_rows(args.showcase) if args.showcase else None
@@ -181,6 +183,7 @@ def _evaluate(args):
             ratings,
             tuple(args.label_range),
             baseline_features=args.baselines or (),
+            bootstrap=args.bootstrap or 0,
             **lengths,
         )
         ratings = report["ratings"]
@@ -330,6 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FEATURE_DIR",
         help="training attribute features (qrm extract) to fit the ridge and heteroscedastic Gaussian "
         "baselines on, reported next to the QRM (the held-out rows are encoded with the model's backbone)",
+    )
+    evaluate.add_argument(
+        "--bootstrap",
+        type=positive_int,
+        metavar="N",
+        help="with --baselines: also refit the quantile heads N times (N >= 2) on bootstrap resamples of the "
+        "training responses and report how far their medians spread, the part of the 90 %% width that is the "
+        "heads' own uncertainty rather than the annotators' disagreement",
     )
     evaluate.add_argument("--plots", metavar="DIR", help="draw reliability.png and pit.png into DIR")
     evaluate.add_argument("--output", metavar="FILE", help="write every number to this JSON file")

@@ -6,6 +6,7 @@ All functions take numpy arrays (or anything `np.asarray` accepts) and ignore Na
 from __future__ import annotations
 
 from collections.abc import Sequence
+from statistics import NormalDist
 
 import numpy as np
 
@@ -79,6 +80,21 @@ def interval_width(predictions, levels: Sequence[float], width: float) -> np.nda
     """
     low, high = interval_bounds(predictions, levels, width)
     return high - low
+
+
+def median_spread(member_predictions, levels: Sequence[float], width: float = 0.9) -> np.ndarray:
+    """How far the heads' own uncertainty moves the median, per response and attribute.
+
+    member_predictions [E, n, M, K]: the quantiles of E reward models refitted on bootstrap resamples
+    (`qrm_hf.training.bootstrap.fit_bootstrap_heads`). Returns [n, M]: the width of a central ``width``
+    normal interval of the members' medians, 2 z sigma (z the normal quantile at (1 + width) / 2: 3.29
+    sigma for 90 %), comparable with :func:`interval_width` of the model's own quantiles.
+    """
+    members = np.sort(np.asarray(member_predictions, dtype=float), axis=-1)
+    if members.ndim != 4 or members.shape[0] < 2:
+        raise ValueError(f"Expected member predictions [E >= 2, n, M, K], got shape {members.shape}.")
+    medians = _quantile(members, np.asarray(levels, dtype=float), 0.5)  # [E, n, M]
+    return 2 * NormalDist().inv_cdf((1 + width) / 2) * medians.std(axis=0)
 
 
 def _quantile(sorted_predictions: np.ndarray, levels: np.ndarray, tau: float) -> np.ndarray:
@@ -303,6 +319,7 @@ def evaluate_ratings(
     batch_size: int = 8,
     max_length: int | None = None,
     baseline_features=(),
+    bootstrap: int = 0,
 ) -> dict:
     """Pinball loss and the distribution measures of the model's attribute quantiles on rating rows.
 
@@ -314,7 +331,16 @@ def evaluate_ratings(
     the controversial / clear 90 % width ratio, reliability and PIT data; ``annotator_spread`` (per kind)
     and ``annotator_spread_ratio`` (controversial / clear) of the annotators' own labels; and
     ``skipped_too_long``, the rows longer than `max_length` tokens (default the backbone's positions), left out.
+
+    With `bootstrap` = E >= 2 (needs `baseline_features`), the quantile heads are also refitted E times on
+    bootstrap resamples of the training responses (the paper's penalty, fast solver): ``own_uncertainty``
+    holds, overall and per kind, the mean :func:`median_spread` of the held-out responses, the part of a
+    90 % width that is the heads' own uncertainty about where the distribution lies rather than the
+    annotators' disagreement (a lower bound: resampling the training responses does not show what no
+    training response shows).
     """
+    if bootstrap and (bootstrap < 2 or not baseline_features):
+        raise ValueError("bootstrap needs at least 2 members and the training features (baseline_features).")
     from .presets import DatasetPreset, attribute_examples
 
     attributes = list(attributes or model.config.attribute_names)
@@ -347,6 +373,17 @@ def evaluate_ratings(
         embeddings = embeddings[np.searchsorted(used, index)]
         for name, baseline in fit_baselines(baseline_features, attributes, levels, label_range).items():
             predictions[name] = baseline.predict(embeddings)
+        if bootstrap:
+            import torch
+
+            from .training.bootstrap import fit_bootstrap_heads
+            from .training.quantile_regression import MultiQuantileRegressor
+
+            ensemble = fit_bootstrap_heads(
+                baseline_features, bootstrap, estimator=MultiQuantileRegressor(levels), attribute_names=attributes,
+                gating_network=model.gating,
+            )  # fmt: skip
+            spread = median_spread(ensemble.attribute_quantiles(torch.from_numpy(embeddings)).numpy(), levels)
     loss = pinball_loss(labels, predictions["qrm"], levels)
     report = {
         "pinball": float(loss.mean()),
@@ -361,6 +398,17 @@ def evaluate_ratings(
             for kind in dict.fromkeys(kinds)
         }
     groups = index  # the response of each row
+    if bootstrap:
+        first = np.unique(groups, return_index=True)[1]  # one row per distinct response
+        selections = {"all": np.ones(len(groups), dtype=bool)}
+        selections.update({kind: kinds == kind for kind in dict.fromkeys(kinds)} if kinds is not None else {})
+        report["own_uncertainty"] = {
+            "members": bootstrap,
+            "median_spread_90": {
+                name: dict(zip(attributes, spread[first[rows[first]]].mean(0).tolist(), strict=True))
+                for name, rows in selections.items()
+            },
+        }
     report["models"] = {
         name: _model_report(labels, values, levels, attributes, kinds, groups)
         for name, values in predictions.items()
@@ -406,6 +454,20 @@ def format_ratings_report(report: dict) -> str:
         for attribute in attributes:
             ratios = "".join(f"{models[name]['width_ratio'][attribute]:>12.2f}" for name in models)
             lines.append(f"  {attribute:<16}{ratios}{report['annotator_spread_ratio'][attribute]:>12.2f}")
+    if "own_uncertainty" in report:
+        own, qrm = report["own_uncertainty"], models["qrm"]
+        lines.append(
+            f"The heads' own uncertainty ({own['members']} refits on bootstrap resamples of the training "
+            "responses): 90 % spread of the median, next to the 90 % width:"
+        )
+        lines.append(f"  {'attribute':<16} {'kind':<14}{'width_90':>12}{'median_90':>12}{'share':>8}")
+        for attribute in attributes:
+            for kind, spreads in own["median_spread_90"].items():
+                width = (qrm["attributes"] if kind == "all" else qrm["by_kind"][kind])[attribute]["width_90"]
+                lines.append(
+                    f"  {attribute:<16} {kind:<14}{width:>12.4f}{spreads[attribute]:>12.4f}"
+                    f"{spreads[attribute] / width:>8.2f}"
+                )
     return "\n".join(lines)
 
 

@@ -258,19 +258,55 @@ def test_evaluate_cli_with_baselines_plots_and_json(tmp_path, capsys):
     ratings.write_text("".join(json.dumps(row) + "\n" for row in rating_rows()))
     output = tmp_path / "eval" / "report.json"
     main(["evaluate", str(model_dir), "--ratings", str(ratings), "--baselines", str(features),
-          "--plots", str(tmp_path / "plots"), "--output", str(output)])  # fmt: skip
+          "--plots", str(tmp_path / "plots"), "--output", str(output), "--bootstrap", "3"])  # fmt: skip
     report = json.loads(output.read_text())["ratings"]
     assert set(report["models"]) == {"qrm", "ridge", "gaussian"}
+    own = report["own_uncertainty"]
+    assert own["members"] == 3 and set(own["median_spread_90"]) == {"all", "clear", "controversial"}
+    assert all(value > 0 for spreads in own["median_spread_90"].values() for value in spreads.values())
+    assert "median_90" in capsys.readouterr().out
     # ridge + residual quantiles: one spread for every response, so its width ratio is exactly 1
     assert report["models"]["ridge"]["width_ratio"] == pytest.approx({"a": 1.0, "b": 1.0, "c": 1.0})
     assert (tmp_path / "plots" / "reliability.png").stat().st_size > 0
     assert (tmp_path / "plots" / "pit.png").stat().st_size > 0
-    out = capsys.readouterr().out
-    assert "annotators" in out and "gaussian" in out
     with pytest.raises(SystemExit) as exit_info:
         main(["evaluate", str(model_dir), "--ratings", str(ratings), "--baselines", str(features),
               "--label-range", "0", "10"])  # fmt: skip
     assert exit_info.value.code == 2 and "label ranges" in capsys.readouterr().err
+    for bad in (["--bootstrap", "1", "--baselines", str(features)], ["--bootstrap", "3"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["evaluate", str(model_dir), "--ratings", str(ratings), *bad])
+        assert exit_info.value.code == 2 and "--bootstrap needs" in capsys.readouterr().err
+
+
+def test_median_spread_by_hand():
+    from qrm_hf.evaluation import median_spread
+
+    levels = [0.25, 0.5, 0.75]
+    base = np.array([0.1, 0.4, 0.9])
+    # two members whose quantiles differ by a shift of +-d: medians 0.4 +- d, population std d
+    members = np.stack([base + 0.05, base - 0.05])[:, None, None, :]  # [E=2, n=1, M=1, K=3]
+    np.testing.assert_allclose(median_spread(members, levels), [[2 * 1.6448536 * 0.05]], rtol=1e-6)
+    # an unsorted member is read sorted, as the model reads its quantiles
+    np.testing.assert_allclose(median_spread(members[..., ::-1], levels), median_spread(members, levels))
+    with pytest.raises(ValueError, match="E >= 2"):
+        median_spread(members[:1], levels)
+
+
+def test_the_bootstrap_draws_whole_responses():
+    from qrm_hf.training.bootstrap import _bootstrap_counts
+    from qrm_hf.training.quantile_regression import identical_row_groups
+
+    rng = np.random.default_rng(0)
+    responses = rng.normal(size=(30, 4))
+    X = np.repeat(responses, 5, axis=0)[rng.permutation(150)]  # 5 ratings per response, shuffled
+    groups = identical_row_groups(X)
+    assert groups.max() + 1 == 30 and all((X[groups == g] == X[groups == g][0]).all() for g in range(30))
+    for seed in range(5):
+        weights = _bootstrap_counts(groups, np.random.default_rng(seed))
+        per_group = [np.unique(weights[groups == g]) for g in range(30)]
+        assert all(len(values) == 1 for values in per_group)  # the ratings of a response weigh alike
+        assert sum(values[0] for values in per_group) == 30  # 30 responses drawn with replacement
 
 
 def test_heteroscedastic_gaussian_in_the_span_of_the_responses_is_the_full_fit():

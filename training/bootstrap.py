@@ -4,8 +4,8 @@ Secrets of RLHF II (Wang et al. 2024) measure the strength of a preference pair 
 the mean of their reward margins says which response the models prefer, the standard deviation how much
 they agree. With a frozen backbone, a QRM's reward models differ only in their linear heads and gating
 network, which refit on the cached features in seconds: `fit_bootstrap_heads` refits the quantile heads
-on bootstrap resamples of the rating rows (multinomial `sample_weight`, the same as resampling) and,
-given preference features, the gating network on resamples of the pairs.
+on bootstrap resamples of the rated responses (multinomial `sample_weight`, the same as resampling; the
+ratings of one response are drawn together) and, given preference features, the gating network on resamples of the pairs.
 """
 
 from __future__ import annotations
@@ -84,20 +84,24 @@ class HeadEnsemble:
         return self.coef.shape[0]
 
     @torch.no_grad()
+    def attribute_quantiles(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Each member's attribute quantiles [E, N, M, K] of responses [N, H] (transformed; sorted when
+        `monotone_quantiles`), as `QRMForSequenceClassification` computes them."""
+        raw = (
+            torch.einsum("nh,emkh->enmk", embeddings.float(), self.coef.float())
+            + self.intercept.float()[:, None]
+        )
+        quantiles = torch.einsum("enmk,mj->enjk", raw, self.transform.float())
+        return quantiles.sort(-1).values if self.monotone_quantiles else quantiles
+
+    @torch.no_grad()
     def score(
         self, embeddings: torch.Tensor, prompt_embeddings: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(expected rewards [E, N], reward quantiles [E, N, K]) of responses [N, H] after prompts [N, H]."""
-        embeddings, prompt_embeddings = embeddings.float(), prompt_embeddings.float()
+        prompt_embeddings = prompt_embeddings.float()
         expected, quantiles = [], []
-        for member in range(len(self)):
-            raw = (
-                torch.einsum("nh,mkh->nmk", embeddings, self.coef[member].float())
-                + self.intercept[member].float()
-            )
-            attribute_quantiles = torch.einsum("nmk,mj->njk", raw, self.transform.float())
-            if self.monotone_quantiles:
-                attribute_quantiles = attribute_quantiles.sort(-1).values
+        for member, attribute_quantiles in enumerate(self.attribute_quantiles(embeddings)):
             network = self.gating[member if len(self.gating) > 1 else 0].eval()
             weights = network(prompt_embeddings).float()  # [N, M]
             expected.append((weights * attribute_quantiles.mean(-1)).sum(-1))
@@ -125,9 +129,12 @@ class HeadEnsemble:
         )
 
 
-def _bootstrap_counts(n: int, rng: np.random.Generator) -> np.ndarray:
-    """How often each of n rows is drawn in n draws with replacement (a bootstrap resample as weights)."""
-    return rng.multinomial(n, np.full(n, 1.0 / n)).astype(np.float64)
+def _bootstrap_counts(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A bootstrap resample of the groups [n] (G distinct responses: G draws with replacement) as row
+    weights [n]: every row weighs as often as its group was drawn. Resampling responses rather than rating
+    rows keeps the annotators of one response together, as a new sample of responses would."""
+    n_groups = int(groups.max()) + 1
+    return rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups)).astype(np.float64)[groups]
 
 
 def fit_bootstrap_heads(
@@ -160,7 +167,7 @@ def fit_bootstrap_heads(
         transform: the reward transform T [M, M] (default identity), shared.
     """
     from .features import attribute_names_of, feature_settings, load_labelled
-    from .quantile_regression import MultiQuantileRegressor
+    from .quantile_regression import MultiQuantileRegressor, identical_row_groups
     from .settings import PAPER_LEVELS, GatingSettings
     from .stages import _gating_config
 
@@ -175,6 +182,7 @@ def fit_bootstrap_heads(
     settings = feature_settings(directories, "attribute")
     names = attribute_names_of(directories, attribute_names)
     X, Y = load_labelled(directories, names)
+    groups = identical_row_groups(X)
     estimator = estimator if estimator is not None else MultiQuantileRegressor(PAPER_LEVELS)
     levels = list(estimator.quantile_levels)
     transform = torch.eye(len(names)) if transform is None else torch.as_tensor(transform).float()
@@ -197,7 +205,7 @@ def fit_bootstrap_heads(
     for member in tqdm(range(n_models), desc="bootstrap ensemble", unit="model"):
         rng = np.random.default_rng([seed, member])
         heads = clone(estimator).set_params(random_state=int(rng.integers(2**31)))
-        heads.fit(X, Y, sample_weight=_bootstrap_counts(len(X), rng))
+        heads.fit(X, Y, sample_weight=_bootstrap_counts(groups, rng))
         coefs.append(torch.tensor(heads.coef_, dtype=torch.float32))
         intercepts.append(torch.tensor(heads.intercept_, dtype=torch.float32))
         if pair_features is not None:

@@ -87,6 +87,8 @@ def run_demo(config: TrainConfig | None = None, data_dir: Path = DEMO_DATA) -> P
             str(output_dir / "showcase_distributions.png"),
             "--baselines",
             str(output_dir / "features" / "attribute" / "ratings_train"),
+            "--bootstrap",
+            "10",
             "--plots",
             str(output_dir / "calibration"),
             "--output",

@@ -344,6 +344,13 @@ def _as_float64(array) -> np.ndarray:
     return np.asarray(array, dtype=np.float64)
 
 
+def identical_row_groups(X) -> np.ndarray:
+    """One group per distinct row of X [n, d] (one response rated by several annotators), numbered in
+    order of first appearance -> [n] ints."""
+    _, first, inverse = np.unique(X, axis=0, return_index=True, return_inverse=True)
+    return np.argsort(np.argsort(first))[inverse.ravel()]
+
+
 class MultiQuantileRegressor(RegressorMixin, BaseEstimator):
     """Linear quantile regression for K levels and M attributes at once.
 
@@ -562,9 +569,7 @@ class MultiQuantileRegressor(RegressorMixin, BaseEstimator):
         weight = np.ones(len(X)) if sample_weight is None else sample_weight
         problems, held_out = [], []
         for m, rows in enumerate(rows_per_attribute):
-            # one group per distinct input, numbered in order of first appearance
-            _, first, inverse = np.unique(X[rows], axis=0, return_index=True, return_inverse=True)
-            groups = np.argsort(np.argsort(first))[inverse.ravel()]
+            groups = identical_row_groups(X[rows])
             if len(np.unique(groups)) < self.cv:
                 raise ValueError(
                     f"Attribute {m} has {len(np.unique(groups))} distinct inputs, fewer than cv={self.cv} folds."
