@@ -144,6 +144,22 @@ def test_quantile_heads_recover_known_quantiles_and_beat_a_point_estimate():
     assert calibration_error(test_y[:, None], predictions, levels) < 0.03
 
 
+def test_ridge_baseline_does_not_memorise_the_other_ratings_of_a_response():
+    """Each response is rated 5 times; its mean label is a random effect that its features cannot predict
+    for another response. Cross-validation that split a response's ratings would pick the smallest penalty
+    (the other ratings give the answer away) and residuals far too narrow for unseen responses."""
+    rng = np.random.default_rng(0)
+    responses, effect = rng.normal(size=(40, 60)), rng.normal(size=40)
+    X = np.repeat(responses, 5, axis=0)
+    y = np.repeat(effect, 5) + 0.1 * rng.normal(size=200)
+    baseline = RidgeResidualQuantiles([0.05, 0.95], alphas=(0.01, 1.0, 100.0, 1e4)).fit(X, y)
+    assert baseline.alpha_.tolist() == [1e4]
+    new_responses, new_effect = rng.normal(size=(2000, 60)), rng.normal(size=2000)
+    low, high = baseline.predict(new_responses)[:, 0].T
+    inside = (new_effect >= low) & (new_effect <= high)
+    assert 0.8 < inside.mean() < 0.97  # about 90 % (40 responses set the spread) for unseen responses
+
+
 def test_quantile_heads_ignore_missing_labels_per_attribute():
     x, y, _ = heteroscedastic(300, seed=2)
     labels = np.column_stack([y, y.copy()])

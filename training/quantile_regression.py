@@ -44,8 +44,8 @@ import torch
 from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import QuantileRegressor, RidgeCV
-from sklearn.model_selection import cross_val_predict
+from sklearn.linear_model import QuantileRegressor, Ridge
+from sklearn.model_selection import GroupKFold, cross_val_predict
 from tqdm.auto import tqdm
 
 from ..evaluation import pinball_loss
@@ -564,7 +564,6 @@ class MultiQuantileRegressor(RegressorMixin, BaseEstimator):
     def _select_alpha(self, X, Y, rows_per_attribute, levels, grid, sample_weight=None) -> np.ndarray:
         """Cross-validated pinball loss [M, A] of each penalty of `grid`, folds grouped by identical rows of X
         (with `sample_weight`, fits and held-out losses are weighted)."""
-        from sklearn.model_selection import GroupKFold
 
         weight = np.ones(len(X)) if sample_weight is None else sample_weight
         problems, held_out = [], []
@@ -640,7 +639,11 @@ class RidgeResidualQuantiles(RegressorMixin, BaseEstimator):
 
     The predicted tau-quantile is ridge(x) + (tau-quantile of the cross-validated residuals), so the
     spread is the same for every input: what a scalar reward model can say about uncertainty. The
-    residuals come from `cv`-fold cross-validation, not from the fit itself, so they are not too narrow.
+    penalty of each attribute is the one of `alphas` with the lowest `cv`-fold cross-validated squared
+    error, and the residuals are those held-out predictions', not the fit's own, so they are not too
+    narrow. Folds never split the rows of one response (identical features, e.g. one conversation rated
+    by several annotators): otherwise the other ratings of a held-out response would be in training.
+    Fitted `alpha_` [M].
     """
 
     def __init__(
@@ -655,14 +658,18 @@ class RidgeResidualQuantiles(RegressorMixin, BaseEstimator):
         X = np.asarray(X, dtype=np.float64)
         Y = np.asarray(Y, dtype=np.float64)
         Y = Y[:, None] if Y.ndim == 1 else Y
-        self.models_, self.residual_quantiles_ = [], []
+        self.models_, self.residual_quantiles_, self.alpha_ = [], [], []
         for m in range(Y.shape[1]):
             rows = np.flatnonzero(~np.isnan(Y[:, m]))
-            model = RidgeCV(alphas=self.alphas)
-            residuals = Y[rows, m] - cross_val_predict(model, X[rows], Y[rows, m], cv=self.cv)
-            self.models_.append(model.fit(X[rows], Y[rows, m]))
-            self.residual_quantiles_.append(np.quantile(residuals, self.quantile_levels))
+            x, y = X[rows], Y[rows, m]
+            folds = list(GroupKFold(n_splits=self.cv).split(x, groups=identical_row_groups(x)))
+            held_out = {alpha: cross_val_predict(Ridge(alpha=alpha), x, y, cv=folds) for alpha in self.alphas}
+            alpha = min(self.alphas, key=lambda a: np.mean((y - held_out[a]) ** 2))
+            self.models_.append(Ridge(alpha=alpha).fit(x, y))
+            self.residual_quantiles_.append(np.quantile(y - held_out[alpha], self.quantile_levels))
+            self.alpha_.append(alpha)
         self.residual_quantiles_ = np.array(self.residual_quantiles_)  # [M, K]
+        self.alpha_ = np.array(self.alpha_)
         return self
 
     def predict(self, X) -> np.ndarray:
