@@ -5,7 +5,8 @@ the mean of their reward margins says which response the models prefer, the stan
 they agree. With a frozen backbone, a QRM's reward models differ only in their linear heads and gating
 network, which refit on the cached features in seconds: `fit_bootstrap_heads` refits the quantile heads
 on bootstrap resamples of the rated responses (multinomial `sample_weight`, the same as resampling; the
-ratings of one response are drawn together) and, given preference features, the gating network on resamples of the pairs.
+ratings of one response are drawn together) and, given preference features, the gating network on
+resamples of the pairs.
 """
 
 from __future__ import annotations

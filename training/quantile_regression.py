@@ -564,7 +564,6 @@ class MultiQuantileRegressor(RegressorMixin, BaseEstimator):
     def _select_alpha(self, X, Y, rows_per_attribute, levels, grid, sample_weight=None) -> np.ndarray:
         """Cross-validated pinball loss [M, A] of each penalty of `grid`, folds grouped by identical rows of X
         (with `sample_weight`, fits and held-out losses are weighted)."""
-
         weight = np.ones(len(X)) if sample_weight is None else sample_weight
         problems, held_out = [], []
         for m, rows in enumerate(rows_per_attribute):
