@@ -284,6 +284,27 @@ def _model_report(labels, predictions, levels, attributes, kinds, groups) -> dic
     return report
 
 
+def check_features_fit_model(model, feature_dirs) -> None:
+    """Refuse feature directories (`qrm extract`) whose backbone visibly differs from the model's: another
+    hidden size, or another prompt-end pattern (another tokenizer or chat template). Features of another
+    backbone of the same size and template cannot be told apart here; they would give meaningless numbers."""
+    from .training.features import read_manifest
+
+    for directory in feature_dirs:
+        settings = read_manifest(directory)["settings"]
+        differing = {
+            key: (settings.get(key), getattr(model.config, key))
+            for key in ("hidden_size", "prompt_end_pattern")
+            if None not in (settings.get(key), getattr(model.config, key))
+            and settings.get(key) != getattr(model.config, key)
+        }
+        if differing:
+            raise ValueError(
+                f"The features in {directory} come from another backbone than the model's ({differing}, "
+                "features vs model): extract them with the model's backbone."
+            )
+
+
 def fit_baselines(feature_dirs, attributes, levels, label_range=None) -> dict:
     """The ridge + cross-validated residual quantiles and the heteroscedastic Gaussian baselines, fitted
     on attribute features of `qrm extract` (labels already in [0, 1]). Returns {name: estimator}; the
@@ -362,6 +383,7 @@ def evaluate_ratings(
     if baseline_features:
         from .scoring import conversation_embeddings
 
+        check_features_fit_model(model, baseline_features)
         used = np.unique(index)  # the distinct responses of the rows kept
         embeddings = (
             conversation_embeddings(

@@ -273,6 +273,13 @@ def test_evaluate_cli_with_baselines_plots_and_json(tmp_path, capsys):
         main(["evaluate", str(model_dir), "--ratings", str(ratings), "--baselines", str(features),
               "--label-range", "0", "10"])  # fmt: skip
     assert exit_info.value.code == 2 and "label ranges" in capsys.readouterr().err
+    manifest_path = features / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["settings"]["prompt_end_pattern"] = [5, 6]  # the model's is [7, 8, 9]: another chat template
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", str(model_dir), "--ratings", str(ratings), "--baselines", str(features)])
+    assert exit_info.value.code == 2 and "another backbone" in capsys.readouterr().err
     for bad in (["--bootstrap", "1", "--baselines", str(features)], ["--bootstrap", "3"]):
         with pytest.raises(SystemExit) as exit_info:
             main(["evaluate", str(model_dir), "--ratings", str(ratings), *bad])
