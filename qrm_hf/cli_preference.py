@@ -35,22 +35,9 @@ def check_pair_rows(rows: list[dict], path: str) -> None:
 
 def _feature_dirs(model, directories):
     """Split `--features` into attribute and preference directories, checked against the model's backbone."""
-    from .training.features import check_same_backbone, read_manifest
+    from .evaluation import check_features_fit_model
 
-    settings = {str(d): read_manifest(d)["settings"] for d in directories}
-    check_same_backbone(settings)
-    for name, values in settings.items():
-        if values.get("hidden_size") != model.config.hidden_size:
-            raise ValueError(
-                f"{name} holds features of a backbone with hidden size {values.get('hidden_size')}, the model's "
-                f"has {model.config.hidden_size}: they come from another backbone."
-            )
-        pattern = list(model.config.prompt_end_pattern or [])
-        if pattern and values.get("prompt_end_pattern") != pattern:
-            raise ValueError(
-                f"{name} was extracted with the prompt-end pattern {values.get('prompt_end_pattern')}, the model "
-                f"uses {pattern}: the features come from another backbone or tokenizer."
-            )
+    settings = check_features_fit_model(model, directories)
     attribute = [d for d in directories if settings[str(d)]["kind"] == "attribute"]
     preference = [d for d in directories if settings[str(d)]["kind"] == "preference"]
     if not attribute:

@@ -284,25 +284,31 @@ def _model_report(labels, predictions, levels, attributes, kinds, groups) -> dic
     return report
 
 
-def check_features_fit_model(model, feature_dirs) -> None:
-    """Refuse feature directories (`qrm extract`) whose backbone visibly differs from the model's: another
-    hidden size, or another prompt-end pattern (another tokenizer or chat template). Features of another
-    backbone of the same size and template cannot be told apart here; they would give meaningless numbers."""
-    from .training.features import read_manifest
+def check_features_fit_model(model, directories) -> dict[str, dict]:
+    """Refuse feature directories of `qrm extract` that do not come from the model's backbone; returns
+    their settings by directory.
 
-    for directory in feature_dirs:
-        settings = read_manifest(directory)["settings"]
-        differing = {
-            key: (settings.get(key), getattr(model.config, key))
-            for key in ("hidden_size", "prompt_end_pattern")
-            if None not in (settings.get(key), getattr(model.config, key))
-            and settings.get(key) != getattr(model.config, key)
-        }
-        if differing:
+    The manifests must agree with each other and with the model on the hidden size and the prompt-end
+    pattern (tokenizer and chat template). Features of another backbone with the same size and template
+    pass that (`qrm preference-strength` also checks that the model's heads fit their ratings).
+    """
+    from .training.features import check_same_backbone, read_manifest
+
+    settings = {str(d): read_manifest(d)["settings"] for d in directories}
+    check_same_backbone(settings)
+    for name, values in settings.items():
+        if values.get("hidden_size") != model.config.hidden_size:
             raise ValueError(
-                f"The features in {directory} come from another backbone than the model's ({differing}, "
-                "features vs model): extract them with the model's backbone."
+                f"{name} holds features of a backbone with hidden size {values.get('hidden_size')}, the model's "
+                f"has {model.config.hidden_size}: they come from another backbone."
             )
+        pattern = list(model.config.prompt_end_pattern or [])
+        if pattern and values.get("prompt_end_pattern") != pattern:
+            raise ValueError(
+                f"{name} was extracted with the prompt-end pattern {values.get('prompt_end_pattern')}, the model "
+                f"uses {pattern}: the features come from another backbone or tokenizer."
+            )
+    return settings
 
 
 def fit_baselines(feature_dirs, attributes, levels, label_range=None) -> dict:
@@ -383,7 +389,7 @@ def evaluate_ratings(
     if baseline_features:
         from .scoring import conversation_embeddings
 
-        check_features_fit_model(model, baseline_features)
+        check_features_fit_model(model, baseline_features)  # not the heads check: a poor model is measured
         used = np.unique(index)  # the distinct responses of the rows kept
         embeddings = (
             conversation_embeddings(

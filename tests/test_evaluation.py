@@ -250,6 +250,7 @@ def test_evaluate_cli_with_baselines_plots_and_json(tmp_path, capsys):
         "attributes": ["a", "b", "c"],
         "label_ranges": {name: [0, 4] for name in "abc"},
         "hidden_size": 32,
+        "prompt_end_pattern": PATTERN,
     }
     extract_to_shards(
         BackboneEncoder(model.model, PATTERN, PAD), sequences, features, manifest, labels=labels
