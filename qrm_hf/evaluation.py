@@ -391,16 +391,16 @@ def evaluate_ratings(
 
         check_features_fit_model(model, baseline_features)  # not the heads check: a poor model is measured
         used = np.unique(index)  # the distinct responses of the rows kept
-        embeddings = (
+        distinct = (
             conversation_embeddings(
                 model, tokenizer, [unique[i] for i in used], batch_size, max_length, desc="baseline features"
             )[0]
             .double()
             .numpy()
         )
-        embeddings = embeddings[np.searchsorted(used, index)]
+        row_of = np.searchsorted(used, index)  # the distinct response of each row
         for name, baseline in fit_baselines(baseline_features, attributes, levels, label_range).items():
-            predictions[name] = baseline.predict(embeddings)
+            predictions[name] = baseline.predict(distinct)[row_of]
         if bootstrap:
             import torch
 
@@ -411,7 +411,8 @@ def evaluate_ratings(
                 baseline_features, bootstrap, estimator=MultiQuantileRegressor(levels), attribute_names=attributes,
                 gating_network=model.gating,
             )  # fmt: skip
-            spread = median_spread(ensemble.attribute_quantiles(torch.from_numpy(embeddings)).numpy(), levels)
+            members = ensemble.attribute_quantiles(torch.from_numpy(distinct)).numpy()  # [E, responses, M, K]
+            spread = median_spread(members, levels)[row_of]
     loss = pinball_loss(labels, predictions["qrm"], levels)
     report = {
         "pinball": float(loss.mean()),
