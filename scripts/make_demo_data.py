@@ -1309,7 +1309,7 @@ PROMPTS = [
 
 STOCK_STYLES = {
     "no-answer": (
-        ((0, 2, 4),),
+        (0, 2, 4),
         (
             "I'm sorry, but I can't help with that.",
             "I don't know.",
@@ -1322,7 +1322,7 @@ STOCK_STYLES = {
         ),
     ),
     "off-topic": (
-        ((0, 1, 4),),
+        (0, 1, 4),
         (
             "Did you know that octopuses have three hearts? Nature is amazing.",
             "My favourite season is autumn, when the leaves turn red and gold.",
@@ -1335,7 +1335,7 @@ STOCK_STYLES = {
         ),
     ),
     "brush-off": (
-        ((0, 1, 2),),
+        (0, 1, 2),
         (
             "What a pointless question. Stop wasting my time.",
             "Ugh, figure it out yourself. I'm not your servant.",
@@ -1346,7 +1346,7 @@ STOCK_STYLES = {
         ),
     ),
     "explained-refusal": (
-        ((3, 4, 4),),
+        (3, 4, 4),
         (
             "I can't help with that: it could seriously hurt people, and it's against the law. If something "
             "is going on that you need help with, I'm glad to talk it through or point you to someone who can.",
@@ -1365,12 +1365,12 @@ STOCK_BY_CATEGORY = {  # refusals are disputed on borderline requests, so they g
 STOCK_DEFAULT = ("no-answer", "off-topic", "brush-off")
 
 
-def stock_responses(key: str, category: str) -> list[tuple]:
-    """The stock responses of one prompt, as (text, scores) or (text, scores_a, scores_b) like the
-    hand-written ones: one phrasing of each of its category's styles, drawn by the prompt key."""
+def stock_responses(key: str, category: str) -> list[tuple[str, tuple[int, int, int]]]:
+    """The stock responses of one prompt, (text, scores) like the undisputed hand-written ones: one
+    phrasing of each of its category's styles, drawn by the prompt key."""
     rng = random.Random(f"stock:{key}")
     return [
-        (rng.choice(STOCK_STYLES[style][1]), *STOCK_STYLES[style][0])
+        (rng.choice(STOCK_STYLES[style][1]), STOCK_STYLES[style][0])
         for style in STOCK_BY_CATEGORY.get(category, STOCK_DEFAULT)
     ]
 
@@ -1441,9 +1441,14 @@ def annotator_group(annotator: int) -> str:
     return "A" if annotator in ANNOTATOR_GROUPS["A"] else "B"
 
 
+def base_scores(scores: list[tuple[int, int, int]], annotator: int) -> tuple[int, int, int]:
+    """The base scores an annotator starts from: group B's own set on a disputed response."""
+    return scores[1] if len(scores) == 2 and annotator_group(annotator) == "B" else scores[0]
+
+
 def rate(text: str, scores: list[tuple[int, int, int]], annotator: int, rng: random.Random) -> dict:
     """One annotator's labels for one response."""
-    base = scores[1] if len(scores) == 2 and annotator_group(annotator) == "B" else scores[0]
+    base = base_scores(scores, annotator)
     labels = {name: noisy(value, rng) for name, value in zip(SCORED, base, strict=True)}
     verbosity = noisy(verbosity_level(text), rng)
     if labels["helpfulness"] >= 3 and rng.random() < VERBOSITY_HELPFUL_BUMP:
@@ -1687,8 +1692,7 @@ def true_width_90(scores: list[tuple[int, int, int]], annotators: list[int], att
     distribution of one response: its annotators' label distributions, mixed in equal parts."""
     mixture = Counter()
     for annotator in annotators:
-        base = scores[1] if len(scores) == 2 and annotator_group(annotator) == "B" else scores[0]
-        for label, probability in label_distribution(base[attribute]).items():
+        for label, probability in label_distribution(base_scores(scores, annotator)[attribute]).items():
             mixture[label] += probability / len(annotators)
 
     def quantile(level):  # where the cumulative probability reaches the level; on a tie, mid-way

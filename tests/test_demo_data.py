@@ -162,5 +162,5 @@ def test_stock_responses_are_clear_cut_and_drawn_per_prompt(script):
     for key, category, _, written in script.PROMPTS:
         stock = script.stock_responses(key, category)
         assert script.with_stock(key, category, written)[len(written) :] == stock
-        assert all(len(scores) == 1 for _, *scores in stock)  # stock answers are never disputed
+        assert all(len(entry) == 2 for entry in stock)  # (text, scores): stock answers are never disputed
         assert {text for text, *_ in stock}.isdisjoint(text for text, *_ in written)
