@@ -7,13 +7,20 @@ is an error (rendered with `jinja2.StrictUndefined` first), never a silently bla
 
 A card rendered without a `repo_id` (as `save_qrm` does) names the placeholder `PLACEHOLDER_REPO_ID` in its
 snippets; `retarget_model_card` swaps in the real repo id when the directory is pushed (`qrm_hf.hub`).
+
+The card links no project page of its own: it names the package as installed (`pip install qrm-hf`) and
+links a homepage only when the user gives one (`homepage=`; `qrm assemble/train/demo/push --homepage`,
+``model: homepage:`` in a `qrm train` config), as the line `Project page: <URL>` that
+`set_card_homepage` writes or replaces.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import jinja2
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -23,6 +30,8 @@ TEMPLATE = Path(__file__).with_name("qrm_model_card.md")
 TAGS = ["reward-model", "quantile-regression", "distributional-reward-model", "qrm", "trl"]
 PLACEHOLDER_REPO_ID = "path/to/this/model"
 PLACEHOLDER_MODEL_NAME = "qrm-reward-model"
+# The line of the card that links the user's homepage (the template writes it, `set_card_homepage` edits it).
+HOMEPAGE_LINE = re.compile(r"^Project page: <[^>\n]*>$", re.MULTILINE)
 
 
 class ModelCardTemplateError(ValueError):
@@ -38,6 +47,16 @@ def _hub_model_id(name: str | None) -> str | None:
     except HFValidationError:
         return None
     return name
+
+
+def check_homepage(homepage: str) -> str:
+    """`homepage` if it is an http(s) URL that a card can link, else a ValueError naming the problem."""
+    parts = urlsplit(homepage)
+    if parts.scheme not in ("http", "https") or not parts.netloc or any(c in homepage for c in " <>\n"):
+        raise ValueError(
+            f"The homepage {homepage!r} is not an http(s) URL; give the full address, e.g. https://example.org/my-qrm."
+        )
+    return homepage
 
 
 def _eval_results(evaluation: Sequence[dict]) -> list[EvalResult]:
@@ -93,6 +112,7 @@ def render_model_card(
     training_summary: str = "",
     evaluation: list[dict] | None = None,
     template_path: str | Path | None = None,
+    homepage: str | None = None,
 ) -> ModelCard:
     """The model card of a QRM with `config` (a `QRMConfig`).
 
@@ -106,8 +126,11 @@ def render_model_card(
         evaluation: dicts with `dataset`, `metric` and `value` (and optionally `split`, `dataset_name`,
             `metric_name`); they become the card's `model-index` and its "Evaluation" table.
         template_path: another Jinja template (default: `qrm_model_card.md` next to this module).
+        homepage: an http(s) URL the user configured for the project; the card links it, and no other
+            project page (None: the card names the package only).
 
     Raises:
+        ValueError: `homepage` is not an http(s) URL.
         ModelCardTemplateError: the template uses a field that is not provided, or has no metadata block.
     """
     template_path = Path(template_path) if template_path is not None else TEMPLATE
@@ -141,6 +164,7 @@ def render_model_card(
         prompt_end_pattern=list(config.prompt_end_pattern or []),
         datasets=list(datasets or []),
         license=license,
+        homepage=check_homepage(homepage) if homepage else "",
         training_summary=training_summary or "Trained with the qrm-hf pipeline.",
         evaluation=[
             dict(entry, split=entry.get("split") or "", metric_name=entry.get("metric_name", entry["metric"]))
@@ -169,6 +193,20 @@ def add_evaluation_to_card(card: ModelCard | str, evaluation: Sequence[dict]) ->
     card.data.eval_results = kept + new
     if not card.data.get("model_name"):
         card.data.model_name = PLACEHOLDER_MODEL_NAME
+    return card
+
+
+def set_card_homepage(card: ModelCard | str, homepage: str) -> ModelCard:
+    """The card linking `homepage` (an http(s) URL): its `Project page: <URL>` line is replaced, or added at
+    the end of the introduction (before the first `## ` section) when the card has none."""
+    card = ModelCard(card if isinstance(card, str) else str(card), ignore_metadata_errors=True)
+    line = f"Project page: <{check_homepage(homepage)}>"
+    if HOMEPAGE_LINE.search(card.text):
+        card.text = HOMEPAGE_LINE.sub(lambda _: line, card.text, count=1)
+    elif "\n## " in card.text:
+        card.text = card.text.replace("\n## ", f"\n{line}\n\n## ", 1)
+    else:
+        card.text = card.text.rstrip("\n") + f"\n\n{line}\n"
     return card
 
 

@@ -79,7 +79,8 @@ def _load_model(path: str, revision: str | None = None, trust_remote_code: bool 
 def _demo(args):
     from .training.demo import demo_config, run_demo
 
-    run_demo(demo_config(args.output_dir, backbone=args.backbone))
+    overrides = {"model": {"homepage": args.homepage}} if args.homepage else {}
+    run_demo(demo_config(args.output_dir, backbone=args.backbone, **overrides))
 
 
 def _convert(args):
@@ -263,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the traceback of every error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    from .training.settings import AssembleSettings, add_settings_arguments
+
     demo = commands.add_parser(
         "demo",
         help="train a small QRM on the shipped demo data, end to end",
@@ -272,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--output-dir", default="outputs/demo", help="where features and the model go")
     demo.add_argument("--backbone", help="a local backbone directory instead of the embedded SmolLM2")
+    add_settings_arguments(demo, AssembleSettings, names=["homepage"])
     demo.set_defaults(handler=_demo)
 
     convert = commands.add_parser(

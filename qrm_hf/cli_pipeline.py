@@ -7,6 +7,7 @@ file. Heavy imports happen inside the handlers so that `qrm --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 
 def _locked(output_dir):
@@ -122,6 +123,8 @@ def _train(args):
     from .training.pipeline import TrainConfig, run_training
 
     config = TrainConfig.from_yaml(args.config, output_dir=args.output_dir)
+    if args.homepage:
+        config.model = dataclasses.replace(config.model, homepage=args.homepage)
     model_dir = run_training(config, dry_run=args.dry_run)
     if not args.dry_run:
         print(f"QRM saved to {model_dir}")
@@ -259,4 +262,7 @@ def add_pipeline_commands(commands) -> None:
         action="store_true",
         help="validate the config, resolve the datasets and print the plan without running it",
     )
+    add_settings_arguments(
+        train, AssembleSettings, names=["homepage"]
+    )  # overrides the config's model: homepage
     train.set_defaults(handler=_train)

@@ -37,7 +37,13 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id
 
-from .model_cards import PLACEHOLDER_REPO_ID, ModelCardTemplateError, retarget_model_card
+from .model_cards import (
+    PLACEHOLDER_REPO_ID,
+    ModelCardTemplateError,
+    check_homepage,
+    retarget_model_card,
+    set_card_homepage,
+)
 
 CODE_FILES = ("configuration_qrm.py", "modeling_qrm.py")
 SINGLE_WEIGHTS, WEIGHTS_INDEX = "model.safetensors", "model.safetensors.index.json"
@@ -201,6 +207,7 @@ def push_model_dir(
     commit_description: str | None = None,
     delete_stale: bool = True,
     results: Sequence[str | Path] = (),
+    homepage: str | None = None,
 ):
     """Upload a saved QRM directory to the Hub repo `repo_id` in one commit; returns its `CommitInfo`.
 
@@ -218,12 +225,16 @@ def push_model_dir(
         token: a Hub token (default: ``HF_TOKEN`` or the token saved by ``hf auth login``).
         results: `qrm rewardbench --output` files whose scores go into the uploaded card's `model-index`
             (the local card is left as it is).
+        homepage: an http(s) URL the uploaded card links as the project page (`set_card_homepage`; the
+            local card is left as it is).
 
     Returns:
         `huggingface_hub.CommitInfo`: ``.oid`` is the commit id to pin with ``revision=``.
     """
     model_dir = check_model_dir(model_dir)
     repo_id = check_repo_id(repo_id)
+    if homepage:
+        check_homepage(homepage)  # before the repo is created
     if revision is not None and _FULL_SHA.fullmatch(revision):
         raise ValueError(f"revision={revision!r} is a commit id; push to a branch name instead.")
     api = HfApi(token=token)
@@ -242,6 +253,8 @@ def push_model_dir(
         card_text = str(
             add_evaluation_to_card(card_text, results_file_entries([str(path) for path in results]))
         )
+    if homepage:
+        card_text = str(set_card_homepage(card_text, homepage))
     if PLACEHOLDER_REPO_ID in card_text:  # rendered without a repo id: name this repo in the snippets
         card_text = str(retarget_model_card(card_text, repo_id))
     if card_text != (model_dir / CARD).read_text(encoding="utf-8"):
@@ -274,11 +287,12 @@ def push_qrm(
     commit_message: str | None = None,
     max_shard_size: int | str = "5GB",
     token: str | None = None,
+    homepage: str | None = None,
 ):
     """Save `model` (a `QRMForSequenceClassification`), its tokenizer and a model card, and push them.
 
     Weights are sharded past `max_shard_size`; the card is rendered for `repo_id` (see `render_model_card`
-    for `base_model`, `datasets`, `training_summary`, `evaluation`). Returns the `CommitInfo`.
+    for `base_model`, `datasets`, `training_summary`, `evaluation`, `homepage`). Returns the `CommitInfo`.
     """
     from .training.assemble import save_qrm
 
@@ -296,6 +310,7 @@ def push_qrm(
             repo_id=repo_id,
             license=license,
             max_shard_size=max_shard_size,
+            homepage=homepage,
         )
         return push_model_dir(
             tmp, repo_id, private=private, revision=revision, commit_message=commit_message, token=token
@@ -454,6 +469,7 @@ def _push_command(args) -> None:
             commit_message=args.commit_message,
             token=args.token,
             results=args.results or (),
+            homepage=args.homepage,
         )
     except (FileNotFoundError, ValueError, ModelCardTemplateError, HfHubHTTPError) as error:
         raise SystemExit(f"qrm push: {error}") from error
@@ -514,6 +530,9 @@ def add_push_command(subparsers) -> argparse.ArgumentParser:
         metavar="FILE",
         help="`qrm rewardbench --output` files: their scores go into the uploaded card's model-index",
     )
+    from .training.settings import AssembleSettings, add_settings_arguments
+
+    add_settings_arguments(push, AssembleSettings, names=["homepage"])
     push.set_defaults(handler=_push_command)
     return push
 

@@ -87,9 +87,11 @@ def save_qrm(
     repo_id: str | None = None,
     license: str = "apache-2.0",
     max_shard_size: int | str | None = None,
+    homepage: str | None = None,
 ) -> Path:
     """`save_pretrained` (sharded past `max_shard_size` when given) with the tokenizer and a model card
-    rendered from `model_cards/` (for `repo_id` when given); also what `qrm_hf.hub.push_qrm` uploads."""
+    rendered from `model_cards/` (for `repo_id` when given, linking `homepage` when given); also what
+    `qrm_hf.hub.push_qrm` uploads."""
     output_dir = Path(output_dir)
     model.save_pretrained(
         output_dir, **({} if max_shard_size is None else {"max_shard_size": max_shard_size})
@@ -107,6 +109,7 @@ def save_qrm(
         license=license,
         training_summary=training_summary,
         evaluation=evaluation,
+        homepage=homepage,
     )
     card.save(output_dir / "README.md")
     return output_dir

@@ -13,7 +13,7 @@ The YAML file (see ``training/configs/paper.yaml`` for every key, ``demo.yaml`` 
     debias: {reference_datasets: [...], verbosity_attribute, threshold}   # or null: T = identity
     preference_datasets: [...]
     gating: {hidden_dim, n_hidden, temperature, batch_norm, learning_rate, batch_size, epochs, ...}
-    model: {quantile_mixing, gating_fallback, datasets, push_to_hub}
+    model: {quantile_mixing, gating_fallback, datasets, homepage, push_to_hub}
 
 Each stage's output is fingerprinted by its settings and its inputs (backbone, the content of local
 data files, the fingerprints of the stages it reads), recorded in ``<output_dir>/pipeline_state.json``.

@@ -13,6 +13,7 @@ This module is imported when the `qrm` parser is built: keep it free of torch an
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
@@ -232,6 +233,11 @@ class AssembleSettings:
         cli={"choices": ["error", "last_token"]},
     )
     datasets: list[str] = setting([], help="Hub dataset ids to list in the model card", cli={"nargs": "+"})
+    homepage: str | None = setting(
+        None,
+        help="a project page for the model card to link (the card links no other)",
+        cli={"metavar": "URL", "type": str},
+    )
     push_to_hub: str | None = setting(
         None, help="push the saved model to this Hub repo", cli={"metavar": "REPO_ID", "type": str}
     )
@@ -241,9 +247,19 @@ class AssembleSettings:
         cli={"nargs": "+", "metavar": "FILE"},
     )
 
+    def __post_init__(self):
+        if self.homepage:  # a bad URL fails before any stage runs, not when the card is written
+            from ..model_cards import check_homepage
+
+            check_homepage(self.homepage)
+
     def fingerprint(self) -> dict:
-        """What defines the saved model besides its inputs."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """What defines the saved model besides its inputs; `homepage` only when set, so that models
+        assembled before the setting existed stay up to date."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        if values["homepage"] is None:
+            del values["homepage"]
+        return values
 
 
 # ------------------------------------------------------------------------------------------- readers
@@ -270,10 +286,13 @@ def _cli_fields(cls):
             yield f
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser, cls) -> None:
-    """An option per field of the settings dataclass `cls` (`--field-name`), its default and help included."""
+def add_settings_arguments(parser: argparse.ArgumentParser, cls, names: Sequence[str] | None = None) -> None:
+    """An option per field of the settings dataclass `cls` (`--field-name`), its default and help included;
+    only the fields in `names` when given (a command that overrides a few settings, e.g. `qrm train`)."""
     defaults = cls()
     for f in _cli_fields(cls):
+        if names is not None and f.name not in names:
+            continue
         options = dict(f.metadata["cli"]) if isinstance(f.metadata["cli"], dict) else {}
         options.pop("convert", None)
         flag = options.pop("flag", "--" + f.name.replace("_", "-"))

@@ -712,6 +712,7 @@ def assemble_model(
             datasets=settings.datasets,
             training_summary=summary,
             evaluation=evaluation,
+            homepage=settings.homepage,
         )
     if settings.push_to_hub:
         from ..hub import push_model_dir
