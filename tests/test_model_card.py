@@ -1,16 +1,30 @@
-"""The model card rendered from model_cards/qrm_model_card.md through huggingface_hub's ModelCard."""
+"""The model card rendered from model_cards/qrm_model_card.md through huggingface_hub's ModelCard (issue 23:
+its snippets run as printed, it passes trust_remote_code only where the model's own code is wanted, and it
+links no page the user did not configure)."""
+
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import torch
 from huggingface_hub import ModelCard
 
-from conftest import make_qrm
+from conftest import make_qrm, run_without_qrm_hf, tiny_backbone_config
+from qrm_hf.chat import derive_prompt_end_pattern
 from qrm_hf.model_cards import (
     PLACEHOLDER_REPO_ID,
     TAGS,
     ModelCardTemplateError,
     render_model_card,
     retarget_model_card,
+    set_card_homepage,
 )
+from qrm_hf.training.assemble import save_qrm
 
 EVALUATION = [
     {"dataset": "allenai/reward-bench", "metric": "accuracy", "value": 0.912, "split": "filtered"},
@@ -114,3 +128,165 @@ def test_template_errors(config, tmp_path):
         render_model_card(config, template_path=template)
     template.write_text("---\n{{ card_data }}\n---\n# {{ model_name }} ({{ num_quantiles }} levels)\n")
     assert "# qrm-reward-model (5 levels)" in str(render_model_card(config, template_path=template))
+
+
+# ------------------------------------------------------------------------------ the card's code, run
+
+
+REPO_ID = "qrm-org/qrm-tiny"
+# Every Hub name in the card's snippets, and what stands for it here (the test has no Hub access).
+TRL_POLICY, TRL_DATASET = "Qwen/Qwen2.5-0.5B-Instruct", "trl-lib/ultrafeedback-prompt"
+# The test machine has no GPU: TRL's RLOOConfig (bf16 by default) is made a one-step CPU run; the
+# snippet's own code is left as it is.
+CPU_RLOO = """
+import trl
+
+class _OneStepOnCPU(trl.RLOOConfig):
+    def __init__(self, *args, **kwargs):
+        kwargs.update(use_cpu=True, bf16=False, max_steps=1, report_to="none", save_strategy="no")
+        super().__init__(*args, **kwargs)
+
+trl.RLOOConfig = _OneStepOnCPU
+"""
+# What each session reports after the snippets ran (the names the card's snippets bind).
+REPORT = """
+import json as _json
+_report = dict(model_module=type(model).__module__, input_ids=inputs["input_ids"].tolist(),
+               logits=out.logits.float().tolist(), reward_quantiles=out.reward_quantiles.float().tolist())
+if "trainer" in globals():
+    _report.update(reward_model_module=type(reward_model).__module__, steps=trainer.state.global_step)
+_json.dump(_report, open({path!r}, "w"))
+"""
+
+
+def python_blocks(markdown: str) -> list[str]:
+    """The ```python code blocks of a markdown text, in order."""
+    return re.findall(r"^```python\n(.*?)^```$", markdown, flags=re.DOTALL | re.MULTILINE)
+
+
+def imports_qrm_hf(code: str) -> bool:
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "qrm_hf" for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "qrm_hf":
+            return True
+    return False
+
+
+def remote_code_problems(code: str) -> list[str]:
+    """Where a snippet passes `trust_remote_code` although no code of the model is needed: on a tokenizer
+    (a QRM's is its backbone's standard one), or in a snippet that imports qrm_hf (its classes load the model)."""
+    problems = []
+    for node in ast.walk(ast.parse(code)):
+        if not isinstance(node, ast.Call) or not any(k.arg == "trust_remote_code" for k in node.keywords):
+            continue
+        call = ast.unparse(node.func)
+        if not re.fullmatch(r"AutoModel\w*\.from_pretrained", call):
+            problems.append(f"{call} passes trust_remote_code")
+        elif imports_qrm_hf(code):
+            problems.append(f"{call} passes trust_remote_code where qrm_hf is imported")
+    return problems
+
+
+@pytest.fixture(scope="module")
+def card_run(tmp_path_factory):
+    """A tiny QRM saved by `save_qrm` (which writes the card), its card's snippets run: those that import
+    qrm_hf in order in one process, each other one alone in a process where qrm_hf cannot be imported.
+    Returns (model, card text, reports of the sessions)."""
+    from test_trl import CHAT_PROMPTS, save_tiny_policy, tiny_tokenizer, token_ids
+
+    root = tmp_path_factory.mktemp("card")
+    tokenizer = tiny_tokenizer()
+    model = make_qrm(
+        backbone_config=tiny_backbone_config(**token_ids(tokenizer)),
+        prompt_end_pattern=derive_prompt_end_pattern(tokenizer),
+    )
+    save_qrm(model, root / "qrm", tokenizer=tokenizer, repo_id=REPO_ID)
+    save_tiny_policy(root / "policy", tokenizer)
+    (root / "prompts").mkdir()
+    (root / "prompts" / "train.jsonl").write_text(
+        "".join(json.dumps({"prompt": p}) + "\n" for p in CHAT_PROMPTS)
+    )
+    card = (root / "qrm" / "README.md").read_text()
+    local = {REPO_ID: root / "qrm", TRL_POLICY: root / "policy", TRL_DATASET: root / "prompts"}
+    blocks = python_blocks(card)
+    for name, path in local.items():
+        assert any(name in block for block in blocks), f"the card's snippets no longer name {name}"
+        blocks = [block.replace(name, str(path)) for block in blocks]
+    with_qrm_hf = [block for block in blocks if imports_qrm_hf(block)]
+    without = [block for block in blocks if not imports_qrm_hf(block)]
+    assert with_qrm_hf and without
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", HF_MODULES_CACHE=str(root / "modules"))
+    reports = {}
+    script = root / "with_qrm_hf.py"
+    script.write_text(CPU_RLOO + "\n".join(with_qrm_hf) + REPORT.format(path=str(root / "with.json")))
+    result = subprocess.run(
+        [sys.executable, str(script)], cwd=root, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    reports["with qrm-hf"] = json.loads((root / "with.json").read_text())
+    for number, block in enumerate(without):
+        path = root / f"without_{number}.json"
+        result = run_without_qrm_hf(block + REPORT.format(path=str(path)), root)
+        assert result.returncode == 0, result.stderr[-5000:]
+        reports[f"without qrm-hf {number}"] = json.loads(path.read_text())
+    return model, card, reports
+
+
+def test_every_snippet_of_the_card_runs_with_and_without_qrm_hf(card_run):
+    """The card's usage, risk and TRL snippets run as printed against a saved QRM; with qrm-hf the installed
+    classes load it (no code of the repository runs), without it the repository's code does; both give
+    the saved model's expected reward and quantiles."""
+    model, _, reports = card_run
+    with_qrm_hf = reports.pop("with qrm-hf")
+    assert with_qrm_hf["model_module"].startswith("qrm_hf.")
+    assert with_qrm_hf["reward_model_module"].startswith("qrm_hf.") and with_qrm_hf["steps"] == 1
+    assert reports, "no snippet shows the load without qrm-hf"
+    for report in [with_qrm_hf, *reports.values()]:
+        if report is not with_qrm_hf:
+            assert report["model_module"].startswith("transformers_modules.")
+        with torch.no_grad():
+            expected = model(input_ids=torch.tensor(report["input_ids"]))
+        # the snippets load the model in bfloat16
+        torch.testing.assert_close(torch.tensor(report["logits"]), expected.logits, atol=3e-2, rtol=3e-2)
+        torch.testing.assert_close(
+            torch.tensor(report["reward_quantiles"]), expected.reward_quantiles, atol=3e-2, rtol=3e-2
+        )
+
+
+@pytest.mark.parametrize("document", ["card", "README.md"])
+def test_trust_remote_code_only_on_model_loads_without_qrm_hf(config, document):
+    """No snippet teaches passing trust_remote_code where no code of the model is needed."""
+    if document == "card":
+        text = render_model_card(config, repo_id=REPO_ID).text
+    else:
+        text = (Path(__file__).resolve().parent.parent / document).read_text()
+    blocks = python_blocks(text)
+    assert any("trust_remote_code=True" in block for block in blocks)
+    assert {block: remote_code_problems(block) for block in blocks if remote_code_problems(block)} == {}
+
+
+def test_the_card_names_the_package_and_links_only_what_the_user_configured(config):
+    plain = str(render_model_card(config, repo_id=REPO_ID, datasets=["d/x"]))
+    assert "pip install qrm-hf" in plain and "Project page" not in plain
+    paper = "https://arxiv.org/abs/2409.10164"
+    assert set(re.findall(r"https?://[^\s)>\]]+", plain)) == {paper, "https://huggingface.co/datasets/d/x"}
+    homepage = "https://example.org/my-qrm"
+    linked = str(render_model_card(config, repo_id=REPO_ID, homepage=homepage))
+    assert f"\nProject page: <{homepage}>\n" in linked
+    assert set(re.findall(r"https?://[^\s)>\]]+", linked)) == {paper, homepage}
+    for bad in ("example.org", "ftp://example.org/x", "https://", "https://example.org/a b"):
+        with pytest.raises(ValueError, match="not an http"):
+            render_model_card(config, homepage=bad)
+
+
+def test_set_card_homepage_replaces_or_adds_the_line(config):
+    card = render_model_card(config, homepage="https://example.org/old")
+    replaced = set_card_homepage(str(card), "https://example.org/new").text
+    assert "Project page: <https://example.org/new>" in replaced and "example.org/old" not in replaced
+    added = set_card_homepage(str(render_model_card(config)), "https://example.org/new").text
+    assert added.count("Project page: <https://example.org/new>") == 1
+    assert added.index("Project page") < added.index("## What it outputs")
+    hand_written = set_card_homepage("---\nlicense: mit\n---\n# Mine\n", "https://example.org/x")
+    assert hand_written.text.endswith("# Mine\n\nProject page: <https://example.org/x>\n")
+    assert hand_written.data.license == "mit"
