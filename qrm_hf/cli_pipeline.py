@@ -106,6 +106,7 @@ def _assemble(args):
     from .training.settings import AssembleSettings, settings_from_args
     from .training.stages import assemble_model
 
+    settings = settings_from_args(AssembleSettings, args)  # a bad setting fails before the lock is taken
     with _locked(args.output_dir):
         directory = assemble_model(
             args.backbone,
@@ -114,7 +115,7 @@ def _assemble(args):
             args.output_dir,
             transform_dir=args.transform,
             revision=args.revision,
-            settings=settings_from_args(AssembleSettings, args),
+            settings=settings,
         )
     print(f"QRM saved to {directory}")
 

@@ -231,10 +231,10 @@ def push_model_dir(
     Returns:
         `huggingface_hub.CommitInfo`: ``.oid`` is the commit id to pin with ``revision=``.
     """
+    if homepage:
+        check_homepage(homepage)  # before anything is read or created
     model_dir = check_model_dir(model_dir)
     repo_id = check_repo_id(repo_id)
-    if homepage:
-        check_homepage(homepage)  # before the repo is created
     if revision is not None and _FULL_SHA.fullmatch(revision):
         raise ValueError(f"revision={revision!r} is a commit id; push to a branch name instead.")
     api = HfApi(token=token)

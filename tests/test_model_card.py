@@ -2,7 +2,9 @@
 its snippets run as printed, it passes trust_remote_code only where the model's own code is wanted, and it
 links no page the user did not configure)."""
 
+import argparse
 import ast
+import importlib
 import json
 import os
 import re
@@ -11,11 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 from huggingface_hub import ModelCard
 
 from conftest import make_qrm, run_without_qrm_hf, tiny_backbone_config
 from qrm_hf.chat import derive_prompt_end_pattern
+from qrm_hf.cli import build_parser, main
 from qrm_hf.model_cards import (
     PLACEHOLDER_REPO_ID,
     TAGS,
@@ -25,6 +29,7 @@ from qrm_hf.model_cards import (
     set_card_homepage,
 )
 from qrm_hf.training.assemble import save_qrm
+from qrm_hf.training.settings import AssembleSettings, settings_from_mapping
 
 EVALUATION = [
     {"dataset": "allenai/reward-bench", "metric": "accuracy", "value": 0.912, "split": "filtered"},
@@ -290,3 +295,162 @@ def test_set_card_homepage_replaces_or_adds_the_line(config):
     hand_written = set_card_homepage("---\nlicense: mit\n---\n# Mine\n", "https://example.org/x")
     assert hand_written.text.endswith("# Mine\n\nProject page: <https://example.org/x>\n")
     assert hand_written.data.license == "mit"
+
+
+# ------------------------------------------------------------------------- --homepage on every command
+
+
+# The functions that render or edit a model card; a command whose handler reaches one writes a card.
+CARD_FUNCTIONS = {"render_model_card", "set_card_homepage", "retarget_model_card", "add_evaluation_to_card"}
+
+
+def _called_name(func) -> str | None:
+    return func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+
+
+def card_writing_functions() -> set[str]:
+    """Names of the installed packages' functions that reach a card function through calls (a call graph by
+    name over the sources of every package pyproject.toml installs, so a new module cannot be missed)."""
+    pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    calls: dict[str, set] = {}
+    for package in pyproject["tool"]["setuptools"]["packages"]:
+        for path in Path(importlib.import_module(package).__file__).parent.glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    called = {_called_name(c.func) for c in ast.walk(node) if isinstance(c, ast.Call)}
+                    calls.setdefault(node.name, set()).update(called)
+    writers = set(CARD_FUNCTIONS)
+    while more := {name for name, called in calls.items() if called & writers} - writers:
+        writers |= more
+    return writers
+
+
+def card_commands() -> dict[str, argparse.ArgumentParser]:
+    """The `qrm` subcommands whose handler writes (or uploads) a model card."""
+    writers = card_writing_functions()
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {
+        name: parser
+        for name, parser in commands.choices.items()
+        if parser.get_default("handler").__name__ in writers
+    }
+
+
+def test_every_command_that_writes_a_card_takes_homepage():
+    commands = card_commands()
+    assert {"assemble", "train", "demo", "push"} <= set(commands)  # the analysis finds the known ones
+    for name, parser in commands.items():
+        options = {option for action in parser._actions for option in action.option_strings}
+        assert "--homepage" in options, f"qrm {name} writes a model card but has no --homepage"
+
+
+HOMEPAGE = "https://example.org/my-qrm"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """`qrm train` of a tiny run whose YAML config sets `model: homepage:`; returns (config path, values,
+    backbone, the card it wrote)."""
+    from test_pipeline import config_values, save_backbone, write_config, write_data
+
+    root = tmp_path_factory.mktemp("homepage_run")
+    backbone = save_backbone(root / "backbone")
+    values = config_values(backbone, write_data(root / "data"), root / "run")
+    values["model"] = {"homepage": "https://example.org/from-the-config"}
+    path = write_config(root / "config.yaml", values)
+    main(["train", str(path)])
+    return path, values, backbone, (root / "run" / "model" / "README.md").read_text()
+
+
+def _train(tiny_run, tmp_path, monkeypatch):
+    path, values, _, _ = tiny_run
+    main(["train", str(path), "--homepage", HOMEPAGE])  # overrides the config's: the model is assembled again
+    return (Path(values["output_dir"]) / "model" / "README.md").read_text()
+
+
+def _assemble(tiny_run, tmp_path, monkeypatch):
+    _, values, backbone, _ = tiny_run
+    run = Path(values["output_dir"])
+    main(["assemble", str(backbone), "--heads", str(run / "heads"), "--gating", str(run / "gating"),
+          "--transform", str(run / "debias"), "--output-dir", str(tmp_path / "model"), "--homepage", HOMEPAGE])  # fmt: skip
+    return (tmp_path / "model" / "README.md").read_text()
+
+
+def _demo(tiny_run, tmp_path, monkeypatch):
+    """The demo is `qrm train` of its config (`_train` shows the config's homepage reaches the card): the
+    demo's run is replaced by a check that its config carries the homepage."""
+    from qrm_hf.training import demo
+
+    configs = []
+    monkeypatch.setattr(demo, "run_demo", configs.append)
+    main(["demo", "--output-dir", str(tmp_path / "demo"), "--homepage", HOMEPAGE])
+    (config,) = configs
+    assert config.output_dir == tmp_path / "demo" and config.backbone == "embedded:smollm2"
+    return f"Project page: <{config.model.homepage}>"
+
+
+def _push(tiny_run, tmp_path, monkeypatch):
+    """`qrm push` of a saved model to a recording stand-in of the Hub: the uploaded card."""
+    from huggingface_hub import HfApi
+
+    uploaded = {}
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        for operation in operations:
+            with operation.as_file() as handle:
+                uploaded[operation.path_in_repo] = handle.read()
+        return argparse.Namespace(oid="0" * 40, commit_url="local")
+
+    monkeypatch.setattr(
+        HfApi, "create_repo", lambda self, repo_id, **kwargs: argparse.Namespace(repo_id=repo_id)
+    )
+    monkeypatch.setattr(HfApi, "list_repo_files", lambda self, repo_id, **kwargs: [])
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    save_qrm(make_qrm(), tmp_path / "model", tokenizer=tiny_run[2])
+    main(["push", str(tmp_path / "model"), "qrm-org/pushed", "--homepage", HOMEPAGE])
+    assert (
+        "Project page" not in (tmp_path / "model" / "README.md").read_text()
+    )  # the local card is left alone
+    return uploaded["README.md"].decode()
+
+
+CARD_OF = {"train": _train, "assemble": _assemble, "demo": _demo, "push": _push}
+
+
+@pytest.mark.parametrize("command", sorted(card_commands()))
+def test_homepage_reaches_the_card_of_every_command(command, tiny_run, tmp_path, monkeypatch):
+    assert command in CARD_OF, f"qrm {command} writes a model card: add how to get its card to CARD_OF"
+    card = CARD_OF[command](tiny_run, tmp_path, monkeypatch)
+    assert f"Project page: <{HOMEPAGE}>" in card and card.count("Project page:") == 1
+
+
+def test_homepage_from_the_training_config(tiny_run):
+    card = tiny_run[3]
+    assert "Project page: <https://example.org/from-the-config>" in card
+    assert "pip install qrm-hf" in card and "github.com" not in card
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["assemble", "b", "--heads", "h", "--gating", "g", "--output-dir", "o", "--homepage", "example.org"],
+        ["push", "model", "qrm-org/x", "--homepage", "example.org"],
+    ],
+)
+def test_a_homepage_that_is_not_a_url_is_a_one_line_error(argv, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert not any(tmp_path.iterdir())  # refused before anything is written
+    # (qrm push reports its errors through its own SystemExit message: exit status 1 there, for now)
+    code = exit_info.value.code
+    message = capsys.readouterr().err if code == 2 else str(code)
+    assert code != 0 and "is not an http(s) URL" in message and len(message.strip().splitlines()) == 1
+
+
+def test_a_homepage_that_is_not_a_url_fails_when_the_config_is_read(tmp_path):
+    with pytest.raises(ValueError, match="not an http"):
+        settings_from_mapping(AssembleSettings, {"homepage": "example.org"}, "config: model")
+    assert (
+        "homepage" not in AssembleSettings().fingerprint()
+    )  # models assembled before the setting stay current
