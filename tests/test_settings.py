@@ -119,4 +119,5 @@ def test_stage_fingerprints_keep_the_keys_of_runs_made_before_the_settings_datac
     assert stages["fit-quantiles"] == {**heads, "attributes": config.attributes}
     assert stages["debias"] == {k: v for k, v in asdict(config.debias).items() if k != "reference_datasets"}
     assert stages["fit-gating"] == {k: v for k, v in asdict(config.gating).items() if k not in NOISE_SETTINGS}
-    assert stages["assemble"] == {"backbone": extract["backbone"], **asdict(config.model)}
+    model = {k: v for k, v in asdict(config.model).items() if k != "homepage"}  # homepage null: no key
+    assert stages["assemble"] == {"backbone": extract["backbone"], **model}
