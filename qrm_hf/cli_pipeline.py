@@ -254,7 +254,8 @@ def add_pipeline_commands(commands) -> None:
         help="run all stages from a YAML config, skipping those already done",
         description="Run extract, fit-quantiles, debias, fit-gating and assemble from one YAML file "
         "(training/configs/paper.yaml: the paper's run; demo.yaml: the demo). Stages whose output is "
-        "complete and whose inputs did not change are skipped; a changed input re-runs what depends on it.",
+        "complete and whose inputs did not change are skipped; a changed input re-runs what depends on it. "
+        "--homepage overrides the config's model: homepage.",
     )
     train.add_argument("config", help="YAML config file")
     train.add_argument("--output-dir", help="override the config's output_dir")
