@@ -506,7 +506,7 @@ class MultiQuantileRegressor(RegressorMixin, BaseEstimator):
 
     @staticmethod
     def _validate_labels(Y) -> np.ndarray:
-        Y = _as_float64(Y)
+        Y = _as_float64(Y, "labels")
         Y = Y[:, None] if Y.ndim == 1 else Y
         if Y.ndim != 2:
             raise ValueError(f"Expected labels Y [n] or [n, M], got shape {Y.shape}.")
@@ -520,7 +520,7 @@ class MultiQuantileRegressor(RegressorMixin, BaseEstimator):
     def _validate(self, X, Y):
         levels = self._validate_settings()
         X = _as_features(X)
-        Y = _as_float64(Y)
+        Y = _as_float64(Y, "labels")
         if Y.ndim == 1:
             Y = Y[:, None]
         if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
@@ -664,7 +664,7 @@ class MultiQuantileRegressor(RegressorMixin, BaseEstimator):
 
     def score(self, X, Y) -> float:
         """Negative mean pinball loss over attributes and levels (higher is better)."""
-        Y = _as_float64(Y)
+        Y = _as_float64(Y, "labels")
         Y = Y[:, None] if Y.ndim == 1 else Y
         return -float(np.mean(pinball_loss(Y, self.predict(X), self.quantile_levels)))
 
