@@ -108,7 +108,10 @@ def names_of_distinct(index: Sequence[int], row_names: Sequence[str], count: int
     for row, distinct in enumerate(index):
         if row_names[row] not in grouped[distinct]:
             grouped[distinct].append(row_names[row])
-    return [" and ".join(names) for names in grouped]
+    return [
+        " and ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        for names in grouped
+    ]
 
 
 def scoring_pad_token_id(model, tokenizer) -> int:
