@@ -359,7 +359,7 @@ def evaluate_rewardbench(
             accuracy, components = ties_score([rows[i] for i in numbers], [scores[i] for i in numbers])
             subsets[subset] = {"accuracy": accuracy, "n": len(numbers), "components": components}
             if accuracy is None:
-                subsets[subset]["left_out"] = components["left_out"]
+                subsets[subset]["left_out"] = components.pop("left_out")
             continue
         if benchmark == REWARDBENCH_2:
             results = [best_of_n_result(scores[i]) for i in numbers]
