@@ -30,7 +30,12 @@ def _finite(values, what: str) -> np.ndarray:
 def _labels(labels) -> np.ndarray:
     """`labels` as a float array: NaN marks a missing label, an infinite one is refused."""
     labels = np.asarray(labels, dtype=float)
-    _finite(np.where(np.isnan(labels), 0.0, labels), "labels")
+    rows = np.flatnonzero(np.isinf(labels).reshape(len(labels), -1).any(-1))
+    if rows.size:
+        raise ValueError(
+            f"The labels are infinite in {rows.size} row(s) (0-based): {rows[:5].tolist()} (NaN marks a missing "
+            "label)."
+        )
     return labels
 
 
