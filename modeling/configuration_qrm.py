@@ -4,6 +4,9 @@ This file travels with every saved QRM (``trust_remote_code=True``); it depends 
 transformers only.
 """
 
+import math
+import numbers
+
 from transformers import AutoConfig, LlamaConfig, PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
@@ -121,11 +124,21 @@ class QRMConfig(PretrainedConfig):
             raise ValueError(f"`gating_fallback` must be one of {GATING_FALLBACKS}, got {gating_fallback!r}.")
         if quantile_mixing not in QUANTILE_MIXINGS:
             raise ValueError(f"`quantile_mixing` must be one of {QUANTILE_MIXINGS}, got {quantile_mixing!r}.")
-        if gating_temperature <= 0:
-            raise ValueError(f"`gating_temperature` must be positive, got {gating_temperature}.")
+        # NaN compares false with everything, so each check is written to fail on it.
+        temperature_is_number = isinstance(gating_temperature, numbers.Real) and not isinstance(
+            gating_temperature, bool
+        )
+        if not (temperature_is_number and 0 < gating_temperature < math.inf):
+            raise ValueError(f"`gating_temperature` must be a finite number > 0, got {gating_temperature!r}.")
+        for name, value, least in (
+            ("gating_hidden_dim", gating_hidden_dim, 1),
+            ("gating_n_hidden", gating_n_hidden, 0),
+        ):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+                raise ValueError(f"`{name}` must be a whole number >= {least}, got {value!r}.")
 
-        self.gating_hidden_dim = gating_hidden_dim
-        self.gating_n_hidden = gating_n_hidden
+        self.gating_hidden_dim = int(gating_hidden_dim)
+        self.gating_n_hidden = int(gating_n_hidden)
         self.gating_temperature = float(gating_temperature)
         self.gating_batch_norm = gating_batch_norm
         self.regression_bias = regression_bias

@@ -104,11 +104,11 @@ def _plot(path, probability, ensemble_mean=None):
 
 def _preference_strength(args) -> None:
     from .cli import _load_model, check_writable
-    from .data import read_jsonl
+    from .data import line_names, read_jsonl
     from .evaluation import unique_conversations
     from .preference import preference_strength
     from .presets import DatasetPreset, preference_examples
-    from .scoring import conversation_embeddings
+    from .scoring import conversation_embeddings, names_of_distinct, score_embeddings
 
     rows = read_jsonl(args.pairs)
     check_pair_rows(rows, args.pairs)
@@ -129,14 +129,16 @@ def _preference_strength(args) -> None:
     pairs = preference_examples(rows, preset)
     # each distinct conversation is encoded once; chosen sides at even positions, rejected at odd ones
     conversations, index = unique_conversations([side for pair in pairs for side in pair])
+    lines = line_names(args.pairs)
+    side_names = [f"{line} ({side})" for line in lines for side in ("chosen", "rejected")]
     response, prompt = conversation_embeddings(
-        model, tokenizer, conversations, args.batch_size, args.max_length
-    )
+        model, tokenizer, conversations, args.batch_size, args.max_length,
+        row_names=names_of_distinct(index, side_names, len(conversations)),
+    )  # fmt: skip
     chosen_rows, rejected_rows = torch.as_tensor(index[0::2]), torch.as_tensor(index[1::2])
     identical = (chosen_rows == rejected_rows).numpy()
-    with torch.no_grad():
-        chosen_out = model.score_embeddings(response[chosen_rows], prompt[chosen_rows])
-        rejected_out = model.score_embeddings(response[rejected_rows], prompt[chosen_rows])
+    chosen_out = score_embeddings(model, response[chosen_rows], prompt[chosen_rows], lines)
+    rejected_out = score_embeddings(model, response[rejected_rows], prompt[chosen_rows], lines)
     strength = preference_strength(
         chosen_out.reward_quantiles.double(), rejected_out.reward_quantiles.double()
     )

@@ -52,3 +52,11 @@ def read_jsonl(path: str | Path) -> list[dict]:
     if not rows:
         raise ValueError(f"{path} holds no rows.")
     return rows
+
+
+def line_names(path: str | Path) -> list[str]:
+    """``"<path>, line N"`` for each row `read_jsonl(path)` returns (blank lines hold none): how errors
+    about a row's results (e.g. a NaN score) name it."""
+    with Path(path).open("rb") as handle:
+        numbers = [n for n, raw in enumerate(handle, start=1) if raw.decode("utf-8", "replace").strip()]
+    return [f"{path}, line {number}" for number in numbers]

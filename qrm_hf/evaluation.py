@@ -1,6 +1,8 @@
 """Measures of how good a reward model and its reward distributions are.
 
-All functions take numpy arrays (or anything `np.asarray` accepts) and ignore NaN labels.
+All functions take numpy arrays (or anything `np.asarray` accepts) and ignore NaN labels. A NaN or
+infinite prediction or score is never counted (as a wrong pair, a coverage miss, ...): it is refused
+with a ValueError naming its rows, as `qrm_hf.scoring` refuses such model outputs.
 """
 
 from __future__ import annotations
@@ -11,13 +13,39 @@ from statistics import NormalDist
 import numpy as np
 
 
+def _finite(values, what: str) -> np.ndarray:
+    """`values` as a float array, refused (ValueError naming the first rows) if any is NaN or infinite."""
+    values = np.asarray(values, dtype=float)
+    if values.ndim == 0:
+        values = values.reshape(1)
+    bad = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(-1))
+    if bad.size:
+        raise ValueError(
+            f"The {what} are NaN or infinite in {bad.size} row(s) (0-based): {bad[:5].tolist()}"
+            f"{' ...' if bad.size > 5 else ''}; such a value is never counted as an answer."
+        )
+    return values
+
+
+def _labels(labels) -> np.ndarray:
+    """`labels` as a float array: NaN marks a missing label, an infinite one is refused."""
+    labels = np.asarray(labels, dtype=float)
+    rows = np.flatnonzero(np.isinf(labels).reshape(len(labels), -1).any(-1))
+    if rows.size:
+        raise ValueError(
+            f"The labels are infinite in {rows.size} row(s) (0-based): {rows[:5].tolist()} (NaN marks a missing "
+            "label)."
+        )
+    return labels
+
+
 def pinball_loss(labels, predictions, levels: Sequence[float]) -> np.ndarray:
     """Mean pinball (quantile) loss per attribute and level.
 
     labels [n, M] (NaN where missing), predictions [n, M, K] -> [M, K]. Lower is better; it is the
     loss quantile regression minimises, so it scores a whole predicted distribution.
     """
-    labels, predictions = np.asarray(labels, dtype=float), np.asarray(predictions, dtype=float)
+    labels, predictions = _labels(labels), _finite(predictions, "predictions")
     residual = labels[:, :, None] - predictions
     levels = np.asarray(levels, dtype=float)
     loss = np.maximum(levels * residual, (levels - 1) * residual)
@@ -47,7 +75,7 @@ def interval_bounds(predictions, levels: Sequence[float], width: float) -> tuple
     """
     if not 0 < width < 1:
         raise ValueError(f"`width` must lie in (0, 1), got {width}.")
-    predictions = np.sort(np.asarray(predictions, dtype=float), axis=-1)
+    predictions = np.sort(_finite(predictions, "predictions"), axis=-1)
     levels = np.asarray(levels, dtype=float)
     if levels.ndim != 1 or levels.size != predictions.shape[-1]:
         raise ValueError(
@@ -66,7 +94,7 @@ def interval_coverage(labels, predictions, levels: Sequence[float], width: float
     interpolation between levels as :func:`qrm_hf.risk.quantile`, clamped to the outermost levels).
     A calibrated model covers a fraction ``width``. An attribute without any label gives NaN.
     """
-    labels = np.asarray(labels, dtype=float)
+    labels = _labels(labels)
     low, high = interval_bounds(predictions, levels, width)
     inside = np.where(np.isnan(labels), np.nan, (labels >= low) & (labels <= high))
     return _nanmean(inside, axis=0)
@@ -90,7 +118,7 @@ def median_spread(member_predictions, levels: Sequence[float], width: float = 0.
     normal interval of the members' medians, 2 z sigma (z the normal quantile at (1 + width) / 2: 3.29
     sigma for 90 %), comparable with :func:`interval_width` of the model's own quantiles.
     """
-    members = np.sort(np.asarray(member_predictions, dtype=float), axis=-1)
+    members = np.sort(_finite(member_predictions, "member predictions"), axis=-1)
     if members.ndim != 4 or members.shape[0] < 2:
         raise ValueError(f"Expected member predictions [E >= 2, n, M, K], got shape {members.shape}.")
     medians = _quantile(members, np.asarray(levels, dtype=float), 0.5)  # [E, n, M]
@@ -110,7 +138,7 @@ def _quantile(sorted_predictions: np.ndarray, levels: np.ndarray, tau: float) ->
 
 def _pinball_per_row(labels, predictions, levels: Sequence[float]) -> np.ndarray:
     """Pinball loss of every row, attribute and level: [n, M, K], NaN where the label is missing."""
-    labels, predictions = np.asarray(labels, dtype=float), np.asarray(predictions, dtype=float)
+    labels, predictions = _labels(labels), _finite(predictions, "predictions")
     if labels.ndim != 2 or predictions.ndim != 3 or predictions.shape[:2] != labels.shape:
         raise ValueError(
             f"Expected labels [n, M] and predictions [n, M, K], got {labels.shape} and {predictions.shape}."
@@ -133,7 +161,7 @@ def calibration_error(labels, predictions, levels: Sequence[float]) -> float:
 
     labels [n, M], predictions [n, M, K]; pooled over attributes.
     """
-    labels, predictions = np.asarray(labels, dtype=float), np.asarray(predictions, dtype=float)
+    labels, predictions = _labels(labels), _finite(predictions, "predictions")
     observed = ~np.isnan(labels)
     below = labels[observed][:, None] <= predictions[observed]  # [n_observed, K]
     return float(np.mean(np.abs(below.mean(0) - np.asarray(levels, dtype=float))))
@@ -146,6 +174,8 @@ def pairwise_accuracy(chosen_scores, rejected_scores) -> float:
         raise ValueError(
             f"Expected two non-empty score arrays of the same shape, got {chosen.shape}, {rejected.shape}."
         )
+    _finite(chosen, "chosen scores")
+    _finite(rejected, "rejected scores")
     return float(np.mean((chosen > rejected) + 0.5 * (chosen == rejected)))
 
 
@@ -161,17 +191,25 @@ def unique_conversations(conversations) -> tuple[list, np.ndarray]:
     return unique, np.array(index, dtype=int)
 
 
-def _score_unique(model, tokenizer, conversations, batch_size, max_length=None):
+def _score_unique(model, tokenizer, conversations, batch_size, max_length=None, row_names=None):
     """Score each distinct conversation once; return the outputs, the distinct conversations, each input's
-    row among them, and which inputs are longer than `max_length` (left out and counted, never truncated,
+    row among them, the distinct conversations' names (from `row_names`, one per input, in errors about
+    their scores), and which inputs are longer than `max_length` (left out and counted, never truncated,
     as `qrm extract` does)."""
-    from .scoring import score_conversations
+    from .scoring import names_of_distinct, score_conversations
 
     unique, index = unique_conversations(conversations)
+    names = names_of_distinct(index, row_names, len(unique)) if row_names is not None else None
     outputs = score_conversations(
-        model, tokenizer, unique, batch_size=batch_size, max_length=max_length, too_long="skip"
+        model,
+        tokenizer,
+        unique,
+        batch_size=batch_size,
+        max_length=max_length,
+        too_long="skip",
+        row_names=names,
     )
-    return outputs, unique, index, outputs["too_long"].numpy()[index]
+    return outputs, unique, index, names, outputs["too_long"].numpy()[index]
 
 
 COVERAGE_WIDTHS = (0.5, 0.8, 0.9)
@@ -186,8 +224,8 @@ def probability_integral_transform(labels, predictions, levels: Sequence[float])
     the quantiles do not describe); a label on a flat stretch of quantiles gets the middle of its levels.
     For a calibrated model the values are uniform on [0, 1].
     """
-    labels = np.asarray(labels, dtype=float)
-    predictions = np.sort(np.asarray(predictions, dtype=float), axis=-1)
+    labels = _labels(labels)
+    predictions = np.sort(_finite(predictions, "predictions"), axis=-1)
     levels = np.asarray(levels, dtype=float)
     observed = ~np.isnan(labels)
     y, q = labels[observed], predictions[observed]  # [L], [L, K]
@@ -214,7 +252,7 @@ def distribution_measures(labels, predictions, levels: Sequence[float], groups=N
     Returns lists of M floats under ``pinball``, ``crps``, ``coverage_50``, ``coverage_80``,
     ``coverage_90``, ``width_90``.
     """
-    labels, predictions = np.asarray(labels, dtype=float), np.asarray(predictions, dtype=float)
+    labels, predictions = _labels(labels), _finite(predictions, "predictions")
     first = np.unique(groups, return_index=True)[1] if groups is not None else np.arange(len(labels))
     measures = {
         "pinball": _nanmean(_pinball_per_row(labels, predictions, levels).mean(-1), axis=0),
@@ -347,6 +385,7 @@ def evaluate_ratings(
     max_length: int | None = None,
     baseline_features=(),
     bootstrap: int = 0,
+    row_names=None,
 ) -> dict:
     """Pinball loss and the distribution measures of the model's attribute quantiles on rating rows.
 
@@ -365,6 +404,9 @@ def evaluate_ratings(
     90 % width that is the heads' own uncertainty about where the distribution lies rather than the
     annotators' disagreement (a lower bound: resampling the training responses does not show what no
     training response shows).
+
+    A NaN or infinite model output is refused (`qrm_hf.scoring.NonFiniteOutputError`), naming the rows by
+    `row_names` (one per row, e.g. "ratings.jsonl, line 3"; default "row i").
     """
     if bootstrap and (bootstrap < 2 or not baseline_features):
         raise ValueError("bootstrap needs at least 2 members and the training features (baseline_features).")
@@ -380,8 +422,11 @@ def evaluate_ratings(
         name="rating rows",
     )  # fmt: skip
     conversations, labels, index = attribute_examples(rows, preset, with_index=True)
+    row_names = [(row_names[i] if row_names is not None else f"row {i}") for i in index]
     rows = [rows[i] for i in index]  # rows without any label are left out
-    outputs, unique, index, too_long = _score_unique(model, tokenizer, conversations, batch_size, max_length)
+    outputs, unique, index, names, too_long = _score_unique(
+        model, tokenizer, conversations, batch_size, max_length, row_names
+    )
     rows = [row for row, skip in zip(rows, too_long, strict=True) if not skip]
     labels, index = labels[~too_long], index[~too_long]
     predictions = {"qrm": outputs["attribute_quantiles"].double().numpy()[index]}  # [n, M, K]
@@ -393,7 +438,13 @@ def evaluate_ratings(
         used = np.unique(index)  # the distinct responses of the rows kept
         distinct = (
             conversation_embeddings(
-                model, tokenizer, [unique[i] for i in used], batch_size, max_length, desc="baseline features"
+                model,
+                tokenizer,
+                [unique[i] for i in used],
+                batch_size,
+                max_length,
+                desc="baseline features",
+                row_names=[names[i] for i in used],
             )[0]
             .double()
             .numpy()
@@ -539,9 +590,13 @@ def plot_calibration(report: dict, directory) -> list:
     return paths
 
 
-def evaluate_pairs(model, tokenizer, rows, batch_size: int = 8, max_length: int | None = None) -> dict:
+def evaluate_pairs(
+    model, tokenizer, rows, batch_size: int = 8, max_length: int | None = None, row_names=None
+) -> dict:
     """Pairwise accuracy of the expected reward on (prompt, chosen, rejected) rows, overall and by `kind`;
-    pairs with a side longer than `max_length` tokens are left out and counted in `skipped_too_long`."""
+    pairs with a side longer than `max_length` tokens are left out and counted in `skipped_too_long`.
+    A NaN or infinite model output is refused (`qrm_hf.scoring.NonFiniteOutputError`), naming the rows
+    by `row_names` (one per row; default "row i")."""
     from .presets import DatasetPreset, preference_examples
 
     preset = DatasetPreset.custom(
@@ -549,7 +604,14 @@ def evaluate_pairs(model, tokenizer, rows, batch_size: int = 8, max_length: int 
     )
     pairs, pair_rows = preference_examples(rows, preset, with_index=True)
     conversations = [chosen for chosen, _ in pairs] + [rejected for _, rejected in pairs]
-    outputs, _, index, too_long = _score_unique(model, tokenizer, conversations, batch_size, max_length)
+    pair_names = [
+        f"{row_names[i] if row_names is not None else f'row {i}'} ({side})"
+        for side in ("chosen", "rejected")
+        for i in pair_rows
+    ]
+    outputs, _, index, _, too_long = _score_unique(
+        model, tokenizer, conversations, batch_size, max_length, pair_names
+    )
     kept = ~(too_long[: len(pairs)] | too_long[len(pairs) :])
     scores = outputs["logits"][:, 0].numpy()[index]
     chosen, rejected = scores[: len(pairs)][kept], scores[len(pairs) :][kept]

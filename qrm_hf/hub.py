@@ -401,7 +401,8 @@ def load_qrm(
     safetensors only. With ``HF_HUB_OFFLINE=1`` the files come from the local cache. Errors of the Hub
     client (unknown repo or revision, no network) are passed on as `OSError` naming the repo and the
     revision; a directory that does not exist, or one without tokenizer, is a `FileNotFoundError`; a model
-    that is not a QRM a `ValueError`.
+    that is not a QRM a `ValueError`, and so are weights holding NaN or infinite values
+    (`check_finite_weights`).
     """
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -456,7 +457,20 @@ def load_qrm(
             model = QRMForSequenceClassification.from_pretrained(name, use_safetensors=True, **kwargs)
     except OSError as error:
         raise OSError(f"Cannot load {where}: {error}") from error
+    check_finite_weights(model, name)
     return model.eval(), tokenizer
+
+
+def check_finite_weights(model, name: str) -> None:
+    """Refuse a model with NaN or infinite values in its parameters or buffers, naming the tensors: it
+    would score every conversation NaN (or a number computed from an overflow)."""
+    import torch
+
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    bad = [key for key, tensor in tensors if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        listed = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ValueError(f"{name} has NaN or infinite values in {len(bad)} tensor(s): {listed}.")
 
 
 def _push_command(args) -> None:
@@ -544,6 +558,7 @@ __all__ = [
     "check_repo_id",
     "check_tokenizer_files",
     "load_qrm",
+    "check_finite_weights",
     "model_location",
     "push_model_dir",
     "read_model_config",

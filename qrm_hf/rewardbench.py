@@ -19,13 +19,16 @@ Both official formats are read (a Hub dataset id or a local file / directory, th
 
 Subsets absent from the data are left out of the means and listed in ``missing_subsets``; subsets
 that are not part of the benchmark are scored, listed in ``unknown_subsets`` and left out of the
-sections and the overall score. Every distinct conversation is scored once.
+sections and the overall score. Every distinct conversation is scored once. A NaN or infinite score is
+never counted as a wrong answer: it is refused, naming the rows. A subset whose score is undefined on the
+rows given (Ties cut by ``--limit``) has accuracy None, is left out of the overall score and listed with
+the reason in ``left_out_subsets``.
 
 The result is a JSON-ready dict::
 
     {"benchmark": "rewardbench" | "rewardbench-2", "subsets": {name: {"accuracy": float, "n": int}},
      "sections": {name: float}, "score": float, "rank_by": str, "missing_subsets": [...],
-     "unknown_subsets": [...], "dataset": str, "split": str | None, "limit": int | None}
+     "left_out_subsets": {name: reason}, "unknown_subsets": [...], "dataset": str, "split": str | None, "limit": int | None}
 
 (accuracies are fractions in [0, 1]; RewardBench 2 has no sections).
 """
@@ -200,18 +203,35 @@ def _completions(rows: Sequence[dict], benchmark: str) -> list[list[Conversation
     return result
 
 
-def _score_each_once(groups: list[list[Conversation]], scorer: Scorer) -> list[np.ndarray]:
-    """Scores of every conversation of every group, each distinct conversation passed to `scorer` once."""
+def _score_each_once(
+    groups: list[list[Conversation]], scorer: Scorer, names: Sequence[str]
+) -> list[np.ndarray]:
+    """Scores of every conversation of every group, each distinct conversation passed to `scorer` once.
+
+    A NaN or infinite score (from the scorer, or refused by `qrm_hf.scoring`) is never counted as a
+    wrong answer: a ValueError names the groups that hold one (`names`, one per group)."""
     from .evaluation import unique_conversations
+    from .scoring import NonFiniteOutputError
 
     flat = [conversation for group in groups for conversation in group]
     unique, index = unique_conversations(flat)
-    scores = np.asarray(scorer(unique), dtype=float).reshape(-1)
+    try:
+        scores = np.asarray(scorer(unique), dtype=float).reshape(-1)
+    except NonFiniteOutputError as error:  # named here by benchmark row, not by distinct conversation
+        scores = np.zeros(len(unique))
+        scores[error.positions] = np.nan
     if len(scores) != len(unique):
         raise ValueError(f"The scorer returned {len(scores)} scores for {len(unique)} conversations.")
     flat_scores = scores[index]
     bounds = np.cumsum([0, *map(len, groups)])
-    return [flat_scores[start:end] for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
+    grouped = [flat_scores[start:end] for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
+    bad = [name for name, group in zip(names, grouped, strict=True) if not np.isfinite(group).all()]
+    if bad:
+        raise ValueError(
+            f"The scores are NaN or infinite for {len(bad)} row(s): {'; '.join(bad[:5])}"
+            f"{' ...' if len(bad) > 5 else ''}. Such a score is never counted as an answer."
+        )
+    return grouped
 
 
 # --------------------------------------------------------------------------------------------- scoring
@@ -221,6 +241,8 @@ def best_of_n_result(scores: Sequence[float]) -> float:
     """RewardBench 2's per-row result (official ``reroll_and_score_dataset``): scores[0] is the first
     chosen completion; 1 / (number of completions sharing the top score) if it has the top score, else 0."""
     scores = np.asarray(scores, dtype=float)
+    if not np.isfinite(scores).all():
+        raise ValueError(f"Best-of-N scores must be finite numbers, got {scores.tolist()}.")
     top = scores.max()
     return float(1 / np.sum(scores == top)) if scores[0] == top else 0.0
 
@@ -233,7 +255,7 @@ def _prompt_stats(correct: list[float], incorrect: list[float]) -> tuple[bool, f
     return margin > 0, spread, margin
 
 
-def ties_score(rows: Sequence[dict], scores: Sequence[Sequence[float]]) -> tuple[float, dict]:
+def ties_score(rows: Sequence[dict], scores: Sequence[Sequence[float]]) -> tuple[float | None, dict]:
     """The RewardBench 2 Ties score, as the official ``process_single_model`` computes it.
 
     Each row's id is ``"ref:N"`` (a reference prompt with one correct answer) or ``"tied:N"`` (several
@@ -244,6 +266,10 @@ def ties_score(rows: Sequence[dict], scores: Sequence[Sequence[float]]) -> tuple
     = mean(min(ref margin, tied margin) > tied spread), ``correctness_margin_score`` = mean of
     tanh(min(ref margin, tied margin) / tied spread - 1) (NaN -> 0). Score = 0.30 tied accuracy + 0.30 ref
     accuracy + 0.20 correctness_preferred + 0.20 correctness_preferred_hard + 0.01 correctness_margin_score.
+
+    The score is defined only when some prompt is present as both ref and tied (a `--limit` can cut every
+    pair): otherwise it is None and the components say why under ``left_out`` (the official code would
+    give NaN). Scores must be finite (ValueError otherwise).
     """
     grouped: dict[tuple[str, int], tuple[list, list]] = defaultdict(lambda: ([], []))
     for row, row_scores in zip(rows, scores, strict=True):
@@ -252,6 +278,10 @@ def ties_score(rows: Sequence[dict], scores: Sequence[Sequence[float]]) -> tuple
         if sample_type not in ("ref", "tied") or not prompt_id.strip().lstrip("-").isdigit():
             raise ValueError(
                 f"Ties row id {identifier!r}: expected 'ref:N' or 'tied:N' (the official Ties subset's ids)."
+            )
+        if not np.isfinite(np.asarray(row_scores, dtype=float)).all():
+            raise ValueError(
+                f"Ties row {identifier!r}: scores must be finite numbers, got {list(row_scores)}."
             )
         num_correct = int(row["num_correct"]) if row.get("num_correct") is not None else len(row["chosen"])
         correct, incorrect = grouped[sample_type, int(prompt_id)]
@@ -265,18 +295,23 @@ def ties_score(rows: Sequence[dict], scores: Sequence[Sequence[float]]) -> tuple
                 f"(got {len(correct)} correct, {len(incorrect)} incorrect; see num_correct)."
             )
         (ref if sample_type == "ref" else tied)[prompt_id] = _prompt_stats(correct, incorrect)
-    ref_accuracy = float(np.mean([stats[0] for stats in ref.values()])) if ref else 0.0
-    tied_accuracy = float(np.mean([stats[0] for stats in tied.values()])) if tied else 0.0
     shared = sorted(set(ref) & set(tied))
+    if not shared:
+        return None, {
+            "ref_prompts": len(ref),
+            "tied_prompts": len(tied),
+            "left_out": "no prompt is present as both 'ref:N' and 'tied:N' (e.g. cut by --limit): the Ties "
+            "score compares the two",
+        }
+    ref_accuracy = float(np.mean([stats[0] for stats in ref.values()]))
+    tied_accuracy = float(np.mean([stats[0] for stats in tied.values()]))
     spread = np.array([tied[p][1] for p in shared], dtype=float)
     tied_margin = np.array([tied[p][2] for p in shared], dtype=float)
     hard_margin = np.minimum(np.array([ref[p][2] for p in shared], dtype=float), tied_margin)
     with np.errstate(divide="ignore", invalid="ignore"):
-        preferred = float(np.mean(tied_margin > spread)) if shared else math.nan
-        preferred_hard = float(np.mean(hard_margin > spread)) if shared else math.nan
-        margin_score = (
-            float(np.mean(np.nan_to_num(np.tanh(hard_margin / spread - 1), nan=0.0))) if shared else 0.0
-        )
+        preferred = float(np.mean(tied_margin > spread))
+        preferred_hard = float(np.mean(hard_margin > spread))
+        margin_score = float(np.mean(np.nan_to_num(np.tanh(hard_margin / spread - 1), nan=0.0)))
     components = {
         "ref_accuracy": ref_accuracy,
         "tied_accuracy": tied_accuracy,
@@ -310,7 +345,11 @@ def evaluate_rewardbench(
     if benchmark != detected:
         raise ValueError(f"The rows are in the {detected} format, not {benchmark}.")
     groups = _completions(rows, benchmark)
-    scores = _score_each_once(groups, scorer)
+    names = [
+        f"row {number} (subset {row.get('subset')!r}, id {row.get('id')!r})"
+        for number, row in enumerate(rows)
+    ]
+    scores = _score_each_once(groups, scorer, names)
     by_subset: dict[str, list[int]] = defaultdict(list)
     for number, row in enumerate(rows):
         by_subset[str(row["subset"])].append(number)
@@ -319,6 +358,8 @@ def evaluate_rewardbench(
         if benchmark == REWARDBENCH_2 and subset.lower() == "ties":
             accuracy, components = ties_score([rows[i] for i in numbers], [scores[i] for i in numbers])
             subsets[subset] = {"accuracy": accuracy, "n": len(numbers), "components": components}
+            if accuracy is None:
+                subsets[subset]["left_out"] = components.pop("left_out")
             continue
         if benchmark == REWARDBENCH_2:
             results = [best_of_n_result(scores[i]) for i in numbers]
@@ -337,7 +378,11 @@ def evaluate_rewardbench(
                 )
         parts = list(sections.values())
     else:
-        parts = [subsets[name]["accuracy"] for name in REWARDBENCH_2_SUBSETS if name in subsets]
+        parts = [
+            subsets[name]["accuracy"]
+            for name in REWARDBENCH_2_SUBSETS
+            if name in subsets and subsets[name]["accuracy"] is not None
+        ]
     return {
         "benchmark": benchmark,
         "subsets": subsets,
@@ -345,6 +390,9 @@ def evaluate_rewardbench(
         "score": float(np.mean(parts)) if parts else None,
         "rank_by": rank_by,
         "missing_subsets": [name for name in known if name not in subsets],
+        "left_out_subsets": {
+            name: entry["left_out"] for name, entry in subsets.items() if "left_out" in entry
+        },
         "unknown_subsets": [name for name in subsets if name not in known],
     }
 
@@ -410,6 +458,11 @@ def format_report(report: dict) -> str:
     width = max([len(name) for name in report["subsets"]] + [12])
     for name, entry in report["subsets"].items():
         marker = "  (not in the benchmark)" if name in report.get("unknown_subsets", []) else ""
+        if entry["accuracy"] is None:
+            lines.append(
+                f"  {name:<{width}}     n/a  n={entry['n']}  (left out of the score: {entry['left_out']})"
+            )
+            continue
         lines.append(f"  {name:<{width}}  {100 * entry['accuracy']:6.2f}  n={entry['n']}{marker}")
     for name, value in report["sections"].items():
         lines.append(f"  {'[' + name + ']':<{width}}  {100 * value:6.2f}")
@@ -449,7 +502,7 @@ def model_index_entries(report: dict) -> list[dict]:
         else {
             subset: entry["accuracy"]
             for subset, entry in report["subsets"].items()
-            if subset in REWARDBENCH_2_SUBSETS
+            if subset in REWARDBENCH_2_SUBSETS and entry["accuracy"] is not None
         }
     )
     for part, value in parts.items():

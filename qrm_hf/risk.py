@@ -134,8 +134,8 @@ def exponential_utility(q, lam: float) -> torch.Tensor:
     Concave in the reward, so it penalises the left tail: at equal mean, a more spread (e.g.
     bimodal) distribution has a lower utility. Values are negative and not in reward units; they
     overflow to ``-inf`` once ``-lam * q_k`` exceeds the dtype's exp range (about 88 in float32,
-    709 in float64). :func:`certainty_equivalent` gives the same ranking in reward units without
-    overflow.
+    709 in float64; computed in float64, so any finite ``lam`` > 0 gives a number or ``-inf``, never
+    NaN). :func:`certainty_equivalent` gives the same ranking in reward units without overflow.
 
     Args:
         q: quantile estimates, shape ``[..., K]``.
@@ -149,7 +149,8 @@ def exponential_utility(q, lam: float) -> torch.Tensor:
     """
     q = _as_quantiles(q)
     lam = _as_positive(lam, "lam")
-    return -torch.exp(-lam * q).mean(-1)
+    # In float64: in float32, lam > 3.4e38 is inf and inf * 0 is NaN.
+    return -torch.exp(-lam * q.to(torch.float64)).mean(-1).to(q.dtype)
 
 
 def certainty_equivalent(q, lam: float) -> torch.Tensor:
@@ -165,7 +166,9 @@ def certainty_equivalent(q, lam: float) -> torch.Tensor:
     Computed stably with the log-sum-exp shift by the largest exponent (the smallest estimate m):
     ``CE = m - log1p(mean_k expm1(-lam (q_k - m))) / lam``. Every exponent is <= 0, so nothing
     overflows even for ``lam * q ~ +-1000``, and ``log1p``/``expm1`` keep full precision for tiny
-    ``lam`` (no cancellation against log K).
+    ``lam`` (no cancellation against log K). Computed in float64 (returned in q's dtype), so every finite
+    ``lam`` > 0 works; where ``lam * (max_k q_k - m) < 1e-20`` the expansion ``mean - lam/2 Var`` is
+    used, exact there to double precision where ``lam * (q_k - m)`` would reach the subnormal floats.
 
     Args:
         q: quantile estimates, shape ``[..., K]``.
@@ -179,11 +182,19 @@ def certainty_equivalent(q, lam: float) -> torch.Tensor:
     """
     q = _as_quantiles(q)
     lam = _as_positive(lam, "lam")
+    # In float64: in float32, lam > 3.4e38 is inf and inf * 0 is NaN.
+    wide = q.to(torch.float64)
     # The result does not depend on the shift m (its partial derivative is 0), so m needs no gradient.
-    shift = q.detach().amin(-1, keepdim=True)
+    shift = wide.detach().amin(-1, keepdim=True)
+    gap = wide - shift
     # log mean_k exp(-lam (q_k - m)), in (-log K, 0]
-    log_mean = torch.log1p(torch.expm1(-lam * (q - shift)).mean(-1))
-    return shift.squeeze(-1) - log_mean / lam
+    log_mean = torch.log1p(torch.expm1(-lam * gap).mean(-1))
+    exact = shift.squeeze(-1) - log_mean / lam
+    # Where lam * (q_k - m) nears the subnormal floats the exact form loses its digits (for lam = 5e-324 it
+    # returns m): there the expansion mean - lam/2 var is exact to double precision (next term ~ lam^2).
+    expansion = wide.mean(-1) - lam / 2 * gap.var(-1, correction=0)
+    tiny = lam * gap.detach().amax(-1) < 1e-20
+    return torch.where(tiny, expansion, exact).to(q.dtype)
 
 
 def cvar(q, levels: torch.Tensor | Sequence[float], alpha: float) -> torch.Tensor:
@@ -225,7 +236,8 @@ def cvar(q, levels: torch.Tensor | Sequence[float], alpha: float) -> torch.Tenso
         raise ValueError(f"`alpha` must lie in (0, 1], got {alpha}.")
     num_levels = q.shape[-1]
     tail = alpha * num_levels  # tail mass in units of one estimate
-    if abs(tail - round(tail)) < 1e-9:  # e.g. 0.3 * 10 = 3.0000000000000004: whole estimates only
+    # e.g. 0.3 * 10 = 3.0000000000000004: whole estimates only (never rounded to 0: 1e-300 * 10 stays a tail)
+    if round(tail) >= 1 and abs(tail - round(tail)) < 1e-9:
         tail = float(round(tail))
     # weight of the i-th smallest estimate: the part of [i - 1, i] inside [0, tail], divided by tail
     index = torch.arange(num_levels, device=q.device, dtype=torch.float64)

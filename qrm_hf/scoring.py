@@ -66,6 +66,54 @@ def split_scorable(model, sequences, max_length: int | None = None, too_long: st
     return kept, skipped
 
 
+class NonFiniteOutputError(ValueError):
+    """The model gave NaN or infinite values for some conversations: never passed on as a score.
+
+    `positions` are those conversations' positions in the input."""
+
+    def __init__(self, message: str, positions: list[int]):
+        super().__init__(message)
+        self.positions = positions
+
+
+def check_finite_rows(
+    values: Sequence[torch.Tensor],
+    row_names: Sequence[str] | None = None,
+    what: str = "output",
+    ignore: torch.Tensor | None = None,
+) -> None:
+    """Raise `NonFiniteOutputError` naming the rows (first dimension) where any of `values` is NaN or
+    infinite, except the rows `ignore` [N] (bool) marks (not run); `row_names` name the rows (e.g.
+    "line 3" of the input file; default "conversation i", 0-based)."""
+    bad = torch.zeros(len(values[0]), dtype=torch.bool)
+    for value in values:
+        bad |= ~torch.isfinite(value.detach().cpu().reshape(len(value), -1)).all(-1)
+    if ignore is not None:
+        bad &= ~ignore
+    positions = torch.nonzero(bad).flatten().tolist()
+    if positions:
+        names = [row_names[i] if row_names is not None else f"conversation {i}" for i in positions]
+        raise NonFiniteOutputError(
+            f"The model's {what} is NaN or infinite for {len(positions)} conversation(s): "
+            f"{', '.join(names[:5])}{', ...' if len(names) > 5 else ''}. No score is given for them (the model "
+            "overflows on them, e.g. in float16, or its weights are broken).",
+            positions,
+        )
+
+
+def names_of_distinct(index: Sequence[int], row_names: Sequence[str], count: int) -> list[str]:
+    """Names of `count` distinct conversations from the names of the rows that hold them (`index`: each
+    row's distinct conversation, as from `qrm_hf.evaluation.unique_conversations`)."""
+    grouped: list[list[str]] = [[] for _ in range(count)]
+    for row, distinct in enumerate(index):
+        if row_names[row] not in grouped[distinct]:
+            grouped[distinct].append(row_names[row])
+    return [
+        " and ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        for names in grouped
+    ]
+
+
 def scoring_pad_token_id(model, tokenizer) -> int:
     """The pad token id of batched scoring: the model's, else the tokenizer's."""
     pad_token_id = (
@@ -83,11 +131,13 @@ def conversation_embeddings(
     batch_size: int = 8,
     max_length: int | None = None,
     desc: str = "embeddings",
+    row_names: Sequence[str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(response embeddings [N, H], prompt embeddings [N, H]), float32 tensors, of conversations under the
     model's own backbone, through the extraction encoder (`qrm_hf.training.features.BackboneEncoder`):
-    what the quantile heads and the gating network read, so `model.score_embeddings(response, prompt)`
-    is the model's output. Over-long conversations are refused by row (`split_scorable`)."""
+    what the quantile heads and the gating network read, so `score_embeddings(model, response, prompt)`
+    is the model's output. Over-long conversations are refused by row (`split_scorable`), and so are
+    NaN or infinite embeddings (`NonFiniteOutputError`, rows named by `row_names`)."""
     from .training.features import BackboneEncoder
 
     sequences = [encode_conversation(tokenizer, messages=messages) for messages in conversations]
@@ -96,7 +146,20 @@ def conversation_embeddings(
     encoder = BackboneEncoder(
         model.model, model.config.prompt_end_pattern, pad_token_id, batch_size=batch_size
     )
-    return encoder.encode(sequences, desc=desc)
+    response, prompt = encoder.encode(sequences, desc=desc)
+    check_finite_rows([response, prompt], row_names, "embedding")
+    return response, prompt
+
+
+@torch.inference_mode()
+def score_embeddings(
+    model, response: torch.Tensor, prompt: torch.Tensor, row_names: Sequence[str] | None = None
+):
+    """`model.score_embeddings(response, prompt)` (embeddings of `conversation_embeddings`), with NaN or
+    infinite outputs refused by row (`NonFiniteOutputError`) as `score_conversations` refuses them."""
+    output = model.score_embeddings(response, prompt)
+    check_finite_rows([output.logits, output.reward_quantiles, output.attribute_quantiles], row_names)
+    return output
 
 
 @torch.inference_mode()
@@ -108,6 +171,7 @@ def score_conversations(
     progress: bool = True,
     max_length: int | None = None,
     too_long: str = "error",
+    row_names: Sequence[str] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Run `model` on conversations (message lists ending with the assistant's response, e.g. from
     `qrm_hf.chat.conversation_messages(prompt, response)`), formatted with the tokenizer's chat template.
@@ -120,6 +184,10 @@ def score_conversations(
     never truncated: with ``too_long="error"`` a ValueError names them before any forward pass; with
     ``too_long="skip"`` they are not run, their rows are NaN and `too_long` marks them (as `qrm extract`
     skips and counts them).
+
+    A NaN or infinite output is never returned as a score: `NonFiniteOutputError` (a ValueError) names
+    the conversations by `row_names` (e.g. "line 3" of their file; default "conversation i", 0-based).
+    Every command that scores conversations goes through here or `score_embeddings`.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
@@ -141,6 +209,7 @@ def score_conversations(
             results[name][torch.tensor(rows)] = value
     mask = torch.zeros(len(sequences), dtype=torch.bool)
     mask[skipped] = True
+    check_finite_rows([results[name] for name in fields], row_names, ignore=mask)
     return {**results, "too_long": mask}
 
 

@@ -42,6 +42,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from joblib import Parallel, delayed
+from scipy import sparse
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import QuantileRegressor, Ridge
@@ -337,22 +338,53 @@ def fit_quantiles_ipm(
     return w.T.cpu().numpy(), intercept.cpu().numpy(), n_iter, gap
 
 
-def _as_float64(array) -> np.ndarray:
+def _as_float64(array, name: str = "input") -> np.ndarray:
     """A numpy float64 array of an array-like or a tensor of any dtype and device (bfloat16 included)."""
+    if sparse.issparse(array):  # np.asarray would make a 0-d object array of it
+        raise TypeError(
+            f"The {name} must be dense (a numpy array or tensor), got a scipy sparse {array.format} matrix."
+        )
     if isinstance(array, torch.Tensor):
         array = array.detach().cpu().double().numpy()
     return np.asarray(array, dtype=np.float64)
 
 
+def _as_features(X):
+    """X as a float64 numpy array, or, for a scipy sparse matrix, a float64 CSR matrix (kept sparse)."""
+    if sparse.issparse(X):
+        return X.tocsr().astype(np.float64)
+    return _as_float64(X, "features")
+
+
+def _dense(X) -> np.ndarray:
+    """Dense rows of features from `_as_features` (the fast solver works on dense float64 matrices)."""
+    return X.toarray() if sparse.issparse(X) else X
+
+
 def identical_row_groups(X) -> np.ndarray:
     """One group per distinct row of X [n, d] (one response rated by several annotators), numbered in
-    order of first appearance -> [n] ints."""
+    order of first appearance -> [n] ints. X may be a scipy sparse matrix."""
+    if sparse.issparse(X):  # a row is its sorted nonzero positions and their values
+        X = sparse.csr_matrix(X, copy=True)
+        X.sum_duplicates()
+        X.eliminate_zeros()
+        keys = [
+            (X.indices[start:end].tobytes(), X.data[start:end].tobytes())
+            for start, end in zip(X.indptr[:-1], X.indptr[1:], strict=True)
+        ]
+        numbers: dict = {}
+        return np.array([numbers.setdefault(key, len(numbers)) for key in keys], dtype=np.int64)
     _, first, inverse = np.unique(X, axis=0, return_index=True, return_inverse=True)
     return np.argsort(np.argsort(first))[inverse.ravel()]
 
 
 class MultiQuantileRegressor(RegressorMixin, BaseEstimator):
     """Linear quantile regression for K levels and M attributes at once.
+
+    X may be a numpy array, a tensor or a scipy sparse matrix (as for scikit-learn's `QuantileRegressor`):
+    the "sklearn" solver passes sparse rows to HiGHS as they are; the "fast" solver works on dense float64
+    rows, so it densifies each attribute's rows (n x d floats: fine for embeddings, not for a vocabulary-
+    sized bag of words).
 
     Parameters
     ----------
@@ -474,7 +506,7 @@ class MultiQuantileRegressor(RegressorMixin, BaseEstimator):
 
     @staticmethod
     def _validate_labels(Y) -> np.ndarray:
-        Y = _as_float64(Y)
+        Y = _as_float64(Y, "labels")
         Y = Y[:, None] if Y.ndim == 1 else Y
         if Y.ndim != 2:
             raise ValueError(f"Expected labels Y [n] or [n, M], got shape {Y.shape}.")
@@ -487,15 +519,15 @@ class MultiQuantileRegressor(RegressorMixin, BaseEstimator):
 
     def _validate(self, X, Y):
         levels = self._validate_settings()
-        X = _as_float64(X)
-        Y = _as_float64(Y)
+        X = _as_features(X)
+        Y = _as_float64(Y, "labels")
         if Y.ndim == 1:
             Y = Y[:, None]
         if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
             raise ValueError(
                 f"Expected X [n, d] and Y [n] or [n, M] with the same n, got {X.shape} and {Y.shape}."
             )
-        if not np.isfinite(X).all():
+        if not np.isfinite(X.data if sparse.issparse(X) else X).all():
             raise ValueError("X contains NaN or infinite values.")
         return levels, X, self._validate_labels(Y)
 
@@ -522,7 +554,7 @@ class MultiQuantileRegressor(RegressorMixin, BaseEstimator):
         """
         levels, X, Y = self._validate(X, Y)
         if sample_weight is not None:
-            sample_weight = _as_float64(sample_weight)
+            sample_weight = _as_float64(sample_weight, "sample_weight")
             if sample_weight.shape != (X.shape[0],):
                 raise ValueError(f"sample_weight must have shape ({X.shape[0]},), got {sample_weight.shape}.")
             if not np.isfinite(sample_weight).all() or (sample_weight < 0).any():
@@ -546,7 +578,9 @@ class MultiQuantileRegressor(RegressorMixin, BaseEstimator):
         if self.solver == "fast":  # (coef, intercept, iterations [K], gap [K]) per problem
             settings = {"fit_intercept": self.fit_intercept, "tol": self.tol, "max_iter": self.max_iter}
             return [
-                fit_quantiles_ipm(X, y, levels, alpha, device=self.device, sample_weight=weight, **settings)
+                fit_quantiles_ipm(
+                    _dense(X), y, levels, alpha, device=self.device, sample_weight=weight, **settings
+                )
                 for X, y, alpha, weight in tqdm(problems, desc=f"{desc} (fast)")
             ]
         K = len(levels)
@@ -564,7 +598,7 @@ class MultiQuantileRegressor(RegressorMixin, BaseEstimator):
     def _select_alpha(self, X, Y, rows_per_attribute, levels, grid, sample_weight=None) -> np.ndarray:
         """Cross-validated pinball loss [M, A] of each penalty of `grid`, folds grouped by identical rows of X
         (with `sample_weight`, fits and held-out losses are weighted)."""
-        weight = np.ones(len(X)) if sample_weight is None else sample_weight
+        weight = np.ones(X.shape[0]) if sample_weight is None else sample_weight
         problems, held_out = [], []
         for m, rows in enumerate(rows_per_attribute):
             groups = identical_row_groups(X[rows])
@@ -620,15 +654,17 @@ class MultiQuantileRegressor(RegressorMixin, BaseEstimator):
         return self
 
     def predict(self, X) -> np.ndarray:
-        """Quantile predictions [n, M, K] (not sorted: crossing levels are left as fitted)."""
-        X = _as_float64(X)
+        """Quantile predictions [n, M, K] (not sorted: crossing levels are left as fitted); X dense or sparse."""
+        X = _as_features(X)
         if X.ndim != 2 or X.shape[1] != self.n_features_in_:
             raise ValueError(f"Expected X with {self.n_features_in_} features, got shape {X.shape}.")
-        return np.einsum("nd,mkd->nmk", X, self.coef_) + self.intercept_[None]
+        M, K, d = self.coef_.shape
+        linear = np.asarray(X @ self.coef_.reshape(M * K, d).T).reshape(X.shape[0], M, K)
+        return linear + self.intercept_[None]
 
     def score(self, X, Y) -> float:
         """Negative mean pinball loss over attributes and levels (higher is better)."""
-        Y = _as_float64(Y)
+        Y = _as_float64(Y, "labels")
         Y = Y[:, None] if Y.ndim == 1 else Y
         return -float(np.mean(pinball_loss(Y, self.predict(X), self.quantile_levels)))
 
