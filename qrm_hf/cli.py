@@ -91,14 +91,23 @@ def _convert(args):
     print(f"Converted {args.source} -> {destination}")
 
 
-def _print_scores(
-    model, tokenizer, conversations, names, lam, alpha, plot=None, batch_size=8, max_length=None
-):
-    from .scoring import format_table, plot_reward_distributions, risk_summary, score_conversations
-
-    outputs = score_conversations(
-        model, tokenizer, conversations, batch_size=batch_size, max_length=max_length
+def _print_scores(model, tokenizer, rows, lam, alpha, plot=None, batch_size=8, max_length=None):
+    """Score and print `rows` = (conversations, names, locations of the rows for errors)."""
+    from .scoring import (
+        ConversationsTooLong,
+        format_table,
+        plot_reward_distributions,
+        risk_summary,
+        score_conversations,
     )
+
+    conversations, names, locations = rows
+    try:
+        outputs = score_conversations(
+            model, tokenizer, conversations, batch_size=batch_size, max_length=max_length
+        )
+    except ConversationsTooLong as error:
+        raise error.located(locations.__getitem__) from None
     levels = model.config.quantile_levels
     print(format_table(risk_summary(outputs["reward_quantiles"], levels, lam=lam, alpha=alpha), names))
     if plot:
@@ -108,13 +117,13 @@ def _print_scores(
 
 
 def _scoring_rows(path: str):
-    """(conversations, names) of a JSON Lines file of prompt/response rows, every row checked."""
+    """(conversations, names, locations) of a JSON Lines file of prompt/response rows, every row checked."""
     from .data import read_jsonl
     from .presets import response_conversations
 
     rows = read_jsonl(path)
     conversations = response_conversations(rows, name=str(path))
-    return conversations, [str(row.get("name", i)) for i, row in enumerate(rows)]
+    return conversations, [str(row.get("name", i)) for i, row in enumerate(rows)], rows.row_locations
 
 
 def _score(args):
@@ -123,10 +132,14 @@ def _score(args):
     if args.file:
         if args.prompt is not None or args.response is not None:
             raise ValueError("Give either --file or --prompt and --response, not both.")
-        conversations, names = _scoring_rows(args.file)
+        rows = _scoring_rows(args.file)
     elif args.prompt is not None and args.response is not None:
-        rows = [{"prompt": args.prompt, "response": args.response}]
-        conversations, names = response_conversations(rows, name="--prompt/--response"), ["conversation"]
+        given = [{"prompt": args.prompt, "response": args.response}]
+        rows = (
+            response_conversations(given, name="--prompt/--response"),
+            ["conversation"],
+            ["--prompt/--response"],
+        )
     else:
         raise ValueError("Give --prompt and --response, or --file with prompt/response rows.")
     check_writable(args.plot, "plot")
@@ -134,8 +147,7 @@ def _score(args):
     _print_scores(
         model,
         tokenizer,
-        conversations,
-        names,
+        rows,
         args.lam,
         args.alpha,
         args.plot,
@@ -208,7 +220,7 @@ def _evaluate(args):
         )
     if showcase:
         print(f"  Showcase (certainty equivalent with lambda {args.lam}, cvar at alpha {args.alpha}):")
-        _print_scores(model, tokenizer, *showcase, args.lam, args.alpha, args.plot, **lengths)
+        _print_scores(model, tokenizer, showcase, args.lam, args.alpha, args.plot, **lengths)
     from .training.features import write_json_atomic
 
     for path in outputs:

@@ -175,11 +175,19 @@ def benchmark_of(rows: Sequence[dict]) -> str:
     return REWARDBENCH_2 if isinstance(first["chosen"], list | tuple) else REWARDBENCH
 
 
+def _where(rows: Sequence[dict], number: int) -> str:
+    """Row `number` for errors: its file line (`qrm_hf.data.row_location`), subset and id."""
+    from .data import row_location
+
+    row = rows[number]
+    return f"{row_location(rows, number, 'RewardBench rows')} (subset {row.get('subset')!r}, id {row.get('id')!r})"
+
+
 def _completions(rows: Sequence[dict], benchmark: str) -> list[list[Conversation]]:
     """Each row's conversations, chosen first (RewardBench 2: all chosen, then all rejected)."""
     result = []
     for number, row in enumerate(rows):
-        where = f"row {number} (subset {row.get('subset')!r}, id {row.get('id')!r})"
+        where = _where(rows, number)
         missing = [column for column in ("prompt", "chosen", "rejected", "subset") if row.get(column) is None]
         if missing:
             raise ValueError(f"{where}: {', '.join(missing)} missing.")
@@ -200,13 +208,20 @@ def _completions(rows: Sequence[dict], benchmark: str) -> list[list[Conversation
     return result
 
 
-def _score_each_once(groups: list[list[Conversation]], scorer: Scorer) -> list[np.ndarray]:
-    """Scores of every conversation of every group, each distinct conversation passed to `scorer` once."""
+def _score_each_once(groups: list[list[Conversation]], scorer: Scorer, locate_group=str) -> list[np.ndarray]:
+    """Scores of every conversation of every group, each distinct conversation passed to `scorer` once;
+    conversations too long for the model are named by ``locate_group(group number)`` (their row)."""
     from .evaluation import unique_conversations
+    from .scoring import ConversationsTooLong
 
     flat = [conversation for group in groups for conversation in group]
+    group_of = np.repeat(np.arange(len(groups)), [len(group) for group in groups])
     unique, index = unique_conversations(flat)
-    scores = np.asarray(scorer(unique), dtype=float).reshape(-1)
+    try:
+        scores = np.asarray(scorer(unique), dtype=float).reshape(-1)
+    except ConversationsTooLong as error:  # name the row of each, not its place among the distinct ones
+        first_of = {int(u): int(group_of[f]) for f, u in reversed(list(enumerate(index)))}
+        raise error.located(lambda u: locate_group(first_of[u])) from None
     if len(scores) != len(unique):
         raise ValueError(f"The scorer returned {len(scores)} scores for {len(unique)} conversations.")
     flat_scores = scores[index]
@@ -310,7 +325,7 @@ def evaluate_rewardbench(
     if benchmark != detected:
         raise ValueError(f"The rows are in the {detected} format, not {benchmark}.")
     groups = _completions(rows, benchmark)
-    scores = _score_each_once(groups, scorer)
+    scores = _score_each_once(groups, scorer, lambda number: _where(rows, number))
     by_subset: dict[str, list[int]] = defaultdict(list)
     for number, row in enumerate(rows):
         by_subset[str(row["subset"])].append(number)
@@ -357,6 +372,7 @@ def load_rewardbench_rows(
     Without `split`: ``filtered`` (RewardBench), else ``test`` (RewardBench 2), else ``train`` (a local
     file is its own single split). `limit` keeps the first `limit` rows of each subset.
     """
+    from .data import JsonlRows
     from .presets import load_rows
 
     if limit is not None and limit < 1:
@@ -370,14 +386,18 @@ def load_rewardbench_rows(
             if number == len(candidates) - 1 or "split" not in str(error).lower():
                 raise
     rows = [dict(row) for row in dataset]
+    locations = getattr(dataset, "row_locations", None)
+    kept = range(len(rows))
     if limit is not None:
         seen: dict = defaultdict(int)
-        limited = []
-        for row in rows:
+        kept = []
+        for number, row in enumerate(rows):
             seen[row.get("subset")] += 1
             if seen[row.get("subset")] <= limit:
-                limited.append(row)
-        rows = limited
+                kept.append(number)
+        rows = [rows[number] for number in kept]
+    if locations is not None:  # rows of a JSON Lines file keep their lines for errors
+        rows = JsonlRows(rows, [locations[number] for number in kept])
     return rows, candidate
 
 

@@ -22,10 +22,11 @@ from pathlib import Path
 
 from datasets import Dataset
 from peft import LoraConfig
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
+from ..chat import check_max_length
 from ..presets import DatasetPreset, load_rows
 from . import paper_rlhf as paper
 from .rlhf_data import chosen_completions
@@ -264,6 +265,10 @@ def run_sft(
     tokenizer = AutoTokenizer.from_pretrained(str(model), trust_remote_code=args.trust_remote_code)
     if chat_template is not None:
         tokenizer.chat_template = Path(chat_template).read_text()
+    # --max-length above the model's positions would train on positions it has no embedding for
+    check_max_length(
+        args.max_length, AutoConfig.from_pretrained(str(model), trust_remote_code=args.trust_remote_code)
+    )
     if not tokenizer.chat_template:
         raise ValueError(
             f"The tokenizer of {model} has no chat template: pass one (a Jinja file, e.g. the template of the "
