@@ -11,7 +11,7 @@ sequence.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 
@@ -64,10 +64,26 @@ def read_jsonl(path: str | Path) -> JsonlRows:
     """The rows of a JSON Lines file, each with its location (`JsonlRows`); a clear error names the file
     and the line of a malformed row (invalid JSON, bytes that are not UTF-8, a string with a lone
     surrogate escape such as ``"\\ud800"``, which is no text, a value that is not an object)."""
+    rows, locations = [], []
+    for row, where in checked_jsonl_rows(path):
+        rows.append(row)
+        locations.append(where)
+    return JsonlRows(rows, locations)
+
+
+def jsonl_row_locations(path: str | Path) -> list[str]:
+    """The locations of the rows of a JSON Lines file, every row checked as `read_jsonl` does, without
+    keeping the rows (for readers that load the file their own way, e.g. `datasets`)."""
+    return [where for _, where in checked_jsonl_rows(path)]
+
+
+def checked_jsonl_rows(path: str | Path) -> Iterator[tuple[dict, str]]:
+    """(row, ``"FILE line N"``) of every non-blank line of a JSON Lines file, one at a time; the checks
+    and errors of `read_jsonl`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist." if not path.exists() else f"{path} is not a file.")
-    rows, locations = [], []
+    empty = True
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             line = _decode(raw, path, number)
@@ -87,11 +103,17 @@ def read_jsonl(path: str | Path) -> JsonlRows:
                     f"{where}: a string holds a lone surrogate ({error.object[error.start : error.end]!r}, "
                     "from an escape such as \\ud800), which is not text."
                 ) from None
-            rows.append(row)
-            locations.append(where)
-    if not rows:
+            empty = False
+            yield row, where
+    if empty:
         raise ValueError(f"{path} holds no rows.")
-    return JsonlRows(rows, locations)
 
 
-__all__ = ["JsonlRows", "check_utf8", "read_jsonl", "row_location"]
+__all__ = [
+    "JsonlRows",
+    "check_utf8",
+    "checked_jsonl_rows",
+    "jsonl_row_locations",
+    "read_jsonl",
+    "row_location",
+]

@@ -119,19 +119,19 @@ def load_rows(
     """
     import datasets
 
-    from .data import check_utf8, read_jsonl
+    from .data import check_utf8, jsonl_row_locations
 
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}.")
     source = str(source)
     path = Path(source).expanduser()
-    located = None  # the rows of a JSON Lines file, with their lines
+    locations = None  # of the rows of a JSON Lines file
     if path.is_file():
         if path.stat().st_size == 0:
             raise ValueError(f"The dataset file {path} is empty.")
         builder = _builder_for(path)
         if path.suffix.lower() == ".jsonl":  # (a .json file may be one object or array)
-            located = read_jsonl(path)
+            locations = jsonl_row_locations(path)
         elif builder in ("json", "csv") and path.suffix.lower() not in _COMPRESSIONS:
             check_utf8(path)  # pyarrow would read some bytes that are not UTF-8 and fail later, anywhere
         try:
@@ -156,8 +156,10 @@ def load_rows(
         dataset = _pick_split(dataset, split, source)
     if limit is not None and limit < len(dataset):
         dataset = dataset.select(range(limit))
-    if located is not None and len(located) >= len(dataset):  # pyarrow keeps every non-blank line, in order
-        dataset.row_locations = located.row_locations[: len(dataset)]
+    if locations is not None and len(locations) >= len(
+        dataset
+    ):  # pyarrow keeps every non-blank line, in order
+        dataset.row_locations = locations[: len(dataset)]
     return dataset
 
 
