@@ -20,6 +20,7 @@ of type ``"qrm"``, and only with ``trust_remote_code=True`` (CLI ``--trust-remot
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import json
 import re
@@ -342,6 +343,22 @@ def check_tokenizer_files(directory: str | Path, what: str = "model") -> None:
             f"{', '.join(TOKENIZER_VOCABULARIES)}): save it next to the weights with tokenizer.save_pretrained "
             "(save_qrm and `qrm assemble` do)."
         )
+
+
+@contextlib.contextmanager
+def refusing_model_code(name: str | Path, what: str = "model"):
+    """Around loads with ``trust_remote_code=False``: transformers' refusal of a model's own code (which
+    asks for ``trust_remote_code=True``, a flag the commands that load backbones, base models and policies
+    do not have) becomes one line saying that the code was not run."""
+    try:
+        yield
+    except ValueError as error:
+        if "trust_remote_code" not in str(error):
+            raise
+        raise ValueError(
+            f"The {what} {name} comes with code of its own (an auto_map in its config.json or "
+            "tokenizer_config.json), which was not run: use a model of a transformers model type."
+        ) from error
 
 
 def read_model_config(name: str, revision: str | None = None, token: str | None = None) -> dict:

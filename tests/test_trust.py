@@ -228,7 +228,7 @@ def assert_refused_without_running_code(code: int, err: str, marker: Path) -> No
     progress = ("%|", "examples/s", "it/s]")  # bars of transformers and datasets: the business of §8
     lines = [line for line in err.splitlines() if line.strip() and not any(bar in line for bar in progress)]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("qrm "), err
-    assert "custom code" in lines[0] or "code of its own" in lines[0], lines[0]
+    assert "comes with code of its own" in lines[0] and "which was not run" in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

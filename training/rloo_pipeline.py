@@ -28,6 +28,7 @@ import torch
 from peft import LoraConfig
 from transformers import AutoTokenizer
 
+from ..hub import refusing_model_code
 from ..presets import DatasetPreset, load_rows
 from . import paper_rlhf as paper
 from .grpo import RiskAwareGRPOConfig, RiskAwareGRPOTrainer
@@ -166,9 +167,10 @@ def run_rlhf(
     prompts = rloo_prompts(load_rows(data, split=split, limit=limit), preset)
     # The policy's code runs with the trainer's own consent (TRL's `args.trust_remote_code`, False by default),
     # which the trainer applies to its loads of the policy too; `trust_remote_code` is the QRM's.
-    tokenizer = AutoTokenizer.from_pretrained(
-        str(policy), padding_side="left", truncation_side="left", trust_remote_code=args.trust_remote_code
-    )
+    with refusing_model_code(policy, "policy"):
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(policy), padding_side="left", truncation_side="left", trust_remote_code=args.trust_remote_code
+        )
     if not isinstance(prompts[0]["prompt"], str) and not tokenizer.chat_template:
         raise ValueError(
             f"The prompts are chat messages but the tokenizer of {policy} has no chat template (a model trained "
@@ -189,15 +191,16 @@ def run_rlhf(
         )
     if num_dropped:
         logger.info(f"Dropped {num_dropped} of {total} prompts longer than {max_prompt_length} tokens.")
-    trainer = trainer_cls(
-        model=str(policy),
-        reward_funcs=qrm,
-        args=args,
-        train_dataset=prompts,
-        processing_class=tokenizer,
-        reward_processing_classes=qrm_tokenizer,
-        peft_config=lora_config if lora_config is not None else paper_lora_config(),
-    )
+    with refusing_model_code(policy, "policy"):  # the trainer loads the policy's config and weights
+        trainer = trainer_cls(
+            model=str(policy),
+            reward_funcs=qrm,
+            args=args,
+            train_dataset=prompts,
+            processing_class=tokenizer,
+            reward_processing_classes=qrm_tokenizer,
+            peft_config=lora_config if lora_config is not None else paper_lora_config(),
+        )
     trainer.train(resume_from_checkpoint=last_checkpoint(args.output_dir) if resume else None)
     output_dir, adapter_dir = finish_lora_training(trainer, policy, tokenizer, save_dtype)
     return RLHFResult(

@@ -27,6 +27,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
 from ..chat import check_max_length
+from ..hub import refusing_model_code
 from ..presets import DatasetPreset, load_rows
 from . import paper_rlhf as paper
 from .rlhf_data import chosen_completions
@@ -262,13 +263,13 @@ def run_sft(
     if save_dtype not in SAVE_DTYPES:
         raise ValueError(f"save_dtype must be one of {SAVE_DTYPES}, got {save_dtype!r}.")
     # The same consent as the trainer's own loads of `model` (TRL's `trust_remote_code`, False by default).
-    tokenizer = AutoTokenizer.from_pretrained(str(model), trust_remote_code=args.trust_remote_code)
+    with refusing_model_code(model, "base model"):
+        tokenizer = AutoTokenizer.from_pretrained(str(model), trust_remote_code=args.trust_remote_code)
+        config = AutoConfig.from_pretrained(str(model), trust_remote_code=args.trust_remote_code)
     if chat_template is not None:
         tokenizer.chat_template = Path(chat_template).read_text()
     # --max-length above the model's positions would train on positions it has no embedding for
-    check_max_length(
-        args.max_length, AutoConfig.from_pretrained(str(model), trust_remote_code=args.trust_remote_code)
-    )
+    check_max_length(args.max_length, config)
     if not tokenizer.chat_template:
         raise ValueError(
             f"The tokenizer of {model} has no chat template: pass one (a Jinja file, e.g. the template of the "
