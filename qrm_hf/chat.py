@@ -183,6 +183,31 @@ def split_by_length(lengths: Sequence[int], max_length: int | None) -> tuple[lis
     return kept, too_long
 
 
+def backbone_positions(config) -> int | None:
+    """The most tokens a model reads: ``max_position_embeddings`` of its config (of the backbone's config
+    for a QRM), None when the config does not say."""
+    backbone = getattr(config, "backbone_config", None) or config
+    length = getattr(backbone, "max_position_embeddings", None)
+    return int(length) if isinstance(length, int) and length > 0 else None
+
+
+def check_max_length(max_length: int | None, config) -> None:
+    """The one check of a maximum conversation length (``--max-length`` of every command): a positive
+    number of tokens, and not more than the positions of the model of `config`, which could not read such
+    a conversation (its positions would run past those it was trained on, or out of its table).
+    None (no limit of one's own) passes."""
+    if max_length is None:
+        return
+    if max_length < 1:
+        raise ValueError(f"max_length (--max-length) must be a positive number of tokens, got {max_length}.")
+    positions = backbone_positions(config)
+    if positions is not None and max_length > positions:
+        raise ValueError(
+            f"max_length (--max-length) {max_length} is more than the {positions} positions of the model "
+            f"(max_position_embeddings): it cannot read conversations that long. Use at most {positions}."
+        )
+
+
 def _as_messages(value: Any, role: str) -> list[dict]:
     if isinstance(value, str):
         return [{"role": role, "content": value}]
@@ -238,6 +263,8 @@ def encode_conversation(
 
 
 __all__ = [
+    "backbone_positions",
+    "check_max_length",
     "conversation_messages",
     "derive_prompt_end_pattern",
     "encode_conversation",

@@ -92,22 +92,13 @@ def _convert(args):
     print(f"Converted {args.source} -> {destination}")
 
 
-def _print_scores(
-    model,
-    tokenizer,
-    conversations,
-    names,
-    lam,
-    alpha,
-    plot=None,
-    batch_size=8,
-    max_length=None,
-    row_names=None,
-):
+def _print_scores(model, tokenizer, rows, lam, alpha, plot=None, batch_size=8, max_length=None):
+    """Score and print `rows` = (conversations, names, locations of the rows for errors)."""
     from .scoring import format_table, plot_reward_distributions, risk_summary, score_conversations
 
+    conversations, names, locations = rows
     outputs = score_conversations(
-        model, tokenizer, conversations, batch_size=batch_size, max_length=max_length, row_names=row_names
+        model, tokenizer, conversations, batch_size=batch_size, max_length=max_length, row_names=locations
     )
     levels = model.config.quantile_levels
     print(format_table(risk_summary(outputs["reward_quantiles"], levels, lam=lam, alpha=alpha), names))
@@ -118,13 +109,13 @@ def _print_scores(
 
 
 def _scoring_rows(path: str):
-    """(conversations, names, line names) of a JSON Lines file of prompt/response rows, every row checked."""
-    from .data import line_names, read_jsonl
+    """(conversations, names, locations) of a JSON Lines file of prompt/response rows, every row checked."""
+    from .data import read_jsonl
     from .presets import response_conversations
 
     rows = read_jsonl(path)
     conversations = response_conversations(rows, name=str(path))
-    return conversations, [str(row.get("name", i)) for i, row in enumerate(rows)], line_names(path)
+    return conversations, [str(row.get("name", i)) for i, row in enumerate(rows)], rows.row_locations
 
 
 def _score(args):
@@ -133,11 +124,14 @@ def _score(args):
     if args.file:
         if args.prompt is not None or args.response is not None:
             raise ValueError("Give either --file or --prompt and --response, not both.")
-        conversations, names, row_names = _scoring_rows(args.file)
+        rows = _scoring_rows(args.file)
     elif args.prompt is not None and args.response is not None:
-        rows = [{"prompt": args.prompt, "response": args.response}]
-        conversations, names = response_conversations(rows, name="--prompt/--response"), ["conversation"]
-        row_names = ["--prompt/--response"]
+        given = [{"prompt": args.prompt, "response": args.response}]
+        rows = (
+            response_conversations(given, name="--prompt/--response"),
+            ["conversation"],
+            ["--prompt/--response"],
+        )
     else:
         raise ValueError("Give --prompt and --response, or --file with prompt/response rows.")
     check_writable(args.plot, "plot")
@@ -145,14 +139,12 @@ def _score(args):
     _print_scores(
         model,
         tokenizer,
-        conversations,
-        names,
+        rows,
         args.lam,
         args.alpha,
         args.plot,
         args.batch_size,
         args.max_length,
-        row_names,
     )
 
 
@@ -168,7 +160,7 @@ def _finite_or_null(value):
 
 
 def _evaluate(args):
-    from .data import line_names, read_jsonl
+    from .data import read_jsonl
     from .evaluation import evaluate_pairs, evaluate_ratings, format_ratings_report, plot_calibration
 
     if not (args.ratings or args.pairs or args.showcase):
@@ -196,7 +188,6 @@ def _evaluate(args):
             tuple(args.label_range),
             baseline_features=args.baselines or (),
             bootstrap=args.bootstrap or 0,
-            row_names=line_names(args.ratings),
             **lengths,
         )
         ratings = report["ratings"]
@@ -212,9 +203,7 @@ def _evaluate(args):
             + _skipped_note(ratings)
         )
     if pairs:
-        report["pairs"] = pairs = evaluate_pairs(
-            model, tokenizer, pairs, row_names=line_names(args.pairs), **lengths
-        )
+        report["pairs"] = pairs = evaluate_pairs(model, tokenizer, pairs, **lengths)
         by_kind = pairs.get("accuracy_by_kind", {})
         print(
             f"  Held-out pairwise accuracy: {pairs['accuracy']:.3f} on {pairs['pairs']} pairs "
@@ -223,18 +212,7 @@ def _evaluate(args):
         )
     if showcase:
         print(f"  Showcase (certainty equivalent with lambda {args.lam}, cvar at alpha {args.alpha}):")
-        conversations, names, row_names = showcase
-        _print_scores(
-            model,
-            tokenizer,
-            conversations,
-            names,
-            args.lam,
-            args.alpha,
-            args.plot,
-            row_names=row_names,
-            **lengths,
-        )
+        _print_scores(model, tokenizer, showcase, args.lam, args.alpha, args.plot, **lengths)
     from .training.features import write_json_atomic
 
     for path in outputs:

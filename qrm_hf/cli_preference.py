@@ -21,6 +21,8 @@ PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 
 def check_pair_rows(rows: list[dict], path: str) -> None:
     """Every row needs `chosen` and `rejected`, and `prompt` unless both sides are chat lists."""
+    from .data import row_location
+
     for number, row in enumerate(rows):
         needed = ["chosen", "rejected"]
         if not (isinstance(row.get("chosen"), list) and isinstance(row.get("rejected"), list)):
@@ -28,7 +30,7 @@ def check_pair_rows(rows: list[dict], path: str) -> None:
         missing = [column for column in needed if column not in row]
         if missing:
             raise ValueError(
-                f"{path}, row {number}: missing column(s) {missing}; a pairs file has the columns "
+                f"{row_location(rows, number, path)}: missing column(s) {missing}; a pairs file has the columns "
                 f"{list(PAIR_COLUMNS)} (or `chosen` / `rejected` chat lists). Columns found: {sorted(row)}."
             )
 
@@ -104,7 +106,7 @@ def _plot(path, probability, ensemble_mean=None):
 
 def _preference_strength(args) -> None:
     from .cli import _load_model, check_writable
-    from .data import line_names, read_jsonl
+    from .data import read_jsonl, row_location
     from .evaluation import unique_conversations
     from .preference import preference_strength
     from .presets import DatasetPreset, preference_examples
@@ -129,7 +131,7 @@ def _preference_strength(args) -> None:
     pairs = preference_examples(rows, preset)
     # each distinct conversation is encoded once; chosen sides at even positions, rejected at odd ones
     conversations, index = unique_conversations([side for pair in pairs for side in pair])
-    lines = line_names(args.pairs)
+    lines = [row_location(rows, i, args.pairs) for i in range(len(rows))]
     side_names = [f"{line} ({side})" for line in lines for side in ("chosen", "rejected")]
     response, prompt = conversation_embeddings(
         model, tokenizer, conversations, args.batch_size, args.max_length,

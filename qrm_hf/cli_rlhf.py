@@ -339,8 +339,8 @@ def _sft(args) -> None:
             save_dtype=args.save_dtype,
             resume=args.resume,
         )
-    except (ValueError, TypeError, OSError) as error:
-        raise SystemExit(f"qrm sft: error: {error}") from error
+    except TypeError as error:  # a bad value in the trainer config: a user error, one line from `qrm` main
+        raise ValueError(str(error)) from error
     _report(
         f"Trained on {result.num_examples} examples ({result.num_dropped} dropped for having more than "
         f"{args.max_length} tokens); train loss {result.metrics.get('train_loss', float('nan')):.4f}.\n"
@@ -379,8 +379,8 @@ def _rlhf(args) -> None:
             resume=args.resume,
             trust_remote_code=args.trust_remote_code,
         )
-    except (ValueError, TypeError, OSError) as error:
-        raise SystemExit(f"qrm {args.algorithm}: error: {error}") from error
+    except TypeError as error:  # a bad value in the trainer config: a user error, one line from `qrm` main
+        raise ValueError(str(error)) from error
     key = f"rewards/{result.reward_name}/risk"
     risk_values = [log[key] for log in result.log_history if log.get(key) is not None]
     trend = (

@@ -30,6 +30,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .data import row_location
+
 Kind = Literal["attribute", "preference"]
 Conversation = list[dict[str, str]]
 KINDS = ("attribute", "preference")
@@ -72,10 +74,10 @@ def _explain_unreadable_file(path: Path, builder: str, error: Exception) -> None
                 json.loads(text.decode("utf-8"))
             except UnicodeDecodeError as decode_error:
                 line = text[: decode_error.start].count(b"\n") + 1
-                raise ValueError(f"{path}, line {line}: bytes that are not UTF-8 text.") from error
+                raise ValueError(f"{path} line {line}: bytes that are not UTF-8 text.") from error
             except json.JSONDecodeError as json_error:
                 raise ValueError(
-                    f"{path}, line {json_error.lineno}: not valid JSON ({json_error})."
+                    f"{path} line {json_error.lineno}: not valid JSON ({json_error})."
                 ) from error
         else:
             read_jsonl(path)  # raises naming the line of the first malformed row
@@ -84,7 +86,7 @@ def _explain_unreadable_file(path: Path, builder: str, error: Exception) -> None
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError:
-                raise ValueError(f"{path}, line {number}: bytes that are not UTF-8 text.") from error
+                raise ValueError(f"{path} line {number}: bytes that are not UTF-8 text.") from error
     raise ValueError(f"Cannot read the dataset file {path} as {builder}: {error}") from error
 
 
@@ -109,20 +111,28 @@ def load_rows(
     id (``datasets.load_dataset(source, split=split, data_files=data_files, **load_kwargs)``, e.g.
     ``name=`` for a configuration; `data_files` also selects files of a local directory). `limit`
     keeps the first `limit` rows.
+
+    A local JSON Lines file is first read by `qrm_hf.data.read_jsonl` (the one reader: malformed rows,
+    bytes that are not UTF-8 and lone surrogates are refused naming their line), and the dataset keeps
+    each row's ``"FILE line N"`` in ``dataset.row_locations``, which every error about a row names
+    (`qrm_hf.data.row_location`).
     """
     import datasets
 
-    from .data import check_utf8
+    from .data import check_utf8, jsonl_row_locations
 
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}.")
     source = str(source)
     path = Path(source).expanduser()
+    locations = None  # of the rows of a JSON Lines file
     if path.is_file():
         if path.stat().st_size == 0:
             raise ValueError(f"The dataset file {path} is empty.")
         builder = _builder_for(path)
-        if builder in ("json", "csv") and path.suffix.lower() not in _COMPRESSIONS:
+        if path.suffix.lower() == ".jsonl":  # (a .json file may be one object or array)
+            locations = jsonl_row_locations(path)
+        elif builder in ("json", "csv") and path.suffix.lower() not in _COMPRESSIONS:
             check_utf8(path)  # pyarrow would read some bytes that are not UTF-8 and fail later, anywhere
         try:
             dataset = datasets.load_dataset(
@@ -146,6 +156,10 @@ def load_rows(
         dataset = _pick_split(dataset, split, source)
     if limit is not None and limit < len(dataset):
         dataset = dataset.select(range(limit))
+    if locations is not None and len(locations) >= len(
+        dataset
+    ):  # pyarrow keeps every non-blank line, in order
+        dataset.row_locations = locations[: len(dataset)]
     return dataset
 
 
@@ -348,12 +362,9 @@ def _messages(value: Any, default_role: str, where: str) -> Conversation:
             raise ValueError(
                 f"{where}: a message must be a dict with 'role' and 'content', got {message!r:.80}."
             )
-        result.append(
-            {
-                "role": str(message["role"]),
-                "content": "" if message["content"] is None else str(message["content"]),
-            }
-        )
+        if message["content"] is None:  # not an empty answer: a missing one, refused as a null response is
+            raise ValueError(f"{where}: the content of a {message['role']!r} message is missing (null).")
+        result.append({"role": str(message["role"]), "content": str(message["content"])})
     return result
 
 
@@ -363,6 +374,13 @@ def _conversation(prompt: Any, response: Any, system: Any, where: str) -> Conver
         raise ValueError(f"{where}: the response is missing (null).")
     turns = _messages(response, "assistant", where)
     if not any(message["role"] == "user" for message in turns):  # a response only: put the prompt first
+        other = [message["role"] for message in turns if message["role"] != "assistant"]
+        if other:  # placed after the prompt it would be out of order, and moved before it rewritten
+            raise ValueError(
+                f"{where}: the response holds a {other[0]!r} turn but no user turn; a response is the "
+                "assistant's turn(s) only (put a system prompt in the prompt or a system column, or give "
+                "the whole conversation, user turn included)."
+            )
         if prompt is None:
             raise ValueError(f"{where}: the response holds no user turn and there is no prompt column/value.")
         turns = _messages(prompt, "user", where) + turns
@@ -416,13 +434,13 @@ def _get(row: dict, column: str | None):
     return None if column is None else row.get(column)
 
 
-def _flat_rows(preset: DatasetPreset, row: dict, index: int) -> list[dict]:
+def _flat_rows(preset: DatasetPreset, row: dict, where: str) -> list[dict]:
     if preset.transform is None:
         return [row]
     try:
         return preset.transform(row)
     except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"Preset {preset.name!r}, row {index}: cannot read the row ({error}).") from error
+        raise ValueError(f"{where}: cannot read the row with preset {preset.name!r} ({error}).") from error
 
 
 _MISSING_STRINGS = {"", "n/a", "na", "nan", "none", "null"}
@@ -466,8 +484,8 @@ def attribute_examples(
     high = np.array([preset.label_ranges[name][1] for name, _ in attributes], dtype=np.float64)
     conversations, labels, index = [], [], []
     for row_index, row in _source_rows(dataset, preset, "attribute"):
-        for flat in _flat_rows(preset, row, row_index):
-            where = f"Preset {preset.name!r}, row {row_index}"
+        where = row_location(dataset, row_index, f"Preset {preset.name!r}")
+        for flat in _flat_rows(preset, row, where):
             response = _get(flat, preset.messages or preset.response)
             conversation = _conversation(
                 _get(flat, preset.prompt), response, _get(flat, preset.system), where
@@ -509,11 +527,12 @@ def response_conversations(
 
     The same checks as the converters of training and evaluation data: a missing `response` column, a null
     response and a conversation that does not end with the assistant's turn (e.g. user turns only) are
-    errors naming the row (numbered from 0) instead of scoring the prompt as if it were the answer.
+    errors naming the row (`qrm_hf.data.row_location`: the file's line for rows of `read_jsonl`) instead of
+    scoring the prompt as if it were the answer.
     """
     conversations = []
     for index, row in enumerate(rows):
-        where = f"{name}, row {index}"
+        where = row_location(rows, index, name)
         if not isinstance(row, Mapping):
             raise ValueError(
                 f"{where}: expected an object with {prompt!r} and {response!r}, got {row!r:.80}."
@@ -536,8 +555,8 @@ def preference_examples(dataset, preset: str | DatasetPreset, *, with_index: boo
     preset = get_preset(preset)
     pairs, index = [], []
     for row_index, row in _source_rows(dataset, preset, "preference"):
-        for flat in _flat_rows(preset, row, row_index):
-            where = f"Preset {preset.name!r}, row {row_index}"
+        where = row_location(dataset, row_index, f"Preset {preset.name!r}")
+        for flat in _flat_rows(preset, row, where):
             prompt, system = _get(flat, preset.prompt), _get(flat, preset.system)
             chosen = _conversation(prompt, flat.get(preset.chosen), system, f"{where} (chosen)")
             rejected = _conversation(prompt, flat.get(preset.rejected), system, f"{where} (rejected)")

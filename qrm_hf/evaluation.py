@@ -385,7 +385,6 @@ def evaluate_ratings(
     max_length: int | None = None,
     baseline_features=(),
     bootstrap: int = 0,
-    row_names=None,
 ) -> dict:
     """Pinball loss and the distribution measures of the model's attribute quantiles on rating rows.
 
@@ -405,11 +404,12 @@ def evaluate_ratings(
     annotators' disagreement (a lower bound: resampling the training responses does not show what no
     training response shows).
 
-    A NaN or infinite model output is refused (`qrm_hf.scoring.NonFiniteOutputError`), naming the rows by
-    `row_names` (one per row, e.g. "ratings.jsonl, line 3"; default "row i").
+    A NaN or infinite model output is refused (`qrm_hf.scoring.NonFiniteOutputError`), naming the rows
+    (`qrm_hf.data.row_location`: the file line of rows read by `read_jsonl`).
     """
     if bootstrap and (bootstrap < 2 or not baseline_features):
         raise ValueError("bootstrap needs at least 2 members and the training features (baseline_features).")
+    from .data import row_location
     from .presets import DatasetPreset, attribute_examples
 
     attributes = list(attributes or model.config.attribute_names)
@@ -422,7 +422,7 @@ def evaluate_ratings(
         name="rating rows",
     )  # fmt: skip
     conversations, labels, index = attribute_examples(rows, preset, with_index=True)
-    row_names = [(row_names[i] if row_names is not None else f"row {i}") for i in index]
+    row_names = [row_location(rows, i, "rating rows") for i in index]
     rows = [rows[i] for i in index]  # rows without any label are left out
     outputs, unique, index, names, too_long = _score_unique(
         model, tokenizer, conversations, batch_size, max_length, row_names
@@ -590,13 +590,12 @@ def plot_calibration(report: dict, directory) -> list:
     return paths
 
 
-def evaluate_pairs(
-    model, tokenizer, rows, batch_size: int = 8, max_length: int | None = None, row_names=None
-) -> dict:
+def evaluate_pairs(model, tokenizer, rows, batch_size: int = 8, max_length: int | None = None) -> dict:
     """Pairwise accuracy of the expected reward on (prompt, chosen, rejected) rows, overall and by `kind`;
     pairs with a side longer than `max_length` tokens are left out and counted in `skipped_too_long`.
     A NaN or infinite model output is refused (`qrm_hf.scoring.NonFiniteOutputError`), naming the rows
-    by `row_names` (one per row; default "row i")."""
+    (`qrm_hf.data.row_location`: the file line of rows read by `read_jsonl`)."""
+    from .data import row_location
     from .presets import DatasetPreset, preference_examples
 
     preset = DatasetPreset.custom(
@@ -605,7 +604,7 @@ def evaluate_pairs(
     pairs, pair_rows = preference_examples(rows, preset, with_index=True)
     conversations = [chosen for chosen, _ in pairs] + [rejected for _, rejected in pairs]
     pair_names = [
-        f"{row_names[i] if row_names is not None else f'row {i}'} ({side})"
+        f"{row_location(rows, i, 'preference rows')} ({side})"
         for side in ("chosen", "rejected")
         for i in pair_rows
     ]

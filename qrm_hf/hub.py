@@ -13,13 +13,14 @@ Loading needs no qrm-hf: ``AutoModelForSequenceClassification.from_pretrained(re
 trust_remote_code=True, revision=..., code_revision=...)`` runs the code files of the repo. With qrm-hf
 installed no code of the repo is needed: `load_qrm` (behind ``qrm score`` / ``qrm evaluate``) checks the
 config is a QRM's, builds the model with the installed classes and loads the tokenizer without remote code,
-with errors that name the repo and the revision; it runs the repo's code only with
-``trust_remote_code=True`` (CLI ``--trust-remote-code``).
+with errors that name the repo and the revision; it runs the repo's code only for a model that is not
+of type ``"qrm"``, and only with ``trust_remote_code=True`` (CLI ``--trust-remote-code``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import json
 import re
@@ -359,6 +360,22 @@ def check_tokenizer_files(directory: str | Path, what: str = "model") -> None:
         )
 
 
+@contextlib.contextmanager
+def refusing_model_code(name: str | Path, what: str = "model"):
+    """Around loads with ``trust_remote_code=False``: transformers' refusal of a model's own code (which
+    asks for ``trust_remote_code=True``, a flag the commands that load backbones, base models and policies
+    do not have) becomes one line saying that the code was not run."""
+    try:
+        yield
+    except ValueError as error:
+        if "trust_remote_code" not in str(error):
+            raise
+        raise ValueError(
+            f"The {what} {name} comes with code of its own (an auto_map in its config.json or "
+            "tokenizer_config.json), which was not run: use a model of a transformers model type."
+        ) from error
+
+
 def read_model_config(name: str, revision: str | None = None, token: str | None = None) -> dict:
     """The ``config.json`` of a local directory or a Hub repo as a dict: read as JSON, no code runs."""
     path = Path(name)
@@ -389,13 +406,14 @@ def load_qrm(
 ):
     """A QRM and its tokenizer from a local directory or a Hub repo id, without running code of the model.
 
-    ``config.json`` is read first (as JSON: no code, no weights) and must describe a QRM (``model_type:
-    "qrm"``); the model is then built with the classes of the installed qrm-hf, never with the code files
-    saved next to the weights, and the tokenizer is loaded without remote code (a tokenizer_config
-    ``auto_map`` is refused). Only with ``trust_remote_code=True`` (CLI: ``--trust-remote-code``) is the
-    code of the model directory run: then a model of another type (e.g. a released QRM checkpoint with its
-    own modeling file) loads through the Auto classes, and a QRM through its saved code files at
-    `code_revision`.
+    ``config.json`` is read first (as JSON: no code, no weights). A QRM (``model_type: "qrm"``) is always
+    built with the classes of the installed qrm-hf, never with the code files saved next to its weights,
+    whatever `trust_remote_code` says: the installed code is the code the user already runs, and the saved
+    copy adds nothing but a second, unreviewed version of it. The tokenizer never runs code (a
+    tokenizer_config ``auto_map`` without a standard ``tokenizer_class`` is refused). A model of another
+    type is refused, unless ``trust_remote_code=True`` (CLI: ``--trust-remote-code``): then, and only then,
+    it loads through the Auto classes with the code files of its directory or repo (at `code_revision`),
+    e.g. a released QRM checkpoint with its own modeling file.
 
     `revision` pins weights, config and tokenizer (branch, tag or commit id). Weights load from
     safetensors only. With ``HF_HUB_OFFLINE=1`` the files come from the local cache. Errors of the Hub
@@ -445,7 +463,7 @@ def load_qrm(
         ) from error
     kwargs = dict(revision=revision, token=token, dtype=dtype if dtype is not None else torch.float32)
     try:
-        if trust_remote_code:
+        if model_type != "qrm":  # only reached with trust_remote_code (refused above otherwise)
             model = AutoModelForSequenceClassification.from_pretrained(
                 name,
                 trust_remote_code=trust_remote_code,
@@ -454,7 +472,9 @@ def load_qrm(
                 **kwargs,
             )
         else:
-            model = QRMForSequenceClassification.from_pretrained(name, use_safetensors=True, **kwargs)
+            model = QRMForSequenceClassification.from_pretrained(
+                name, use_safetensors=True, trust_remote_code=False, **kwargs
+            )
     except OSError as error:
         raise OSError(f"Cannot load {where}: {error}") from error
     check_finite_weights(model, name)

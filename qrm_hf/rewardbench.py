@@ -178,11 +178,19 @@ def benchmark_of(rows: Sequence[dict]) -> str:
     return REWARDBENCH_2 if isinstance(first["chosen"], list | tuple) else REWARDBENCH
 
 
+def _where(rows: Sequence[dict], number: int) -> str:
+    """Row `number` for errors: its file line (`qrm_hf.data.row_location`), subset and id."""
+    from .data import row_location
+
+    row = rows[number]
+    return f"{row_location(rows, number, 'RewardBench rows')} (subset {row.get('subset')!r}, id {row.get('id')!r})"
+
+
 def _completions(rows: Sequence[dict], benchmark: str) -> list[list[Conversation]]:
     """Each row's conversations, chosen first (RewardBench 2: all chosen, then all rejected)."""
     result = []
     for number, row in enumerate(rows):
-        where = f"row {number} (subset {row.get('subset')!r}, id {row.get('id')!r})"
+        where = _where(rows, number)
         missing = [column for column in ("prompt", "chosen", "rejected", "subset") if row.get(column) is None]
         if missing:
             raise ValueError(f"{where}: {', '.join(missing)} missing.")
@@ -203,21 +211,24 @@ def _completions(rows: Sequence[dict], benchmark: str) -> list[list[Conversation
     return result
 
 
-def _score_each_once(
-    groups: list[list[Conversation]], scorer: Scorer, names: Sequence[str]
-) -> list[np.ndarray]:
+def _score_each_once(groups: list[list[Conversation]], scorer: Scorer, locate_group=str) -> list[np.ndarray]:
     """Scores of every conversation of every group, each distinct conversation passed to `scorer` once.
 
-    A NaN or infinite score (from the scorer, or refused by `qrm_hf.scoring`) is never counted as a
-    wrong answer: a ValueError names the groups that hold one (`names`, one per group)."""
+    Errors name rows by ``locate_group(group number)`` (their file line, subset and id), not by place
+    among the distinct conversations: conversations too long for the model, and NaN or infinite scores
+    (from the scorer, or refused by `qrm_hf.scoring`), which are never counted as a wrong answer."""
     from .evaluation import unique_conversations
-    from .scoring import NonFiniteOutputError
+    from .scoring import ConversationsTooLong, NonFiniteOutputError
 
     flat = [conversation for group in groups for conversation in group]
+    group_of = np.repeat(np.arange(len(groups)), [len(group) for group in groups])
     unique, index = unique_conversations(flat)
     try:
         scores = np.asarray(scorer(unique), dtype=float).reshape(-1)
-    except NonFiniteOutputError as error:  # named here by benchmark row, not by distinct conversation
+    except ConversationsTooLong as error:  # name the row of each, not its place among the distinct ones
+        first_of = {int(u): int(group_of[f]) for f, u in reversed(list(enumerate(index)))}
+        raise error.located(lambda u: locate_group(first_of[u])) from None
+    except NonFiniteOutputError as error:  # named below by benchmark row
         scores = np.zeros(len(unique))
         scores[error.positions] = np.nan
     if len(scores) != len(unique):
@@ -225,7 +236,7 @@ def _score_each_once(
     flat_scores = scores[index]
     bounds = np.cumsum([0, *map(len, groups)])
     grouped = [flat_scores[start:end] for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
-    bad = [name for name, group in zip(names, grouped, strict=True) if not np.isfinite(group).all()]
+    bad = [locate_group(number) for number, group in enumerate(grouped) if not np.isfinite(group).all()]
     if bad:
         raise ValueError(
             f"The scores are NaN or infinite for {len(bad)} row(s): {'; '.join(bad[:5])}"
@@ -345,11 +356,7 @@ def evaluate_rewardbench(
     if benchmark != detected:
         raise ValueError(f"The rows are in the {detected} format, not {benchmark}.")
     groups = _completions(rows, benchmark)
-    names = [
-        f"row {number} (subset {row.get('subset')!r}, id {row.get('id')!r})"
-        for number, row in enumerate(rows)
-    ]
-    scores = _score_each_once(groups, scorer, names)
+    scores = _score_each_once(groups, scorer, lambda number: _where(rows, number))
     by_subset: dict[str, list[int]] = defaultdict(list)
     for number, row in enumerate(rows):
         by_subset[str(row["subset"])].append(number)
@@ -405,6 +412,7 @@ def load_rewardbench_rows(
     Without `split`: ``filtered`` (RewardBench), else ``test`` (RewardBench 2), else ``train`` (a local
     file is its own single split). `limit` keeps the first `limit` rows of each subset.
     """
+    from .data import JsonlRows
     from .presets import load_rows
 
     if limit is not None and limit < 1:
@@ -418,14 +426,18 @@ def load_rewardbench_rows(
             if number == len(candidates) - 1 or "split" not in str(error).lower():
                 raise
     rows = [dict(row) for row in dataset]
+    locations = getattr(dataset, "row_locations", None)
+    kept = range(len(rows))
     if limit is not None:
         seen: dict = defaultdict(int)
-        limited = []
-        for row in rows:
+        kept = []
+        for number, row in enumerate(rows):
             seen[row.get("subset")] += 1
             if seen[row.get("subset")] <= limit:
-                limited.append(row)
-        rows = limited
+                kept.append(number)
+        rows = [rows[number] for number in kept]
+    if locations is not None:  # rows of a JSON Lines file keep their lines for errors
+        rows = JsonlRows(rows, [locations[number] for number in kept])
     return rows, candidate
 
 

@@ -35,30 +35,51 @@ def right_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[to
 
 def max_scoring_length(model) -> int | None:
     """The longest conversation (in tokens) the model's backbone has positions for, None if unknown."""
-    config = getattr(model, "config", None)
-    backbone = getattr(config, "backbone_config", None) or config
-    length = getattr(backbone, "max_position_embeddings", None)
-    return int(length) if isinstance(length, int) and length > 0 else None
+    from .chat import backbone_positions
+
+    return backbone_positions(getattr(model, "config", None))
 
 
-def split_scorable(model, sequences, max_length: int | None = None, too_long: str = "error"):
+class ConversationsTooLong(ValueError):
+    """Conversations longer than the model reads (refused, never truncated). `positions` index the list
+    of conversations scored; a caller that scored conversations of rows re-raises :meth:`located`, which
+    names each by its row (e.g. ``"FILE line N"``)."""
+
+    def __init__(self, positions, lengths, max_length: int, locations=None):
+        self.positions, self.lengths, self.max_length = list(positions), list(lengths), max_length
+        names = list(locations) if locations is not None else [f"conversation {i}" for i in self.positions]
+        listed = ", ".join(
+            f"{name} ({length} tokens)" for name, length in list(zip(names, self.lengths, strict=True))[:5]
+        )
+        super().__init__(
+            f"{len(self.positions)} conversation(s) are longer than max_length={max_length} tokens, the most "
+            f"the model reads: {listed}{', ...' if len(self.positions) > 5 else ''}. Shorten them "
+            "(conversations are never truncated: that would cut the response) or leave them out."
+        )
+
+    def located(self, locate) -> ConversationsTooLong:
+        """The same error, each conversation named by ``locate(position)``."""
+        return ConversationsTooLong(
+            self.positions, self.lengths, self.max_length, [locate(i) for i in self.positions]
+        )
+
+
+def split_scorable(model, sequences, max_length: int | None = None, too_long: str = "error", row_names=None):
     """(kept, too_long) row positions of token sequences under `max_length` (default: the backbone's
     positions). Conversations are never truncated, which would cut the response the reward is read at:
     with ``too_long="error"`` the over-long ones are refused by row, with ``"skip"`` they are returned to
-    be left out and counted. Raises when no conversation is left."""
-    from .chat import split_by_length
+    be left out and counted (`ConversationsTooLong` names them by `row_names`, else by position). A `max_length` above the
+    backbone's positions is refused (`qrm_hf.chat.check_max_length`). Raises when no conversation is left."""
+    from .chat import check_max_length, split_by_length
 
     if too_long not in ("error", "skip"):
         raise ValueError(f"too_long must be 'error' or 'skip', got {too_long!r}.")
+    check_max_length(max_length, getattr(model, "config", None))
     max_length = max_length if max_length is not None else max_scoring_length(model)
     kept, skipped = split_by_length([len(sequence) for sequence in sequences], max_length)
     if skipped and too_long == "error":
-        listed = ", ".join(f"{i} ({len(sequences[i])} tokens)" for i in skipped[:5])
-        raise ValueError(
-            f"{len(skipped)} conversation(s) are longer than max_length={max_length} tokens, the most the model "
-            f"reads: row {listed}{', ...' if len(skipped) > 5 else ''}. Shorten them (conversations are never "
-            "truncated: that would cut the response) or leave them out."
-        )
+        names = [row_names[i] for i in skipped] if row_names is not None else None
+        raise ConversationsTooLong(skipped, [len(sequences[i]) for i in skipped], max_length, names)
     if not kept:
         raise ValueError(
             f"All {len(sequences)} conversations are longer than max_length={max_length} tokens."
@@ -136,12 +157,12 @@ def conversation_embeddings(
     """(response embeddings [N, H], prompt embeddings [N, H]), float32 tensors, of conversations under the
     model's own backbone, through the extraction encoder (`qrm_hf.training.features.BackboneEncoder`):
     what the quantile heads and the gating network read, so `score_embeddings(model, response, prompt)`
-    is the model's output. Over-long conversations are refused by row (`split_scorable`), and so are
-    NaN or infinite embeddings (`NonFiniteOutputError`, rows named by `row_names`)."""
+    is the model's output. Over-long conversations (`split_scorable`) and NaN or infinite embeddings
+    (`NonFiniteOutputError`) are refused, naming the rows by `row_names`."""
     from .training.features import BackboneEncoder
 
     sequences = [encode_conversation(tokenizer, messages=messages) for messages in conversations]
-    split_scorable(model, sequences, max_length)
+    split_scorable(model, sequences, max_length, row_names=row_names)
     pad_token_id = scoring_pad_token_id(model, tokenizer)
     encoder = BackboneEncoder(
         model.model, model.config.prompt_end_pattern, pad_token_id, batch_size=batch_size
@@ -192,7 +213,7 @@ def score_conversations(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     sequences = [encode_conversation(tokenizer, messages=messages) for messages in conversations]
-    kept, skipped = split_scorable(model, sequences, max_length, too_long)
+    kept, skipped = split_scorable(model, sequences, max_length, too_long, row_names)
     pad_token_id = scoring_pad_token_id(model, tokenizer)
     order = sorted(kept, key=lambda i: len(sequences[i]))
     device = next(model.parameters()).device

@@ -246,7 +246,7 @@ def test_extract_names_the_file_and_line_of_malformed_data(clean_run, tmp_path, 
         "attribute", "--prompt", "prompt", "--response", "response", "--attributes", "helpfulness",
         "--label-range", "0", "4",
     )  # fmt: skip
-    assert code == 2 and f"{source}, {fragment}" in err, err
+    assert code == 2 and f"{source} {fragment}" in err, err
 
 
 @pytest.mark.parametrize("size", ["0", "-1"])

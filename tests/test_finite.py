@@ -215,16 +215,16 @@ def _command_cases(tmp_path: Path, poisoned, clean) -> dict[str, list[tuple[list
     )  # fmt: skip
     return {
         "score": [
-            (["--file", score_file], [f"{score_file}, line 5"]),
+            (["--file", score_file], [f"{score_file} line 5"]),
             (["--prompt", p_prompt, "--response", p_response], ["--prompt/--response"]),
         ],
         "evaluate": [
-            (["--ratings", ratings], [f"{ratings}, line 5"]),
-            (["--pairs", pairs], [f"{pairs}, line 5 (rejected)"]),
-            (["--showcase", score_file], [f"{score_file}, line 5"]),
+            (["--ratings", ratings], [f"{ratings} line 5"]),
+            (["--pairs", pairs], [f"{pairs} line 5 (rejected)"]),
+            (["--showcase", score_file], [f"{score_file} line 5"]),
         ],
-        "rewardbench": [(["--data", rewardbench], ["row 1 (subset 'hep-go', id 11)"])],
-        "preference-strength": [(["--pairs", pairs], [f"{pairs}, line 5 (rejected)"])],
+        "rewardbench": [(["--data", rewardbench], [f"{rewardbench} line 2 (subset 'hep-go', id 11)"])],
+        "preference-strength": [(["--pairs", pairs], [f"{pairs} line 5 (rejected)"])],
     }
 
 
@@ -296,7 +296,7 @@ def test_rewardbench_never_counts_a_nan_score_as_a_wrong_answer():
         return [scores[conversation[-1]["content"]] for conversation in conversations]
 
     with pytest.raises(
-        ValueError, match=r"NaN or infinite for 1 row\(s\): row 1 \(subset 'math-prm', id 2\)"
+        ValueError, match=r"NaN or infinite for 1 row\(s\): RewardBench rows, row 1 \(counted from 0\) \(subset 'math-prm', id 2\)"
     ):
         evaluate_rewardbench(rows, scorer)
     with pytest.raises(ValueError, match="finite"):

@@ -394,7 +394,7 @@ def test_preference_strength_refuses_bad_pairs_files_and_features_of_another_bac
     model_dir = str(Path(values["output_dir"]) / "model")
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "Hi", "chosen": "Hello"}) + "\n")
-    with pytest.raises(ValueError, match=r"row 0: missing column\(s\) \['rejected'\]"):
+    with pytest.raises(ValueError, match=r"bad.jsonl line 1: missing column\(s\) \['rejected'\]"):
         main(["preference-strength", model_dir, "--pairs", str(bad), "--debug"])
     # Features of another backbone with the same hidden size and chat template: the manifests agree on
     # everything but the backbone's path, so the model's heads are what notices.

@@ -427,7 +427,7 @@ def test_parse_hh_transcript():
     assert parse_hh_transcript("Human: a\n\nAssistant: b\n\nHuman: c\n\nAssistant: d")[-1] == assistant("d")
     with pytest.raises(ValueError, match="Not an HH-RLHF transcript"):
         parse_hh_transcript("just some text")
-    with pytest.raises(ValueError, match="row 0: cannot read the row"):
+    with pytest.raises(ValueError, match=r"row 0 \(counted from 0\): cannot read the row"):
         preference_examples([{"chosen": "no markers", "rejected": "\n\nHuman: a\n\nAssistant: b"}], "hh-rlhf")
 
 
@@ -555,7 +555,7 @@ def test_label_outside_the_range(load):
 
 def test_label_that_is_not_a_number():
     rows = [{"prompt": "p", "response": "r", "is_safe": "maybe"}]
-    with pytest.raises(ValueError, match=r"row 0, column 'is_safe': label 'maybe' is not a number"):
+    with pytest.raises(ValueError, match=r"row 0 \(counted from 0\), column 'is_safe': label 'maybe' is not a number"):
         attribute_examples(rows, "beavertails")
 
 
@@ -598,7 +598,7 @@ def test_attribute_data_where_preference_data_is_expected(load):
 
 def test_conversation_must_end_with_the_assistant():
     rows = [{"messages": [user("x"), assistant("y"), user("and?")], **{a: 0.5 for a in PAPER_ATTRIBUTES}}]
-    with pytest.raises(ValueError, match="row 0: the conversation ends with a 'user' turn"):
+    with pytest.raises(ValueError, match=r"row 0 \(counted from 0\): the conversation ends with a 'user' turn"):
         attribute_examples(rows, "armorm-multi-objective")
     with pytest.raises(ValueError, match="a message must be a dict with 'role' and 'content'"):
         preference_examples(
@@ -608,7 +608,7 @@ def test_conversation_must_end_with_the_assistant():
 
 def test_unknown_code_preference():
     row = {"instruction": "i", "preference": "speed", "responses": [], "annotations": []}
-    with pytest.raises(ValueError, match="row 0: cannot read the row.*'speed'"):
+    with pytest.raises(ValueError, match=r"row 0 \(counted from 0\): cannot read the row.*'speed'"):
         attribute_examples([row], "code-ultrafeedback")
 
 

@@ -174,10 +174,10 @@ def test_errors_of_the_model_argument_name_the_cause(model_dir, tmp_path, capsys
     "rows, fragment",
     [
         ([{"prompt": "w11", "response": "w20"}, {"prompt": "w12", "response": None}],
-         "row 1: the response is missing (null)"),
+         "rows.jsonl line 2: the response is missing (null)"),
         ([{"prompt": "w11", "response": [{"role": "user", "content": "w12"}]}],
-         "row 0: the conversation ends with a 'user' turn"),
-        ([{"prompt": "w11", "answer": "w20"}], "row 0 has no 'response' column (it has ['answer', 'prompt'])"),
+         "rows.jsonl line 1: the conversation ends with a 'user' turn"),
+        ([{"prompt": "w11", "answer": "w20"}], "rows.jsonl line 1 has no 'response' column (it has ['answer', 'prompt'])"),
     ],
 )  # fmt: skip
 def test_score_refuses_rows_that_are_not_a_response_naming_the_row(
@@ -203,7 +203,7 @@ def test_malformed_files_are_named_with_their_line(
     path.write_bytes(content)
     for command in (["score", model_dir, "--file", path], ["evaluate", model_dir, "--pairs", path]):
         code, _, err = run_cli(capsys, *command)
-        assert_one_line_error(code, err, f"{path}, {fragment}")
+        assert_one_line_error(code, err, f"{path} {fragment}")
 
 
 @pytest.mark.parametrize(
@@ -246,7 +246,7 @@ def test_debug_shows_the_traceback(tmp_path):
 def test_over_long_conversations_are_refused_by_score_and_counted_by_evaluate(model_dir, tmp_path, capsys):
     long_response = " ".join(["w20"] * 140)  # more tokens than the tiny backbone's 128 positions
     code, out, err = run_cli(capsys, "score", model_dir, "--prompt", "w11", "--response", long_response)
-    assert_one_line_error(code, err, "longer than max_length=128 tokens", "row 0 (1")
+    assert_one_line_error(code, err, "longer than max_length=128 tokens", "--prompt/--response (1")
     assert out == ""
     code, _, err = run_cli(
         capsys, "score", model_dir, "--prompt", "w11 w12 w13", "--response", "w20", "--max-length", "8"

@@ -108,7 +108,7 @@ def save_tiny_policy(path, tokenizer, seed: int = 0) -> LlamaForCausalLM:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=2048,  # above `qrm sft`'s default --max-length (1024), which may not exceed it
         **token_ids(tokenizer),
     )
     policy = LlamaForCausalLM(config)

@@ -44,7 +44,7 @@ def assemble_qrm(
     """
     head_coef = torch.as_tensor(np.asarray(head_coef), dtype=torch.float32)
     num_attributes, num_levels = len(attribute_names), len(quantile_levels)
-    backbone_config = AutoConfig.from_pretrained(backbone)
+    backbone_config = AutoConfig.from_pretrained(backbone, trust_remote_code=False)
     if head_coef.shape != (num_attributes, num_levels, backbone_config.hidden_size):
         raise ValueError(
             f"Quantile heads have shape {tuple(head_coef.shape)}, expected [M={num_attributes}, K={num_levels}, "
@@ -62,7 +62,7 @@ def assemble_qrm(
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()
     try:
-        model = QRMForSequenceClassification.from_pretrained(backbone, config=config)
+        model = QRMForSequenceClassification.from_pretrained(backbone, config=config, trust_remote_code=False)
     finally:
         logging.set_verbosity(verbosity)
     with torch.no_grad():
@@ -98,7 +98,9 @@ def save_qrm(
     )
     if tokenizer is not None:
         tokenizer = (
-            AutoTokenizer.from_pretrained(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
+            AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=False)
+            if isinstance(tokenizer, (str, Path))
+            else tokenizer
         )
         tokenizer.save_pretrained(output_dir)
     card = render_model_card(

@@ -27,7 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
-from ..chat import split_by_length
+from ..chat import check_max_length, split_by_length
 from ..locking import directory_lock
 from ..modeling.modeling_qrm import find_last_pattern
 from ..scoring import right_pad
@@ -235,7 +235,8 @@ def extract_to_shards(
 
     `manifest` (backbone, dataset, attribute names, pattern, ...) is completed with counts and shard
     names. Complete shards from an earlier run with the same settings are kept; a shard is only ever
-    visible under its final name once complete. Conversations longer than `max_length` tokens are
+    visible under its final name once complete. A `max_length` above the backbone's positions is refused
+    (`qrm_hf.chat.check_max_length`). Conversations longer than `max_length` tokens are
     skipped (never truncated: that would cut the response) and counted in the manifest; `index` keeps
     the dataset row of each stored entry (`row_index`, aligned with `sequences`; default: its position).
 
@@ -245,6 +246,7 @@ def extract_to_shards(
     from accelerate import PartialState
 
     directory = Path(directory)
+    check_max_length(max_length, getattr(encoder.backbone, "config", None))
     if len(sequences) == 0:
         raise ValueError(f"No conversations to extract for {directory}: the dataset is empty.")
     pairs = isinstance(sequences[0], tuple)

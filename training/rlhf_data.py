@@ -14,6 +14,7 @@ from typing import Any
 
 from datasets import Dataset
 
+from ..data import row_location
 from ..presets import DatasetPreset, get_preset, preference_examples
 
 
@@ -68,7 +69,7 @@ def rloo_prompts(rows: Dataset, preset: str | DatasetPreset | None = None) -> Da
         )
     for index, prompt in enumerate(rows["prompt"]):
         if not prompt:
-            raise ValueError(f"Row {index} has an empty prompt.")
+            raise ValueError(f"{row_location(rows, index, 'The prompt dataset')}: the prompt is empty.")
     return rows.select_columns(["prompt"])
 
 

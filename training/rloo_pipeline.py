@@ -28,6 +28,7 @@ import torch
 from peft import LoraConfig
 from transformers import AutoTokenizer
 
+from ..hub import refusing_model_code
 from ..presets import DatasetPreset, load_rows
 from . import paper_rlhf as paper
 from .grpo import RiskAwareGRPOConfig, RiskAwareGRPOTrainer
@@ -147,7 +148,9 @@ def run_rlhf(
         lora_config: the policy's adapter, by default `paper_lora_config()`.
         save_dtype: dtype of the merged policy, ``"auto"`` keeps the SFT checkpoint's.
         resume: continue from the last checkpoint in `args.output_dir`, when there is one.
-        trust_remote_code: run the code files that come with `reward_model` (never needed for a qrm-hf QRM).
+        trust_remote_code: run the code files that come with `reward_model` of a model type other than
+            ``"qrm"`` (never needed for a qrm-hf QRM). The policy's code runs only with
+            ``args.trust_remote_code`` (TRL's field, False by default; `qrm rloo` / `qrm grpo` never set it).
 
     Returns an :class:`RLHFResult`. Raises ValueError for a reward model that is not a QRM, data without
     prompts, a chat prompt and a policy tokenizer without chat template, or no prompt left after the filter.
@@ -162,7 +165,12 @@ def run_rlhf(
         raise ValueError(f"save_dtype must be one of {SAVE_DTYPES}, got {save_dtype!r}.")
     qrm, qrm_tokenizer = load_reward_model(reward_model, _reward_dtype(args), trust_remote_code)
     prompts = rloo_prompts(load_rows(data, split=split, limit=limit), preset)
-    tokenizer = AutoTokenizer.from_pretrained(str(policy), padding_side="left", truncation_side="left")
+    # The policy's code runs with the trainer's own consent (TRL's `args.trust_remote_code`, False by default),
+    # which the trainer applies to its loads of the policy too; `trust_remote_code` is the QRM's.
+    with refusing_model_code(policy, "policy"):
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(policy), padding_side="left", truncation_side="left", trust_remote_code=args.trust_remote_code
+        )
     if not isinstance(prompts[0]["prompt"], str) and not tokenizer.chat_template:
         raise ValueError(
             f"The prompts are chat messages but the tokenizer of {policy} has no chat template (a model trained "
@@ -183,15 +191,16 @@ def run_rlhf(
         )
     if num_dropped:
         logger.info(f"Dropped {num_dropped} of {total} prompts longer than {max_prompt_length} tokens.")
-    trainer = trainer_cls(
-        model=str(policy),
-        reward_funcs=qrm,
-        args=args,
-        train_dataset=prompts,
-        processing_class=tokenizer,
-        reward_processing_classes=qrm_tokenizer,
-        peft_config=lora_config if lora_config is not None else paper_lora_config(),
-    )
+    with refusing_model_code(policy, "policy"):  # the trainer loads the policy's config and weights
+        trainer = trainer_cls(
+            model=str(policy),
+            reward_funcs=qrm,
+            args=args,
+            train_dataset=prompts,
+            processing_class=tokenizer,
+            reward_processing_classes=qrm_tokenizer,
+            peft_config=lora_config if lora_config is not None else paper_lora_config(),
+        )
     trainer.train(resume_from_checkpoint=last_checkpoint(args.output_dir) if resume else None)
     output_dir, adapter_dir = finish_lora_training(trainer, policy, tokenizer, save_dtype)
     return RLHFResult(

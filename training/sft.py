@@ -22,10 +22,12 @@ from pathlib import Path
 
 from datasets import Dataset
 from peft import LoraConfig
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
+from ..chat import check_max_length
+from ..hub import refusing_model_code
 from ..presets import DatasetPreset, load_rows
 from . import paper_rlhf as paper
 from .rlhf_data import chosen_completions
@@ -167,13 +169,18 @@ def _without_zero3_init():
 
 
 def merge_adapter(
-    base_model: str | Path, adapter_dir: str | Path, output_dir: str | Path, tokenizer, dtype="auto"
+    base_model: str | Path,
+    adapter_dir: str | Path,
+    output_dir: str | Path,
+    tokenizer,
+    dtype="auto",
+    trust_remote_code: bool = False,
 ):
     """Merge a LoRA adapter into its base model and save a plain model directory (and `tokenizer`).
 
     The base is reloaded from `base_model` in `dtype` (``"auto"``: the dtype of its checkpoint), so the
-    merge works whatever sharded the weights during training (DDP, DeepSpeed ZeRO-2/3). Returns the
-    output directory.
+    merge works whatever sharded the weights during training (DDP, DeepSpeed ZeRO-2/3); its own code runs
+    only with `trust_remote_code`. Returns the output directory.
     """
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -181,7 +188,9 @@ def merge_adapter(
     if dtype not in SAVE_DTYPES:
         raise ValueError(f"dtype must be one of {SAVE_DTYPES}, got {dtype!r}.")
     with _without_zero3_init():
-        base = AutoModelForCausalLM.from_pretrained(str(base_model), dtype=dtype)
+        base = AutoModelForCausalLM.from_pretrained(
+            str(base_model), dtype=dtype, trust_remote_code=trust_remote_code
+        )
         merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(str(output_dir))
     tokenizer.save_pretrained(str(output_dir))
@@ -193,13 +202,21 @@ def finish_lora_training(
 ) -> tuple[Path, Path]:
     """Save the trained adapter to ``<output_dir>/adapter``, the trainer state (log history) to
     ``<output_dir>/trainer_state.json`` and the merged model to ``<output_dir>``. Returns (output dir,
-    adapter dir). Call it on every process: saving gathers sharded weights."""
+    adapter dir). Call it on every process: saving gathers sharded weights. The base model's code runs only
+    with the trainer's ``args.trust_remote_code``, as in the trainer's own loads."""
     output_dir = Path(trainer.args.output_dir)
     adapter_dir = output_dir / "adapter"
     trainer.save_model(str(adapter_dir))
     trainer.save_state()
     if trainer.accelerator.is_main_process:
-        merge_adapter(base_model, adapter_dir, output_dir, tokenizer, save_dtype)
+        merge_adapter(
+            base_model,
+            adapter_dir,
+            output_dir,
+            tokenizer,
+            save_dtype,
+            trust_remote_code=trainer.args.trust_remote_code,
+        )
     trainer.accelerator.wait_for_everyone()
     return output_dir, adapter_dir
 
@@ -237,14 +254,22 @@ def run_sft(
         save_dtype: dtype of the merged model, ``"auto"`` keeps the base checkpoint's.
         resume: continue from the last checkpoint in `args.output_dir`, when there is one.
 
+    The code files of `model` (an ``auto_map`` in its config or tokenizer) run only with
+    ``args.trust_remote_code=True``; by default such a model is refused (ValueError), never asked about.
+
     Returns an :class:`SFTResult`. Raises ValueError for data without chosen/rejected columns, a
     tokenizer without a chat template, or no example left after the length filter.
     """
     if save_dtype not in SAVE_DTYPES:
         raise ValueError(f"save_dtype must be one of {SAVE_DTYPES}, got {save_dtype!r}.")
-    tokenizer = AutoTokenizer.from_pretrained(str(model))
+    # The same consent as the trainer's own loads of `model` (TRL's `trust_remote_code`, False by default).
+    with refusing_model_code(model, "base model"):
+        tokenizer = AutoTokenizer.from_pretrained(str(model), trust_remote_code=args.trust_remote_code)
+        config = AutoConfig.from_pretrained(str(model), trust_remote_code=args.trust_remote_code)
     if chat_template is not None:
         tokenizer.chat_template = Path(chat_template).read_text()
+    # --max-length above the model's positions would train on positions it has no embedding for
+    check_max_length(args.max_length, config)
     if not tokenizer.chat_template:
         raise ValueError(
             f"The tokenizer of {model} has no chat template: pass one (a Jinja file, e.g. the template of the "

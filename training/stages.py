@@ -230,12 +230,16 @@ def load_extraction_backbone(
     from transformers import AutoModel, AutoTokenizer
 
     from ..chat import derive_prompt_end_pattern
-    from ..hub import check_tokenizer_files
+    from ..hub import check_tokenizer_files, refusing_model_code
 
     location, name = resolve_backbone(backbone)
     check_tokenizer_files(location, "backbone")
-    tokenizer = AutoTokenizer.from_pretrained(location, revision=revision)
-    model = AutoModel.from_pretrained(location, revision=revision, dtype=getattr(torch, dtype))
+    # A backbone is a standard transformers model: its own code (auto_map) never runs, and nothing asks on stdin.
+    with refusing_model_code(location, "backbone"):
+        tokenizer = AutoTokenizer.from_pretrained(location, revision=revision, trust_remote_code=False)
+        model = AutoModel.from_pretrained(
+            location, revision=revision, dtype=getattr(torch, dtype), trust_remote_code=False
+        )
     model = model.to(PartialState(cpu=not torch.cuda.is_available()).device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoder = BackboneEncoder(
