@@ -364,6 +364,9 @@ def main(argv=None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from .cli_paths import check_paths
+
+        check_paths(args)  # outputs that are inputs, directories of someone else's files: refused first
         args.handler(args)
     except USER_ERRORS as error:
         if args.debug:

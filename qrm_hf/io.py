@@ -225,7 +225,7 @@ def check_outputs_apart_from_inputs(
     """Refuse an output that is one of the inputs, or an output directory that holds one of them.
 
     `outputs` are (what, path, is a directory) and `inputs` (what, path), "what" naming the argument in the
-    error (e.g. "--output"); inputs that do not exist locally (Hub ids) are left out. Paths are compared
+    error (e.g. "output_dir"); inputs that do not exist locally (Hub ids) are left out. Paths are compared
     resolved (symlinks followed).
     """
     existing = [
@@ -236,13 +236,13 @@ def check_outputs_apart_from_inputs(
         for in_what, input_path in existing:
             if output == input_path:
                 raise ValueError(
-                    f"The output {out_what} {out_path} is also the input {in_what}: writing it would destroy the "
+                    f"The output {out_path} ({out_what}) is also an input ({in_what}): writing it would destroy the "
                     "input. Give another output path."
                 )
             if is_directory and output in input_path.parents:
                 raise ValueError(
-                    f"The output directory {out_what} {out_path} holds the input {in_what} {input_path}: writing it "
-                    "could destroy the input. Give another output directory."
+                    f"The output directory {out_path} ({out_what}) holds an input ({in_what}: {input_path}): writing "
+                    "it could destroy the input. Give another output directory."
                 )
 
 

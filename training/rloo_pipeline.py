@@ -28,6 +28,7 @@ import torch
 from peft import LoraConfig
 from transformers import AutoTokenizer
 
+from ..io import claim_directory
 from ..presets import DatasetPreset, load_rows
 from . import paper_rlhf as paper
 from .grpo import RiskAwareGRPOConfig, RiskAwareGRPOTrainer
@@ -139,7 +140,8 @@ def run_rlhf(
             assistant turn as the prompt) or any dataset with a ``prompt`` column.
         args: the trainer configuration, which picks the trainer: a `RiskAwareRLOOConfig` (by default use
             :class:`PaperRLOOConfig`) or a `RiskAwareGRPOConfig` (:class:`PaperGRPOConfig`): risk measure, λ,
-            k, lengths, learning rate...; `args.output_dir` receives the merged policy.
+            k, lengths, learning rate...; `args.output_dir` receives the merged policy: absent, empty or an
+            earlier output of the same command (`qrm_hf.io.claim_directory`; anything else is refused).
         split, limit: the split read, and the first `limit` rows only (quick runs).
         preset: a dataset preset name for other preference column layouts.
         max_prompt_length: prompts with more tokens (through the policy's chat template) are left out;
@@ -160,6 +162,8 @@ def run_rlhf(
         )
     if save_dtype not in SAVE_DTYPES:
         raise ValueError(f"save_dtype must be one of {SAVE_DTYPES}, got {save_dtype!r}.")
+    # Before any work: the trainer writes checkpoints and the merged policy into the directory.
+    claim_directory(args.output_dir, "qrm grpo" if isinstance(args, RiskAwareGRPOConfig) else "qrm rloo")
     qrm, qrm_tokenizer = load_reward_model(reward_model, _reward_dtype(args), trust_remote_code)
     prompts = rloo_prompts(load_rows(data, split=split, limit=limit), preset)
     tokenizer = AutoTokenizer.from_pretrained(str(policy), padding_side="left", truncation_side="left")

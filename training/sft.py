@@ -26,6 +26,7 @@ from transformers import AutoTokenizer
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
+from ..io import claim_directory
 from ..presets import DatasetPreset, load_rows
 from . import paper_rlhf as paper
 from .rlhf_data import chosen_completions
@@ -229,7 +230,8 @@ def run_sft(
         data: a Hub dataset id or a local json/jsonl/parquet file or directory (see `qrm_hf.presets.load_rows`)
             of preference pairs: HH-RLHF transcripts, or ``chosen`` / ``rejected`` message lists (see
             `qrm_hf.training.rlhf_data.preference_preset`); `preset` names another column mapping.
-        args: the trainer configuration; `args.output_dir` receives the merged model.
+        args: the trainer configuration; `args.output_dir` receives the merged model: absent, empty or an
+            earlier output of `qrm sft` (`qrm_hf.io.claim_directory`; anything else is refused).
         split, limit: the split read, and the first `limit` rows only (quick runs).
         lora_config: the adapter, by default :func:`paper_lora_config`.
         chat_template: a Jinja file with the chat template to train with, for a base model without one (it
@@ -242,6 +244,8 @@ def run_sft(
     """
     if save_dtype not in SAVE_DTYPES:
         raise ValueError(f"save_dtype must be one of {SAVE_DTYPES}, got {save_dtype!r}.")
+    # Before any work: the trainer writes checkpoints and the merged model into the directory.
+    claim_directory(args.output_dir, "qrm sft")
     tokenizer = AutoTokenizer.from_pretrained(str(model))
     if chat_template is not None:
         tokenizer.chat_template = Path(chat_template).read_text()
