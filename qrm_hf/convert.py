@@ -67,9 +67,9 @@ def convert_released_checkpoint(src, dst, attribute_names=None, *, dtype=None) -
         >>> model = QRMForSequenceClassification.from_pretrained(path)  # doctest: +SKIP
     """
     src, dst = Path(src), Path(dst)
+    check_output_directory(dst, CONVERT_COMMAND)  # before reading gigabytes of weights
     if not src.is_dir():
         raise FileNotFoundError(f"{src} is not a directory (expected a released QRM checkpoint directory).")
-    check_output_directory(dst, CONVERT_COMMAND)  # before reading gigabytes of weights
     config = _qrm_config(src, attribute_names)
     files = _weight_files(src)
     found = {}  # key -> (shape, file)
