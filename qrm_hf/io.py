@@ -132,12 +132,24 @@ def _write_marker(directory: Path, command: str) -> None:
     write_json_atomic(directory / MARKER, {"command": command})
 
 
+def _delete(path: Path) -> None:
+    """Delete the directory `path`, its marker last: a kill midway leaves a directory still known to be ours."""
+    for entry in path.iterdir():
+        if entry.name != MARKER:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    (path / MARKER).unlink(missing_ok=True)
+    path.rmdir()
+
+
 def _remove_own(path: Path) -> None:
     """Delete a temporary or previous directory of an earlier, killed swap: only if it is marked or empty."""
     if not path.exists():
         return
     if path.is_dir() and (output_owner(path) is not None or not any(path.iterdir())):
-        shutil.rmtree(path)
+        _delete(path)
         return
     raise ForeignDirectoryError(f"{path} was not written by qrm-hf; move it away to write next to it.")
 
@@ -186,13 +198,14 @@ def replace_directory(path: str | os.PathLike, command: str) -> Iterator[Path]:
         try:
             yield temporary
         except BaseException:
-            shutil.rmtree(temporary, ignore_errors=True)
+            _delete(temporary)
             raise
         _remove_own(previous)
         if path.exists():
             os.replace(path, previous)
         os.replace(temporary, path)
-        shutil.rmtree(previous, ignore_errors=True)
+        if previous.exists():
+            _delete(previous)
 
 
 def claim_directory(path: str | os.PathLike, command: str, *, fresh: bool = False) -> Path:
@@ -204,7 +217,7 @@ def claim_directory(path: str | os.PathLike, command: str, *, fresh: bool = Fals
     path = Path(path)
     check_output_directory(path, command)
     if fresh and path.exists():
-        shutil.rmtree(path)
+        _delete(path)
     path.mkdir(parents=True, exist_ok=True)
     if output_owner(path) != command:
         _write_marker(path, command)
@@ -216,7 +229,7 @@ def remove_output(path: str | os.PathLike, command: str) -> None:
     path = Path(path)
     check_output_directory(path, command)
     if path.exists():
-        shutil.rmtree(path)
+        _delete(path)
 
 
 def check_outputs_apart_from_inputs(
