@@ -224,6 +224,28 @@ def claim_directory(path: str | os.PathLike, command: str, *, fresh: bool = Fals
     return path
 
 
+@contextmanager
+def files_into(directory: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder inside `directory`; when the block succeeds each file written there replaces
+    its namesake in `directory` (one rename each, so every file is whole), for outputs that share a
+    directory with other files (a trainer's merged model next to its checkpoints)."""
+    directory = Path(directory)
+    temporary = directory / f".{_PARTIAL}-{os.getpid()}"
+    directory.mkdir(parents=True, exist_ok=True)
+    if temporary.exists():
+        _delete(temporary)
+    temporary.mkdir()
+    try:
+        yield temporary
+        for path in sorted(temporary.rglob("*")):
+            if path.is_file():
+                destination = directory / path.relative_to(temporary)
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, destination)
+    finally:
+        _delete(temporary)
+
+
 def remove_output(path: str | os.PathLike, command: str) -> None:
     """Delete the directory `path` if it is an output of `command` (or empty); refuse anything else."""
     path = Path(path)
@@ -266,6 +288,7 @@ __all__ = [
     "atomic_file",
     "check_output_directory",
     "claim_directory",
+    "files_into",
     "finite_or_null",
     "interrupted_replacement_note",
     "output_owner",

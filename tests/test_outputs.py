@@ -246,7 +246,6 @@ WRITERS = {"save_pretrained", "save_file", "savefig", "write_text", "write_bytes
 WRITES_INTO_A_PREPARED_DIRECTORY = {
     ("qrm_hf/backbones.py", "_convert"),  # into replace_directory's temporary
     ("training/assemble.py", "save_qrm"),  # assemble_model: replace_directory; push_qrm: a TemporaryDirectory
-    ("training/sft.py", "merge_adapter"),  # the trainer commands' claimed output directory
 }
 
 
@@ -290,7 +289,8 @@ def test_only_qrm_hf_io_deletes_or_renames_files():
 
 def test_every_write_of_the_package_is_write_then_rename():
     """Writers (save_pretrained, safetensors save_file, savefig, write_text, ...) run inside a `with` of
-    qrm_hf.io (atomic_file, replace_directory) or in a function that writes into a prepared directory."""
+    qrm_hf.io (atomic_file, replace_directory, files_into) or in a function that writes into a prepared
+    directory."""
 
     class Finder(ast.NodeVisitor):
         def __init__(self, name):
@@ -309,7 +309,9 @@ def test_every_write_of_the_package_is_write_then_rename():
                 for item in node.items
                 if isinstance(item.context_expr, ast.Call)
             }
-            protected = bool(helpers & {"atomic_file", "replace_directory", "TemporaryDirectory"})
+            protected = bool(
+                helpers & {"atomic_file", "replace_directory", "files_into", "TemporaryDirectory"}
+            )
             self.protected += protected
             self.generic_visit(node)
             self.protected -= protected

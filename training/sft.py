@@ -26,7 +26,7 @@ from transformers import AutoTokenizer
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
-from ..io import claim_directory
+from ..io import claim_directory, files_into
 from ..presets import DatasetPreset, load_rows
 from . import paper_rlhf as paper
 from .rlhf_data import chosen_completions
@@ -184,8 +184,9 @@ def merge_adapter(
     with _without_zero3_init():
         base = AutoModelForCausalLM.from_pretrained(str(base_model), dtype=dtype)
         merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    merged.save_pretrained(str(output_dir))
-    tokenizer.save_pretrained(str(output_dir))
+    with files_into(output_dir) as directory:  # a kill never leaves a truncated model.safetensors
+        merged.save_pretrained(str(directory))
+        tokenizer.save_pretrained(str(directory))
     return Path(output_dir)
 
 
