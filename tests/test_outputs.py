@@ -202,14 +202,31 @@ def test_a_directory_is_replaced_only_when_it_is_the_same_commands_output(tmp_pa
 
 def test_library_stages_refuse_a_foreign_directory_before_the_work(tmp_path):
     from qrm_hf.convert import convert_released_checkpoint
-    from qrm_hf.training.stages import fit_debias, fit_gating, fit_quantile_heads
+    from qrm_hf.training.rloo_pipeline import PaperGRPOConfig, PaperRLOOConfig, run_rlhf
+    from qrm_hf.training.sft import PaperSFTConfig, run_sft
+    from qrm_hf.training.stages import (
+        DatasetSpec,
+        assemble_model,
+        extract_features,
+        fit_debias,
+        fit_gating,
+        fit_quantile_heads,
+    )
 
     before = foreign_directory(tmp_path / "mine")
+    nothing = tmp_path / "nothing"
+    trainer = dict(output_dir=str(tmp_path / "mine"), bf16=False, use_cpu=True)
     for call in (
-        lambda: fit_quantile_heads([tmp_path / "nothing"], tmp_path / "mine"),
-        lambda: fit_debias(tmp_path / "nothing", [tmp_path / "nothing"], tmp_path / "mine"),
-        lambda: fit_gating(tmp_path / "nothing", [tmp_path / "nothing"], tmp_path / "mine"),
-        lambda: convert_released_checkpoint(tmp_path / "nothing", tmp_path / "mine"),
+        lambda: extract_features(nothing, DatasetSpec(preset="helpsteer2"), tmp_path / "mine"),
+        lambda: fit_quantile_heads([nothing], tmp_path / "mine"),
+        lambda: fit_debias(nothing, [nothing], tmp_path / "mine"),
+        lambda: fit_gating(nothing, [nothing], tmp_path / "mine"),
+        lambda: assemble_model(nothing, nothing, nothing, tmp_path / "mine"),
+        lambda: convert_released_checkpoint(nothing, tmp_path / "mine"),
+        # the trainer commands refuse before loading anything, not after the training
+        lambda: run_sft(nothing, nothing, PaperSFTConfig(**trainer)),
+        lambda: run_rlhf(nothing, nothing, nothing, PaperRLOOConfig(**trainer)),
+        lambda: run_rlhf(nothing, nothing, nothing, PaperGRPOConfig(**trainer)),
     ):
         with pytest.raises(io.ForeignDirectoryError, match="thesis.tex"):
             call()

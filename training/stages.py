@@ -28,6 +28,7 @@ from ..evaluation import pinball_loss
 from ..io import check_output_directory, replace_directory
 from ..presets import DatasetPreset, attribute_examples, get_preset, load_preset, preference_examples
 from .features import (
+    EXTRACT_COMMAND,
     BackboneEncoder,
     attribute_names_of,
     backbone_identity,
@@ -226,6 +227,7 @@ def extract_features(
     """
     from ..chat import encode_conversation
 
+    check_output_directory(output_dir, EXTRACT_COMMAND)  # before loading the backbone and the data
     preset = dataset.resolve()
     rows = dataset.load()
     loaded = loaded or load_extraction_backbone(backbone, revision, dtype, batch_size)
