@@ -85,6 +85,11 @@ def write_json_atomic(path: str | os.PathLike, payload) -> None:
 # ------------------------------------------------------------------------------------------- directories
 
 
+def _absolute(path: str | os.PathLike) -> Path:
+    """`path` made absolute without following links ("." and ".." have no name to put a sibling next to)."""
+    return Path(os.path.abspath(os.path.expanduser(path)))
+
+
 def _sibling(path: Path, tag: str) -> Path:
     return path.with_name(f".{path.name}.{tag}")
 
@@ -107,7 +112,7 @@ def _foreign_entries(path: Path) -> list[str]:
 def check_output_directory(path: str | os.PathLike, command: str) -> None:
     """Refuse (`ForeignDirectoryError`) to write the output of `command` (e.g. "qrm fit-gating") into `path`
     unless it is absent, empty, or marked as an output of `command`; the error names what is there."""
-    path = Path(path)
+    path = _absolute(path)
     if not path.exists():
         return
     if not path.is_dir():
@@ -157,7 +162,7 @@ def _remove_own(path: Path) -> None:
 def restore_interrupted_replacement(path: str | os.PathLike) -> None:
     """Put back the output that `replace_directory` had renamed aside when it was killed before renaming the
     new one in."""
-    path = Path(path)
+    path = _absolute(path)
     previous = _sibling(path, _PREVIOUS)
     if previous.is_dir() and not path.exists():
         os.replace(previous, path)
@@ -165,7 +170,7 @@ def restore_interrupted_replacement(path: str | os.PathLike) -> None:
 
 def interrupted_replacement_note(path: str | os.PathLike) -> str:
     """For an error about a missing output `path`: where a killed replacement left its previous version."""
-    path = Path(path)
+    path = _absolute(path)
     previous = _sibling(path, _PREVIOUS)
     if path.exists() or not previous.is_dir():
         return ""
@@ -187,7 +192,7 @@ def replace_directory(path: str | os.PathLike, command: str) -> Iterator[Path]:
     """
     from .locking import directory_lock
 
-    path = Path(path)
+    path = _absolute(path)
     temporary, previous = _sibling(path, _PARTIAL), _sibling(path, _PREVIOUS)
     with directory_lock(path):
         restore_interrupted_replacement(path)
@@ -214,7 +219,7 @@ def claim_directory(path: str | os.PathLike, command: str, *, fresh: bool = Fals
     Refuses a directory `command` may not write (`check_output_directory`); creates `path` and marks it
     before anything else is written. `fresh` first deletes an earlier output of `command` there.
     """
-    path = Path(path)
+    path = _absolute(path)
     check_output_directory(path, command)
     if fresh and path.exists():
         _delete(path)
@@ -229,7 +234,7 @@ def files_into(directory: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder inside `directory`; when the block succeeds each file written there replaces
     its namesake in `directory` (one rename each, so every file is whole), for outputs that share a
     directory with other files (a trainer's merged model next to its checkpoints)."""
-    directory = Path(directory)
+    directory = _absolute(directory)
     temporary = directory / f".{_PARTIAL}-{os.getpid()}"
     directory.mkdir(parents=True, exist_ok=True)
     if temporary.exists():
@@ -248,7 +253,7 @@ def files_into(directory: str | os.PathLike) -> Iterator[Path]:
 
 def remove_output(path: str | os.PathLike, command: str) -> None:
     """Delete the directory `path` if it is an output of `command` (or empty); refuse anything else."""
-    path = Path(path)
+    path = _absolute(path)
     check_output_directory(path, command)
     if path.exists():
         _delete(path)
