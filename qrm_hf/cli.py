@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -148,17 +147,6 @@ def _score(args):
     )
 
 
-def _finite_or_null(value):
-    """`value` with NaN and infinite floats replaced by None, so that the JSON is strict."""
-    if isinstance(value, dict):
-        return {key: _finite_or_null(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite_or_null(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def _evaluate(args):
     from .data import read_jsonl
     from .evaluation import evaluate_pairs, evaluate_ratings, format_ratings_report, plot_calibration
@@ -213,10 +201,10 @@ def _evaluate(args):
     if showcase:
         print(f"  Showcase (certainty equivalent with lambda {args.lam}, cvar at alpha {args.alpha}):")
         _print_scores(model, tokenizer, showcase, args.lam, args.alpha, args.plot, **lengths)
-    from .training.features import write_json_atomic
+    from .io import write_json_atomic
 
     for path in outputs:
-        write_json_atomic(Path(path), _finite_or_null(report))
+        write_json_atomic(Path(path), report)
 
 
 def _skipped_note(report: dict) -> str:
@@ -383,6 +371,9 @@ def main(argv=None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from .cli_paths import check_paths
+
+        check_paths(args)  # outputs that are inputs, directories of someone else's files: refused first
         args.handler(args)
     except USER_ERRORS as error:
         if args.debug:

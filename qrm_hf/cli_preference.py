@@ -97,9 +97,11 @@ def _plot(path, probability, ensemble_mean=None):
             title="Ensemble preference strength",
         )
     fig.tight_layout()
+    from .io import atomic_file
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_file(path) as temporary:
+        fig.savefig(temporary, dpi=110)
     plt.close(fig)
     return path
 
@@ -235,9 +237,12 @@ def _preference_strength(args) -> None:
         extra = f" std {ensemble.std[i]:.4f}" if ensemble is not None else ""
         print(f"    id {ids[i]!s:<12} {measure} {mean[i]:+.4f}{extra}  P {probability[i]:.3f}")
     if args.output:
+        from .io import finite_or_null, write_text_atomic
+
         output = Path(args.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text("".join(json.dumps(record) + "\n" for record in records))
+        write_text_atomic(
+            output, "".join(json.dumps(finite_or_null(record), allow_nan=False) + "\n" for record in records)
+        )
         print(f"Wrote {len(records)} rows to {output}")
     if args.plot:
         path = _plot(args.plot, probability, ensemble.mean if ensemble is not None else None)

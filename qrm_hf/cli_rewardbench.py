@@ -8,8 +8,8 @@ from pathlib import Path
 
 def _rewardbench(args) -> None:
     from .cli import _load_model, check_writable
+    from .io import write_json_atomic
     from .rewardbench import format_report, run_rewardbench
-    from .training.features import write_json_atomic
 
     check_writable(args.output, "results")
     model, tokenizer = _load_model(args.model, args.revision, args.trust_remote_code)
@@ -26,7 +26,6 @@ def _rewardbench(args) -> None:
     report = {"model": str(args.model), **report}
     print(format_report(report))
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(Path(args.output), report)
         print(f"Results written to {args.output}")
 

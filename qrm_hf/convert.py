@@ -14,9 +14,11 @@ import torch
 from safetensors import safe_open
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+from .io import check_output_directory, replace_directory
 from .modeling.configuration_qrm import DEFAULT_ATTRIBUTE_NAMES, QRMConfig
 from .modeling.modeling_qrm import QRMForSequenceClassification
 
+CONVERT_COMMAND = "qrm convert"  # the owner of its output directories (`qrm_hf.io` markers)
 QRM_FIELDS = ("num_objectives", "num_quantiles", "gating_temperature", "gating_hidden_dim", "gating_n_hidden")
 # <|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n : the released models gate on its first token.
 LLAMA3_ASSISTANT_PATTERN = [128009, 128006, 78191, 128007, 271]
@@ -54,7 +56,8 @@ def convert_released_checkpoint(src, dst, attribute_names=None, *, dtype=None) -
 
     Args:
         src: local directory with `config.json` and safetensors weights (sharded or not).
-        dst: output directory (created); tokenizer files of `src` are copied into it.
+        dst: output directory, written whole and renamed into place (`qrm_hf.io.replace_directory`): absent,
+            empty or an earlier output of `qrm convert`; tokenizer files of `src` are copied into it.
         attribute_names: the M attribute names; default the paper's 19 when M = 19, else attribute_0, ...
         dtype: dtype of the saved backbone (default: as stored). Heads and gating are saved in float32.
 
@@ -64,6 +67,7 @@ def convert_released_checkpoint(src, dst, attribute_names=None, *, dtype=None) -
         >>> model = QRMForSequenceClassification.from_pretrained(path)  # doctest: +SKIP
     """
     src, dst = Path(src), Path(dst)
+    check_output_directory(dst, CONVERT_COMMAND)  # before reading gigabytes of weights
     if not src.is_dir():
         raise FileNotFoundError(f"{src} is not a directory (expected a released QRM checkpoint directory).")
     config = _qrm_config(src, attribute_names)
@@ -97,14 +101,15 @@ def convert_released_checkpoint(src, dst, attribute_names=None, *, dtype=None) -
                         tensor = tensor.to(dtype)
                 state[model_key.get(key, key)] = tensor
     model.load_state_dict(state, strict=True, assign=True)
-    model.eval().save_pretrained(dst, safe_serialization=True)
-    # save_pretrained records the dtype of the first parameter (the float32 transform); record the
-    # backbone's instead, so that from_pretrained(dtype="auto") loads e.g. a bfloat16 backbone as bfloat16.
-    model.config.dtype = model.model.dtype
-    model.config.save_pretrained(dst)
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copy2(src / name, dst / name)
+    with replace_directory(dst, CONVERT_COMMAND) as directory:
+        model.eval().save_pretrained(directory, safe_serialization=True)
+        # save_pretrained records the dtype of the first parameter (the float32 transform); record the
+        # backbone's instead, so that from_pretrained(dtype="auto") loads e.g. a bfloat16 backbone as bfloat16.
+        model.config.dtype = model.model.dtype
+        model.config.save_pretrained(directory)
+        for name in TOKENIZER_FILES:
+            if (src / name).is_file():
+                shutil.copy2(src / name, directory / name)
     return dst
 
 

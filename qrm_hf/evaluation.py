@@ -553,16 +553,16 @@ def format_ratings_report(report: dict) -> str:
 
 def plot_calibration(report: dict, directory) -> list:
     """Draw `reliability.png` (observed vs nominal quantile level, every model) and `pit.png` (PIT
-    histograms) of an `evaluate_ratings` report into `directory`; returns the paths."""
-    from pathlib import Path
-
+    histograms) of an `evaluate_ratings` report into `directory` (absent, empty or an earlier plot directory
+    of `qrm evaluate`: `qrm_hf.io.claim_directory`); returns the paths."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    from .io import atomic_file, claim_directory
+
+    directory = claim_directory(directory, "qrm evaluate")  # refuses a directory of someone else's files
     models = report["models"]
     fig, axis = plt.subplots(figsize=(5, 5))
     axis.plot([0, 1], [0, 1], color="grey", linestyle="--", label="calibrated")
@@ -574,7 +574,8 @@ def plot_calibration(report: dict, directory) -> list:
     axis.legend()
     fig.tight_layout()
     paths = [directory / "reliability.png"]
-    fig.savefig(paths[0], dpi=120)
+    with atomic_file(paths[0]) as temporary:
+        fig.savefig(temporary, dpi=120)
     plt.close(fig)
     fig, axis = plt.subplots(figsize=(6, 4))
     edges = np.linspace(0, 1, PIT_BINS + 1)
@@ -585,7 +586,8 @@ def plot_calibration(report: dict, directory) -> list:
     axis.legend()
     fig.tight_layout()
     paths.append(directory / "pit.png")
-    fig.savefig(paths[1], dpi=120)
+    with atomic_file(paths[1]) as temporary:
+        fig.savefig(temporary, dpi=120)
     plt.close(fig)
     return paths
 

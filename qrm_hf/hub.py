@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import fnmatch
 import json
+import os
 import re
 import tempfile
 from collections.abc import Sequence
@@ -38,6 +39,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id
 
+from .io import interrupted_replacement_note
 from .model_cards import (
     PLACEHOLDER_REPO_ID,
     ModelCardTemplateError,
@@ -104,15 +106,30 @@ def check_repo_id(repo_id: str) -> str:
 
 
 def _local_files(model_dir: Path) -> list[str]:
-    """Paths (relative, posix) of the files to upload: everything but hidden files and caches."""
+    """Paths (relative, posix) of the files to upload: everything but hidden files and caches.
+
+    A symbolic link that leads out of `model_dir` (to a token file, say) is refused (ValueError naming it):
+    only the directory's own files are uploaded. Links inside the directory are followed for files only.
+    """
+    root = model_dir.resolve()
     files = []
-    for path in sorted(model_dir.rglob("*")):
-        relative = path.relative_to(model_dir)
-        if path.is_file() and not any(
-            part.startswith(".") or part == "__pycache__" for part in relative.parts
-        ):
-            files.append(relative.as_posix())
-    return files
+    for folder, subfolders, names in os.walk(model_dir):  # never descends into linked folders
+        folder = Path(folder)
+        subfolders[:] = [n for n in subfolders if not n.startswith(".") and n != "__pycache__"]
+        for name in [*subfolders, *names]:
+            path = folder / name
+            if name.startswith(".") or not path.is_symlink():
+                continue
+            target = path.resolve()
+            if target != root and root not in target.parents:
+                raise ValueError(
+                    f"{path} is a symbolic link to {target}, outside {model_dir}: qrm push uploads only the "
+                    "files of the model directory. Replace the link by a copy of the file, or remove it."
+                )
+        files += [
+            (folder / name).relative_to(model_dir).as_posix() for name in names if not name.startswith(".")
+        ]
+    return sorted(name for name in files if (model_dir / name).is_file())
 
 
 def check_model_dir(model_dir: str | Path) -> Path:
@@ -121,7 +138,8 @@ def check_model_dir(model_dir: str | Path) -> Path:
     Complete means: ``config.json`` of a QRM (``model_type: qrm``) with ``auto_map``; safetensors weights,
     one ``model.safetensors`` or ``model.safetensors.index.json`` with all its shards; the code files
     ``configuration_qrm.py`` and ``modeling_qrm.py``; the tokenizer (``tokenizer_config.json`` and a
-    vocabulary such as ``tokenizer.json``); the model card ``README.md`` with metadata; and no pickle files.
+    vocabulary such as ``tokenizer.json``); the model card ``README.md`` with metadata; no pickle files; and no
+    symbolic link leading out of the directory (a ValueError names it).
 
     Raises:
         IncompleteModelDirError: files are missing (all of them are named).
@@ -130,7 +148,8 @@ def check_model_dir(model_dir: str | Path) -> Path:
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise FileNotFoundError(
-            f"{model_dir} is not a directory; save the model with qrm_hf.training.assemble.save_qrm."
+            f"{model_dir} is not a directory{interrupted_replacement_note(model_dir)}; save the model with "
+            "qrm_hf.training.assemble.save_qrm."
         )
     files = set(_local_files(model_dir))
     missing = [name for name in ("config.json", *CODE_FILES, TOKENIZER_CONFIG, CARD) if name not in files]
@@ -340,8 +359,11 @@ def model_location(name: str | Path) -> str:
         if not path.is_dir():
             raise FileNotFoundError(f"{name} is a file, not a model directory.")
         return str(path)
-    if _looks_like_a_path(name):
-        raise FileNotFoundError(f"The model directory {name} does not exist (and it is not a Hub repo id).")
+    if _looks_like_a_path(name) or interrupted_replacement_note(path):
+        raise FileNotFoundError(
+            f"The model directory {name} does not exist{interrupted_replacement_note(path)} (and it is not a "
+            "Hub repo id)."
+        )
     return name
 
 
@@ -524,7 +546,8 @@ def add_push_command(subparsers) -> argparse.ArgumentParser:
             "Upload a QRM directory (as written by save_qrm or `qrm demo`) to a Hub model repo in one\n"
             "commit: safetensors weights, config.json with auto_map, configuration_qrm.py and\n"
             "modeling_qrm.py (the code that trust_remote_code=True runs), the tokenizer and the model card.\n"
-            "The directory is checked first: a missing file is named and nothing is uploaded. The repo and\n"
+            "The directory is checked first: a missing file, or a symbolic link that leads out of the\n"
+            "directory, is named and nothing is uploaded. The repo and\n"
             "the branch are created if needed; weight, config, code and tokenizer files of an earlier upload\n"
             "that the directory does not have are deleted in the same commit.\n"
             "Authenticate with `hf auth login` or HF_TOKEN."

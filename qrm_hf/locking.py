@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .io import write_text_atomic
+
 
 class DirectoryInUseError(OSError):
     """Another process holds the lock of a directory this one wants to write."""
@@ -26,7 +28,7 @@ class DirectoryInUseError(OSError):
 
 def lock_path(directory: str | os.PathLike) -> Path:
     """The lock file of `directory`: a sibling, so that it survives the directory being replaced."""
-    directory = Path(directory)
+    directory = Path(os.path.abspath(directory))  # "." has no name to put a sibling next to
     return directory.with_name(f"{directory.name}.lock")
 
 
@@ -70,8 +72,8 @@ def directory_lock(
     first = lock.lock_counter == 1
     try:
         if first:
-            temporary = owner.with_name(owner.name + f".{os.getpid()}")
-            temporary.write_text(
+            write_text_atomic(
+                owner,
                 json.dumps(
                     {
                         "pid": os.getpid(),
@@ -79,9 +81,8 @@ def directory_lock(
                         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200],
                         "since": time.strftime("%Y-%m-%d %H:%M:%S"),
                     }
-                )
+                ),
             )
-            os.replace(temporary, owner)
         yield
     finally:
         if first:

@@ -290,8 +290,10 @@ def plot_reward_distributions(
     density_axis.set(xlabel="reward", ylabel="density", title="Reward density (smoothed quantile atoms)")
     cdf_axis.legend()
     fig.tight_layout()
+    from .io import atomic_file
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with atomic_file(path) as temporary:
+        fig.savefig(temporary, dpi=120)
     plt.close(fig)
     return path

@@ -160,7 +160,7 @@ def test_kill_9_during_assemble_keeps_the_previous_model(clean_run, tmp_path):
         save_qrm = assemble.save_qrm
 
         def save_then_die(model, directory, **kwargs):
-            save_qrm(model, directory, **kwargs)  # the new model is complete in model.partial ...
+            save_qrm(model, directory, **kwargs)  # the new model is complete in .model.qrm-partial ...
             os.kill(os.getpid(), signal.SIGKILL)  # ... and the process dies before it is renamed in
 
         assemble.save_qrm = save_then_die
@@ -169,7 +169,7 @@ def test_kill_9_during_assemble_keeps_the_previous_model(clean_run, tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
-    assert (copy / "model.partial" / "model.safetensors").exists()  # the kill hit in the right place
+    assert (copy / ".model.qrm-partial" / "model.safetensors").exists()  # the kill hit in the right place
     assert (copy / "model" / "model.safetensors").read_bytes() == old_model
     code = subprocess.run(
         [sys.executable, "-m", "qrm_hf", "score", str(copy / "model"), "--prompt", "Say hi.", "--response", "hi"],
@@ -178,7 +178,7 @@ def test_kill_9_during_assemble_keeps_the_previous_model(clean_run, tmp_path):
     assert code.returncode == 0 and "expected" in code.stdout, code.stderr[-2000:]
     main(["train", str(config)])  # the interrupted stage runs again and replaces the model
     assert (copy / "model" / "model.safetensors").read_bytes() != old_model
-    assert not (copy / "model.partial").exists() and not (copy / "model.previous").exists()
+    assert not (copy / ".model.qrm-partial").exists() and not (copy / ".model.qrm-previous").exists()
 
 
 # ------------------------------------------------------------------------------------------ shards

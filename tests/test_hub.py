@@ -772,6 +772,29 @@ def test_push_refuses_a_malformed_repo_id(model_dir, no_hub_calls, repo_id):
         hub.push_model_dir(model_dir, repo_id)
 
 
+def test_push_refuses_a_symbolic_link_out_of_the_directory_before_any_hub_call(
+    model_dir, no_hub_calls, tmp_path
+):
+    """Issue 18 §7: a link to a private file (or folder) outside the model directory is never uploaded."""
+    secret = tmp_path / "hf_token"
+    secret.write_text("hf_private")
+    (model_dir / "notes.txt").symlink_to(secret)
+    parser = argparse.ArgumentParser(prog="qrm")
+    hub.add_push_command(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["push", str(model_dir), "qrm-org/model"])
+    with pytest.raises(SystemExit) as exit:
+        args.handler(args)
+    message = str(exit.value.code)
+    assert "notes.txt is a symbolic link to" in message and str(secret) in message and "\n" not in message
+    (model_dir / "notes.txt").unlink()
+    (model_dir / "extra").symlink_to(tmp_path, target_is_directory=True)  # a folder around the model
+    with pytest.raises(ValueError, match="extra is a symbolic link"):
+        hub.push_model_dir(model_dir, "qrm-org/model")
+    (model_dir / "extra").unlink()
+    (model_dir / "vocab_copy.json").symlink_to(model_dir / "tokenizer.json")  # inside: uploaded as a file
+    assert "vocab_copy.json" in hub._local_files(model_dir)
+
+
 def test_push_cli_reports_bad_input_without_traceback(model_dir, no_hub_calls):
     parser = argparse.ArgumentParser(prog="qrm")
     hub.add_push_command(parser.add_subparsers(dest="command", required=True))

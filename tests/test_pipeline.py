@@ -395,7 +395,7 @@ def test_bad_input_is_refused_with_a_clear_error_and_leaves_no_output(trained, t
     monkeypatch.setattr(gating_module.BradleyTerryGating, "fit", broken_fit)
     with pytest.raises(RuntimeError, match="out of memory"):
         fit_gating(out / "heads", [pairs], tmp_path / "broken", settings=GatingSettings(hidden_dim=8))
-    assert not (tmp_path / "broken").exists() and not (tmp_path / "broken.partial").exists()
+    assert not (tmp_path / "broken").exists() and not (tmp_path / ".broken.qrm-partial").exists()
 
 
 @pytest.mark.parametrize(

@@ -74,7 +74,7 @@ def test_shards_resume_and_equal_an_uninterrupted_run(backbone, tmp_path):
 
     directory = extract_to_shards(encoder, rows, tmp_path / "run", manifest, labels, shard_size=4)
     (directory / "features-00001.safetensors").unlink()  # as if killed while writing shard 1
-    (directory / "features-00001.safetensors.partial").write_bytes(b"half a shard")
+    (directory / ".features-00001.qrm-partial-99.safetensors").write_bytes(b"half a shard")
     manifest_data = json.loads((directory / "manifest.json").read_text())
     (directory / "manifest.json").write_text(json.dumps({**manifest_data, "complete": False}))
     with pytest.raises(ValueError, match="did not finish"):
@@ -82,7 +82,7 @@ def test_shards_resume_and_equal_an_uninterrupted_run(backbone, tmp_path):
     extract_to_shards(encoder, rows, directory, manifest, labels, shard_size=4)
     resumed, settings = load_features(directory)
     assert settings["count"] == 10 and settings["kind"] == "attribute"
-    assert sorted(p.name for p in directory.iterdir() if "partial" not in p.name) == [
+    assert sorted(p.name for p in directory.iterdir() if not p.name.startswith(".")) == [
         "features-00000.safetensors",
         "features-00001.safetensors",
         "features-00002.safetensors",
@@ -93,11 +93,16 @@ def test_shards_resume_and_equal_an_uninterrupted_run(backbone, tmp_path):
     assert resumed["index"].tolist() == list(range(10))
 
 
-def test_shards_refuse_other_settings_and_empty_data(backbone, tmp_path):
+def test_shards_follow_other_settings_but_refuse_foreign_directories_and_empty_data(backbone, tmp_path):
     encoder = BackboneEncoder(backbone, PATTERN, PAD)
-    extract_to_shards(encoder, sequences(3), tmp_path, {"backbone": "tiny"})
-    with pytest.raises(ValueError, match="other settings"):
-        extract_to_shards(encoder, sequences(3), tmp_path, {"backbone": "another"})
+    extract_to_shards(encoder, sequences(3), tmp_path / "run", {"backbone": "tiny"})
+    extract_to_shards(encoder, sequences(3), tmp_path / "run", {"backbone": "another"})  # extracted anew
+    assert load_features(tmp_path / "run")[1]["backbone"] == "another"
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="notes.txt"):
+        extract_to_shards(encoder, sequences(3), tmp_path / "mine", {"backbone": "tiny"})
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
     with pytest.raises(ValueError, match="empty"):
         extract_to_shards(encoder, [], tmp_path / "empty", {})
 

@@ -14,8 +14,8 @@ interrupted run never leaves a shard that a re-run would trust; a re-run skips c
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 import zlib
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -28,11 +28,19 @@ from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
 from ..chat import check_max_length, split_by_length
+from ..io import (
+    check_output_directory,
+    claim_directory,
+    interrupted_replacement_note,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from ..locking import directory_lock
 from ..modeling.modeling_qrm import find_last_pattern
 from ..scoring import right_pad
 
 MANIFEST = "manifest.json"
+EXTRACT_COMMAND = "qrm extract"  # the owner of feature directories (`qrm_hf.io` markers)
 
 
 class BackboneEncoder:
@@ -138,11 +146,8 @@ class BackboneEncoder:
 def write_shard(path: Path, tensors: dict[str, torch.Tensor]) -> dict:
     """Write a safetensors shard atomically (a crash leaves no file under the final name); returns its
     `shard_check` (size and CRC-32), computed from the bytes written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".partial")
     data = save({name: value.contiguous() for name, value in tensors.items()})
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
+    write_bytes_atomic(path, data)
     check = {"bytes": len(data), "crc32": zlib.crc32(data)}
     _checked[_file_key(path)] = check["crc32"]
     return check
@@ -210,13 +215,6 @@ def damaged_shards(directory: str | Path, manifest: dict | None = None) -> dict[
     return {name: problem for name, problem in problems.items() if problem is not None}
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write JSON under a temporary name, then rename: readers see the old file or the new one, never half."""
-    temporary = path.with_name(path.name + ".partial")
-    temporary.write_text(json.dumps(payload, indent=2))
-    os.replace(temporary, path)
-
-
 def write_manifest(directory: Path, manifest: dict) -> None:
     write_json_atomic(directory / MANIFEST, manifest)
 
@@ -234,8 +232,10 @@ def extract_to_shards(
     """Encode `sequences` (single conversations, or (chosen, rejected) pairs) into shards under `directory`.
 
     `manifest` (backbone, dataset, attribute names, pattern, ...) is completed with counts and shard
-    names. Complete shards from an earlier run with the same settings are kept; a shard is only ever
-    visible under its final name once complete. A `max_length` above the backbone's positions is refused
+    names. Complete shards from an earlier run with the same settings and data (`content_key`) are kept; an
+    earlier extraction of other settings or data is replaced; a directory that is not an output of
+    `qrm extract` is refused (`qrm_hf.io.claim_directory`). A shard is only ever visible under its final name
+    once complete. A `max_length` above the backbone's positions is refused
     (`qrm_hf.chat.check_max_length`). Conversations longer than `max_length` tokens are
     skipped (never truncated: that would cut the response) and counted in the manifest; `index` keeps
     the dataset row of each stored entry (`row_index`, aligned with `sequences`; default: its position).
@@ -259,29 +259,62 @@ def extract_to_shards(
     settings = {
         **manifest,
         "kind": "preference" if pairs else "attribute",
+        "content": content_key(sequences, labels, row_index),
         "count": len(kept),
         "skipped_too_long": len(sequences) - len(kept),
         "max_length": max_length,
         "shard_size": shard_size,
     }
-    if (directory / MANIFEST).exists():
-        previous = json.loads((directory / MANIFEST).read_text())
-        if previous["settings"] != settings:
-            raise ValueError(
-                f"{directory} holds features extracted with other settings ({previous['settings']}); "
-                "use another directory or delete it."
-            )
+    check_output_directory(directory, EXTRACT_COMMAND)
+    previous = json.loads((directory / MANIFEST).read_text()) if (directory / MANIFEST).exists() else {}
+    stale = bool(previous) and previous.get("settings") != settings
     state = PartialState(cpu=not torch.cuda.is_available())  # CPU processes talk through gloo
     # The main process holds the directory's lock: another run extracting into it gets a clear error.
     with directory_lock(directory) if state.is_main_process else nullcontext():
+        if state.is_main_process:
+            if stale:
+                changed = sorted(
+                    key
+                    for key in {*settings, *previous.get("settings", {})}
+                    if settings.get(key) != previous.get("settings", {}).get(key)
+                )
+                print(
+                    f"{directory} holds features of other data or settings ({', '.join(changed)}): extracting anew"
+                )
+            claim_directory(directory, EXTRACT_COMMAND, fresh=stale)
         return _extract_shards(
-            encoder, sequences, directory, settings, kept, labels, shard_size, row_index, state
+            encoder,
+            sequences,
+            directory,
+            settings,
+            kept,
+            labels,
+            shard_size,
+            row_index,
+            state,
+            {} if stale else previous,
         )
 
 
-def _extract_shards(encoder, sequences, directory, settings, kept, labels, shard_size, row_index, state):
+def content_key(sequences, labels: torch.Tensor | None = None, row_index=None) -> str:
+    """A hash of what an extraction encodes (token ids of every conversation, labels, dataset rows): features
+    recorded with another key are of other data, even with the same row count."""
+    digest = hashlib.sha256()
+    for entry in sequences:
+        for sequence in entry if isinstance(entry, tuple) else (entry,):
+            digest.update(len(sequence).to_bytes(8, "little"))
+            digest.update(np.asarray(sequence, dtype=np.int64).tobytes())
+    if labels is not None:
+        digest.update(labels.float().numpy().tobytes())
+    if row_index is not None:
+        digest.update(np.asarray(row_index, dtype=np.int64).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _extract_shards(
+    encoder, sequences, directory, settings, kept, labels, shard_size, row_index, state, previous
+):
     pairs = settings["kind"] == "preference"
-    previous = json.loads((directory / MANIFEST).read_text()) if (directory / MANIFEST).exists() else {}
     checks = previous.get("shard_checks", {})  # of shards finished by an earlier run
     starts = range(0, len(kept), shard_size)
     shard_names = [f"features-{number:05d}.safetensors" for number in range(len(starts))]
@@ -312,8 +345,7 @@ def _extract_shards(encoder, sequences, directory, settings, kept, labels, shard
                         )
                     encoder.remember_known(flat, response.flatten(0, -2), prompt.flatten(0, -2))
                 continue
-            print(f"{path} is damaged ({problem}): extracting it again")
-            path.unlink()
+            print(f"{path} is damaged ({problem}): extracting it again")  # write_shard replaces it
         desc = f"extracting {directory.name} shard {number + 1}/{len(starts)}"
         response, prompt = encoder.encode(flat, desc=desc)
         if pairs:
@@ -347,7 +379,7 @@ def read_manifest(directory: str | Path, kind: str | None = None, verify: bool =
     if not manifest_path.exists():
         raise FileNotFoundError(
             f"{manifest_path} not found: {directory} is not a feature directory of `qrm extract` "
-            "(or the extraction never started)."
+            f"(or the extraction never started){interrupted_replacement_note(directory)}."
         )
     manifest = json.loads(manifest_path.read_text())
     if not manifest.get("complete"):

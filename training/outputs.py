@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
-from .features import write_json_atomic
+from ..io import interrupted_replacement_note, write_bytes_atomic, write_json_atomic
 
 
 class _StageOutput:
@@ -38,13 +38,13 @@ class _StageOutput:
         if not (tensors_path.exists() and info_path.exists()):
             raise FileNotFoundError(
                 f"{directory} has no {cls.stem}.safetensors + {cls.stem}.json: give the output directory of "
-                f"`qrm {cls.command}`."
+                f"`qrm {cls.command}`{interrupted_replacement_note(directory)}."
             )
         return load_file(str(tensors_path)), json.loads(info_path.read_text())
 
     def _write(self, directory: str | Path, tensors: dict[str, torch.Tensor]) -> None:
         directory = Path(directory)
-        save_file(tensors, str(directory / f"{self.stem}.safetensors"))
+        write_bytes_atomic(directory / f"{self.stem}.safetensors", save(tensors))
         write_json_atomic(directory / f"{self.stem}.json", self.info)
 
     def _fail(self, where, message: str):

@@ -25,16 +25,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..io import (
+    check_outputs_apart_from_inputs,
+    claim_directory,
+    remove_output,
+    restore_interrupted_replacement,
+    write_json_atomic,
+)
 from ..locking import directory_lock
 from ..presets import looks_like_local_path
-from .features import damaged_shards, write_json_atomic
+from .features import EXTRACT_COMMAND, damaged_shards
 from .quantile_regression import MultiQuantileRegressor
 from .settings import (
     AssembleSettings,
@@ -54,10 +60,10 @@ from .stages import (
     fit_quantile_heads,
     load_extraction_backbone,
     resolve_backbone,
-    restore_interrupted_replacement,
 )
 
 STATE = "pipeline_state.json"
+TRAIN_COMMAND = "qrm train"  # the owner of a run's output directory (`qrm_hf.io` markers)
 
 
 @dataclass
@@ -473,10 +479,33 @@ def run_training(config: TrainConfig, dry_run: bool = False) -> Path:
         print(describe_plan(config, plan))
     if dry_run:
         return config.output_dir / "model"
+    check_outputs_apart_from_inputs(
+        [("output_dir", config.output_dir, True)],
+        [
+            ("backbone", config.backbone),
+            *(
+                (f"dataset {spec.display_name}", spec.source)
+                for spec in _all_datasets(config)
+                if spec.source is not None
+            ),
+        ],
+    )
     # One run per output directory: a second one would delete the files of the first.
     with directory_lock(config.output_dir, what="output directory of `qrm train`") if main else nullcontext():
+        if main:  # before anything is written: a directory of someone else's files is refused
+            claim_directory(config.output_dir, TRAIN_COMMAND)
+        processes.wait_for_everyone()
         _run_plan(config, plan, processes)
     return config.output_dir / "model"
+
+
+def _all_datasets(config: TrainConfig) -> list[DatasetSpec]:
+    return [
+        *config.attribute_datasets,
+        *config.validation_datasets,
+        *(config.debias.reference_datasets if config.debias else []),
+        *config.preference_datasets,
+    ]
 
 
 def _run_plan(config: TrainConfig, plan: list[Stage], processes) -> None:
@@ -518,7 +547,7 @@ def _run_plan(config: TrainConfig, plan: list[Stage], processes) -> None:
                 print(
                     f"[{number}/{len(plan)}] {stage.name}: inputs changed, removing the old {stage.directory}"
                 )
-                shutil.rmtree(stage.directory)
+                remove_output(stage.directory, EXTRACT_COMMAND)
             elif status in ("changed", "new") and stage.directory.exists():
                 # Written with atomic_directory: the old output stays until the new one is complete.
                 print(

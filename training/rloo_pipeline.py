@@ -29,6 +29,7 @@ from peft import LoraConfig
 from transformers import AutoTokenizer
 
 from ..hub import refusing_model_code
+from ..io import claim_directory
 from ..presets import DatasetPreset, load_rows
 from . import paper_rlhf as paper
 from .grpo import RiskAwareGRPOConfig, RiskAwareGRPOTrainer
@@ -140,7 +141,8 @@ def run_rlhf(
             assistant turn as the prompt) or any dataset with a ``prompt`` column.
         args: the trainer configuration, which picks the trainer: a `RiskAwareRLOOConfig` (by default use
             :class:`PaperRLOOConfig`) or a `RiskAwareGRPOConfig` (:class:`PaperGRPOConfig`): risk measure, λ,
-            k, lengths, learning rate...; `args.output_dir` receives the merged policy.
+            k, lengths, learning rate...; `args.output_dir` receives the merged policy: absent, empty or an
+            earlier output of the same command (`qrm_hf.io.claim_directory`; anything else is refused).
         split, limit: the split read, and the first `limit` rows only (quick runs).
         preset: a dataset preset name for other preference column layouts.
         max_prompt_length: prompts with more tokens (through the policy's chat template) are left out;
@@ -163,6 +165,8 @@ def run_rlhf(
         )
     if save_dtype not in SAVE_DTYPES:
         raise ValueError(f"save_dtype must be one of {SAVE_DTYPES}, got {save_dtype!r}.")
+    # Before any work: the trainer writes checkpoints and the merged policy into the directory.
+    claim_directory(args.output_dir, "qrm grpo" if isinstance(args, RiskAwareGRPOConfig) else "qrm rloo")
     qrm, qrm_tokenizer = load_reward_model(reward_model, _reward_dtype(args), trust_remote_code)
     prompts = rloo_prompts(load_rows(data, split=split, limit=limit), preset)
     # The policy's code runs with the trainer's own consent (TRL's `args.trust_remote_code`, False by default),

@@ -28,6 +28,7 @@ from trl import SFTConfig, SFTTrainer
 
 from ..chat import check_max_length
 from ..hub import refusing_model_code
+from ..io import claim_directory, files_into
 from ..presets import DatasetPreset, load_rows
 from . import paper_rlhf as paper
 from .rlhf_data import chosen_completions
@@ -192,8 +193,9 @@ def merge_adapter(
             str(base_model), dtype=dtype, trust_remote_code=trust_remote_code
         )
         merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    merged.save_pretrained(str(output_dir))
-    tokenizer.save_pretrained(str(output_dir))
+    with files_into(output_dir) as directory:  # a kill never leaves a truncated model.safetensors
+        merged.save_pretrained(str(directory))
+        tokenizer.save_pretrained(str(directory))
     return Path(output_dir)
 
 
@@ -246,7 +248,8 @@ def run_sft(
         data: a Hub dataset id or a local json/jsonl/parquet file or directory (see `qrm_hf.presets.load_rows`)
             of preference pairs: HH-RLHF transcripts, or ``chosen`` / ``rejected`` message lists (see
             `qrm_hf.training.rlhf_data.preference_preset`); `preset` names another column mapping.
-        args: the trainer configuration; `args.output_dir` receives the merged model.
+        args: the trainer configuration; `args.output_dir` receives the merged model: absent, empty or an
+            earlier output of `qrm sft` (`qrm_hf.io.claim_directory`; anything else is refused).
         split, limit: the split read, and the first `limit` rows only (quick runs).
         lora_config: the adapter, by default :func:`paper_lora_config`.
         chat_template: a Jinja file with the chat template to train with, for a base model without one (it
@@ -262,6 +265,8 @@ def run_sft(
     """
     if save_dtype not in SAVE_DTYPES:
         raise ValueError(f"save_dtype must be one of {SAVE_DTYPES}, got {save_dtype!r}.")
+    # Before any work: the trainer writes checkpoints and the merged model into the directory.
+    claim_directory(args.output_dir, "qrm sft")
     # The same consent as the trainer's own loads of `model` (TRL's `trust_remote_code`, False by default).
     with refusing_model_code(model, "base model"):
         tokenizer = AutoTokenizer.from_pretrained(str(model), trust_remote_code=args.trust_remote_code)

@@ -7,17 +7,15 @@
     assemble_model      backbone + heads + gating (+ T) -> a saved QRM directory
 
 Every stage checks that its inputs belong together (kind of features, backbone, hidden size, attribute
-names) and writes its output directory under a temporary name that is renamed when complete, so a
-crash never leaves an output that a re-run (or the next stage) would trust. `qrm train` chains them
+names) and writes its output directory through `qrm_hf.io.replace_directory` (under a temporary name that
+is renamed when complete, and only over an earlier output of the same command), so a crash never leaves an
+output that a re-run (or the next stage) would trust, and no file of the user's is replaced. `qrm train` chains them
 (`qrm_hf.training.pipeline`).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,8 +25,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..evaluation import pinball_loss
+from ..io import check_output_directory, replace_directory
 from ..presets import DatasetPreset, attribute_examples, get_preset, load_preset, preference_examples
 from .features import (
+    EXTRACT_COMMAND,
     BackboneEncoder,
     attribute_names_of,
     backbone_identity,
@@ -56,46 +56,6 @@ EMBEDDED_BACKBONE_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 # ------------------------------------------------------------------------------------------- helpers
-
-
-@contextmanager
-def atomic_directory(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path` to write into; it replaces `path` only if the block succeeds.
-
-    The directory is locked for the block (`qrm_hf.locking.directory_lock`: another process writing it gets a
-    clear error). The old `path` stays in place until the new one is complete: it is renamed aside, the new
-    one renamed in, and only then deleted, so a crash (even kill -9) at any moment leaves the old or the
-    new output, never neither (`restore_interrupted_replacement` puts the old one back after a crash
-    between the two renames).
-    """
-    from ..locking import directory_lock
-
-    path = Path(path)
-    temporary = path.with_name(path.name + ".partial")
-    with directory_lock(path):
-        restore_interrupted_replacement(path)
-        shutil.rmtree(temporary, ignore_errors=True)
-        temporary.mkdir(parents=True)
-        try:
-            yield temporary
-        except BaseException:
-            shutil.rmtree(temporary, ignore_errors=True)
-            raise
-        previous = path.with_name(path.name + ".previous")
-        if path.exists():
-            shutil.rmtree(previous, ignore_errors=True)
-            os.replace(path, previous)
-        os.replace(temporary, path)
-        shutil.rmtree(previous, ignore_errors=True)
-
-
-def restore_interrupted_replacement(path: str | Path) -> None:
-    """Put back the output that `atomic_directory` had renamed aside when it was killed before renaming
-    the new one in."""
-    path = Path(path)
-    previous = path.with_name(path.name + ".previous")
-    if previous.exists() and not path.exists():
-        os.replace(previous, path)
 
 
 def resolve_backbone(backbone: str | Path) -> tuple[str, str]:
@@ -271,6 +231,7 @@ def extract_features(
     """
     from ..chat import encode_conversation
 
+    check_output_directory(output_dir, EXTRACT_COMMAND)  # before loading the backbone and the data
     preset = dataset.resolve()
     rows = dataset.load()
     loaded = loaded or load_extraction_backbone(backbone, revision, dtype, batch_size)
@@ -353,6 +314,7 @@ def fit_quantile_heads(
     """
     from .quantile_regression import HeteroscedasticGaussian, MultiQuantileRegressor, RidgeResidualQuantiles
 
+    check_output_directory(output_dir, "qrm fit-quantiles")  # before the work, not after it
     options = replace(settings or HeadsSettings(), **overrides)
     settings = feature_settings(feature_dirs, "attribute")
     if validation_dirs:
@@ -402,7 +364,7 @@ def fit_quantile_heads(
         torch.tensor(heads.intercept_, dtype=torch.float32),
         info,
     )
-    with atomic_directory(output_dir) as directory:
+    with replace_directory(output_dir, "qrm fit-quantiles") as directory:
         output.save(directory)
     return Path(output_dir)
 
@@ -454,6 +416,7 @@ def fit_debias(
     from .debias import VerbosityDebiaser
     from .rewards import expected_rewards
 
+    check_output_directory(output_dir, "qrm debias")  # before the work, not after it
     options = replace(settings or DebiasSettings(), **overrides)
     coef, intercept, heads_info = load_heads(heads_dir)
     settings = {str(d): read_manifest(d)["settings"] for d in reference_dirs}
@@ -485,7 +448,7 @@ def fit_debias(
         "references": list(settings),
     }
     output = TransformOutput(torch.tensor(debiaser.transform_, dtype=torch.float32), info)
-    with atomic_directory(output_dir) as directory:
+    with replace_directory(output_dir, "qrm debias") as directory:
         output.save(directory)
     return Path(output_dir)
 
@@ -522,6 +485,7 @@ def fit_gating(
     """
     from .rewards import expected_rewards
 
+    check_output_directory(output_dir, "qrm fit-gating")  # before the work, not after it
     settings = settings or GatingSettings()
     if settings.rewards not in ("transformed", "untransformed"):
         raise ValueError(
@@ -564,7 +528,7 @@ def fit_gating(
             "mean_strength": float(strength.mean()),
         }
     output = GatingOutput(gating.network_.state_dict(), info)
-    with atomic_directory(output_dir) as directory:
+    with replace_directory(output_dir, "qrm fit-gating") as directory:
         output.save(directory)
     return Path(output_dir)
 
@@ -657,6 +621,7 @@ def assemble_model(
     """Stage 5: backbone + heads + gating (+ T) -> a saved QRM directory with remote code, tokenizer and card."""
     from .assemble import assemble_qrm, save_qrm
 
+    check_output_directory(output_dir, "qrm assemble")  # before the work, not after it
     settings = settings or AssembleSettings()
     location, name = resolve_backbone(backbone)
     heads = QuantileHeadsOutput.load(heads_dir)
@@ -707,7 +672,7 @@ def assemble_model(
         from ..rewardbench import results_file_entries
 
         evaluation += results_file_entries(settings.results)
-    with atomic_directory(output_dir) as directory:
+    with replace_directory(output_dir, "qrm assemble") as directory:
         save_qrm(
             model,
             directory,
