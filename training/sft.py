@@ -28,7 +28,7 @@ from trl import SFTConfig, SFTTrainer
 
 from ..chat import check_max_length
 from ..hub import refusing_model_code
-from ..io import claim_directory, files_into
+from ..io import check_output_directory, claim_directory, files_into
 from ..presets import DatasetPreset, load_rows
 from . import paper_rlhf as paper
 from .rlhf_data import chosen_completions
@@ -266,7 +266,7 @@ def run_sft(
     if save_dtype not in SAVE_DTYPES:
         raise ValueError(f"save_dtype must be one of {SAVE_DTYPES}, got {save_dtype!r}.")
     # Before any work: the trainer writes checkpoints and the merged model into the directory.
-    claim_directory(args.output_dir, "qrm sft")
+    check_output_directory(args.output_dir, "qrm sft")
     # The same consent as the trainer's own loads of `model` (TRL's `trust_remote_code`, False by default).
     with refusing_model_code(model, "base model"):
         tokenizer = AutoTokenizer.from_pretrained(str(model), trust_remote_code=args.trust_remote_code)
@@ -281,6 +281,7 @@ def run_sft(
             "model's instruct version) with --chat-template."
         )
     examples = chosen_completions(load_rows(data, split=split, limit=limit), preset)
+    claim_directory(args.output_dir, "qrm sft")
     trainer = PaperSFTTrainer(
         model=str(model),
         args=args,
