@@ -163,6 +163,8 @@ def _names(names, limit: int = 8) -> str:
 
 def _incomplete_message(where, missing, unexpected, fresh_heads) -> str:
     """One line naming what a checkpoint lacks or has in excess."""
+    if fresh_heads:  # a backbone checkpoint: its new heads are expected, name what the backbone lacks
+        missing = [name for name in missing if not name.startswith(HEAD_PREFIXES)]
     problems = []
     if missing:
         problems.append(f"missing {_names(missing)}")
@@ -306,10 +308,8 @@ class QRMForSequenceClassification(PreTrainedModel):
         )
         self.reward_transform = QRMRewardTransform(num_attributes)
         self.gating = QRMGatingNetwork(config)
-        # The labels loss (pinball on attribute quantiles) never reaches the gating, which learns from
-        # preferences: frozen unless asked, so that no trainable parameter goes without a gradient (DDP).
-        self.gating.requires_grad_(False)
         self.post_init()
+        self._freeze_gating_and_transform()
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -358,7 +358,15 @@ class QRMForSequenceClassification(PreTrainedModel):
             logger.warning(
                 f"A fresh QRM on the backbone of {where}: {', '.join(missing)} are new (initialised, not loaded)."
             )
+        model._freeze_gating_and_transform()  # loading replaces the parameters, with requires_grad=True
         return (model, info) if return_loading_info else model
+
+    def _freeze_gating_and_transform(self) -> None:
+        # The transform is fitted apart (debiasing). The labels loss (pinball on attribute quantiles) never
+        # reaches the gating, which learns from preferences: frozen unless asked, so that no trainable
+        # parameter goes without a gradient (DDP) and `Trainer` with labels trains heads (and backbone) only.
+        self.reward_transform.requires_grad_(False)
+        self.gating.requires_grad_(False)
 
     @property
     def dtype(self) -> torch.dtype:
