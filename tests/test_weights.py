@@ -33,7 +33,6 @@ from conftest import PATTERN, conversation, make_qrm, pad_batch, tiny_backbone_c
 from qrm_hf import QRMConfig, QRMForSequenceClassification
 from qrm_hf.chat import encode_conversation
 from qrm_hf.hub import load_qrm
-from qrm_hf.training.assemble import check_reproduces_extraction
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ROWS = [conversation(4, 6, seed=1), conversation(9, 3, seed=2), conversation(2, 12, seed=3)]
@@ -151,10 +150,12 @@ def test_the_shipped_modeling_code_reads_no_traceback_frames():
         assert not any(word in source for word in ("f_locals", "tb_frame", "__traceback__")), path
 
 
-def test_a_corrupt_weights_file_is_named_by_load_qrm(saved, capsys):
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_a_corrupt_weights_file_is_named_by_load_qrm(saved, capsys, damage):
     _, directory = saved
     weights = directory / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:1000])
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x00garbage" * 100)
     with pytest.raises(OSError, match="model.safetensors is truncated or corrupt"):
         load_qrm(directory)
     code, _, err = run_cli(capsys, "score", directory, "--prompt", "w11", "--response", "w20")
@@ -211,6 +212,8 @@ def test_from_pretrained_refuses_a_backbone_stored_under_another_prefix(tmp_path
 
 
 def test_assemble_check_fails_unless_the_model_reproduces_the_extraction():
+    from qrm_hf.training.assemble import check_reproduces_extraction
+
     model = make_qrm(seed=12)
     ids = ROWS[0]
     with torch.no_grad():
