@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -307,16 +308,11 @@ json.dump({{"moved": moved, "heads": model.regression_layer.weight.sum().item()}
 def test_trainer_with_labels_and_gradient_checkpointing_under_ddp(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(textwrap.dedent(DDP_WORKER).format(tests=str(Path(__file__).parent), out=str(tmp_path)))
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", MASTER_PORT="29517")
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29517",
-    ]
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
     result = subprocess.run([*command, str(script)], capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
