@@ -193,6 +193,9 @@ def test_qrm_train_on_gpt2_and_gpt_neox_backbones_keeps_the_backbone(tmp_path, k
     config = config_values(backbone, write_data(tmp_path / "data"), tmp_path / "run", debias=False)
     main(["train", str(write_config(tmp_path / "config.yaml", config))])
     model, tokenizer = load_qrm(tmp_path / "run" / "model")
+    saved_keys = set(load_file(tmp_path / "run" / "model" / "model.safetensors"))
+    assert "reward_transform_matrix" in saved_keys  # the documented key of the transform
+    assert all(key.startswith(("model.", "regression_layer.", "gating.", "reward_")) for key in saved_keys)
     reference = AutoModel.from_pretrained(backbone)  # the backbone, loaded independently of qrm-hf
     messages = [{"role": "user", "content": "Name a color."}, {"role": "assistant", "content": "Blue."}]
     ids = torch.tensor([encode_conversation(tokenizer, messages=messages)])
