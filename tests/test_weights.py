@@ -23,6 +23,10 @@ from test_trl import tiny_tokenizer, token_ids
 from transformers import (
     AutoModel,
     AutoModelForSequenceClassification,
+    BloomConfig,
+    BloomForCausalLM,
+    FalconConfig,
+    FalconForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
     GPTNeoXConfig,
@@ -167,13 +171,20 @@ def test_a_corrupt_weights_file_is_named_by_load_qrm(saved, capsys, damage):
 
 
 def save_causal_lm(kind: str, path: Path) -> Path:
-    """A tiny random GPT-2 (`transformer.`) or GPT-NeoX (`gpt_neox.`) language model with the tiny tokenizer."""
+    """A tiny random GPT-2, BLOOM, Falcon (`transformer.`) or GPT-NeoX (`gpt_neox.`) language model with the
+    tiny tokenizer."""
     tokenizer = tiny_tokenizer()
     ids = token_ids(tokenizer)
     torch.manual_seed(0)
     if kind == "gpt2":
         config = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=512, **ids)
         model = GPT2LMHeadModel(config)
+    elif kind == "bloom":
+        model = BloomForCausalLM(BloomConfig(hidden_size=32, n_layer=2, n_head=4, **ids))
+    elif kind == "falcon":
+        model = FalconForCausalLM(
+            FalconConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, **ids)
+        )
     else:
         config = GPTNeoXConfig(
             hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
@@ -185,7 +196,7 @@ def save_causal_lm(kind: str, path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "gpt_neox"])
+@pytest.mark.parametrize("kind", ["gpt2", "gpt_neox", "bloom", "falcon"])
 def test_qrm_train_on_gpt2_and_gpt_neox_backbones_keeps_the_backbone(tmp_path, kind):
     from qrm_hf.cli import main
 
