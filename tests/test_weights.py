@@ -197,7 +197,7 @@ def save_causal_lm(kind: str, path: Path) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "gpt_neox", "bloom", "falcon"])
-def test_qrm_train_on_gpt2_and_gpt_neox_backbones_keeps_the_backbone(tmp_path, kind):
+def test_qrm_train_on_a_backbone_stored_under_another_prefix_keeps_the_backbone(tmp_path, kind):
     from qrm_hf.cli import main
 
     backbone = save_causal_lm(kind, tmp_path / "backbone")
@@ -222,6 +222,8 @@ def test_qrm_train_on_gpt2_and_gpt_neox_backbones_keeps_the_backbone(tmp_path, k
 
 def test_from_pretrained_refuses_a_backbone_stored_under_another_prefix(tmp_path):
     backbone = save_causal_lm("gpt2", tmp_path / "gpt2")
+    # (Checked first: a config that ignored the backbone's would build the default 8B Llama.)
+    assert QRMConfig.from_pretrained(backbone).backbone_config.model_type == "gpt2"
     with pytest.raises(ValueError, match=r"missing model\.h\.0.*unexpected transformer\.h\.0.*qrm assemble"):
         QRMForSequenceClassification.from_pretrained(backbone, attribute_names=["a"], quantile_levels=[0.5])
 
