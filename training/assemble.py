@@ -69,10 +69,9 @@ def assemble_qrm(
             f"Quantile heads have shape {tuple(head_coef.shape)}, expected [M={num_attributes}, K={num_levels}, "
             f"H={hidden_size}] for these attributes, levels and backbone."
         )
+    # A copy: a QRMConfig adopts (and edits) the backbone config it is given, which the decoder still uses.
     config = QRMConfig(
-        backbone_config=copy.deepcopy(
-            decoder.config
-        ),  # a QRMConfig adopts (and edits) the config it is given
+        backbone_config=copy.deepcopy(decoder.config),
         attribute_names=list(attribute_names),
         quantile_levels=list(quantile_levels),
         prompt_end_pattern=list(prompt_end_pattern),
