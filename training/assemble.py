@@ -90,7 +90,7 @@ def assemble_qrm(
     model = QRMForSequenceClassification.from_pretrained(
         None, config=config, state_dict=state, dtype=decoder.dtype
     )
-    return model.eval()
+    return model.to(decoder.device).eval()  # where the decoder is (the heads' tensors start on the CPU)
 
 
 def check_reproduces_extraction(
