@@ -39,6 +39,20 @@ AUTO_MAP = {
     "AutoModel": "modeling_qrm.QRMForSequenceClassification",
     "AutoModelForSequenceClassification": "modeling_qrm.QRMForSequenceClassification",
 }
+# The fields of a QRM that a backbone's config.json lacks (given as keyword arguments to `from_pretrained`).
+QRM_FIELDS = (
+    "attribute_names",
+    "quantile_levels",
+    "gating_hidden_dim",
+    "gating_n_hidden",
+    "gating_temperature",
+    "gating_batch_norm",
+    "regression_bias",
+    "prompt_end_pattern",
+    "gating_fallback",
+    "quantile_mixing",
+    "monotone_quantiles",
+)
 GATING_FALLBACKS = ("error", "last_token")
 QUANTILE_MIXINGS = ("average", "mixture")
 
@@ -158,6 +172,17 @@ class QRMConfig(PretrainedConfig):
         # Every saved QRM loads through any of these Auto classes with trust_remote_code=True.
         kwargs.setdefault("auto_map", dict(AUTO_MAP))
         super().__init__(pad_token_id=pad_token_id, **kwargs)
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        """The config dict of a QRM; that of another model (e.g. a plain Llama directory) becomes the
+        `backbone_config` of a fresh QRM, whose own fields (`attribute_names`, `quantile_levels`, ...) come
+        from `kwargs` and are checked as in `__init__`."""
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if config_dict.get("model_type", cls.model_type) != cls.model_type:
+            fields = {name: kwargs.pop(name) for name in QRM_FIELDS if name in kwargs}
+            config_dict = {"model_type": cls.model_type, "backbone_config": config_dict, **fields}
+        return config_dict, kwargs
 
     @property
     def num_labels(self) -> int | None:

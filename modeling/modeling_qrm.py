@@ -24,9 +24,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from transformers import AutoModel, PreTrainedModel
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .configuration_qrm import QRMConfig
+
+logger = logging.get_logger(__name__)
 
 try:  # transformers >= 5: these initialisers leave weights that were loaded from a checkpoint alone
     from transformers import initialization as init
@@ -149,47 +151,64 @@ def mixture_quantiles(quantiles: torch.Tensor, weights: torch.Tensor, levels: to
     return result * total
 
 
-def _failing_safetensors_file(error: BaseException) -> str | None:
-    """The `.safetensors` path that transformers was reading when `error` was raised (from its frames)."""
-    found, frame = None, error.__traceback__
-    while frame is not None:
-        for value in frame.tb_frame.f_locals.values():
-            if isinstance(value, str) and value.endswith(".safetensors"):
-                found = value
-        frame = frame.tb_next
-    return found
+# The tensors of a QRM that a backbone checkpoint lacks: a checkpoint without any of them gives fresh heads.
+HEAD_PREFIXES = ("regression_layer.", "reward_transform.", "gating.")
 
 
-def _mismatched_tensors(error: BaseException) -> list[tuple[str, tuple, tuple]]:
-    """(name, checkpoint shape, model shape) of the tensors transformers found mismatched (from its frames)."""
-    frame = error.__traceback__
-    while frame is not None:
-        info = frame.tb_frame.f_locals.get("loading_info")
-        if getattr(info, "mismatched_keys", None):
-            return sorted((name, tuple(ckpt), tuple(model)) for name, ckpt, model in info.mismatched_keys)
-        frame = frame.tb_next
-    return []
+def _names(names, limit: int = 8) -> str:
+    names = list(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def _size_mismatch_message(path, mismatched) -> str:
-    lines = [f"The weights of {path} do not fit its config.json:"]
-    lines += [f"  {name}: checkpoint {list(ckpt)}, config {list(model)}" for name, ckpt, model in mismatched]
+def _incomplete_message(where, missing, unexpected, fresh_heads) -> str:
+    """One line naming what a checkpoint lacks or has in excess."""
+    if fresh_heads:  # a backbone checkpoint: its new heads are expected, name what the backbone lacks
+        missing = [name for name in missing if not name.startswith(HEAD_PREFIXES)]
+    problems = []
+    if missing:
+        problems.append(f"missing {_names(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {_names(unexpected)}")
+    message = f"The weights of {where} do not fit QRMForSequenceClassification: {'; '.join(problems)}"
+    if fresh_heads and unexpected:  # a backbone checkpoint whose decoder is not under `model.`
+        message += (
+            ". A fresh QRM is built from a backbone checkpoint only when its decoder is stored under `model.` "
+            "(Llama, Mistral, Qwen2, ...); for other decoders (GPT-2 `transformer.`, GPT-NeoX `gpt_neox.`, ...) "
+            "load the decoder with AutoModel.from_pretrained and pass its tensors, prefixed `model.`, with the "
+            "heads as `state_dict=` (what qrm-hf's `qrm assemble` does)"
+        )
+    elif not fresh_heads:
+        message += (
+            " (a QRM checkpoint must hold every tensor of the model: save it again or download it again)"
+        )
+    return message + "."
+
+
+def _mismatch_message(where, mismatched) -> str:
+    """One line naming the tensors whose shape differs from the config's, with the config field to fix."""
+    shapes = "; ".join(
+        f"{name} is {list(ckpt)} in the checkpoint, {list(model)} for the config"
+        for name, ckpt, model in sorted(mismatched)
+    )
     names = " ".join(name for name, _, _ in mismatched)
+    hints = []
     if "regression_layer" in names:
-        lines.append(
-            "The quantile heads regression_layer have one row per attribute and level: "
-            "len(attribute_names) * len(quantile_levels) in config.json must match them."
-        )
+        hints.append("regression_layer has len(attribute_names) * len(quantile_levels) rows")
     if "reward_transform" in names or "gating.layers" in names:
-        lines.append(
-            "The reward transform and the gating output have one entry per attribute in attribute_names."
+        hints.append(
+            "the reward transform and the gating output have one entry per attribute in attribute_names"
         )
-    if "embed_tokens" in names:
-        lines.append(
-            "The embeddings have backbone_config.vocab_size rows: set it to the checkpoint's number of rows "
-            "(a model resized with resize_token_embeddings must be saved with its resized config)."
+    if "embed" in names:
+        hints.append(
+            "the embeddings have backbone_config.vocab_size rows (save a model resized with "
+            "resize_token_embeddings with its resized config)"
         )
-    return "\n".join(lines)
+    return (
+        f"The weights of {where} do not fit its config: {shapes}"
+        + (f" ({'; '.join(hints)})" if hints else "")
+        + "."
+    )
 
 
 class QRMRewardTransform(nn.Module):
@@ -290,6 +309,7 @@ class QRMForSequenceClassification(PreTrainedModel):
         self.reward_transform = QRMRewardTransform(num_attributes)
         self.gating = QRMGatingNetwork(config)
         self.post_init()
+        self._freeze_gating_and_transform()
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -300,21 +320,53 @@ class QRMForSequenceClassification(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """`PreTrainedModel.from_pretrained` from safetensors only, with clear errors for bad weights."""
+        """`PreTrainedModel.from_pretrained` from safetensors only, refusing weights that do not fit the model.
+
+        The checkpoint is either a QRM, which must hold every tensor of the model and nothing else, or a
+        backbone (e.g. a plain Llama directory: the heads, transform and gating are all absent), which gives
+        a fresh QRM: every backbone tensor must be there under `model.`; the new heads are logged and listed
+        in `missing_keys` (`output_loading_info=True`), tensors of other heads (e.g. `lm_head`) in
+        `unexpected_keys`. Anything else is a `ValueError` naming the tensors, instead of transformers'
+        load report and random values. Shape mismatches are a one-line `ValueError` unless
+        `ignore_mismatched_sizes=True`.
+        """
         kwargs.setdefault("use_safetensors", True)  # never unpickle weights
+        return_loading_info = kwargs.pop("output_loading_info", False)
+        allow_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
+        where = pretrained_model_name_or_path or "the given state_dict"
+        verbosity = logging.get_verbosity()
+        logging.set_verbosity_error()  # the errors below replace transformers' multi-line load report
         try:
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        except Exception as error:
-            if type(error).__name__ == "SafetensorError":
-                weights_file = _failing_safetensors_file(error) or "its safetensors weights"
-                raise OSError(
-                    f"Cannot read the weights of {pretrained_model_name_or_path}: {weights_file} is truncated or "
-                    f"corrupt ({error}). Save or download the model again."
-                ) from error
-            mismatched = _mismatched_tensors(error)
-            if mismatched:
-                raise ValueError(_size_mismatch_message(pretrained_model_name_or_path, mismatched)) from error
-            raise
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path,
+                *model_args,
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,
+                **kwargs,
+            )
+        finally:
+            logging.set_verbosity(verbosity)
+        if info["mismatched_keys"] and not allow_mismatched_sizes:
+            raise ValueError(_mismatch_message(where, info["mismatched_keys"]))
+        missing, unexpected = sorted(info["missing_keys"]), sorted(info["unexpected_keys"])
+        head_tensors = [name for name in model.state_dict() if name.startswith(HEAD_PREFIXES)]
+        fresh_heads = set(head_tensors) <= set(missing)
+        backbone_missing = [name for name in missing if not name.startswith(HEAD_PREFIXES)]
+        if backbone_missing or (missing or unexpected) and not fresh_heads:
+            raise ValueError(_incomplete_message(where, missing, unexpected, fresh_heads))
+        if missing:
+            logger.warning(
+                f"A fresh QRM on the backbone of {where}: {', '.join(missing)} are new (initialised, not loaded)."
+            )
+        model._freeze_gating_and_transform()  # loading replaces the parameters, with requires_grad=True
+        return (model, info) if return_loading_info else model
+
+    def _freeze_gating_and_transform(self) -> None:
+        # The transform is fitted apart (debiasing). The labels loss (pinball on attribute quantiles) never
+        # reaches the gating, which learns from preferences: frozen unless asked, so that no trainable
+        # parameter goes without a gradient (DDP) and `Trainer` with labels trains heads (and backbone) only.
+        self.reward_transform.requires_grad_(False)
+        self.gating.requires_grad_(False)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -382,7 +434,7 @@ class QRMForSequenceClassification(PreTrainedModel):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
-        self._check_heads_can_train()
+        self._check_heads_can_train(labels)
         batch_size, length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
         real_tokens = self._real_tokens(input_ids, attention_mask, batch_size, length)  # [B, T]
         if not torch.compiler.is_compiling():  # a data-dependent check: eager mode only
@@ -434,17 +486,30 @@ class QRMForSequenceClassification(PreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if return_dict else output.to_tuple()
 
-    def _check_heads_can_train(self) -> None:
-        """Refuse to train the backbone alone: it would be PEFT `task_type="SEQ_CLS"` leaving the heads frozen."""
+    def _check_heads_can_train(self, labels) -> None:
+        """Refuse training that would not move what the user expects, before the first step does it silently.
+
+        The backbone alone (PEFT `task_type="SEQ_CLS"` leaves the heads frozen), or a trainable gating with
+        `labels` (their loss gives the gating no gradient: DDP stops, and the gating would not learn).
+        """
         if not self.training or not torch.is_grad_enabled() or torch.compiler.is_compiling():
             return
-        heads = [*self.regression_layer.parameters(), *self.gating.parameters()]
-        if not any(p.requires_grad for p in heads) and any(p.requires_grad for p in self.model.parameters()):
+        gating_trains = any(p.requires_grad for p in self.gating.parameters())
+        if labels is not None and gating_trains:
+            raise ValueError(
+                "The labels loss (pinball loss of the attribute quantiles) gives the gating network no gradient, "
+                "but the gating is trainable: freeze it with model.gating.requires_grad_(False) (with PEFT, "
+                "leave 'gating' out of modules_to_save). The gating learns from preferences: train it with a "
+                "loss on `logits` (TRL RewardTrainer on chosen/rejected pairs), without labels."
+            )
+        heads_train = gating_trains or any(p.requires_grad for p in self.regression_layer.parameters())
+        if not heads_train and any(p.requires_grad for p in self.model.parameters()):
             raise ValueError(
                 "Only the backbone is trainable: the quantile heads (regression_layer) and the gating network "
                 "are frozen, so training would not move the rewards the way you expect. With PEFT, "
                 "task_type='SEQ_CLS' only trains modules named 'classifier' or 'score', which a QRM does not "
-                "have: add modules_to_save=['regression_layer', 'gating'] to the LoraConfig."
+                "have: add modules_to_save=['regression_layer'] to the LoraConfig (with 'gating' too when "
+                "training on preference pairs, a loss on `logits`; the labels loss does not reach the gating)."
             )
 
     def _real_tokens(self, input_ids, attention_mask, batch_size, length) -> torch.BoolTensor:
@@ -496,7 +561,10 @@ class QRMForSequenceClassification(PreTrainedModel):
         missing = found < 0
         if fallback:
             return torch.where(missing, response_positions, found)
-        if missing.any():
+        if torch.compiler.is_compiling():
+            # torch.export / torch.compile trace no data-dependent `if`: the check is an op of the graph.
+            torch._assert_async(~missing.any(), f"prompt_end_pattern {pattern} not found in a row")
+        elif missing.any():
             row = missing.nonzero()[0].item()
             raise ValueError(
                 f"prompt_end_pattern {pattern} not found among the real tokens of row {row} "

@@ -446,6 +446,7 @@ def load_qrm(
     """
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
     from .modeling.modeling_qrm import QRMForSequenceClassification
 
@@ -483,24 +484,67 @@ def load_qrm(
             "tokenizer class; qrm-hf never runs tokenizer code. Set tokenizer_class in "
             f"{TOKENIZER_CONFIG} to a transformers class (a QRM uses its backbone's tokenizer)."
         ) from error
-    kwargs = dict(revision=revision, token=token, dtype=dtype if dtype is not None else torch.float32)
+    kwargs = dict(
+        revision=revision,
+        token=token,
+        dtype=dtype if dtype is not None else torch.float32,
+        use_safetensors=True,
+        output_loading_info=True,
+    )
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # the check below replaces transformers' load report
     try:
         if model_type != "qrm":  # only reached with trust_remote_code (refused above otherwise)
-            model = AutoModelForSequenceClassification.from_pretrained(
-                name,
-                trust_remote_code=trust_remote_code,
-                use_safetensors=True,
-                code_revision=code_revision,
-                **kwargs,
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                name, trust_remote_code=trust_remote_code, code_revision=code_revision, **kwargs
             )
         else:
-            model = QRMForSequenceClassification.from_pretrained(
-                name, use_safetensors=True, trust_remote_code=False, **kwargs
+            model, info = QRMForSequenceClassification.from_pretrained(
+                name, trust_remote_code=False, **kwargs
             )
     except OSError as error:
         raise OSError(f"Cannot load {where}: {error}") from error
+    except Exception as error:
+        if type(error).__name__ != "SafetensorError":
+            raise
+        raise OSError(
+            f"Cannot read the weights of {where}: {_unreadable_weights(name)} is truncated or corrupt ({error}). "
+            "Save or download the model again."
+        ) from error
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    _refuse_incomplete_weights(name, info)
     check_finite_weights(model, name)
     return model.eval(), tokenizer
+
+
+def _refuse_incomplete_weights(name: str, info: dict) -> None:
+    """A model to score holds every tensor of its checkpoint: nothing initialised at random, nothing left over."""
+    tensors = {
+        "missing (they would be random)": info["missing_keys"],
+        "unexpected": info["unexpected_keys"],
+        "of the wrong shape": [key for key, _, _ in info["mismatched_keys"]],
+    }
+    problems = [f"{what}: {', '.join(sorted(keys))}" for what, keys in tensors.items() if keys]
+    if problems:
+        raise ValueError(
+            f"The weights of {name} are not a complete QRM: tensors {'; '.join(problems)}. Save the model "
+            "with save_qrm (or download it) again."
+        )
+
+
+def _unreadable_weights(name: str) -> str:
+    """The first local `.safetensors` file of `name` that safetensors cannot open, else a description."""
+    from safetensors import safe_open
+
+    for path in sorted(Path(name).glob("*.safetensors")) if Path(name).is_dir() else []:
+        try:
+            with safe_open(path, framework="pt") as reader:
+                for key in reader.keys():
+                    reader.get_slice(key)
+        except Exception:  # noqa: BLE001 - safetensors raises its own SafetensorError, not importable by name
+            return str(path)
+    return "its safetensors weights"
 
 
 def check_finite_weights(model, name: str) -> None:

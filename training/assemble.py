@@ -7,21 +7,27 @@ and a model card (``README.md``).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoConfig, AutoTokenizer
-from transformers.utils import logging
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 
 from ..model_cards import render_model_card
 from ..modeling.configuration_qrm import QRMConfig
 from ..modeling.modeling_qrm import QRMForSequenceClassification, QRMGatingNetwork
 
+# What `qrm assemble` embeds twice, through feature extraction and through the assembled model.
+PROBE_CONVERSATION = [
+    {"role": "user", "content": "Which is heavier, a kilogram of iron or a kilogram of feathers?"},
+    {"role": "assistant", "content": "Neither: both weigh one kilogram."},
+]
+
 
 def assemble_qrm(
-    backbone: str | Path,
+    backbone: str | Path | PreTrainedModel,
     attribute_names: Sequence[str],
     quantile_levels: Sequence[float],
     head_coef: np.ndarray | torch.Tensor,
@@ -29,50 +35,103 @@ def assemble_qrm(
     prompt_end_pattern: Sequence[int],
     head_intercept: np.ndarray | torch.Tensor | None = None,
     reward_transform: np.ndarray | torch.Tensor | None = None,
+    *,
+    revision: str | None = None,
     **config_kwargs,
 ) -> QRMForSequenceClassification:
-    """Build a `QRMForSequenceClassification` from a backbone checkpoint and fitted parts.
+    """Build a `QRMForSequenceClassification` from a backbone and fitted parts.
+
+    The decoder is loaded as feature extraction loads it (`AutoModel.from_pretrained`, which knows every
+    architecture's checkpoint prefix: Llama's `model.`, GPT-2's `transformer.`, GPT-NeoX's `gpt_neox.`, ...);
+    its tensors, under the QRM's `model.`, and the fitted parts go through one
+    `QRMForSequenceClassification.from_pretrained(state_dict=...)`, which refuses a missing or unexpected
+    tensor: no part of the result is left at random.
 
     Args:
-        backbone: directory (or Hub id) of the decoder; its weights are loaded once, in place.
+        backbone: directory (or Hub id) of the decoder, or the decoder itself (an `AutoModel`).
         head_coef: quantile-head weights [M, K, H] (`MultiQuantileRegressor.coef_`).
         gating_network: the fitted gating network (`BradleyTerryGating.network_`), built from a config
             with the same gating settings as `config_kwargs`.
         head_intercept: [M, K] biases, or None for heads without bias (the paper's choice).
         reward_transform: the M x M matrix T (identity when None).
+        revision: the backbone's revision, when `backbone` is a Hub id.
         config_kwargs: further `QRMConfig` fields (gating sizes, `quantile_mixing`, ...).
     """
+    if isinstance(backbone, PreTrainedModel):
+        decoder = backbone
+    else:
+        decoder = AutoModel.from_pretrained(
+            backbone, revision=revision, dtype=torch.float32, trust_remote_code=False
+        )
     head_coef = torch.as_tensor(np.asarray(head_coef), dtype=torch.float32)
     num_attributes, num_levels = len(attribute_names), len(quantile_levels)
-    backbone_config = AutoConfig.from_pretrained(backbone, trust_remote_code=False)
-    if head_coef.shape != (num_attributes, num_levels, backbone_config.hidden_size):
+    hidden_size = decoder.config.hidden_size
+    if head_coef.shape != (num_attributes, num_levels, hidden_size):
         raise ValueError(
             f"Quantile heads have shape {tuple(head_coef.shape)}, expected [M={num_attributes}, K={num_levels}, "
-            f"H={backbone_config.hidden_size}] for these attributes, levels and backbone."
+            f"H={hidden_size}] for these attributes, levels and backbone."
         )
+    # A copy: a QRMConfig adopts (and edits) the backbone config it is given, which the decoder still uses.
     config = QRMConfig(
-        backbone_config=backbone_config,
+        backbone_config=copy.deepcopy(decoder.config),
         attribute_names=list(attribute_names),
         quantile_levels=list(quantile_levels),
         prompt_end_pattern=list(prompt_end_pattern),
         regression_bias=head_intercept is not None,
         **config_kwargs,
     )
-    # The backbone checkpoint has no heads: silence transformers' "newly initialized" report, they are set below.
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity_error()
-    try:
-        model = QRMForSequenceClassification.from_pretrained(backbone, config=config, trust_remote_code=False)
-    finally:
-        logging.set_verbosity(verbosity)
+    state = {f"model.{name}": tensor for name, tensor in decoder.state_dict().items()}
+    state["regression_layer.weight"] = head_coef.reshape(num_attributes * num_levels, -1)
+    if head_intercept is not None:
+        state["regression_layer.bias"] = torch.as_tensor(
+            np.asarray(head_intercept), dtype=torch.float32
+        ).reshape(-1)
+    transform = torch.eye(num_attributes) if reward_transform is None else np.asarray(reward_transform)
+    state["reward_transform_matrix"] = torch.as_tensor(transform, dtype=torch.float32)
+    state.update({f"gating.{name}": tensor for name, tensor in gating_network.state_dict().items()})
+    model = QRMForSequenceClassification.from_pretrained(
+        None, config=config, state_dict=state, dtype=decoder.dtype
+    )
+    return model.to(decoder.device).eval()  # where the decoder is (the heads' tensors start on the CPU)
+
+
+def check_reproduces_extraction(
+    model: QRMForSequenceClassification,
+    probe_ids: Sequence[int],
+    response_embedding: torch.Tensor,
+    prompt_embedding: torch.Tensor,
+    tolerance: float = 1e-4,
+) -> None:
+    """Fail unless the assembled `model` reproduces the extraction's embeddings of a probe conversation.
+
+    `response_embedding` and `prompt_embedding` ([H] each) are what feature extraction computed for the token
+    ids `probe_ids`. The model must find the same embeddings (its backbone at the last token, its forward's
+    prompt embedding) and score the probe as its heads score those embeddings: otherwise its backbone is not
+    the one the heads were fitted on (e.g. weights left at random), and a `ValueError` says so.
+    """
+    device = next(model.parameters()).device
+    ids = torch.tensor([list(probe_ids)], device=device)
+    mask = torch.ones_like(ids)
+    expected_response = response_embedding.float().reshape(1, -1).to(device)
+    expected_prompt = prompt_embedding.float().reshape(1, -1).to(device)
     with torch.no_grad():
-        model.regression_layer.weight.copy_(head_coef.reshape(num_attributes * num_levels, -1))
-        if head_intercept is not None:
-            model.regression_layer.bias.copy_(torch.as_tensor(np.asarray(head_intercept)).reshape(-1))
-        if reward_transform is not None:
-            model.reward_transform_matrix.copy_(torch.as_tensor(np.asarray(reward_transform)))
-    model.gating.load_state_dict(gating_network.state_dict())
-    return model.eval()
+        output = model(input_ids=ids, attention_mask=mask)
+        response = model.model(input_ids=ids, attention_mask=mask).last_hidden_state[:, -1].float()
+        expected = model.score_embeddings(expected_response, expected_prompt)
+    pairs = {
+        "response embedding": (response, expected_response),
+        "prompt embedding": (output.prompt_embedding, expected_prompt),
+        "attribute quantiles": (output.attribute_quantiles, expected.attribute_quantiles),
+        "gating weights": (output.gating_output, expected.gating_output),
+    }
+    for what, (got, want) in pairs.items():
+        error = ((got - want).abs().max() / want.abs().max().clamp(min=1.0)).item()
+        if not error <= tolerance:  # also refuses NaN
+            raise ValueError(
+                f"The assembled QRM does not reproduce the feature extraction on a probe conversation: its {what} "
+                f"differs by {error:.3g} (relative, tolerance {tolerance}). Its backbone is not the one the heads "
+                "were fitted on; nothing was saved."
+            )
 
 
 def save_qrm(

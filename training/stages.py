@@ -618,8 +618,13 @@ def assemble_model(
     revision: str | None = None,
     settings: AssembleSettings | None = None,
 ) -> Path:
-    """Stage 5: backbone + heads + gating (+ T) -> a saved QRM directory with remote code, tokenizer and card."""
-    from .assemble import assemble_qrm, save_qrm
+    """Stage 5: backbone + heads + gating (+ T) -> a saved QRM directory with remote code, tokenizer and card.
+
+    The backbone is loaded by the loader of feature extraction; the assembled model must reproduce that
+    loader's embeddings of a probe conversation (`check_reproduces_extraction`) before anything is saved.
+    """
+    from ..chat import encode_conversation
+    from .assemble import PROBE_CONVERSATION, assemble_qrm, check_reproduces_extraction, save_qrm
 
     check_output_directory(output_dir, "qrm assemble")  # before the work, not after it
     settings = settings or AssembleSettings()
@@ -637,8 +642,11 @@ def assemble_model(
         )
     gating_settings = GatingSettings(**gating_info["settings"])
     network = _gating_network(names, heads_info["hidden_size"], gating_settings, gating_tensors)
+    loaded = load_extraction_backbone(backbone, revision)
+    probe = encode_conversation(loaded.tokenizer, messages=PROBE_CONVERSATION)
+    (probe_response,), (probe_prompt,) = loaded.encoder.encode([probe], desc="probe conversation")
     model = assemble_qrm(
-        location,
+        loaded.encoder.backbone,
         names,
         heads_info["quantile_levels"],
         coef,
@@ -650,6 +658,7 @@ def assemble_model(
         gating_fallback=settings.gating_fallback,
         **gating_settings.config_kwargs(),
     )
+    check_reproduces_extraction(model, probe, probe_response, probe_prompt)
     validation = heads_info.get("validation", {})
     summary = (
         f"Quantile heads: {heads_info['solver']} solver, alpha {_alpha_summary(heads_info)}, at most "
