@@ -90,7 +90,7 @@ def assemble_qrm(
     state["reward_transform_matrix"] = torch.as_tensor(transform, dtype=torch.float32)
     state.update({f"gating.{name}": tensor for name, tensor in gating_network.state_dict().items()})
     model = QRMForSequenceClassification.from_pretrained(
-        None, config=config, state_dict=state, dtype=decoder.dtype
+        None, config=config, state_dict=state, dtype=decoder.dtype, trust_remote_code=False
     )
     return model.to(decoder.device).eval()  # where the decoder is (the heads' tensors start on the CPU)
 
