@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import math
+import os
 import sys
+import warnings
 from pathlib import Path
 
 
@@ -367,20 +371,96 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Errors of the user (bad files, arguments, data, a model that is not a QRM, a directory in use): one line
-# and exit status 2, as argparse does. Anything else is a bug and keeps its traceback.
+# Errors of the user (bad files, arguments, data, a model that is not a QRM, a directory in use, a full disk,
+# an unreachable Hub): one line and exit status 2, as argparse does. Anything else is a bug and keeps its
+# traceback. OSError covers huggingface_hub's and requests' errors (subclasses of it).
 USER_ERRORS = (ValueError, OSError)
+# Errors of libraries that do not derive from those, by module: looked up in sys.modules, so that the check
+# imports nothing (an error of a library that was never imported cannot have been raised).
+LIBRARY_USER_ERRORS = {
+    "httpx": "HTTPError",  # connection refused, timeouts (huggingface_hub's uploads)
+    "httpx2": "HTTPError",  # the same, under the name huggingface_hub 1.x imports
+    "safetensors": "SafetensorError",  # disk full or file-size limit while writing weights, a corrupt file
+}
+# transformers and huggingface_hub read their log level from these variables when they are first imported
+LIBRARY_VERBOSITY = {"transformers": "TRANSFORMERS_VERBOSITY", "huggingface_hub": "HF_HUB_VERBOSITY"}
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def user_error_message(error: BaseException) -> str | None:
+    """The one-line message of `error` if it is a user error (USER_ERRORS, LIBRARY_USER_ERRORS), else None."""
+    if isinstance(error, USER_ERRORS):
+        return _one_line(str(error) or type(error).__name__)
+    for module_name, class_name in LIBRARY_USER_ERRORS.items():
+        module = sys.modules.get(module_name)
+        if module is not None and isinstance(error, getattr(module, class_name)):
+            try:
+                where = f" ({error.request.method} {error.request.url})"  # httpx errors know the request
+            except (AttributeError, RuntimeError):
+                where = ""
+            return _one_line(f"{type(error).__name__}{where}: {error}")
+    return None
+
+
+def _library_logging(module_name: str):
+    module = sys.modules.get(module_name)
+    return None if module is None else importlib.import_module(f"{module_name}.utils.logging")
+
+
+@contextlib.contextmanager
+def quiet_libraries():
+    """transformers' and huggingface_hub's warnings, multi-line load reports, retry notices and
+    transformers' weight-loading bar off while a command runs: their errors reach the user as main()'s one
+    line. They are mostly imported later, inside a handler, and then read their level from the variables of
+    LIBRARY_VERBOSITY (a level the user set there is kept); if already imported, their level is set and
+    restored."""
+    saved = {}
+    for module_name, variable in LIBRARY_VERBOSITY.items():
+        user_level = os.environ.get(variable)
+        os.environ.setdefault(variable, "error")
+        logs = _library_logging(module_name)
+        if logs is not None:
+            saved[module_name] = logs.get_verbosity()
+            if user_level is None:
+                logs.set_verbosity_error()
+        if user_level is None:
+            saved[variable] = None
+    transformers_logs = _library_logging("transformers")
+    bars = transformers_logs is not None and transformers_logs.is_progress_bar_enabled()
+    if bars:
+        transformers_logs.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"(transformers|huggingface_hub)(\.|$)")
+            yield
+    finally:
+        for module_name, variable in LIBRARY_VERBOSITY.items():
+            if variable in saved:
+                os.environ.pop(variable, None)
+            if module_name in saved:
+                _library_logging(module_name).set_verbosity(saved[module_name])
+        if bars:
+            transformers_logs.enable_progress_bar()
 
 
 def main(argv=None) -> None:
+    """Run `qrm ARGV`. A user error (`user_error_message`) ends in one line on stderr and exit status 2
+    (with --debug: its traceback, and the libraries' own logging)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.handler(args)
-    except USER_ERRORS as error:
         if args.debug:
+            args.handler(args)
+        else:
+            with quiet_libraries():
+                args.handler(args)
+    except Exception as error:
+        message = user_error_message(error)
+        if message is None or args.debug:
             raise
-        message = " ".join((str(error) or type(error).__name__).split())  # one line
         print(f"qrm {args.command}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
 

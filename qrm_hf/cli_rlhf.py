@@ -323,24 +323,21 @@ def _report(message: str) -> None:
 
 
 def _sft(args) -> None:
-    try:
-        from .training.sft import PaperSFTConfig, run_sft
+    from .training.sft import PaperSFTConfig, run_sft
 
-        config = PaperSFTConfig(max_length=args.max_length, **_training_values(args))
-        result = run_sft(
-            args.model,
-            args.data,
-            config,
-            split=args.split,
-            limit=args.limit,
-            preset=args.preset,
-            lora_config=_lora(args),
-            chat_template=args.chat_template,
-            save_dtype=args.save_dtype,
-            resume=args.resume,
-        )
-    except (ValueError, TypeError, OSError) as error:
-        raise SystemExit(f"qrm sft: error: {error}") from error
+    config = PaperSFTConfig(max_length=args.max_length, **_training_values(args))
+    result = run_sft(
+        args.model,
+        args.data,
+        config,
+        split=args.split,
+        limit=args.limit,
+        preset=args.preset,
+        lora_config=_lora(args),
+        chat_template=args.chat_template,
+        save_dtype=args.save_dtype,
+        resume=args.resume,
+    )
     _report(
         f"Trained on {result.num_examples} examples ({result.num_dropped} dropped for having more than "
         f"{args.max_length} tokens); train loss {result.metrics.get('train_loss', float('nan')):.4f}.\n"
@@ -350,37 +347,34 @@ def _sft(args) -> None:
 
 def _rlhf(args) -> None:
     """`qrm rloo` / `qrm grpo`: the trainer follows the command."""
-    try:
-        from .training.rloo_pipeline import PaperGRPOConfig, PaperRLOOConfig, run_rlhf
+    from .training.rloo_pipeline import PaperGRPOConfig, PaperRLOOConfig, run_rlhf
 
-        config_cls = PaperGRPOConfig if args.algorithm == "grpo" else PaperRLOOConfig
-        config = config_cls(
-            risk_measure=args.risk_measure,
-            risk_lambda=args.risk_lambda,
-            risk_alpha=args.risk_alpha,
-            risk_tau=args.risk_tau,
-            num_generations=args.num_generations,
-            max_completion_length=args.max_completion_length,
-            beta=args.beta,
-            temperature=args.temperature,
-            **_training_values(args),
-        )
-        result = run_rlhf(
-            args.policy,
-            args.reward_model,
-            args.data,
-            config,
-            split=args.split,
-            limit=args.limit,
-            preset=args.preset,
-            max_prompt_length=args.max_prompt_length,
-            lora_config=_lora(args),
-            save_dtype=args.save_dtype,
-            resume=args.resume,
-            trust_remote_code=args.trust_remote_code,
-        )
-    except (ValueError, TypeError, OSError) as error:
-        raise SystemExit(f"qrm {args.algorithm}: error: {error}") from error
+    config_cls = PaperGRPOConfig if args.algorithm == "grpo" else PaperRLOOConfig
+    config = config_cls(
+        risk_measure=args.risk_measure,
+        risk_lambda=args.risk_lambda,
+        risk_alpha=args.risk_alpha,
+        risk_tau=args.risk_tau,
+        num_generations=args.num_generations,
+        max_completion_length=args.max_completion_length,
+        beta=args.beta,
+        temperature=args.temperature,
+        **_training_values(args),
+    )
+    result = run_rlhf(
+        args.policy,
+        args.reward_model,
+        args.data,
+        config,
+        split=args.split,
+        limit=args.limit,
+        preset=args.preset,
+        max_prompt_length=args.max_prompt_length,
+        lora_config=_lora(args),
+        save_dtype=args.save_dtype,
+        resume=args.resume,
+        trust_remote_code=args.trust_remote_code,
+    )
     key = f"rewards/{result.reward_name}/risk"
     risk_values = [log[key] for log in result.log_history if log.get(key) is not None]
     trend = (

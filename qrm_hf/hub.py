@@ -37,7 +37,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id
 
-from .model_cards import PLACEHOLDER_REPO_ID, ModelCardTemplateError, retarget_model_card
+from .model_cards import PLACEHOLDER_REPO_ID, retarget_model_card
 
 CODE_FILES = ("configuration_qrm.py", "modeling_qrm.py")
 SINGLE_WEIGHTS, WEIGHTS_INDEX = "model.safetensors", "model.safetensors.index.json"
@@ -445,18 +445,15 @@ def load_qrm(
 
 
 def _push_command(args) -> None:
-    try:
-        info = push_model_dir(
-            args.model_dir,
-            args.repo_id,
-            private=args.private,
-            revision=args.revision,
-            commit_message=args.commit_message,
-            token=args.token,
-            results=args.results or (),
-        )
-    except (FileNotFoundError, ValueError, ModelCardTemplateError, HfHubHTTPError) as error:
-        raise SystemExit(f"qrm push: {error}") from error
+    info = push_model_dir(
+        args.model_dir,
+        args.repo_id,
+        private=args.private,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        token=args.token,
+        results=args.results or (),
+    )
     print(f"Pushed {args.model_dir} to {args.repo_id} (branch {args.revision or 'main'}), commit {info.oid}")
     print(f"  {info.commit_url}")
     print(
