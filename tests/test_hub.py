@@ -25,6 +25,7 @@ import argparse
 import ast
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -772,16 +773,19 @@ def test_push_refuses_a_malformed_repo_id(model_dir, no_hub_calls, repo_id):
         hub.push_model_dir(model_dir, repo_id)
 
 
-def test_push_cli_reports_bad_input_without_traceback(model_dir, no_hub_calls):
-    parser = argparse.ArgumentParser(prog="qrm")
-    hub.add_push_command(parser.add_subparsers(dest="command", required=True))
+def test_push_cli_reports_bad_input_without_traceback(model_dir, no_hub_calls, capsys):
+    from qrm_hf.cli import main
+
     (model_dir / "modeling_qrm.py").unlink()
-    args = parser.parse_args(["push", str(model_dir), "qrm-org/model"])
-    with pytest.raises(SystemExit, match="qrm push: .* missing modeling_qrm.py"):
-        args.handler(args)
-    args = parser.parse_args(["push", str(model_dir.parent / "elsewhere"), "not a repo"])
-    with pytest.raises(SystemExit, match="qrm push: "):
-        args.handler(args)
+    for argv, expected in (
+        (["push", str(model_dir), "qrm-org/model"], "qrm push: error: .* missing modeling_qrm.py"),
+        (["push", str(model_dir.parent / "elsewhere"), "not a repo"], "qrm push: error: "),
+    ):
+        with pytest.raises(SystemExit) as exit:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit.value.code == 2 and len(err.strip().splitlines()) == 1, err
+        assert re.match(expected, err), err
 
 
 def test_push_cli_help(capsys):
