@@ -405,45 +405,29 @@ def user_error_message(error: BaseException) -> str | None:
     return None
 
 
-def _library_logging(module_name: str):
-    module = sys.modules.get(module_name)
-    return None if module is None else importlib.import_module(f"{module_name}.utils.logging")
-
-
 @contextlib.contextmanager
 def quiet_libraries():
-    """transformers' and huggingface_hub's warnings, multi-line load reports, retry notices and
-    transformers' weight-loading bar off while a command runs: their errors reach the user as main()'s one
-    line. They are mostly imported later, inside a handler, and then read their level from the variables of
-    LIBRARY_VERBOSITY (a level the user set there is kept); if already imported, their level is set and
-    restored."""
-    saved = {}
-    for module_name, variable in LIBRARY_VERBOSITY.items():
-        user_level = os.environ.get(variable)
-        os.environ.setdefault(variable, "error")
-        logs = _library_logging(module_name)
-        if logs is not None:
-            saved[module_name] = logs.get_verbosity()
-            if user_level is None:
-                logs.set_verbosity_error()
-        if user_level is None:
-            saved[variable] = None
-    transformers_logs = _library_logging("transformers")
-    bars = transformers_logs is not None and transformers_logs.is_progress_bar_enabled()
-    if bars:
-        transformers_logs.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", module=r"(transformers|huggingface_hub)(\.|$)")
-            yield
-    finally:
+    """transformers' and huggingface_hub's warnings, multi-line load reports and retry notices off while a
+    command runs: their errors reach the user as main()'s one line. They are mostly imported later, inside a
+    handler, and then read their level from the variables of LIBRARY_VERBOSITY (a level the user set there
+    is kept); if already imported (qrm_hf.cli.main called from Python), their level and transformers'
+    weight-loading bar are set here and restored after."""
+    with contextlib.ExitStack() as restore, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"(transformers|huggingface_hub)(\.|$)")
         for module_name, variable in LIBRARY_VERBOSITY.items():
-            if variable in saved:
-                os.environ.pop(variable, None)
-            if module_name in saved:
-                _library_logging(module_name).set_verbosity(saved[module_name])
-        if bars:
-            transformers_logs.enable_progress_bar()
+            if variable in os.environ:
+                continue
+            os.environ[variable] = "error"
+            restore.callback(os.environ.pop, variable, None)
+            if module_name in sys.modules:
+                logs = importlib.import_module(f"{module_name}.utils.logging")
+                restore.callback(logs.set_verbosity, logs.get_verbosity())
+                logs.set_verbosity_error()
+        transformers = sys.modules.get("transformers")
+        if transformers is not None and transformers.logging.is_progress_bar_enabled():
+            transformers.logging.disable_progress_bar()
+            restore.callback(transformers.logging.enable_progress_bar)
+        yield
 
 
 def main(argv=None) -> None:
