@@ -382,8 +382,18 @@ LIBRARY_USER_ERRORS = {
     "httpx2": "HTTPError",  # the same, under the name huggingface_hub 1.x imports
     "safetensors": "SafetensorError",  # disk full or file-size limit while writing weights, a corrupt file
 }
-# transformers and huggingface_hub read their log level from these variables when they are first imported
-LIBRARY_VERBOSITY = {"transformers": "TRANSFORMERS_VERBOSITY", "huggingface_hub": "HF_HUB_VERBOSITY"}
+# Libraries whose logs main() quiets, and the variable each reads its log level from when first imported
+LIBRARY_VERBOSITY = {
+    "transformers": "TRANSFORMERS_VERBOSITY",
+    "huggingface_hub": "HF_HUB_VERBOSITY",
+    "datasets": "DATASETS_VERBOSITY",
+}
+# Progress bars main() turns off when their library is already imported: module -> (module with the
+# switches, disable, enable). A fresh process reads HF_DATASETS_DISABLE_PROGRESS_BARS instead.
+PROGRESS_BARS = {
+    "transformers": ("transformers.utils.logging", "disable_progress_bar", "enable_progress_bar"),
+    "datasets": ("datasets.utils.tqdm", "disable_progress_bars", "enable_progress_bars"),
+}
 
 
 def _one_line(text: str) -> str:
@@ -407,13 +417,13 @@ def user_error_message(error: BaseException) -> str | None:
 
 @contextlib.contextmanager
 def quiet_libraries():
-    """transformers' and huggingface_hub's warnings, multi-line load reports and retry notices off while a
-    command runs: their errors reach the user as main()'s one line. They are mostly imported later, inside a
-    handler, and then read their level from the variables of LIBRARY_VERBOSITY (a level the user set there
-    is kept); if already imported (qrm_hf.cli.main called from Python), their level and transformers'
-    weight-loading bar are set here and restored after."""
+    """The warnings and logs of the libraries of LIBRARY_VERBOSITY (transformers' multi-line load reports,
+    huggingface_hub's retry notices, ...), transformers' weight-loading bar and datasets' preparation bars
+    off while a command runs: errors reach the user as main()'s one line. The libraries are mostly imported
+    later, inside a handler, and then read the variables set here (a value the user set is kept); if already
+    imported (qrm_hf.cli.main called from Python), their settings are changed here and restored after."""
     with contextlib.ExitStack() as restore, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", module=r"(transformers|huggingface_hub)(\.|$)")
+        warnings.filterwarnings("ignore", module=r"(transformers|huggingface_hub|datasets)(\.|$)")
         for module_name, variable in LIBRARY_VERBOSITY.items():
             if variable in os.environ:
                 continue
@@ -423,10 +433,15 @@ def quiet_libraries():
                 logs = importlib.import_module(f"{module_name}.utils.logging")
                 restore.callback(logs.set_verbosity, logs.get_verbosity())
                 logs.set_verbosity_error()
-        transformers = sys.modules.get("transformers")
-        if transformers is not None and transformers.logging.is_progress_bar_enabled():
-            transformers.logging.disable_progress_bar()
-            restore.callback(transformers.logging.enable_progress_bar)
+        if "HF_DATASETS_DISABLE_PROGRESS_BARS" not in os.environ:
+            os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+            restore.callback(os.environ.pop, "HF_DATASETS_DISABLE_PROGRESS_BARS", None)
+        for module_name, (switches, disable, enable) in PROGRESS_BARS.items():
+            if module_name in sys.modules:
+                switches = importlib.import_module(switches)
+                if switches.is_progress_bar_enabled():
+                    getattr(switches, disable)()
+                    restore.callback(getattr(switches, enable))
         yield
 
 

@@ -480,13 +480,18 @@ print(json.dumps({"code": code, "err": err.getvalue()}))
 """
 
 
-@pytest.mark.parametrize("command", ["convert", "fit-quantiles", "evaluate"])
-def test_a_file_size_limit_while_writing_is_one_line(command, shared_inputs, tmp_path):
-    """safetensors weights (convert, fit-quantiles) and a JSON report (evaluate) past RLIMIT_FSIZE."""
+@pytest.mark.parametrize(
+    "command, limit",
+    [("convert", 64 * 1024), ("fit-quantiles", 256), ("evaluate", 256)],
+    ids=["convert-safetensors", "fit-quantiles", "evaluate-json"],
+)
+def test_a_file_size_limit_while_writing_is_one_line(command, limit, shared_inputs, tmp_path):
+    """Weights past RLIMIT_FSIZE (convert: its config fits in 64 KiB, its model.safetensors does not) and
+    small outputs past a 256-byte limit (heads, a JSON report)."""
     paths = input_paths(shared_inputs, tmp_path)
     argv = [str(argument) for argument in TEMPLATES[command](paths)]
     result = subprocess.run(
-        [sys.executable, "-c", FILE_SIZE_RUNNER, "256", *argv],
+        [sys.executable, "-c", FILE_SIZE_RUNNER, str(limit), *argv],
         capture_output=True,
         text=True,
         timeout=600,
