@@ -71,7 +71,7 @@ TEMPLATES = {
         "4",
         "--output-dir",
         p["output_dir"],
-    ],  # fmt: skip
+    ],
     "fit-quantiles": lambda p: ["fit-quantiles", p["features"], "--output-dir", p["output_dir"]],
     "debias": lambda p: ["debias", p["heads"], p["pair_features"], "--output-dir", p["output_dir"]],
     "fit-gating": lambda p: ["fit-gating", p["heads"], p["pair_features"], "--output-dir", p["output_dir"]],
@@ -84,7 +84,7 @@ TEMPLATES = {
         p["gating"],
         "--output-dir",
         p["output_dir"],
-    ],  # fmt: skip
+    ],
     "train": lambda p: ["train", p["config"], "--output-dir", p["output_dir"]],
     "sft": lambda p: [
         "sft",
@@ -104,7 +104,7 @@ TEMPLATES = {
         "--output-dir",
         p["output_dir"],
         *QUICK_TRAINING,
-    ],  # fmt: skip
+    ],
     "grpo": lambda p: [
         "grpo",
         p["policy"],
@@ -114,7 +114,7 @@ TEMPLATES = {
         "--output-dir",
         p["output_dir"],
         *QUICK_TRAINING,
-    ],  # fmt: skip
+    ],
     "rewardbench": lambda p: ["rewardbench", p["model"], "--data", p["bench"], "--output", p["output_file"]],
     "preference-strength": lambda p: [
         "preference-strength",
@@ -123,7 +123,7 @@ TEMPLATES = {
         p["pairs"],
         "--output",
         p["output_file"],
-    ],  # fmt: skip
+    ],
     "push": lambda p: ["push", p["model"], "someone/qrm", "--token", "hf_not_a_token"],
 }
 OUTPUTS = ("output_dir", "output_file")
