@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
+import os
 import sys
+import warnings
 from pathlib import Path
 
 
@@ -362,23 +366,98 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Errors of the user (bad files, arguments, data, a model that is not a QRM, a directory in use): one line
-# and exit status 2, as argparse does. Anything else is a bug and keeps its traceback.
+# Errors of the user (bad files, arguments, data, a model that is not a QRM, a directory in use, a full disk,
+# an unreachable Hub): one line and exit status 2, as argparse does. Anything else is a bug and keeps its
+# traceback. OSError covers huggingface_hub's and requests' errors (subclasses of it).
 USER_ERRORS = (ValueError, OSError)
+# Errors of libraries that do not derive from those, by module: looked up in sys.modules, so that the check
+# imports nothing (an error of a library that was never imported cannot have been raised).
+LIBRARY_USER_ERRORS = {
+    "httpx": "HTTPError",  # connection refused, timeouts (huggingface_hub's uploads)
+    "httpx2": "HTTPError",  # the same, under the name huggingface_hub 1.x imports
+    "safetensors": "SafetensorError",  # disk full or file-size limit while writing weights, a corrupt file
+}
+# Libraries whose logs main() quiets, and the variable each reads its log level from when first imported
+LIBRARY_VERBOSITY = {
+    "transformers": "TRANSFORMERS_VERBOSITY",
+    "huggingface_hub": "HF_HUB_VERBOSITY",
+    "datasets": "DATASETS_VERBOSITY",
+}
+# Progress bars main() turns off when their library is already imported: module -> (module with the
+# switches, disable, enable). A fresh process reads HF_DATASETS_DISABLE_PROGRESS_BARS instead.
+PROGRESS_BARS = {
+    "transformers": ("transformers.utils.logging", "disable_progress_bar", "enable_progress_bar"),
+    "datasets": ("datasets.utils.tqdm", "disable_progress_bars", "enable_progress_bars"),
+}
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def user_error_message(error: BaseException) -> str | None:
+    """The one-line message of `error` if it is a user error (USER_ERRORS, LIBRARY_USER_ERRORS), else None."""
+    if isinstance(error, USER_ERRORS):
+        return _one_line(str(error) or type(error).__name__)
+    for module_name, class_name in LIBRARY_USER_ERRORS.items():
+        module = sys.modules.get(module_name)
+        if module is not None and isinstance(error, getattr(module, class_name)):
+            try:
+                where = f" ({error.request.method} {error.request.url})"  # httpx errors know the request
+            except (AttributeError, RuntimeError):
+                where = ""
+            return _one_line(f"{type(error).__name__}{where}: {error}")
+    return None
+
+
+@contextlib.contextmanager
+def quiet_libraries():
+    """The warnings and logs of the libraries of LIBRARY_VERBOSITY (transformers' multi-line load reports,
+    huggingface_hub's retry notices, ...), transformers' weight-loading bar and datasets' preparation bars
+    off while a command runs: errors reach the user as main()'s one line. The libraries are mostly imported
+    later, inside a handler, and then read the variables set here (a value the user set is kept); if already
+    imported (qrm_hf.cli.main called from Python), their settings are changed here and restored after."""
+    with contextlib.ExitStack() as restore, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"(transformers|huggingface_hub|datasets)(\.|$)")
+        for module_name, variable in LIBRARY_VERBOSITY.items():
+            if variable in os.environ:
+                continue
+            os.environ[variable] = "error"
+            restore.callback(os.environ.pop, variable, None)
+            if module_name in sys.modules:
+                logs = importlib.import_module(f"{module_name}.utils.logging")
+                restore.callback(logs.set_verbosity, logs.get_verbosity())
+                logs.set_verbosity_error()
+        if "HF_DATASETS_DISABLE_PROGRESS_BARS" not in os.environ:
+            os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+            restore.callback(os.environ.pop, "HF_DATASETS_DISABLE_PROGRESS_BARS", None)
+        for module_name, (switches, disable, enable) in PROGRESS_BARS.items():
+            if module_name in sys.modules:
+                switches = importlib.import_module(switches)
+                if switches.is_progress_bar_enabled():
+                    getattr(switches, disable)()
+                    restore.callback(getattr(switches, enable))
+        yield
 
 
 def main(argv=None) -> None:
+    """Run `qrm ARGV`. A user error (`user_error_message`) ends in one line on stderr and exit status 2
+    (with --debug: its traceback, and the libraries' own logging)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         from .cli_paths import check_paths
 
         check_paths(args)  # outputs that are inputs, directories of someone else's files: refused first
-        args.handler(args)
-    except USER_ERRORS as error:
         if args.debug:
+            args.handler(args)
+        else:
+            with quiet_libraries():
+                args.handler(args)
+    except Exception as error:
+        message = user_error_message(error)
+        if message is None or args.debug:
             raise
-        message = " ".join((str(error) or type(error).__name__).split())  # one line
         print(f"qrm {args.command}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -13,9 +13,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-import torch
-
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 
 
@@ -55,6 +52,9 @@ def _check_heads_fit_features(model, attribute_dirs, names) -> None:
     Features of another backbone with the same hidden size pass the manifest checks; the model's heads
     read them as noise, which this catches.
     """
+    import numpy as np
+    import torch
+
     from .evaluation import pinball_loss
     from .training.features import load_labelled
 
@@ -75,6 +75,7 @@ def _check_heads_fit_features(model, attribute_dirs, names) -> None:
 
 def _plot(path, probability, ensemble_mean=None):
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -107,6 +108,9 @@ def _plot(path, probability, ensemble_mean=None):
 
 
 def _preference_strength(args) -> None:
+    import numpy as np
+    import torch
+
     from .cli import _load_model, check_writable
     from .data import read_jsonl, row_location
     from .evaluation import unique_conversations

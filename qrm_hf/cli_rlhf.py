@@ -323,9 +323,9 @@ def _report(message: str) -> None:
 
 
 def _sft(args) -> None:
-    try:
-        from .training.sft import PaperSFTConfig, run_sft
+    from .training.sft import PaperSFTConfig, run_sft
 
+    try:
         config = PaperSFTConfig(max_length=args.max_length, **_training_values(args))
         result = run_sft(
             args.model,
@@ -350,9 +350,9 @@ def _sft(args) -> None:
 
 def _rlhf(args) -> None:
     """`qrm rloo` / `qrm grpo`: the trainer follows the command."""
-    try:
-        from .training.rloo_pipeline import PaperGRPOConfig, PaperRLOOConfig, run_rlhf
+    from .training.rloo_pipeline import PaperGRPOConfig, PaperRLOOConfig, run_rlhf
 
+    try:
         config_cls = PaperGRPOConfig if args.algorithm == "grpo" else PaperRLOOConfig
         config = config_cls(
             risk_measure=args.risk_measure,

@@ -42,7 +42,6 @@ from huggingface_hub.utils import validate_repo_id
 from .io import interrupted_replacement_note
 from .model_cards import (
     PLACEHOLDER_REPO_ID,
-    ModelCardTemplateError,
     check_homepage,
     retarget_model_card,
     set_card_homepage,
@@ -560,19 +559,16 @@ def check_finite_weights(model, name: str) -> None:
 
 
 def _push_command(args) -> None:
-    try:
-        info = push_model_dir(
-            args.model_dir,
-            args.repo_id,
-            private=args.private,
-            revision=args.revision,
-            commit_message=args.commit_message,
-            token=args.token,
-            results=args.results or (),
-            homepage=args.homepage,
-        )
-    except (FileNotFoundError, ValueError, ModelCardTemplateError, HfHubHTTPError) as error:
-        raise SystemExit(f"qrm push: {error}") from error
+    info = push_model_dir(
+        args.model_dir,
+        args.repo_id,
+        private=args.private,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        token=args.token,
+        results=args.results or (),
+        homepage=args.homepage,
+    )
     print(f"Pushed {args.model_dir} to {args.repo_id} (branch {args.revision or 'main'}), commit {info.oid}")
     print(f"  {info.commit_url}")
     print(

@@ -30,13 +30,28 @@ function of ``q`` alone. Scoring, the CLI and the risk-aware trainers all go thr
     score(r)                                                    # [B], same as risk.cvar(r, levels, 0.1)
 """
 
+from __future__ import annotations
+
 import functools
 import math
 import numbers
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import torch
+
+class _TorchOnFirstUse:
+    """Stands for the torch module until a function needs it, then imports it and puts the module in its
+    place: the registry (names, parameters, `parse`) builds the `qrm` parser, which must start without torch."""
+
+    def __getattr__(self, name):
+        import torch as module
+
+        globals()["torch"] = module
+        return getattr(module, name)
+
+
+torch = _TorchOnFirstUse()
 
 __all__ = [
     "expectation",
@@ -347,7 +362,8 @@ class RiskParameter:
     def check(self, value, label: str | None = None) -> float:
         """``value`` as a float inside the domain; ValueError naming ``label`` (default: the keyword)."""
         label = label or self.name
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
+        loaded_torch = sys.modules.get("torch")  # a tensor exists only once torch is imported
+        if loaded_torch is not None and isinstance(value, loaded_torch.Tensor) and value.numel() == 1:
             value = value.item()
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise ValueError(f"`{label}` must {self.domain}, got {value!r}.")

@@ -296,7 +296,8 @@ def test_rewardbench_never_counts_a_nan_score_as_a_wrong_answer():
         return [scores[conversation[-1]["content"]] for conversation in conversations]
 
     with pytest.raises(
-        ValueError, match=r"NaN or infinite for 1 row\(s\): RewardBench rows, row 1 \(counted from 0\) \(subset 'math-prm', id 2\)"
+        ValueError,
+        match=r"NaN or infinite for 1 row\(s\): RewardBench rows, row 1 \(counted from 0\) \(subset 'math-prm', id 2\)",
     ):
         evaluate_rewardbench(rows, scorer)
     with pytest.raises(ValueError, match="finite"):

@@ -25,6 +25,7 @@ import argparse
 import ast
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -782,9 +783,9 @@ def test_push_refuses_a_symbolic_link_out_of_the_directory_before_any_hub_call(
     parser = argparse.ArgumentParser(prog="qrm")
     hub.add_push_command(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["push", str(model_dir), "qrm-org/model"])
-    with pytest.raises(SystemExit) as exit:
+    with pytest.raises(ValueError) as error:
         args.handler(args)
-    message = str(exit.value.code)
+    message = str(error.value)
     assert "notes.txt is a symbolic link to" in message and str(secret) in message and "\n" not in message
     (model_dir / "notes.txt").unlink()
     (model_dir / "extra").symlink_to(tmp_path, target_is_directory=True)  # a folder around the model
@@ -795,16 +796,19 @@ def test_push_refuses_a_symbolic_link_out_of_the_directory_before_any_hub_call(
     assert "vocab_copy.json" in hub._local_files(model_dir)
 
 
-def test_push_cli_reports_bad_input_without_traceback(model_dir, no_hub_calls):
-    parser = argparse.ArgumentParser(prog="qrm")
-    hub.add_push_command(parser.add_subparsers(dest="command", required=True))
+def test_push_cli_reports_bad_input_without_traceback(model_dir, no_hub_calls, capsys):
+    from qrm_hf.cli import main
+
     (model_dir / "modeling_qrm.py").unlink()
-    args = parser.parse_args(["push", str(model_dir), "qrm-org/model"])
-    with pytest.raises(SystemExit, match="qrm push: .* missing modeling_qrm.py"):
-        args.handler(args)
-    args = parser.parse_args(["push", str(model_dir.parent / "elsewhere"), "not a repo"])
-    with pytest.raises(SystemExit, match="qrm push: "):
-        args.handler(args)
+    for argv, expected in (
+        (["push", str(model_dir), "qrm-org/model"], "qrm push: error: .* missing modeling_qrm.py"),
+        (["push", str(model_dir.parent / "elsewhere"), "not a repo"], "qrm push: error: "),
+    ):
+        with pytest.raises(SystemExit) as exit:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit.value.code == 2 and len(err.strip().splitlines()) == 1, err
+        assert re.match(expected, err), err
 
 
 def test_push_cli_help(capsys):

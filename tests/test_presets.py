@@ -555,7 +555,9 @@ def test_label_outside_the_range(load):
 
 def test_label_that_is_not_a_number():
     rows = [{"prompt": "p", "response": "r", "is_safe": "maybe"}]
-    with pytest.raises(ValueError, match=r"row 0 \(counted from 0\), column 'is_safe': label 'maybe' is not a number"):
+    with pytest.raises(
+        ValueError, match=r"row 0 \(counted from 0\), column 'is_safe': label 'maybe' is not a number"
+    ):
         attribute_examples(rows, "beavertails")
 
 
@@ -598,7 +600,9 @@ def test_attribute_data_where_preference_data_is_expected(load):
 
 def test_conversation_must_end_with_the_assistant():
     rows = [{"messages": [user("x"), assistant("y"), user("and?")], **{a: 0.5 for a in PAPER_ATTRIBUTES}}]
-    with pytest.raises(ValueError, match=r"row 0 \(counted from 0\): the conversation ends with a 'user' turn"):
+    with pytest.raises(
+        ValueError, match=r"row 0 \(counted from 0\): the conversation ends with a 'user' turn"
+    ):
         attribute_examples(rows, "armorm-multi-objective")
     with pytest.raises(ValueError, match="a message must be a dict with 'role' and 'content'"):
         preference_examples(

@@ -95,7 +95,7 @@ def test_yaml_blocks_are_the_same_dataclasses_and_unknown_keys_are_named():
 
 
 def test_the_quantile_levels_are_defined_once():
-    assert stage_settings.PAPER_LEVELS is DEFAULT_QUANTILE_LEVELS
+    assert stage_settings.PAPER_LEVELS == DEFAULT_QUANTILE_LEVELS
     assert HeadsSettings().quantile_levels == pytest.approx([0.05 * k for k in range(1, 20)], abs=1e-12)
     assert HeadsSettings().quantile_levels is not DEFAULT_QUANTILE_LEVELS  # a copy per instance
 

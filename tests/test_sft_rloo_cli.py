@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 from test_trl import save_tiny_policy, save_tiny_qrm, tiny_tokenizer
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
+from qrm_hf.cli import main
 from qrm_hf.cli_rlhf import add_rlhf_commands
 from qrm_hf.presets import load_rows
 from qrm_hf.training.rlhf_data import chosen_completions, rloo_prompts
@@ -239,10 +240,12 @@ def test_grpo_trains_the_sft_model_against_a_risk_spec(assets):
 
 
 def fails(*argv) -> str:
-    """The message of the user error (ValueError / OSError, one line and exit 2 from `qrm`) of a command."""
-    with pytest.raises((ValueError, OSError)) as error:
-        qrm(*argv)
-    return str(error.value)
+    """The error line of `qrm ARGV`, which must exit with status 2 (qrm_hf.cli.main's convention)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit:
+        main([str(a) for a in argv])
+    assert exit.value.code == 2 and len(err.getvalue().strip().splitlines()) == 1, err.getvalue()
+    return err.getvalue()
 
 
 def test_bad_input_gives_clear_errors(assets):

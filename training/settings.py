@@ -18,9 +18,10 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from ..cli import positive_int
-from ..modeling.configuration_qrm import DEFAULT_QUANTILE_LEVELS
 
-PAPER_LEVELS = DEFAULT_QUANTILE_LEVELS  # the paper's 19 levels 0.05 ... 0.95, defined in the model's config
+# The paper's 19 levels 0.05 ... 0.95, the default of QRMConfig.quantile_levels too. Spelled out here rather
+# than imported from modeling/configuration_qrm.py, which imports transformers (tests check they are equal).
+PAPER_LEVELS = [round(0.05 * k, 2) for k in range(1, 20)]
 
 
 def _alpha_argument(value: str) -> float | str:
