@@ -131,27 +131,6 @@ MODELS = ("model",)  # inputs that are QRMs
 ROWS = ("rows", "pairs", "bench")  # inputs that are JSON Lines files
 HUB_INPUTS = ("model", "policy", "backbone")  # inputs that may be Hub ids
 
-# Rows that fail on this branch only because another helper's fix is not merged yet: (command, case) ->
-# branch. Remove after merging. The rows of HEAVY are not run while marked: unrefused, they do the command's
-# whole work (the demo, a training run).
-NEEDS_OTHER_BRANCH = {
-    **{
-        (command, case): "wt-output"  # output directory safety, output != input (issue 18 §1)
-        for command in ("assemble", "convert", "debias", "demo", "extract", "fit-gating", "fit-quantiles")
-        + ("train", "sft", "rloo", "grpo")
-        for case in ("foreign_output", "output_is_input")
-    },
-    **{
-        (command, "output_is_input"): "wt-output"
-        for command in ("evaluate", "rewardbench", "preference-strength")
-    },
-    **{
-        (command, case): branch
-        for command in ("score", "evaluate", "rewardbench", "preference-strength", "rloo", "grpo")
-        for case, branch in (("nan_model", "wt-finite"), ("missing_tensor", "wt-weights"))
-    },
-}
-HEAVY = ("demo", "train", "sft", "rloo", "grpo")
 
 
 def commands() -> list[str]:
@@ -193,12 +172,7 @@ def table() -> list:
             continue  # test_every_command_has_a_template fails
         for case, applies in CASES.items():
             if applies(command):
-                branch = NEEDS_OTHER_BRANCH.get((command, case))
-                marks = []
-                if branch:
-                    run = command not in HEAVY or case not in ("foreign_output", "output_is_input")
-                    marks = [pytest.mark.xfail(strict=True, run=run, reason=f"needs {branch}")]
-                rows.append(pytest.param(command, case, id=f"{command}-{case}", marks=marks))
+                rows.append(pytest.param(command, case, id=f"{command}-{case}"))
     return rows
 
 
