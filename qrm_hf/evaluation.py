@@ -230,17 +230,19 @@ def gating_report(
 
 def gating_warnings(report: dict, pairs: str = "the training pairs") -> list[str]:
     """The problems a `gating_report` shows, one sentence each with its numbers (none: the gating mixes and
-    beats every fixed mix): a degenerate gating, or a gated reward less accurate than a fixed mix."""
+    beats every fixed mix): a degenerate gating -- unless its dominant attribute alone is as accurate as
+    every fixed mix, when one attribute explains the preferences and a constant gating is right -- or a
+    gated reward less accurate than a fixed mix."""
     problems = []
-    shares = report["mean_weights"]
-    if report["degenerate_prompt_share"] > DEGENERATE_SHARE:
-        top = max(shares, key=shares.get)
+    shares, mixes = report["mean_weights"], report["fixed_mixes"]
+    top = max(shares, key=shares.get)
+    if report["degenerate_prompt_share"] > DEGENERATE_SHARE and mixes[f"{top} only"] < max(mixes.values()):
         problems.append(
             f"The gating network is degenerate: one attribute weighs more than {DEGENERATE_WEIGHT} on "
             f"{report['degenerate_prompt_share']:.0%} of the prompts (mean weights: "
             + ", ".join(f"{name} {value:.3f}" for name, value in shares.items())
-            + f"; mean normalised entropy {report['mean_normalised_entropy']:.3f}); the prompt decides little "
-            f"and {top} dominates the reward."
+            + f"; mean normalised entropy {report['mean_normalised_entropy']:.3f}): the prompt decides little "
+            f"and {top} alone ({mixes[f'{top} only']:.3f} on {pairs}) dominates the reward."
         )
     better = {name: value for name, value in report["fixed_mixes"].items() if value > report["accuracy"]}
     if better:

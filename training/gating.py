@@ -21,7 +21,11 @@ sees nearly the same input for every prompt and its first steps move every promp
 folds the standardisation into the first Linear layer afterwards (the saved format does not change);
 `restore_best_epoch` holds out whole prompts for validation (pairs of one prompt share its gating weights,
 so a split by pair measures nothing about new prompts) and keeps the epoch with the lowest validation
-Bradley-Terry loss instead of the last.
+Bradley-Terry loss instead of the last; `fit_loss_scale` keeps `logit_scale` at 1 (weights sum to one, as
+in the paper's eq. 3) and fits the Bradley-Terry loss on beta * (g . margin), beta fitted once on the uniform
+mix (`bradley_terry_scale`): with rewards on the [0, 1] label scale and a scale of 1 the loss stays in its
+near-linear range, where it rewards the largest mean margin rather than the most accurate mix, and the
+optimum of a linear function on the simplex is one attribute.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ class BradleyTerryGating:
         drop_below: float | None = None,
         standardize_prompts: bool = False,
         restore_best_epoch: bool = False,
+        fit_loss_scale: bool = False,
     ):
         self.config = config
         self.learning_rate = learning_rate
@@ -74,6 +79,7 @@ class BradleyTerryGating:
         self.drop_below = drop_below
         self.standardize_prompts = standardize_prompts
         self.restore_best_epoch = restore_best_epoch
+        self.fit_loss_scale = fit_loss_scale
 
     @property
     def needs_strength(self) -> bool:
@@ -149,8 +155,14 @@ class BradleyTerryGating:
                 raise ValueError(f"drop_below={self.drop_below} leaves no training pair.")
 
         network = QRMGatingNetwork(self.config)
+        self.loss_scale_ = 1.0
+        if self.fit_loss_scale:
+            self.loss_scale_ = bradley_terry_scale(margin[train].mean(-1))
+            network.logit_scale.requires_grad_(False)  # weights sum to one: rewards stay on the label scale
         optimizer = torch.optim.AdamW(
-            network.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
+            [p for p in network.parameters() if p.requires_grad],
+            lr=self.learning_rate,
+            weight_decay=self.weight_decay,
         )
         steps_per_epoch = math.ceil(len(train) / self.batch_size)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
@@ -167,7 +179,7 @@ class BradleyTerryGating:
                 batch = shuffled[start : start + self.batch_size]
                 if len(batch) < 2 and self.config.gating_batch_norm:
                     continue  # BatchNorm cannot train on a single example
-                logit = (network(x[batch]) * margin[batch]).sum(-1)
+                logit = self.loss_scale_ * (network(x[batch]) * margin[batch]).sum(-1)
                 if target is not None:
                     logit = logit * sign[batch] - target[batch]
                 loss = -F.logsigmoid(logit).mean()
@@ -182,7 +194,7 @@ class BradleyTerryGating:
                 total += loss.item() * len(batch)
             record = {"epoch": epoch + 1, "train_loss": total / max(1, len(train))}
             if n_validation:
-                record.update(self._validate(network, x[validation], margin[validation]))
+                record.update(self._validate(network, x[validation], self.loss_scale_ * margin[validation]))
                 if self.restore_best_epoch and record["validation_loss"] < best_loss:
                     best_loss, best_state = record["validation_loss"], copy.deepcopy(network.state_dict())
                     self.best_epoch_ = epoch + 1
@@ -229,6 +241,25 @@ class BradleyTerryGating:
             "validation_loss": -F.logsigmoid(logit).mean().item(),
             "validation_accuracy": (logit > 0).float().mean().item(),
         }
+
+
+def bradley_terry_scale(margin: torch.Tensor, bounds: tuple[float, float] = (1.0, 1000.0)) -> float:
+    """The scale beta minimising the Bradley-Terry loss mean(-log sigmoid(beta * margin)) of reward margins
+    [N] (Newton's method on log beta; the loss is convex in beta), clamped to `bounds`: at most the upper
+    bound when the margins are all positive (the loss then keeps falling), at least the paper's 1."""
+    margin = margin.double()
+    log_beta = torch.zeros((), dtype=torch.float64)
+    low, high = math.log(bounds[0]), math.log(bounds[1])
+    for _ in range(100):
+        beta = log_beta.exp()
+        agree = torch.sigmoid(-beta * margin)  # d/dz of -log sigmoid(z) is -sigmoid(-z)
+        gradient = -(margin * agree).mean() * beta
+        curvature = (margin**2 * agree * (1 - agree)).mean() * beta**2 + gradient
+        step = gradient / curvature if curvature > 0 else -gradient.sign()
+        log_beta = (log_beta - step).clamp(low, high)
+        if abs(step) < 1e-9:
+            break
+    return float(log_beta.exp())
 
 
 def prompt_groups(prompt_embeddings: torch.Tensor, tolerance: float = 1e-3) -> torch.Tensor:

@@ -144,7 +144,7 @@ NOISE_SETTINGS = (
     "ensemble_size",
 )
 # Settings added after the paper's: left out of the fingerprint at their defaults.
-LATER_SETTINGS = (*NOISE_SETTINGS, "standardize_prompts", "restore_best_epoch")
+LATER_SETTINGS = (*NOISE_SETTINGS, "standardize_prompts", "restore_best_epoch", "fit_loss_scale")
 
 
 @dataclass
@@ -192,12 +192,17 @@ class GatingSettings:
     )
     ensemble_size: int = setting(10, help="bootstrap refits of the ensemble strength")
     # Against a collapsed gating (issue 22, training/gating.py), off by default (the paper's recipe); the demo
-    # turns both on.
+    # turns them on.
     standardize_prompts: bool = setting(
         False, help="train on prompt embeddings standardised per dimension (folded into the first layer)"
     )
     restore_best_epoch: bool = setting(
         False, help="hold out whole prompts and keep the epoch with the lowest validation Bradley-Terry loss"
+    )
+    fit_loss_scale: bool = setting(
+        False,
+        help="weights sum to one (logit_scale fixed at 1); the Bradley-Terry loss scales the reward margins by "
+        "a factor fitted once on the uniform mix",
     )
 
     def noise_settings(self) -> dict:

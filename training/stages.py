@@ -555,6 +555,7 @@ def fit_gating(
         "pairs": len(rewards),
         "history": gating.history_,
         "selected_epoch": gating.best_epoch_,
+        "loss_scale": gating.loss_scale_,
         "diagnostics": diagnostics,
         "transform": str(transform_dir) if transform_dir else None,
         "pair_features": [str(d) for d in pair_dirs],
@@ -623,6 +624,7 @@ def _bradley_terry(names, hidden_size: int, settings: GatingSettings, plain: boo
         seed=settings.seed,
         standardize_prompts=settings.standardize_prompts,
         restore_best_epoch=settings.restore_best_epoch,
+        fit_loss_scale=settings.fit_loss_scale,
         **remedies,
     )
 
