@@ -4,6 +4,7 @@ Synthetic pairs mimic a backbone: every prompt embedding is one large shared vec
 prompt-specific part, and the attribute rewards are on the [0, 1] label scale.
 """
 
+import copy
 import math
 import warnings
 
@@ -19,32 +20,35 @@ HIDDEN = 16
 
 
 def split_pairs(seed: int = 0, prompts: int = 40, pairs_per_prompt: int = 12):
-    """Half of the prompts are judged by attribute 0, the other half by attribute 1.
+    """Half of the prompts (group 0) are judged by attribute a, the other half (group 1) by attribute b.
 
-    On a prompt of group g, the chosen response wins attribute g by a small margin (0.1); the other
-    attribute has large margins (0.5) of random sign. Attribute 0 alone, attribute 1 alone and the
-    uniform mix are each right on about 3/4 of the pairs; the right attribute per prompt on all.
+    a is right on every group-0 pair by a small margin (0.1) and, on group-1 pairs, right 60 % of the time by
+    a large margin (0.6): its mean margin is the largest everywhere, its accuracy is not. b is right on every
+    group-1 pair (margin 0.1) and random on group-0 pairs; c and d are noise. Every fixed mix is right on at
+    most about 80 % of the pairs; the right attribute per prompt on all of them.
     """
     generator = torch.Generator().manual_seed(seed)
     shared = 40 * torch.nn.functional.normalize(torch.randn(HIDDEN, generator=generator), dim=0)
     group_direction = torch.randn(HIDDEN, generator=generator)
-    embeddings, chosen, rejected, group_of_pair = [], [], [], []
+    embeddings, margins, group_of_pair = [], [], []
     for prompt in range(prompts):
         group = prompt % 2
         embedding = (
-            shared + (1 if group else -1) * group_direction + 0.3 * torch.randn(HIDDEN, generator=generator)
+            shared + (2 * group - 1) * group_direction + 0.3 * torch.randn(HIDDEN, generator=generator)
         )
         for _ in range(pairs_per_prompt):
-            margin = torch.zeros(4)
-            margin[group] = 0.1
-            margin[1 - group] = 0.5 * (1 if torch.rand(1, generator=generator) < 0.5 else -1)
-            margin[2:] = 0.05 * torch.randn(2, generator=generator)
-            base = 0.5 + 0.1 * torch.randn(4, generator=generator)
-            chosen.append(base + margin / 2)
-            rejected.append(base - margin / 2)
+            margin = 0.05 * torch.randn(4, generator=generator)
+            if group == 0:
+                margin[0] = 0.1
+            else:
+                margin[0] = 0.6 if torch.rand(1, generator=generator) < 0.6 else -0.6
+                margin[1] = 0.1
+            margins.append(margin)
             embeddings.append(embedding)
             group_of_pair.append(group)
-    return torch.stack(embeddings), torch.stack(chosen), torch.stack(rejected), np.array(group_of_pair)
+    margins = torch.stack(margins)
+    base = 0.5 + 0.1 * torch.randn(margins.shape, generator=generator)
+    return torch.stack(embeddings), base + margins / 2, base - margins / 2, np.array(group_of_pair)
 
 
 def fit(embeddings, chosen, rejected, **settings):
@@ -65,7 +69,7 @@ def report_of(network, embeddings, chosen, rejected):
     return gating_report(weights[first], chosen.numpy(), rejected.numpy(), names, weights), weights
 
 
-ANTI_COLLAPSE = dict(standardize_prompts=True, restore_best_epoch=True)
+ANTI_COLLAPSE = dict(standardize_prompts=True, restore_best_epoch=True, fit_loss_scale=True)
 
 
 def test_the_gating_learns_which_attribute_judges_which_prompt():
@@ -74,22 +78,110 @@ def test_the_gating_learns_which_attribute_judges_which_prompt():
         fit(embeddings, chosen, rejected, **ANTI_COLLAPSE), embeddings, chosen, rejected
     )
     shares = weights / weights.sum(1, keepdims=True)
-    assert shares[group == 0, 0].mean() > 0.6 and shares[group == 1, 1].mean() > 0.6
+    assert shares[group == 0, 0].mean() > 0.8 and shares[group == 1, 1].mean() > 0.7
     assert report["accuracy"] > max(report["fixed_mixes"].values()) + 0.1
+    assert 0.1 < report["mean_normalised_entropy"] < 0.9
     assert gating_warnings(report) == []
 
 
-def test_the_paper_recipe_collapses_on_the_same_pairs_and_the_detector_says_so():
-    embeddings, chosen, rejected, _ = split_pairs()
-    report, _ = report_of(fit(embeddings, chosen, rejected), embeddings, chosen, rejected)
-    problems = gating_warnings(report)
-    assert any("less accurate" in problem for problem in problems)
+def test_the_paper_recipe_collapses_on_the_largest_margins():
+    """Without the anti-collapse settings the same pairs give attribute a (largest mean margin) the weight
+    on every prompt: no better than a alone."""
+    embeddings, chosen, rejected, group = split_pairs()
+    report, weights = report_of(fit(embeddings, chosen, rejected), embeddings, chosen, rejected)
+    shares = weights / weights.sum(1, keepdims=True)
+    assert shares[:, 0].mean() > 0.9 and shares[group == 1, 1].mean() < 0.1
+    assert report["accuracy"] <= report["fixed_mixes"]["a only"] + 0.01
+    assert report["mean_normalised_entropy"] < 0.15
+
+
+def test_the_detector_flags_a_degenerate_gating_that_loses_to_a_fixed_mix():
+    _, chosen, rejected, _ = split_pairs()
+    one_hot_b = np.tile([0.0, 1.0, 0.0, 0.0], (len(chosen), 1))  # b everywhere: right on half the prompts
+    report = gating_report(one_hot_b[:40], chosen.numpy(), rejected.numpy(), list("abcd"), one_hot_b)
+    assert report["degenerate_prompt_share"] == 1.0 and report["mean_normalised_entropy"] == 0.0
+    degenerate, less_accurate = gating_warnings(report)
+    assert "degenerate" in degenerate and "100%" in degenerate
+    assert f"{report['accuracy']:.3f}" in less_accurate and "a only" in less_accurate
 
 
 def test_no_warning_when_one_attribute_explains_everything():
+    """Attribute c prefers every chosen response: a gating on c alone (the paper's recipe gets there) is
+    right, and so is one that mixes (the anti-collapse settings): neither is reported."""
     embeddings, chosen, rejected, _ = split_pairs()
     chosen, rejected = chosen.clone(), rejected.clone()
-    chosen[:, 2], rejected[:, 2] = 0.7, 0.3  # attribute c prefers every chosen response
-    report, _ = report_of(fit(embeddings, chosen, rejected, **ANTI_COLLAPSE), embeddings, chosen, rejected)
-    assert report["accuracy"] == 1.0
-    assert gating_warnings(report) == []
+    chosen[:, 2], rejected[:, 2] = 0.7, 0.3
+    for settings in ({}, ANTI_COLLAPSE):
+        report, _ = report_of(fit(embeddings, chosen, rejected, **settings), embeddings, chosen, rejected)
+        assert report["accuracy"] == 1.0
+        assert gating_warnings(report) == []
+    one_hot_c = np.tile([0.0, 0.0, 1.0, 0.0], (len(chosen), 1))
+    report = gating_report(one_hot_c[:40], chosen.numpy(), rejected.numpy(), list("abcd"), one_hot_c)
+    assert report["degenerate_prompt_share"] == 1.0 and gating_warnings(report) == []
+
+
+def test_the_fixed_mixes_and_the_entropy_by_hand():
+    chosen = np.array([[1.0, 0.0], [0.2, 0.9], [0.5, 0.5]])
+    rejected = np.array([[0.0, 1.0], [0.4, 0.1], [0.5, 0.2]])
+    # a only: right, wrong, tie -> 1.5 / 3; b only: wrong, right, right; uniform: tie (.5 = .5), right, right
+    assert fixed_mix_accuracies(chosen, rejected, ["a", "b"]) == {
+        "a only": 0.5,
+        "b only": 2 / 3,
+        "uniform": 2.5 / 3,
+    }
+    weights = np.array([[2.0, 0.0], [1.0, 1.0], [0.25, 0.75]])  # rows need not sum to one (logit_scale)
+    expected = [0.0, 1.0, -(0.25 * math.log(0.25) + 0.75 * math.log(0.75)) / math.log(2)]
+    np.testing.assert_allclose(normalised_entropy(weights), expected)
+    with pytest.raises(ValueError, match="non-negative"):
+        normalised_entropy(np.array([[0.5, -0.1]]))
+
+
+def test_the_loss_scale_minimises_the_bradley_terry_loss():
+    from qrm_hf.training.gating import bradley_terry_scale
+
+    margin = torch.tensor([0.3, 0.2, -0.1, 0.25, -0.05, 0.1])
+    beta = bradley_terry_scale(margin)
+
+    def loss(scale):
+        return float(-torch.nn.functional.logsigmoid(scale * margin.double()).mean())
+
+    grid = np.linspace(1.0, 60.0, 5901)
+    assert beta == pytest.approx(grid[np.argmin([loss(b) for b in grid])], abs=0.02)
+    assert bradley_terry_scale(torch.tensor([0.1, 0.2])) == 1000.0  # separable: the upper bound
+    assert bradley_terry_scale(torch.tensor([-0.1, 0.05])) == 1.0  # no signal: the paper's scale
+
+
+def test_prompt_groups_tell_prompts_apart_up_to_rounding():
+    x = torch.randn(3, HIDDEN) * 40
+    rows = torch.stack([x[0], x[1], x[0] * (1 + 1e-6), x[2], x[1] + 1e-5])
+    assert prompt_groups(rows).tolist() == [0, 1, 0, 2, 1]
+
+
+def test_restore_best_epoch_holds_out_whole_prompts_and_keeps_the_best_epoch():
+    embeddings, chosen, rejected, _ = split_pairs()
+    gating = BradleyTerryGating(
+        QRMGatingSizes(HIDDEN, 4, gating_hidden_dim=32, gating_n_hidden=2),
+        batch_size=32, epochs=8, learning_rate=1e-3, validation_fraction=0.25, restore_best_epoch=True,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gating.fit(embeddings, chosen, rejected)
+    losses = [record["validation_loss"] for record in gating.history_]
+    assert gating.best_epoch_ == int(np.argmin(losses)) + 1
+    validation, train = gating._split_by_prompt(embeddings, torch.Generator().manual_seed(0))
+    groups = prompt_groups(embeddings)
+    assert set(groups[validation].tolist()).isdisjoint(groups[train].tolist())
+    assert len(set(groups[validation].tolist())) == 10  # a quarter of the 40 prompts
+
+
+def test_standardized_prompts_are_folded_into_the_saved_network():
+    """The network fitted on standardised embeddings takes raw ones: the same weights as its training view."""
+    embeddings, chosen, rejected, _ = split_pairs()
+    network = fit(embeddings, chosen, rejected, standardize_prompts=True, epochs=2, validation_fraction=0.0)
+    mean, std = embeddings.mean(0), embeddings.std(0)
+    unfolded = copy.deepcopy(network)
+    with torch.no_grad():
+        first = unfolded.layers[0]
+        first.bias.add_(first.weight @ mean)
+        first.weight.mul_(std)
+        np.testing.assert_allclose(network(embeddings), unfolded((embeddings - mean) / std), atol=1e-4)

@@ -245,21 +245,22 @@ class BradleyTerryGating:
 
 def bradley_terry_scale(margin: torch.Tensor, bounds: tuple[float, float] = (1.0, 1000.0)) -> float:
     """The scale beta minimising the Bradley-Terry loss mean(-log sigmoid(beta * margin)) of reward margins
-    [N] (Newton's method on log beta; the loss is convex in beta), clamped to `bounds`: at most the upper
-    bound when the margins are all positive (the loss then keeps falling), at least the paper's 1."""
+    [N], within `bounds` (at least the paper's 1; the upper bound when the margins are all positive and the
+    loss keeps falling). The loss is convex in beta: bisection on its derivative, in log space."""
     margin = margin.double()
-    log_beta = torch.zeros((), dtype=torch.float64)
+
+    def slope(beta: float) -> float:  # d/dbeta of the loss, increasing in beta
+        return float(-(margin * torch.sigmoid(-beta * margin)).mean())
+
     low, high = math.log(bounds[0]), math.log(bounds[1])
-    for _ in range(100):
-        beta = log_beta.exp()
-        agree = torch.sigmoid(-beta * margin)  # d/dz of -log sigmoid(z) is -sigmoid(-z)
-        gradient = -(margin * agree).mean() * beta
-        curvature = (margin**2 * agree * (1 - agree)).mean() * beta**2 + gradient
-        step = gradient / curvature if curvature > 0 else -gradient.sign()
-        log_beta = (log_beta - step).clamp(low, high)
-        if abs(step) < 1e-9:
-            break
-    return float(log_beta.exp())
+    if slope(bounds[0]) >= 0:
+        return bounds[0]
+    if slope(bounds[1]) <= 0:
+        return bounds[1]
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if slope(math.exp(middle)) < 0 else (low, middle)
+    return math.exp((low + high) / 2)
 
 
 def prompt_groups(prompt_embeddings: torch.Tensor, tolerance: float = 1e-3) -> torch.Tensor:
