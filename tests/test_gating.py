@@ -185,3 +185,47 @@ def test_standardized_prompts_are_folded_into_the_saved_network():
         first.bias.add_(first.weight @ mean)
         first.weight.mul_(std)
         np.testing.assert_allclose(network(embeddings), unfolded((embeddings - mean) / std), atol=1e-4)
+
+
+def test_evaluate_pairs_reports_the_gating_against_unbatched_model_outputs():
+    """`evaluate_pairs`' gating numbers against each conversation run alone and the measures by hand."""
+    from test_hub import make_tokenizer
+
+    from conftest import make_qrm
+    from qrm_hf.evaluation import evaluate_pairs
+
+    model, tokenizer = make_qrm(seed=3), make_tokenizer()
+    rows = [
+        {"prompt": f"w1{p} w2{p}", "chosen": f"w3{c} w4{c}", "rejected": f"w5{c}", "category": "ab"[p % 2]}
+        for p in range(4)
+        for c in range(3)
+    ]
+    report = evaluate_pairs(model, tokenizer, rows, batch_size=5)["gating"]
+
+    def run(prompt, response):
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        inputs = tokenizer.apply_chat_template(messages, return_tensors="pt", return_dict=True)
+        with torch.no_grad():
+            output = model(**inputs)
+        return output.rewards[0].double().numpy(), output.gating_output[0].double().numpy()
+
+    sides = [(run(row["prompt"], row["chosen"]), run(row["prompt"], row["rejected"])) for row in rows]
+    names = model.config.attribute_names
+
+    def accuracy(score):
+        wins = [float(np.sign(score(c) - score(r))) for c, r in sides]
+        return sum(1.0 if w > 0 else 0.5 if w == 0 else 0.0 for w in wins) / len(wins)
+
+    assert report["accuracy"] == pytest.approx(accuracy(lambda side: float(side[0] @ side[1])))
+    for m, name in enumerate(names):
+        assert report["fixed_mixes"][f"{name} only"] == pytest.approx(accuracy(lambda side, m=m: side[0][m]))
+    assert report["fixed_mixes"]["uniform"] == pytest.approx(accuracy(lambda side: side[0].mean()))
+    prompt_shares = [sides[3 * p][0][1] / sides[3 * p][0][1].sum() for p in range(4)]  # one per prompt
+    entropies = [-sum(w * math.log(w) for w in shares) / math.log(len(names)) for shares in prompt_shares]
+    assert report["prompts"] == 4
+    assert report["mean_normalised_entropy"] == pytest.approx(np.mean(entropies), abs=1e-5)
+    for category, prompts in (("a", [0, 2]), ("b", [1, 3])):
+        expected = np.mean([prompt_shares[p] for p in prompts], axis=0)
+        np.testing.assert_allclose(
+            list(report["mean_weights_by_category"][category].values()), expected, atol=1e-5
+        )
