@@ -229,3 +229,59 @@ def test_evaluate_pairs_reports_the_gating_against_unbatched_model_outputs():
         np.testing.assert_allclose(
             list(report["mean_weights_by_category"][category].values()), expected, atol=1e-5
         )
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """`qrm train` on the tiny backbone (tests/test_pipeline.py's data); (heads dir, pairs feature dir)."""
+    from test_pipeline import config_values, save_backbone, write_config, write_data
+
+    from qrm_hf.cli import main
+
+    root = tmp_path_factory.mktemp("gating")
+    values = config_values(
+        save_backbone(root / "backbone"), write_data(root / "data"), root / "run", debias=False
+    )
+    main(["train", str(write_config(root / "config.yaml", values))])
+    out = root / "run"
+    return out / "heads", out / "features" / "preference" / "pairs"
+
+
+def test_qrm_fit_gating_reports_and_warns_about_the_network_it_fitted(tiny_run, tmp_path, monkeypatch):
+    """The stage under `qrm fit-gating` and `qrm train` measures whatever network the fit returns: an honest
+    fit's numbers land in gating.json, and a network forced onto the least accurate attribute is reported."""
+    import json
+
+    from qrm_hf.cli import main
+    from qrm_hf.training.stages import GatingCollapseWarning
+
+    heads, pairs = tiny_run
+    command = ["fit-gating", str(heads), str(pairs), "--hidden-dim", "8", "--n-hidden", "1", "--epochs", "2"]
+    main([*command, "--output-dir", str(tmp_path / "honest")])
+    diagnostics = json.loads((tmp_path / "honest" / "gating.json").read_text())["diagnostics"]
+    singles = {
+        name[: -len(" only")]: value
+        for name, value in diagnostics["fixed_mixes"].items()
+        if name != "uniform"
+    }
+    worst = min(singles, key=singles.get)
+    if singles[worst] == max(diagnostics["fixed_mixes"].values()):
+        pytest.skip("every fixed mix is equally accurate on these pairs")
+    fit = BradleyTerryGating.fit
+
+    def collapsed_fit(self, *args, **kwargs):
+        fit(self, *args, **kwargs)
+        with torch.no_grad():  # softmax(logits / temperature): every prompt gives `worst` all the weight
+            last = self.network_.layers[-1]
+            last.weight.zero_()
+            last.bias.copy_(torch.tensor([1e4 if name == worst else 0.0 for name in singles]))
+        return self
+
+    monkeypatch.setattr(BradleyTerryGating, "fit", collapsed_fit)
+    with pytest.warns(GatingCollapseWarning) as caught:
+        main([*command, "--output-dir", str(tmp_path / "collapsed")])
+    messages = [str(warning.message) for warning in caught]
+    assert any("degenerate" in message and "100%" in message and worst in message for message in messages)
+    assert any(f"({singles[worst]:.3f})" in message and "less accurate" in message for message in messages)
+    collapsed = json.loads((tmp_path / "collapsed" / "gating.json").read_text())["diagnostics"]
+    assert collapsed["degenerate_prompt_share"] == 1.0 and collapsed["mean_normalised_entropy"] == 0.0
