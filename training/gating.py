@@ -14,7 +14,7 @@ z = g . (r_chosen - r_rejected) and a measured strength s in [0, 1] per pair (P(
 strength of the label as trained (1 - s for a flipped pair): clear pairs must be won by a margin,
 doubtful ones less, and `label_smoothing` eps minimises -(1 - eps) log sigmoid(z) - eps log sigmoid(-z).
 
-Against a collapsed gating (issue 22; docs/design.md "Gating collapse"), both off by default (the paper's
+Against a collapsed gating (issue 22; docs/design.md "Gating collapse"), all off by default (the paper's
 recipe): `standardize_prompts` trains on prompt embeddings standardised per dimension -- a backbone's
 prompt embeddings share one large component (cosine 0.99 to their mean on the demo), so the raw network
 sees nearly the same input for every prompt and its first steps move every prompt's weights alike -- and
@@ -264,14 +264,22 @@ def bradley_terry_scale(margin: torch.Tensor, bounds: tuple[float, float] = (1.0
 
 
 def prompt_groups(prompt_embeddings: torch.Tensor, tolerance: float = 1e-3) -> torch.Tensor:
-    """Group id [N] of each row: rows whose prompt embeddings differ by less than `tolerance` (relative to
-    the norm) are one prompt -- the embeddings of one prompt differ across batches by rounding only."""
+    """Group id [N] of each row (numbered in order of first appearance): one group per prompt, the rows of
+    one prompt differing across batches by rounding only.
+
+    Rows are sorted along a fixed random direction and a group ends where a row is farther than `tolerance`
+    (relative to its norm) from the previous one: linear in N (the paper's hundreds of thousands of pairs).
+    A prompt whose rows another prompt's row falls between (closer than the rounding along that direction)
+    is split in two, which only makes a validation split or a count by prompt slightly finer."""
     x = prompt_embeddings.float()
-    groups = torch.full((len(x),), -1, dtype=torch.long)
-    n_groups = 0
-    for row in range(len(x)):
-        if groups[row] < 0:
-            same = (x - x[row]).norm(dim=1) <= tolerance * x[row].norm().clamp_min(1e-12)
-            groups[same & (groups < 0)] = n_groups
-            n_groups += 1
-    return groups
+    if len(x) == 0:
+        return torch.zeros(0, dtype=torch.long)
+    direction = torch.randn(x.shape[1], generator=torch.Generator().manual_seed(0))
+    order = (x @ direction).argsort()
+    steps = (x[order][1:] - x[order][:-1]).norm(dim=1)
+    new_group = steps > tolerance * x[order][1:].norm(dim=1).clamp_min(1e-12)
+    sorted_groups = torch.cat([torch.zeros(1, dtype=torch.long), new_group.long().cumsum(0)])
+    groups = torch.empty(len(x), dtype=torch.long)
+    groups[order] = sorted_groups
+    first_seen: dict[int, int] = {}
+    return torch.tensor([first_seen.setdefault(group, len(first_seen)) for group in groups.tolist()])
