@@ -285,3 +285,27 @@ def test_qrm_fit_gating_reports_and_warns_about_the_network_it_fitted(tiny_run, 
     assert any(f"({singles[worst]:.3f})" in message and "less accurate" in message for message in messages)
     collapsed = json.loads((tmp_path / "collapsed" / "gating.json").read_text())["diagnostics"]
     assert collapsed["degenerate_prompt_share"] == 1.0 and collapsed["mean_normalised_entropy"] == 0.0
+
+
+def test_every_saved_gating_goes_through_the_diagnostics():
+    """AST scan of the package: a gating network is written only as a `GatingOutput`, built in one place,
+    `stages.fit_gating` (under `qrm fit-gating` and `qrm train`), which measures it and warns first."""
+    import ast
+    from pathlib import Path
+
+    import qrm_hf
+    import qrm_hf.training
+
+    roots = {Path(qrm_hf.__path__[0]), Path(qrm_hf.training.__path__[0])}
+    builders, fit_gating_source = [], None
+    for path in sorted({file for root in roots for file in root.rglob("*.py")}):
+        text = path.read_text()
+        for function in ast.walk(ast.parse(text, filename=str(path))):
+            if not isinstance(function, ast.FunctionDef):
+                continue
+            for node in ast.walk(function):
+                if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "GatingOutput":
+                    builders.append((path.name, function.name))
+                    fit_gating_source = ast.get_source_segment(text, function)
+    assert builders == [("stages.py", "fit_gating")]
+    assert fit_gating_source.index("gating_warnings(") < fit_gating_source.index("GatingOutput(")
