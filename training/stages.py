@@ -547,7 +547,8 @@ def fit_gating(
     gating.fit(prompts, rewards[:, 0], rewards[:, 1], strength)
     diagnostics = gating_diagnostics(gating.network_, prompts, rewards[:, 0], rewards[:, 1], names)
     for problem in gating_warnings(diagnostics):
-        warnings.warn(problem, GatingCollapseWarning, stacklevel=2)
+        remedies = "fit_loss_scale, standardize_prompts, restore_best_epoch (README: Gating collapse)"
+        warnings.warn(f"{problem} Settings against it: {remedies}.", GatingCollapseWarning, stacklevel=2)
     info = {
         "attribute_names": names,
         "hidden_size": heads_info["hidden_size"],
