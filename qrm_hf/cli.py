@@ -153,7 +153,13 @@ def _score(args):
 
 def _evaluate(args):
     from .data import read_jsonl
-    from .evaluation import evaluate_pairs, evaluate_ratings, format_ratings_report, plot_calibration
+    from .evaluation import (
+        evaluate_pairs,
+        evaluate_ratings,
+        format_gating_report,
+        format_ratings_report,
+        plot_calibration,
+    )
 
     if not (args.ratings or args.pairs or args.showcase):
         raise ValueError("Nothing to evaluate: give --ratings, --pairs and/or --showcase.")
@@ -202,6 +208,8 @@ def _evaluate(args):
             + " ".join(f"({kind}: {value:.3f})" for kind, value in by_kind.items())
             + _skipped_note(pairs)
         )
+        if "gating" in pairs:
+            print(format_gating_report(pairs["gating"]))
     if showcase:
         print(f"  Showcase (certainty equivalent with lambda {args.lam}, cvar at alpha {args.alpha}):")
         _print_scores(model, tokenizer, showcase, args.lam, args.alpha, args.plot, **lengths)

@@ -179,6 +179,130 @@ def pairwise_accuracy(chosen_scores, rejected_scores) -> float:
     return float(np.mean((chosen > rejected) + 0.5 * (chosen == rejected)))
 
 
+# A gating network is degenerate when one attribute takes more than DEGENERATE_WEIGHT of the mix on more
+# than DEGENERATE_SHARE of the prompts: the prompt then decides nothing (issue 22).
+DEGENERATE_WEIGHT = 0.99
+DEGENERATE_SHARE = 0.9
+
+
+def normalised_entropy(weights) -> np.ndarray:
+    """Entropy of each row of mixing weights [N, M] (rescaled to sum to one) divided by log M: 0 for a
+    single attribute, 1 for the uniform mix."""
+    weights = np.asarray(weights, dtype=float)
+    if weights.ndim != 2 or weights.shape[1] < 2 or np.any(weights < 0) or not np.all(weights.sum(1) > 0):
+        raise ValueError(
+            f"Expected non-negative weights [N, M >= 2] with positive rows, got {weights.shape}."
+        )
+    p = weights / weights.sum(1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * np.log(p), 0.0)
+    return -terms.sum(1) / np.log(weights.shape[1])
+
+
+def fixed_mix_accuracies(
+    chosen_rewards, rejected_rewards, attribute_names: Sequence[str]
+) -> dict[str, float]:
+    """Pairwise accuracy of the fixed mixes of the attribute rewards ([N, M] each): every attribute alone
+    ("<name> only") and the uniform mix ("uniform") -- what a gating network has to beat."""
+    chosen, rejected = np.asarray(chosen_rewards, dtype=float), np.asarray(rejected_rewards, dtype=float)
+    if chosen.ndim != 2 or chosen.shape != rejected.shape or chosen.shape[1] != len(attribute_names):
+        raise ValueError(
+            f"Expected rewards [N, {len(attribute_names)}] for {list(attribute_names)}, got {chosen.shape} "
+            f"and {rejected.shape}."
+        )
+    mixes = {
+        f"{name} only": pairwise_accuracy(chosen[:, m], rejected[:, m])
+        for m, name in enumerate(attribute_names)
+    }
+    mixes["uniform"] = pairwise_accuracy(chosen.mean(1), rejected.mean(1))
+    return mixes
+
+
+def gating_report(
+    prompt_weights,
+    chosen_rewards,
+    rejected_rewards,
+    attribute_names: Sequence[str],
+    chosen_weights,
+    rejected_weights=None,
+) -> dict:
+    """How the gating network mixes, against the fixed mixes, on preference pairs.
+
+    `prompt_weights` [P, M]: the gating output of each distinct prompt (entropy and degeneracy are per
+    prompt); `chosen_rewards`, `rejected_rewards` [N, M]: the attribute rewards of both sides of each pair;
+    `chosen_weights`, `rejected_weights` [N, M]: the gating output each side was scored with (the rejected
+    side's defaults to the chosen side's: both have the pair's prompt). Returns the gated accuracy (the
+    reward being weights . rewards, as the model's score), the fixed mixes' (`fixed_mix_accuracies`), the
+    mean normalised entropy, the share of prompts on which one attribute weighs more than
+    DEGENERATE_WEIGHT, and the mean weights (each row rescaled to sum to one).
+    """
+    prompt_weights = np.asarray(prompt_weights, dtype=float)
+    chosen, rejected = np.asarray(chosen_rewards, dtype=float), np.asarray(rejected_rewards, dtype=float)
+    chosen_weights = np.asarray(chosen_weights, dtype=float)
+    rejected_weights = (
+        chosen_weights if rejected_weights is None else np.asarray(rejected_weights, dtype=float)
+    )
+    if chosen_weights.shape != chosen.shape or rejected_weights.shape != chosen.shape:
+        raise ValueError(
+            f"Expected gating weights of shape {chosen.shape} per pair, got {chosen_weights.shape} and "
+            f"{rejected_weights.shape}."
+        )
+    shares = prompt_weights / prompt_weights.sum(1, keepdims=True)
+    return {
+        "accuracy": pairwise_accuracy((chosen_weights * chosen).sum(1), (rejected_weights * rejected).sum(1)),
+        "fixed_mixes": fixed_mix_accuracies(chosen, rejected, attribute_names),
+        "mean_normalised_entropy": float(normalised_entropy(prompt_weights).mean()),
+        "degenerate_prompt_share": float(np.mean(shares.max(1) > DEGENERATE_WEIGHT)),
+        "mean_weights": dict(zip(attribute_names, shares.mean(0).tolist(), strict=True)),
+        "prompts": len(prompt_weights),
+    }
+
+
+def gating_warnings(report: dict, pairs: str = "the training pairs") -> list[str]:
+    """The problems a `gating_report` shows, one sentence each with its numbers (none: the gating mixes and
+    beats every fixed mix): a degenerate gating -- unless its dominant attribute alone is as accurate as
+    every fixed mix, when one attribute explains the preferences and a constant gating is right -- or a
+    gated reward less accurate than a fixed mix."""
+    problems = []
+    shares, mixes = report["mean_weights"], report["fixed_mixes"]
+    top = max(shares, key=shares.get)
+    if report["degenerate_prompt_share"] > DEGENERATE_SHARE and mixes[f"{top} only"] < max(mixes.values()):
+        problems.append(
+            f"The gating network is degenerate: one attribute weighs more than {DEGENERATE_WEIGHT} on "
+            f"{report['degenerate_prompt_share']:.0%} of the prompts (mean weights: "
+            + ", ".join(f"{name} {value:.3f}" for name, value in shares.items())
+            + f"; mean normalised entropy {report['mean_normalised_entropy']:.3f}): the prompt decides little "
+            f"and {top} alone ({mixes[f'{top} only']:.3f} on {pairs}) dominates the reward."
+        )
+    better = {name: value for name, value in report["fixed_mixes"].items() if value > report["accuracy"]}
+    if better:
+        problems.append(
+            f"The gated reward is less accurate on {pairs} ({report['accuracy']:.3f}) than fixed mixes of "
+            "the attribute rewards: "
+            + ", ".join(f"{name} {value:.3f}" for name, value in better.items())
+            + "."
+        )
+    return problems
+
+
+def format_gating_report(report: dict) -> str:
+    """The lines `qrm evaluate --pairs` prints for a `gating_report`: the gated accuracy next to the fixed
+    mixes', the entropy, the mean weights (by category when known) and any `gating_warnings`."""
+    lines = [
+        f"  Gating: accuracy {report['accuracy']:.3f} against fixed mixes "
+        + ", ".join(f"{name} {value:.3f}" for name, value in report["fixed_mixes"].items()),
+        f"  Gating: mean normalised entropy {report['mean_normalised_entropy']:.3f} over {report['prompts']} "
+        f"prompts (0: one attribute, 1: uniform); mean weights "
+        + ", ".join(f"{name} {value:.3f}" for name, value in report["mean_weights"].items()),
+    ]
+    for category, weights in report.get("mean_weights_by_category", {}).items():
+        lines.append(
+            f"    {category}: " + ", ".join(f"{name} {value:.3f}" for name, value in weights.items())
+        )
+    lines += [f"  Warning: {problem}" for problem in gating_warnings(report, "these pairs")]
+    return "\n".join(lines)
+
+
 def unique_conversations(conversations) -> tuple[list, np.ndarray]:
     """The distinct conversations (message lists), in first-seen order, and each input's row among them."""
     unique, position, index = [], {}, []
@@ -596,7 +720,11 @@ def evaluate_pairs(model, tokenizer, rows, batch_size: int = 8, max_length: int 
     """Pairwise accuracy of the expected reward on (prompt, chosen, rejected) rows, overall and by `kind`;
     pairs with a side longer than `max_length` tokens are left out and counted in `skipped_too_long`.
     A NaN or infinite model output is refused (`qrm_hf.scoring.NonFiniteOutputError`), naming the rows
-    (`qrm_hf.data.row_location`: the file line of rows read by `read_jsonl`)."""
+    (`qrm_hf.data.row_location`: the file line of rows read by `read_jsonl`).
+
+    `gating` is the `gating_report` of the model's gating network on these pairs (its weights per distinct
+    prompt, the accuracy of the fixed mixes of its attribute rewards next to its own), with the mean
+    weights by `category` when the rows have one."""
     from .data import row_location
     from .presets import DatasetPreset, preference_examples
 
@@ -626,5 +754,38 @@ def evaluate_pairs(model, tokenizer, rows, batch_size: int = 8, max_length: int 
         report["accuracy_by_kind"] = {
             str(kind): pairwise_accuracy(chosen[kinds == kind], rejected[kinds == kind])
             for kind in dict.fromkeys(kinds)
+        }
+    if kept.any():
+        report["gating"] = _pairs_gating_report(
+            model, outputs, index, kept, [rows[i] for i in pair_rows[kept]]
+        )
+    return report
+
+
+def _pairs_gating_report(model, outputs, index, kept, kept_rows) -> dict:
+    """`gating_report` of scored pairs: `index` maps the 2N sides (chosen, then rejected) to scored rows."""
+    n = len(kept)
+    rewards, weights = outputs["rewards"].numpy(), outputs["gating_output"].numpy()
+    chosen_rows, rejected_rows = index[:n][kept], index[n:][kept]
+    first_pair_of_prompt = {}
+    for pair, row in enumerate(kept_rows):
+        first_pair_of_prompt.setdefault(row["prompt"], pair)
+    prompt_weights = weights[chosen_rows[list(first_pair_of_prompt.values())]]
+    names = list(model.config.attribute_names)
+    report = gating_report(
+        prompt_weights,
+        rewards[chosen_rows],
+        rewards[rejected_rows],
+        names,
+        weights[chosen_rows],
+        weights[rejected_rows],
+    )
+    categories = [kept_rows[pair].get("category") for pair in first_pair_of_prompt.values()]
+    if any(category is not None for category in categories):
+        shares = prompt_weights / prompt_weights.sum(1, keepdims=True)
+        categories = np.array(categories, dtype=object)
+        report["mean_weights_by_category"] = {
+            str(category): dict(zip(names, shares[categories == category].mean(0).tolist(), strict=True))
+            for category in dict.fromkeys(categories)
         }
     return report

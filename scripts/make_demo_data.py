@@ -1519,8 +1519,8 @@ def group_by_response(rows: list[dict]) -> dict[str, list[dict]]:
     return grouped
 
 
-def pair_prompt(rows: list[dict], weights: dict[str, float]) -> list[dict]:
-    """Preference pairs among the responses of one prompt.
+def pair_prompt(rows: list[dict], weights: dict[str, float], category: str) -> list[dict]:
+    """Preference pairs among the responses of one prompt (tagged with its `category`).
 
     The weighted mean over annotators decides; pairs closer than MIN_MARGIN are skipped. When either
     response is controversial, the majority of annotators (each comparing by their own labels) decides,
@@ -1551,6 +1551,7 @@ def pair_prompt(rows: list[dict], weights: dict[str, float]) -> list[dict]:
                     "chosen": chosen[0]["response"],
                     "rejected": rejected[0]["response"],
                     "kind": "controversial" if controversial else "clear",
+                    "category": category,
                 }
             )
     return pairs
@@ -1643,7 +1644,7 @@ give the quantile heads clear-cut responses they can learn to be sure about.
 |---|---|---|
 | `ratings_train.jsonl` | {ratings_train} | `conversation_id`, `prompt`, `response`, `kind` (`clear`/`controversial`), `annotator` (int), `helpfulness`, `correctness`, `safety`, `verbosity` (int 0-4 or null) |
 | `ratings_heldout.jsonl` | {ratings_heldout} | same |
-| `pairs_train.jsonl` | {pairs_train} | `prompt`, `chosen`, `rejected`, `kind` |
+| `pairs_train.jsonl` | {pairs_train} | `prompt`, `chosen`, `rejected`, `kind`, `category` (the prompt's: `factual`, `math`, `coding`, `howto`, `harmful`, `opinion`, `humor`, `borderline`, `blunt`, `political`) |
 | `pairs_heldout.jsonl` | {pairs_heldout} | same |
 | `showcase.jsonl` | {showcase} | `name` (`clear-cut good`, `clear-cut bad`, `controversial`), `prompt`, `response`: held-out conversations for the demo's plots |
 
@@ -1786,7 +1787,7 @@ def build(seed: int) -> dict:
         rows = rate_prompt(seed, key, category, prompt, with_stock(key, category, responses))
         split["keys"].append(key)
         split["ratings"].extend(rows)
-        split["pairs"].extend(pair_prompt(rows, PROFILES[CATEGORY_PROFILE[category]]))
+        split["pairs"].extend(pair_prompt(rows, PROFILES[CATEGORY_PROFILE[category]], category))
     showcase = pick_showcase(splits["heldout"]["ratings"], weights_by_prompt())
     return {"splits": splits, "showcase": showcase}
 

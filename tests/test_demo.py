@@ -46,6 +46,11 @@ def test_demo_saves_a_model_that_reloads_through_remote_code_with_the_fitted_num
         (Path(__file__).parent.parent / "data" / "demo" / "pairs_heldout.jsonl").read_text().splitlines()
     )
     assert 0 <= heldout["pairs"]["accuracy"] <= 1 and heldout["pairs"]["pairs"] == len(heldout_pairs)
+    gating = heldout["pairs"]["gating"]  # the gating's numbers next to the fixed mixes', by prompt category
+    assert gating["accuracy"] == pytest.approx(heldout["pairs"]["accuracy"])
+    assert set(gating["fixed_mixes"]) == {f"{name} only" for name in heads["attribute_names"]} | {"uniform"}
+    assert {"harmful", "factual"} <= set(gating["mean_weights_by_category"])
+    assert json.loads((out / "gating" / "gating.json").read_text())["settings"]["fit_loss_scale"]
     assert (out / "showcase_distributions.png").stat().st_size > 10_000
     card = (model_dir / "README.md").read_text()
     assert "pinball_loss" in card and "helpfulness, correctness, safety, verbosity" in card

@@ -63,7 +63,7 @@ def test_schema_and_label_range():
             for name in ATTRIBUTES:
                 assert row[name] is None or (isinstance(row[name], int) and 0 <= row[name] <= 4)
         for row in read(f"pairs_{split}.jsonl"):
-            assert list(row) == ["prompt", "chosen", "rejected", "kind"]
+            assert list(row) == ["prompt", "chosen", "rejected", "kind", "category"]
             assert row["chosen"] != row["rejected"]
     rows = read("ratings_train.jsonl") + read("ratings_heldout.jsonl")
     missing = sum(row["correctness"] is None for row in rows) / len(rows)

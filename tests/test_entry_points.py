@@ -132,7 +132,6 @@ ROWS = ("rows", "pairs", "bench")  # inputs that are JSON Lines files
 HUB_INPUTS = ("model", "policy", "backbone")  # inputs that may be Hub ids
 
 
-
 def commands() -> list[str]:
     return sorted(build_parser()._subparsers._group_actions[0].choices)
 

@@ -9,7 +9,7 @@ from qrm_hf.cli import build_parser
 from qrm_hf.modeling.configuration_qrm import DEFAULT_QUANTILE_LEVELS
 from qrm_hf.training import settings as stage_settings
 from qrm_hf.training.settings import (
-    NOISE_SETTINGS,
+    LATER_SETTINGS,
     AssembleSettings,
     DebiasSettings,
     ExtractionSettings,
@@ -118,6 +118,6 @@ def test_stage_fingerprints_keep_the_keys_of_runs_made_before_the_settings_datac
     heads = {k: v for k, v in asdict(config.quantile_heads).items() if k != "cv"}  # one penalty: no cv
     assert stages["fit-quantiles"] == {**heads, "attributes": config.attributes}
     assert stages["debias"] == {k: v for k, v in asdict(config.debias).items() if k != "reference_datasets"}
-    assert stages["fit-gating"] == {k: v for k, v in asdict(config.gating).items() if k not in NOISE_SETTINGS}
+    assert stages["fit-gating"] == {k: v for k, v in asdict(config.gating).items() if k not in LATER_SETTINGS}
     model = {k: v for k, v in asdict(config.model).items() if k != "homepage"}  # homepage null: no key
     assert stages["assemble"] == {"backbone": extract["backbone"], **model}

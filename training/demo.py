@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .outputs import GatingOutput, QuantileHeadsOutput
 from .pipeline import TrainConfig, run_training
+from .stages import selected_epoch
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 DEMO_DATA = Path(__file__).resolve().parent.parent / "data" / "demo"
@@ -63,7 +64,13 @@ def run_demo(config: TrainConfig | None = None, data_dir: Path = DEMO_DATA) -> P
     if "pinball_loss_gaussian_baseline" in validation:
         print(f"  heteroscedastic Gaussian    {validation['pinball_loss_gaussian_baseline']:.4f}")
     print(f"  crossing quantile pairs before sorting: {validation['crossing_fraction_before_sorting']:.3f}")
-    print(f"Gating validation accuracy: {gating['history'][-1]['validation_accuracy']:.3f}")
+    diagnostics = gating["diagnostics"]
+    print(
+        f"Gating validation accuracy: {selected_epoch(gating)['validation_accuracy']:.3f}; on the training "
+        f"pairs {diagnostics['accuracy']:.3f} (fixed mixes: "
+        + ", ".join(f"{name} {value:.3f}" for name, value in diagnostics["fixed_mixes"].items())
+        + f"); mean normalised entropy {diagnostics['mean_normalised_entropy']:.3f}"
+    )
 
     print("Reloading in a fresh process with trust_remote_code=True and evaluating on held-out data")
     output_dir = config.output_dir

@@ -13,10 +13,24 @@ z = g . (r_chosen - r_rejected) and a measured strength s in [0, 1] per pair (P(
 (remaining) pairs with s < drop_below, `adaptive_margin` c fits sigmoid(z - c (2 s' - 1)) with s' the
 strength of the label as trained (1 - s for a flipped pair): clear pairs must be won by a margin,
 doubtful ones less, and `label_smoothing` eps minimises -(1 - eps) log sigmoid(z) - eps log sigmoid(-z).
+
+Against a collapsed gating (issue 22; docs/design.md "Gating collapse"), all off by default (the paper's
+recipe): `standardize_prompts` trains on prompt embeddings standardised per dimension -- a backbone's
+prompt embeddings share one large component (cosine 0.99 to their mean on the demo), so the raw network
+sees nearly the same input for every prompt and its first steps move every prompt's weights alike -- and
+folds the standardisation into the first Linear layer afterwards (the saved format does not change);
+`restore_best_epoch` holds out whole prompts for validation (pairs of one prompt share its gating weights,
+so a split by pair measures nothing about new prompts) and keeps the epoch with the lowest validation
+Bradley-Terry loss instead of the last; `fit_loss_scale` keeps `logit_scale` at 1 (weights sum to one, as
+in the paper's eq. 3) and fits the Bradley-Terry loss on beta * (g . margin), beta fitted once on the uniform
+mix (`bradley_terry_scale`): with rewards on the [0, 1] label scale and a scale of 1 the loss stays in its
+near-linear range, where it rewards the largest mean margin rather than the most accurate mix, and the
+optimum of a linear function on the simplex is one attribute.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -30,8 +44,9 @@ from ..modeling.modeling_qrm import QRMGatingNetwork, QRMGatingSizes
 class BradleyTerryGating:
     """Fits a `QRMGatingNetwork` on preference pairs, scikit-learn style.
 
-    Parameters follow the paper; `validation_fraction` of the pairs (seeded) are held out and the
-    validation accuracy is logged after every epoch in `history_`.
+    Parameters follow the paper; `validation_fraction` of the pairs (seeded; with `restore_best_epoch`, of
+    the prompts) are held out and the validation loss and accuracy are logged after every epoch in
+    `history_`; `best_epoch_` is the epoch whose network `network_` is (the last unless `restore_best_epoch`).
     """
 
     def __init__(
@@ -47,6 +62,9 @@ class BradleyTerryGating:
         adaptive_margin: float = 0.0,
         flip_below: float | None = None,
         drop_below: float | None = None,
+        standardize_prompts: bool = False,
+        restore_best_epoch: bool = False,
+        fit_loss_scale: bool = False,
     ):
         self.config = config
         self.learning_rate = learning_rate
@@ -59,6 +77,9 @@ class BradleyTerryGating:
         self.adaptive_margin = adaptive_margin
         self.flip_below = flip_below
         self.drop_below = drop_below
+        self.standardize_prompts = standardize_prompts
+        self.restore_best_epoch = restore_best_epoch
+        self.fit_loss_scale = fit_loss_scale
 
     @property
     def needs_strength(self) -> bool:
@@ -74,6 +95,11 @@ class BradleyTerryGating:
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 1:
                 raise ValueError(f"{name} is a preference probability threshold in [0, 1], got {value}.")
+        if self.standardize_prompts and self.config.gating_batch_norm and self.config.gating_n_hidden:
+            raise ValueError(
+                "standardize_prompts folds the standardisation into the bias of the first Linear layer, which "
+                "the BatchNorm format (batch_norm) does not have: use one or the other."
+            )
 
     def fit(
         self,
@@ -101,10 +127,18 @@ class BradleyTerryGating:
             )
         generator = torch.Generator().manual_seed(self.seed)
         torch.manual_seed(self.seed)
-        order = torch.randperm(n, generator=generator)
-        n_validation = int(round(n * self.validation_fraction))
-        validation, train = order[:n_validation], order[n_validation:]
         x = prompt_embeddings.float()
+        if self.restore_best_epoch:
+            validation, train = self._split_by_prompt(x, generator)
+        else:
+            order = torch.randperm(n, generator=generator)
+            n_validation = int(round(n * self.validation_fraction))
+            validation, train = order[:n_validation], order[n_validation:]
+        n_validation = len(validation)
+        if self.standardize_prompts:
+            # Per-dimension statistics of the training prompts; the floor keeps constant dimensions finite.
+            mean, std = x[train].mean(0), x[train].std(0).clamp_min(1e-6)
+            x = (x - mean) / std
         margin = (chosen_rewards - rejected_rewards).float()  # [N, M]: g . margin is the reward difference
         target = None  # with a strength: the Bradley-Terry logit is z * sign - target margin
         if self.needs_strength:
@@ -116,19 +150,26 @@ class BradleyTerryGating:
                 train = train[~(strength[train] < self.drop_below) | flip[train]]
             sign = 1 - 2 * flip.float()
             target = self.adaptive_margin * sign * (2 * strength - 1)
-            self.flipped_, self.dropped_ = int(flip.sum()), len(order) - n_validation - len(train)
+            self.flipped_, self.dropped_ = int(flip.sum()), n - n_validation - len(train)
             if len(train) == 0:
                 raise ValueError(f"drop_below={self.drop_below} leaves no training pair.")
 
         network = QRMGatingNetwork(self.config)
+        self.loss_scale_ = 1.0
+        if self.fit_loss_scale:
+            self.loss_scale_ = bradley_terry_scale(margin[train].mean(-1))
+            network.logit_scale.requires_grad_(False)  # weights sum to one: rewards stay on the label scale
         optimizer = torch.optim.AdamW(
-            network.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
+            [p for p in network.parameters() if p.requires_grad],
+            lr=self.learning_rate,
+            weight_decay=self.weight_decay,
         )
         steps_per_epoch = math.ceil(len(train) / self.batch_size)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=max(1, steps_per_epoch * self.epochs)
         )
         self.history_ = []
+        best_loss, best_state, self.best_epoch_ = math.inf, None, self.epochs
         progress = tqdm(range(self.epochs), desc="fitting gating (Bradley-Terry)", unit="epoch")
         for epoch in progress:
             network.train()
@@ -138,7 +179,7 @@ class BradleyTerryGating:
                 batch = shuffled[start : start + self.batch_size]
                 if len(batch) < 2 and self.config.gating_batch_norm:
                     continue  # BatchNorm cannot train on a single example
-                logit = (network(x[batch]) * margin[batch]).sum(-1)
+                logit = self.loss_scale_ * (network(x[batch]) * margin[batch]).sum(-1)
                 if target is not None:
                     logit = logit * sign[batch] - target[batch]
                 loss = -F.logsigmoid(logit).mean()
@@ -153,17 +194,92 @@ class BradleyTerryGating:
                 total += loss.item() * len(batch)
             record = {"epoch": epoch + 1, "train_loss": total / max(1, len(train))}
             if n_validation:
-                record["validation_accuracy"] = self._accuracy(network, x[validation], margin[validation])
+                record.update(self._validate(network, x[validation], self.loss_scale_ * margin[validation]))
+                if self.restore_best_epoch and record["validation_loss"] < best_loss:
+                    best_loss, best_state = record["validation_loss"], copy.deepcopy(network.state_dict())
+                    self.best_epoch_ = epoch + 1
             self.history_.append(record)
             progress.set_postfix({k: round(v, 4) for k, v in record.items() if k != "epoch"})
+        if best_state is not None:
+            network.load_state_dict(best_state)
+        if self.standardize_prompts:
+            self._fold_standardization(network, mean, std)
         network.eval()
         self.network_ = network
         return self
 
+    def _split_by_prompt(
+        self, x: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(validation, train) pair indices with `validation_fraction` of the distinct prompts held out whole."""
+        groups = prompt_groups(x)
+        n_groups = int(groups.max()) + 1
+        held_out = torch.randperm(n_groups, generator=generator)[
+            : int(round(n_groups * self.validation_fraction))
+        ]
+        in_validation = torch.isin(groups, held_out)
+        train = (~in_validation).nonzero().flatten()
+        if len(train) == 0:
+            raise ValueError(f"validation_fraction={self.validation_fraction} leaves no training prompt.")
+        return in_validation.nonzero().flatten(), train[torch.randperm(len(train), generator=generator)]
+
     @staticmethod
     @torch.no_grad()
-    def _accuracy(network: QRMGatingNetwork, x: torch.Tensor, margin: torch.Tensor) -> float:
+    def _fold_standardization(network: QRMGatingNetwork, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Make the network take raw embeddings: W ((x - mean) / std) + b = (W / std) x + (b - (W / std) mean)."""
+        first = network.layers[0]
+        first.weight.div_(std)
+        first.bias.sub_(first.weight @ mean)
+
+    @staticmethod
+    @torch.no_grad()
+    def _validate(network: QRMGatingNetwork, x: torch.Tensor, margin: torch.Tensor) -> dict[str, float]:
         network.eval()
-        accuracy = ((network(x) * margin).sum(-1) > 0).float().mean().item()
+        logit = (network(x) * margin).sum(-1)
         network.train()
-        return accuracy
+        return {
+            "validation_loss": -F.logsigmoid(logit).mean().item(),
+            "validation_accuracy": (logit > 0).float().mean().item(),
+        }
+
+
+def bradley_terry_scale(margin: torch.Tensor, bounds: tuple[float, float] = (1.0, 1000.0)) -> float:
+    """The scale beta minimising the Bradley-Terry loss mean(-log sigmoid(beta * margin)) of reward margins
+    [N], within `bounds` (at least the paper's 1; the upper bound when the margins are all positive and the
+    loss keeps falling). The loss is convex in beta: bisection on its derivative, in log space."""
+    margin = margin.double()
+
+    def slope(beta: float) -> float:  # d/dbeta of the loss, increasing in beta
+        return float(-(margin * torch.sigmoid(-beta * margin)).mean())
+
+    low, high = math.log(bounds[0]), math.log(bounds[1])
+    if slope(bounds[0]) >= 0:
+        return bounds[0]
+    if slope(bounds[1]) <= 0:
+        return bounds[1]
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if slope(math.exp(middle)) < 0 else (low, middle)
+    return math.exp((low + high) / 2)
+
+
+def prompt_groups(prompt_embeddings: torch.Tensor, tolerance: float = 1e-3) -> torch.Tensor:
+    """Group id [N] of each row (numbered in order of first appearance): one group per prompt, the rows of
+    one prompt differing across batches by rounding only.
+
+    Rows are sorted along a fixed random direction and a group ends where a row is farther than `tolerance`
+    (relative to its norm) from the previous one: linear in N (the paper's hundreds of thousands of pairs).
+    A prompt whose rows another prompt's row falls between (closer than the rounding along that direction)
+    is split in two, which only makes a validation split or a count by prompt slightly finer."""
+    x = prompt_embeddings.float()
+    if len(x) == 0:
+        return torch.zeros(0, dtype=torch.long)
+    direction = torch.randn(x.shape[1], generator=torch.Generator().manual_seed(0))
+    order = (x @ direction).argsort()
+    steps = (x[order][1:] - x[order][:-1]).norm(dim=1)
+    new_group = steps > tolerance * x[order][1:].norm(dim=1).clamp_min(1e-12)
+    sorted_groups = torch.cat([torch.zeros(1, dtype=torch.long), new_group.long().cumsum(0)])
+    groups = torch.empty(len(x), dtype=torch.long)
+    groups[order] = sorted_groups
+    first_seen: dict[int, int] = {}
+    return torch.tensor([first_seen.setdefault(group, len(first_seen)) for group in groups.tolist()])

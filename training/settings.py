@@ -145,6 +145,8 @@ NOISE_SETTINGS = (
     "strength",
     "ensemble_size",
 )
+# Settings added after the paper's: left out of the fingerprint at their defaults.
+LATER_SETTINGS = (*NOISE_SETTINGS, "standardize_prompts", "restore_best_epoch", "fit_loss_scale")
 
 
 @dataclass
@@ -191,6 +193,19 @@ class GatingSettings:
         cli={"choices": ["probability", "ensemble"]},
     )
     ensemble_size: int = setting(10, help="bootstrap refits of the ensemble strength")
+    # Against a collapsed gating (issue 22, training/gating.py), off by default (the paper's recipe); the demo
+    # turns them on.
+    standardize_prompts: bool = setting(
+        False, help="train on prompt embeddings standardised per dimension (folded into the first layer)"
+    )
+    restore_best_epoch: bool = setting(
+        False, help="hold out whole prompts and keep the epoch with the lowest validation Bradley-Terry loss"
+    )
+    fit_loss_scale: bool = setting(
+        False,
+        help="weights sum to one (logit_scale fixed at 1); the Bradley-Terry loss scales the reward margins by "
+        "a factor fitted once on the uniform mix",
+    )
 
     def noise_settings(self) -> dict:
         """The noisy-label settings that differ from their defaults (none: the paper's plain fit)."""
@@ -202,13 +217,13 @@ class GatingSettings:
         }
 
     def fingerprint(self) -> dict:
-        """What defines the fitted gating: the settings, leaving out noisy-label ones at their defaults
-        (so that gating networks fitted before these settings existed stay up to date)."""
-        changed = self.noise_settings()
+        """What defines the fitted gating: the settings, leaving out the noisy-label and anti-collapse ones at
+        their defaults (so that gating networks fitted before these settings existed stay up to date)."""
+        default = GatingSettings()
         return {
             f.name: getattr(self, f.name)
             for f in fields(self)
-            if f.name not in NOISE_SETTINGS or f.name in changed
+            if f.name not in LATER_SETTINGS or getattr(self, f.name) != getattr(default, f.name)
         }
 
     def config_kwargs(self) -> dict:

@@ -15,6 +15,7 @@ output that a re-run (or the next stage) would trust, and no file of the user's 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..evaluation import pinball_loss
+from ..evaluation import gating_report, gating_warnings, pinball_loss
 from ..io import check_output_directory, replace_directory
 from ..presets import DatasetPreset, attribute_examples, get_preset, load_preset, preference_examples
 from .features import (
@@ -510,13 +511,21 @@ def fit_gating(
     strength = None
     if gating.needs_strength:
         strength = pair_strength(heads_dir, pair_dirs, transform, settings)
-    gating.fit(torch.cat(prompts), rewards[:, 0], rewards[:, 1], strength)
+    prompts = torch.cat(prompts)
+    gating.fit(prompts, rewards[:, 0], rewards[:, 1], strength)
+    diagnostics = gating_diagnostics(gating.network_, prompts, rewards[:, 0], rewards[:, 1], names)
+    for problem in gating_warnings(diagnostics):
+        remedies = "fit_loss_scale, standardize_prompts, restore_best_epoch (README: Gating collapse)"
+        warnings.warn(f"{problem} Settings against it: {remedies}.", GatingCollapseWarning, stacklevel=2)
     info = {
         "attribute_names": names,
         "hidden_size": heads_info["hidden_size"],
         "settings": asdict(settings),
         "pairs": len(rewards),
         "history": gating.history_,
+        "selected_epoch": gating.best_epoch_,
+        "loss_scale": gating.loss_scale_,
+        "diagnostics": diagnostics,
         "transform": str(transform_dir) if transform_dir else None,
         "pair_features": [str(d) for d in pair_dirs],
     }
@@ -531,6 +540,37 @@ def fit_gating(
     with replace_directory(output_dir, "qrm fit-gating") as directory:
         output.save(directory)
     return Path(output_dir)
+
+
+def selected_epoch(gating_info: dict) -> dict:
+    """The history record (loss, validation accuracy) of the epoch whose network a gating.json describes:
+    the last, or the one `restore_best_epoch` kept."""
+    history = gating_info["history"]
+    return history[gating_info.get("selected_epoch", len(history)) - 1]
+
+
+class GatingCollapseWarning(UserWarning):
+    """The fitted gating network is degenerate or loses to a fixed mix of the attribute rewards (issue 22)."""
+
+
+@torch.no_grad()
+def gating_diagnostics(network, prompt_embeddings, chosen_rewards, rejected_rewards, names) -> dict:
+    """`qrm_hf.evaluation.gating_report` of a fitted gating network on its training pairs (the prompts told
+    apart by `prompt_groups`)."""
+    from .gating import prompt_groups
+
+    network.eval()
+    weights = network(prompt_embeddings.float())
+    first_row_of_prompt = {}
+    for row, group in enumerate(prompt_groups(prompt_embeddings).tolist()):
+        first_row_of_prompt.setdefault(group, row)
+    return gating_report(
+        weights[list(first_row_of_prompt.values())].numpy(),
+        chosen_rewards.numpy(),
+        rejected_rewards.numpy(),
+        names,
+        weights.numpy(),
+    )
 
 
 def _bradley_terry(names, hidden_size: int, settings: GatingSettings, plain: bool = False):
@@ -551,6 +591,9 @@ def _bradley_terry(names, hidden_size: int, settings: GatingSettings, plain: boo
         weight_decay=settings.weight_decay,
         validation_fraction=settings.validation_fraction,
         seed=settings.seed,
+        standardize_prompts=settings.standardize_prompts,
+        restore_best_epoch=settings.restore_best_epoch,
+        fit_loss_scale=settings.fit_loss_scale,
         **remedies,
     )
 
@@ -664,8 +707,9 @@ def assemble_model(
         f"Quantile heads: {heads_info['solver']} solver, alpha {_alpha_summary(heads_info)}, at most "
         f"{heads_info['max_samples_per_attribute']} samples per attribute ({heads_info['samples_per_attribute']}). "
         f"Reward transform: {'verbosity debiasing' if transform_dir else 'identity'}. Gating: Bradley-Terry on "
-        f"{gating_info['pairs']} preference pairs, {gating_settings.epochs} epochs, final validation "
-        f"accuracy {gating_info['history'][-1].get('validation_accuracy', float('nan')):.3f}."
+        f"{gating_info['pairs']} preference pairs, {gating_settings.epochs} epochs, validation accuracy "
+        f"{selected_epoch(gating_info).get('validation_accuracy', float('nan')):.3f} (epoch "
+        f"{gating_info.get('selected_epoch', gating_settings.epochs)})."
     )
     evaluation = []
     if "pinball_loss" in validation:
