@@ -80,6 +80,18 @@ def qrm():
     return make_qrm()
 
 
+def run_cli(capsys, *argv) -> tuple[int, str]:
+    """(exit status, stderr) of `qrm ARGV` run in this process (`qrm_hf.cli.main`)."""
+    from qrm_hf.cli import main
+
+    try:
+        main([str(arg) for arg in argv])
+        code = 0
+    except SystemExit as exit:
+        code = exit.code
+    return code, capsys.readouterr().err
+
+
 def run_without_qrm_hf(script: str, tmp_path, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run `script` in a fresh interpreter where `import qrm_hf` fails, as on a machine without qrm-hf."""
     blocker = textwrap.dedent(

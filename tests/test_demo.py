@@ -22,7 +22,7 @@ def demo_run(tmp_path_factory):
     tokenizer = AutoTokenizer.from_pretrained(smollm2_backbone_dir())
     torch.manual_seed(0)
     config = tiny_backbone_config(
-        vocab_size=len(tokenizer), max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id
+        vocab_size=len(tokenizer), max_position_embeddings=2048, pad_token_id=tokenizer.pad_token_id
     )
     LlamaModel(config).save_pretrained(root / "backbone")
     tokenizer.save_pretrained(root / "backbone")

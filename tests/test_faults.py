@@ -27,6 +27,7 @@ from test_pipeline import (
     write_config,
 )
 
+from conftest import run_cli
 from qrm_hf.cli import main
 from qrm_hf.training.features import DamagedFeaturesError, load_features
 from qrm_hf.training.pipeline import TrainConfig
@@ -100,15 +101,6 @@ def shard_bytes(directory: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(directory.glob("features-*.safetensors"))}
 
 
-def exit_status(capsys, *argv) -> tuple[int, str]:
-    try:
-        main([str(arg) for arg in argv])
-        code = 0
-    except SystemExit as exit:
-        code = exit.code
-    return code, capsys.readouterr().err
-
-
 # ------------------------------------------------------------------------------------------ locks
 
 
@@ -130,9 +122,9 @@ def test_a_second_run_on_the_same_output_directory_is_refused_naming_the_first(c
     try:
         assert holder.stdout.readline().strip() == "locked"
         before = shard_bytes(copy / PAIRS), (copy / "model" / "model.safetensors").read_bytes()
-        code, err = exit_status(capsys, "train", config)
+        code, err = run_cli(capsys, "train", config)
         assert code == 2 and f"is in use by process {holder.pid}" in err and str(copy) in err, err
-        code, err = exit_status(
+        code, err = run_cli(
             capsys, "fit-gating", copy / "heads", copy / PAIRS, "--output-dir", copy / "gating"
         )
         assert code == 2 and f"is in use by process {holder.pid}" in err, err
@@ -191,9 +183,7 @@ def test_a_truncated_shard_is_named_and_extracted_again(clean_run, tmp_path, cap
     shard.write_bytes(original[shard.name][:-64])
     with pytest.raises(DamagedFeaturesError, match=r"features-00001.safetensors: \d+ bytes instead of"):
         load_features(copy / PAIRS)
-    code, err = exit_status(
-        capsys, "fit-gating", copy / "heads", copy / PAIRS, "--output-dir", tmp_path / "g"
-    )
+    code, err = run_cli(capsys, "fit-gating", copy / "heads", copy / PAIRS, "--output-dir", tmp_path / "g")
     assert code == 2 and "Damaged feature shard(s)" in err and "features-00001.safetensors" in err, err
     assert "SafetensorError" not in err
     # same size, other bytes: the checksum tells
@@ -241,7 +231,7 @@ def test_extract_names_the_file_and_line_of_malformed_data(clean_run, tmp_path, 
     backbone = clean_run[1]
     source = tmp_path / "bad.jsonl"
     source.write_bytes(content)
-    code, err = exit_status(
+    code, err = run_cli(
         capsys, "extract", backbone, "--output-dir", tmp_path / "features", "--source", source, "--kind",
         "attribute", "--prompt", "prompt", "--response", "response", "--attributes", "helpfulness",
         "--label-range", "0", "4",
@@ -251,7 +241,7 @@ def test_extract_names_the_file_and_line_of_malformed_data(clean_run, tmp_path, 
 
 @pytest.mark.parametrize("size", ["0", "-1"])
 def test_extract_refuses_a_batch_size_below_one(clean_run, tmp_path, capsys, size):
-    code, err = exit_status(capsys, "extract", clean_run[1], "--output-dir", tmp_path / "f", "--preset",
+    code, err = run_cli(capsys, "extract", clean_run[1], "--output-dir", tmp_path / "f", "--preset",
                             "helpsteer", "--batch-size", size)  # fmt: skip
     assert code == 2 and "--batch-size: must be at least 1" in err and "Traceback" not in err
 
@@ -261,7 +251,7 @@ def test_a_missing_local_data_file_fails_the_dry_run(clean_run, tmp_path, capsys
     values = run_config(backbone, data, tmp_path / "run")
     values["preference_datasets"] = [pairs_spec(tmp_path / "data" / "no-such-pairs.jsonl")]
     config = write_config(tmp_path / "config.yaml", values)
-    code, err = exit_status(capsys, "train", config, "--dry-run")
+    code, err = run_cli(capsys, "train", config, "--dry-run")
     assert code == 2 and "no-such-pairs.jsonl does not exist" in err and "preference_datasets" in err, err
     with pytest.raises(FileNotFoundError, match="no-such-pairs.jsonl"):
         TrainConfig.from_yaml(config)
@@ -269,7 +259,7 @@ def test_a_missing_local_data_file_fails_the_dry_run(clean_run, tmp_path, capsys
 
 
 def test_a_missing_backbone_directory_is_named(clean_run, tmp_path, capsys):
-    code, err = exit_status(
+    code, err = run_cli(
         capsys, "extract", tmp_path / "no-backbone", "--output-dir", tmp_path / "f", "--source",
         clean_run[2]["ratings"], "--kind", "attribute", "--prompt", "prompt", "--response", "response",
         "--attributes", *ATTRIBUTES, "--label-range", "0", "4",

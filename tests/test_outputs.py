@@ -21,6 +21,7 @@ import pytest
 from test_convert import released_checkpoint
 from test_pipeline import ATTRIBUTES, save_backbone
 
+from conftest import run_cli
 from qrm_hf import io
 from qrm_hf.cli import build_parser, main
 from qrm_hf.cli_paths import INPUT, OUTPUT_DIR, PATH_ARGUMENTS
@@ -91,15 +92,6 @@ def argv_for(command: str, values: dict[str, str], placeholder: Path) -> list[st
     return [command, *positional, *optional]
 
 
-def run(capsys, argv) -> tuple[int, str]:
-    try:
-        main([str(arg) for arg in argv])
-        code = 0
-    except SystemExit as exit:
-        code = exit.code
-    return code, capsys.readouterr().err
-
-
 def foreign_directory(path: Path) -> dict[str, bytes]:
     path.mkdir(parents=True)
     (path / "thesis.tex").write_text("three years of work")
@@ -136,7 +128,7 @@ def test_every_output_directory_refuses_a_directory_of_foreign_files(
     if where == "cwd":  # --output-dir $PWD
         monkeypatch.chdir(project)
     target = "." if where == "cwd" else str(project)
-    code, err = run(capsys, argv_for(command, {dest: target}, tmp_path / "missing"))
+    code, err = run_cli(capsys, *argv_for(command, {dest: target}, tmp_path / "missing"))
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "thesis.tex" in err and "Traceback" not in err, err
     assert snapshot(project) == before and sorted(p.name for p in project.iterdir()) == ["data", "thesis.tex"]
@@ -157,7 +149,7 @@ def test_no_output_of_any_command_is_one_of_its_inputs(command, dest, tmp_path, 
         else:
             values = {input_dest: str(data / "ratings.jsonl"), dest: str(data / "ratings.jsonl")}
             fragment = "is also an input"
-        code, err = run(capsys, argv_for(command, values, tmp_path / "missing"))
+        code, err = run_cli(capsys, *argv_for(command, values, tmp_path / "missing"))
         assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1, (input_dest, err)
         assert snapshot(data) == before
 
@@ -166,10 +158,10 @@ def test_evaluate_output_equal_to_ratings_leaves_the_ratings(tmp_path, capsys, m
     monkeypatch.chdir(tmp_path)
     ratings = tmp_path / "r.jsonl"
     ratings.write_text('{"prompt": "hi", "response": "yo", "helpfulness": 2}\n')
-    code, err = run(capsys, ["evaluate", tmp_path / "model", "--ratings", ratings, "--output", "r.jsonl"])
+    code, err = run_cli(capsys, "evaluate", tmp_path / "model", "--ratings", ratings, "--output", "r.jsonl")
     assert code == 2 and "also an input" in err
-    code, err = run(
-        capsys, ["evaluate", tmp_path / "model", "--ratings", ratings, "--output", tmp_path / "." / "r.jsonl"]
+    code, err = run_cli(
+        capsys, "evaluate", tmp_path / "model", "--ratings", ratings, "--output", tmp_path / "." / "r.jsonl"
     )
     assert code == 2 and "also an input (ratings)" in err
     assert ratings.read_text() == '{"prompt": "hi", "response": "yo", "helpfulness": 2}\n'
@@ -422,7 +414,7 @@ def test_a_kill_between_the_two_renames_is_named_then_restored(converted, tmp_pa
     result = killed(DIE_BETWEEN_THE_RENAMES, ["convert", converted / "released", model])
     assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
     assert not model.exists()  # the kill hit between the renames: the old model is aside
-    code, err = run(capsys, ["score", model, "--prompt", "hi", "--response", "yo"])
+    code, err = run_cli(capsys, "score", model, "--prompt", "hi", "--response", "yo")
     assert code == 2 and ".model.qrm-previous" in err and "run that command again" in err, err
     main(["convert", str(converted / "released"), str(model)])  # puts the old one back, then replaces it
     assert snapshot(model) == before

@@ -428,8 +428,13 @@ def test_exp_utility_overflow_is_reported(chat_trainer, assets, caplog):
     quantiles = score_one_by_one(load_qrm(root), tokenizer, CHAT_PROMPTS, CHAT_COMPLETIONS)[
         "reward_quantiles"
     ]
-    lam = 90.0 / quantiles.amin(-1).abs().max().item()  # exp(90) overflows float32 in the worst row only
-    overflow = torch.isinf(risk.exponential_utility(quantiles, lam))
+    # the smallest lambda at which the utility (computed in float64, returned in float32) overflows in some
+    # rows but not all: mean_k exp(-lambda q_k) passes float32's largest value near lambda |q_min| = 88 + log K
+    for exponent in range(88, 140):
+        lam = exponent / quantiles.amin(-1).abs().max().item()
+        overflow = torch.isinf(risk.exponential_utility(quantiles, lam))
+        if overflow.any():
+            break
     assert overflow.any() and not overflow.all()
     chat_trainer.args.risk_lambda = lam
     try:

@@ -16,8 +16,8 @@ from test_hub import make_tokenizer, saved_qrm
 from test_trl import save_tiny_policy, tiny_tokenizer
 from transformers import LlamaForCausalLM
 
-from conftest import tiny_backbone_config
-from qrm_hf.cli import build_parser, main
+from conftest import run_cli, tiny_backbone_config
+from qrm_hf.cli import build_parser
 from qrm_hf.data import read_jsonl
 from qrm_hf.presets import DatasetPreset, attribute_examples, load_rows, response_conversations
 
@@ -36,15 +36,6 @@ def models(tmp_path_factory):
     base = root / "base"
     save_tiny_policy(base, tiny_tokenizer())
     return {"qrm": qrm, "backbone": backbone, "base": base}
-
-
-def run_cli(capsys, *argv) -> tuple[int, str]:
-    try:
-        main([str(arg) for arg in argv])
-        code = 0
-    except SystemExit as exit:
-        code = exit.code
-    return code, capsys.readouterr().err
 
 
 def one_line_error(code: int, err: str) -> str:

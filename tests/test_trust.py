@@ -24,8 +24,7 @@ from test_hub import make_tokenizer, saved_qrm
 from test_trl import save_tiny_qrm, tiny_tokenizer
 from transformers import LlamaForCausalLM
 
-from conftest import tiny_backbone_config
-from qrm_hf.cli import main
+from conftest import run_cli, tiny_backbone_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIRS = ("qrm_hf", "training", "modeling")  # qrm_hf.training and qrm_hf.modeling live at the top
@@ -212,15 +211,6 @@ def answer_yes(monkeypatch, tmp_path):
 
     monkeypatch.setattr(sys, "stdin", io.StringIO("y\n" * 20))
     monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "hf_modules"))
-
-
-def run_cli(capsys, *argv) -> tuple[int, str]:
-    try:
-        main([str(arg) for arg in argv])
-        code = 0
-    except SystemExit as exit:
-        code = exit.code
-    return code, capsys.readouterr().err
 
 
 def assert_refused_without_running_code(code: int, err: str, marker: Path) -> None:
