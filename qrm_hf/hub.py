@@ -427,10 +427,13 @@ def load_qrm(
 ):
     """A QRM and its tokenizer from a local directory or a Hub repo id, without running code of the model.
 
-    ``config.json`` is read first (as JSON: no code, no weights). A QRM (``model_type: "qrm"``) is always
-    built with the classes of the installed qrm-hf, never with the code files saved next to its weights,
-    whatever `trust_remote_code` says: the installed code is the code the user already runs, and the saved
-    copy adds nothing but a second, unreviewed version of it. The tokenizer never runs code (a
+    ``config.json`` is read first (as JSON: no code, no weights). A QRM (``model_type: "qrm"``) is built
+    with the classes of the installed qrm-hf, not with the code files saved next to its weights, even with
+    `trust_remote_code`: the installed code is the code the user already runs, and the saved copy adds
+    nothing but a second, unreviewed version of it. The one exception asks for the saved code twice:
+    ``trust_remote_code=True`` in a process started with ``QRM_HF_REMOTE_CODE_ONLY=1`` (which also leaves
+    the Auto classes unregistered) loads the saved files, to check that they reproduce the installed ones
+    (the demo's reload does this). The tokenizer never runs code (a
     tokenizer_config ``auto_map`` without a standard ``tokenizer_class`` is refused). A model of another
     type is refused, unless ``trust_remote_code=True`` (CLI: ``--trust-remote-code``): then, and only then,
     it loads through the Auto classes with the code files of its directory or repo (at `code_revision`),
@@ -493,7 +496,7 @@ def load_qrm(
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()  # the check below replaces transformers' load report
     try:
-        if model_type != "qrm":  # only reached with trust_remote_code (refused above otherwise)
+        if model_type != "qrm" or _saved_code_requested(trust_remote_code):
             model, info = AutoModelForSequenceClassification.from_pretrained(
                 name, trust_remote_code=trust_remote_code, code_revision=code_revision, **kwargs
             )
@@ -515,6 +518,11 @@ def load_qrm(
     _refuse_incomplete_weights(name, info)
     check_finite_weights(model, name)
     return model.eval(), tokenizer
+
+
+def _saved_code_requested(trust_remote_code: bool) -> bool:
+    """Whether a QRM loads with its saved code files: both `trust_remote_code` and QRM_HF_REMOTE_CODE_ONLY=1."""
+    return trust_remote_code and os.environ.get("QRM_HF_REMOTE_CODE_ONLY") == "1"
 
 
 def _refuse_incomplete_weights(name: str, info: dict) -> None:

@@ -272,10 +272,10 @@ def test_rloo_and_grpo_never_run_the_code_of_the_policy(tmp_path, capsys, answer
     assert_refused_without_running_code(code, err, marker)
 
 
-def test_trust_remote_code_never_runs_the_saved_code_of_a_qrm(tmp_path):
+def test_trust_remote_code_runs_the_saved_code_of_a_qrm_only_when_asked_twice(tmp_path):
     """With qrm-hf installed, a QRM (model_type "qrm") is built with the installed classes even with
-    trust_remote_code=True, also where the Auto classes were left unregistered (QRM_HF_REMOTE_CODE_ONLY=1,
-    where transformers would otherwise run the saved files)."""
+    trust_remote_code=True; only trust_remote_code=True in a process started with QRM_HF_REMOTE_CODE_ONLY=1
+    (the demo's check of the saved files) runs the code saved with it."""
     model_dir = saved_qrm(tmp_path / "qrm", seed=3)[2]
     marker = tmp_path / "marker"
     for name in ("configuration_qrm.py", "modeling_qrm.py"):
@@ -283,17 +283,26 @@ def test_trust_remote_code_never_runs_the_saved_code_of_a_qrm(tmp_path):
         (model_dir / name).write_text(
             f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n{original}"
         )
-    script = textwrap.dedent(
-        f"""
-        from qrm_hf.hub import load_qrm
-        model, _ = load_qrm({str(model_dir)!r}, trust_remote_code=True)
-        print(type(model).__module__)
-        """
-    )
-    env = dict(os.environ, QRM_HF_REMOTE_CODE_ONLY="1", HF_MODULES_CACHE=str(tmp_path / "hf_modules"))
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
-    )
-    assert result.returncode == 0, result.stderr
-    assert not marker.exists()
-    assert result.stdout.split() == ["qrm_hf.modeling.modeling_qrm"]
+
+    def load(trust_remote_code: bool, remote_code_only: str) -> list[str]:
+        script = textwrap.dedent(
+            f"""
+            from qrm_hf.hub import load_qrm
+            model, _ = load_qrm({str(model_dir)!r}, trust_remote_code={trust_remote_code})
+            print(type(model).__module__)
+            """
+        )
+        env = dict(
+            os.environ, QRM_HF_REMOTE_CODE_ONLY=remote_code_only, HF_MODULES_CACHE=str(tmp_path / "hf")
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split()
+
+    for trust_remote_code, remote_code_only in ((True, "0"), (False, "1")):
+        assert load(trust_remote_code, remote_code_only) == ["qrm_hf.modeling.modeling_qrm"]
+        assert not marker.exists()
+    assert load(True, "1")[0].startswith("transformers_modules.")
+    assert marker.read_text() == "ran"
