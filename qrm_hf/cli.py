@@ -175,8 +175,11 @@ def _evaluate(args):
     for path in outputs:
         check_writable(path, "JSON report")
     model, tokenizer = _load_model(args.model, args.revision, args.trust_remote_code)
-    print(f"Loaded {type(model).__module__}.{type(model).__name__} from {args.model}")
-    report = {}
+    model_class = (
+        f"{type(model).__module__}.{type(model).__name__}"  # the code that scores, in the report too
+    )
+    print(f"Loaded {model_class} from {args.model}")
+    report = {"model_class": model_class}
     lengths = {"batch_size": args.batch_size, "max_length": args.max_length}
     if ratings:
         report["ratings"] = evaluate_ratings(

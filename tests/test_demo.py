@@ -42,6 +42,8 @@ def test_demo_saves_a_model_that_reloads_through_remote_code_with_the_fitted_num
     # the training process scored the same rows with the fitted heads on extracted features.
     assert heldout["ratings"]["pinball"] == pytest.approx(heads["validation"]["pinball_loss"], abs=1e-4)
     assert set(heldout["ratings"]["pinball_by_kind"]) == {"clear", "controversial"}
+    # and it was the saved code that scored them, not the installed package's
+    assert heldout["model_class"].startswith("transformers_modules.")
     heldout_pairs = (
         (Path(__file__).parent.parent / "data" / "demo" / "pairs_heldout.jsonl").read_text().splitlines()
     )
