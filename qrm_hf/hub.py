@@ -119,7 +119,13 @@ def _local_files(model_dir: Path) -> list[str]:
             path = folder / name
             if name.startswith(".") or not path.is_symlink():
                 continue
-            target = path.resolve()
+            try:
+                target = path.resolve()
+            except (RuntimeError, OSError) as error:  # RuntimeError: a loop of links (Python < 3.13)
+                raise ValueError(
+                    f"{path} is a symbolic link that leads nowhere ({error}): qrm push uploads only the files "
+                    "of the model directory. Remove the link."
+                ) from None
             if target != root and root not in target.parents:
                 raise ValueError(
                     f"{path} is a symbolic link to {target}, outside {model_dir}: qrm push uploads only the "

@@ -86,8 +86,10 @@ def write_json_atomic(path: str | os.PathLike, payload) -> None:
 
 
 def _absolute(path: str | os.PathLike) -> Path:
-    """`path` made absolute without following links ("." and ".." have no name to put a sibling next to)."""
-    return Path(os.path.abspath(os.path.expanduser(path)))
+    """`path` made absolute with its links followed: "." and ".." have no name to put a sibling next to, and an
+    output directory given as a link to a folder (``out -> /data/run3``) is that folder (renaming the link
+    aside would replace the user's link and then fail to delete it as a directory)."""
+    return Path(os.path.realpath(os.path.expanduser(path)))
 
 
 def _sibling(path: Path, tag: str) -> Path:
@@ -102,10 +104,20 @@ def output_owner(path: str | os.PathLike) -> str | None:
         return None
 
 
+def _is_own_temporary(name: str) -> bool:
+    """Whether `name` is that of a temporary qrm-hf writes: hidden, with `_PARTIAL` in it (a user's
+    ``notes.qrm-partial.txt`` is not one)."""
+    return name.startswith(".") and _PARTIAL in name
+
+
 def _foreign_entries(path: Path) -> list[str]:
-    """The entries of `path` other than qrm-hf's own temporaries and marker."""
+    """The entries of `path` other than qrm-hf's own temporaries and marker (a file: a folder of that name is
+    not one)."""
     return sorted(
-        entry.name for entry in path.iterdir() if entry.name != MARKER and _PARTIAL not in entry.name
+        entry.name
+        for entry in path.iterdir()
+        if not (entry.name == MARKER and entry.is_file() and not entry.is_symlink())
+        and not _is_own_temporary(entry.name)
     )
 
 
@@ -262,7 +274,8 @@ def remove_output(path: str | os.PathLike, command: str) -> None:
 def check_outputs_apart_from_inputs(
     outputs: list[tuple[str, str | os.PathLike, bool]], inputs: list[tuple[str, str | os.PathLike]]
 ) -> None:
-    """Refuse an output that is one of the inputs, or an output directory that holds one of them.
+    """Refuse an output that is one of the inputs, an output directory that holds one of them, and one path
+    given as two outputs (``--plot a.png --output a.png``: the second write would replace the first).
 
     `outputs` are (what, path, is a directory) and `inputs` (what, path), "what" naming the argument in the
     error (e.g. "output_dir"); inputs that do not exist locally (Hub ids) are left out. Paths are compared
@@ -271,8 +284,15 @@ def check_outputs_apart_from_inputs(
     existing = [
         (what, Path(path).expanduser().resolve()) for what, path in inputs if Path(path).expanduser().exists()
     ]
+    claimed = {}
     for out_what, out_path, is_directory in outputs:
         output = Path(out_path).expanduser().resolve()
+        if output in claimed:
+            raise ValueError(
+                f"The output {out_path} is given twice ({claimed[output]} and {out_what}): one would overwrite "
+                "the other. Give each output its own path."
+            )
+        claimed[output] = out_what
         for in_what, input_path in existing:
             if output == input_path:
                 raise ValueError(

@@ -482,3 +482,18 @@ def test_a_file_size_limit_while_writing_is_one_line(command, limit, shared_inpu
     lines = [line for line in report["err"].splitlines() if line.strip() and not PROGRESS_BAR.search(line)]
     assert report["code"] == 2 and len(lines) == 1 and "Traceback" not in report["err"], report["err"]
     assert lines[0].startswith(f"qrm {command}: error: ")
+
+
+def test_ctrl_c_is_one_line_with_the_status_of_sigint(tmp_path, capfd, monkeypatch):
+    """Ctrl-C during a command printed the traceback of wherever torch happened to be (a user's action is not a
+    bug); with --debug it still does."""
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("qrm_hf.cli_paths.check_paths", interrupted)
+    argv = ["fit-quantiles", str(tmp_path / "features"), "--output-dir", str(tmp_path / "heads")]
+    code, err = run_in_process(argv, capfd)
+    assert code == 130 and err.strip() == "qrm fit-quantiles: interrupted", err
+    with pytest.raises(KeyboardInterrupt):
+        main(["--debug", *argv])

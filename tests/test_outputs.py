@@ -167,6 +167,28 @@ def test_evaluate_output_equal_to_ratings_leaves_the_ratings(tmp_path, capsys, m
     assert ratings.read_text() == '{"prompt": "hi", "response": "yo", "helpfulness": 2}\n'
 
 
+OUTPUT_PAIRS = [
+    (command, first, second)
+    for command, roles in PATH_ARGUMENTS.items()
+    for i, first in enumerate(dest for dest, role in roles.items() if role != INPUT)
+    for second in [dest for dest, role in roles.items() if role != INPUT][i + 1 :]
+]
+
+
+@pytest.mark.parametrize(
+    "command, first, second", OUTPUT_PAIRS, ids=[f"{c}-{a}-{b}" for c, a, b in OUTPUT_PAIRS]
+)
+def test_one_path_given_as_two_outputs_of_a_command_is_refused(command, first, second, tmp_path, capsys):
+    """`qrm evaluate --plot a.png --output a.png` wrote the plot, then the report over it, with exit 0."""
+    values = {
+        first: str(tmp_path / "a.png"),
+        second: str(tmp_path / "." / "a.png"),
+    }  # one file, two spellings
+    code, err = run_cli(capsys, *argv_for(command, values, tmp_path / "missing"))
+    assert code == 2 and "given twice" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "a.png").exists()
+
+
 # ------------------------------------------------------------------------------------------ the mechanism
 
 
@@ -190,6 +212,46 @@ def test_a_directory_is_replaced_only_when_it_is_the_same_commands_output(tmp_pa
         io.remove_output(target, "qrm fit-gating")
     assert (target / "gating.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "out.lock"]  # no temporary left
+
+
+def test_an_output_directory_given_as_a_link_is_the_folder_it_points_to(tmp_path):
+    """`--output-dir out` with `out -> runs/3`: the folder behind the link holds the output, the link stays (it was
+    renamed aside and then failed to be deleted as a directory: an error after every run, and the link lost)."""
+    folder, link = tmp_path / "runs" / "3", tmp_path / "out"
+    folder.mkdir(parents=True)
+    link.symlink_to(folder, target_is_directory=True)
+    for run in range(2):  # an empty folder, then the command's previous output
+        with io.replace_directory(link, "qrm fit-gating") as directory:
+            (directory / "gating.json").write_text(json.dumps({"run": run}))
+        assert link.is_symlink() and json.loads((folder / "gating.json").read_text()) == {"run": run}
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    (tmp_path / "latest").symlink_to(trained, target_is_directory=True)
+    io.claim_directory(tmp_path / "latest", "qrm train")
+    (trained / "checkpoint.bin").write_bytes(b"old")
+    io.claim_directory(tmp_path / "latest", "qrm train", fresh=True)  # deletes the old run, not the link
+    assert (tmp_path / "latest").is_symlink() and sorted(p.name for p in trained.iterdir()) == [io.MARKER]
+    assert not [p.name for p in tmp_path.iterdir() if "qrm-" in p.name]  # no temporary or previous left
+    from qrm_hf.locking import lock_path
+
+    assert lock_path(link) == lock_path(folder)  # two runs through the link and the folder exclude each other
+
+
+def test_user_files_that_look_like_qrm_files_are_foreign(tmp_path):
+    """A user's `notes.qrm-partial.txt`, or a folder named like the marker, was taken for qrm-hf's own and
+    deleted with the directory."""
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "draft.qrm-partial.txt").write_text("my draft")
+    marker_folder = tmp_path / "marker-folder"
+    (marker_folder / io.MARKER).mkdir(parents=True)
+    (marker_folder / io.MARKER / "keep.txt").write_text("mine")
+    for directory, name in ((notes, "draft.qrm-partial.txt"), (marker_folder, io.MARKER)):
+        before = snapshot(directory)
+        with pytest.raises(io.ForeignDirectoryError, match=name.replace(".", r"\.")):
+            with io.replace_directory(directory, "qrm fit-gating"):
+                pass
+        assert snapshot(directory) == before
 
 
 def test_library_stages_refuse_a_foreign_directory_before_the_work(tmp_path):
