@@ -513,3 +513,24 @@ def test_standalone_extract_follows_changed_labels_and_responses(tmp_path, capsy
     second, _ = load_features(out)
     assert second["labels"][:, 0].tolist() == [1.0, 0.25, 0.75]
     assert not (first["embeddings"] == second["embeddings"]).all(dim=1).any()  # every response re-encoded
+
+
+def test_standalone_extract_follows_a_backbone_replaced_in_place(tmp_path, capsys):
+    """New weights saved over the backbone directory (a re-download, a fine-tune saved in place): `qrm extract`
+    kept the old features and said "Features written" (`qrm train` keys on the backbone's content already)."""
+    from qrm_hf.training.features import load_features
+
+    backbone = save_backbone(tmp_path / "backbone", seed=5)
+    data = write_ratings(tmp_path / "ratings.jsonl", ["hi", "hello there", "the blue four"], [0, 2, 4])
+    out = tmp_path / "features"
+    extract = ["extract", backbone, "--output-dir", out, "--source", data, "--kind", "attribute",
+               "--prompt", "prompt", "--response", "response", "--attributes", *ATTRIBUTES,
+               "--label-range", "0", "4", "--max-length", "256"]  # fmt: skip
+    main([str(a) for a in extract])
+    first, _ = load_features(out)
+    shutil.rmtree(backbone)
+    save_backbone(backbone, seed=6)
+    main([str(a) for a in extract])
+    assert "extracting anew" in capsys.readouterr().out
+    second, _ = load_features(out)
+    assert not (first["embeddings"] == second["embeddings"]).all(dim=1).any()

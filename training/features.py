@@ -296,6 +296,33 @@ def extract_to_shards(
         )
 
 
+def _file_digest(path: Path, digest) -> None:
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+
+
+def content_signature(location: str, read_limit: int = 1 << 26) -> str | None:
+    """A hash of a local file or directory (None for a Hub id): a changed file changes it.
+
+    Files up to `read_limit` bytes are hashed by content; larger ones (backbone weights, big data files)
+    by name, size and modification time, so that planning a run never reads gigabytes.
+    """
+    path = Path(location)
+    if not path.exists():
+        return None
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        digest.update(str(file.relative_to(path) if file != path else file.name).encode())
+        stat = file.stat()
+        if stat.st_size <= read_limit:
+            _file_digest(file, digest)
+        else:
+            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
 def content_key(sequences, labels: torch.Tensor | None = None, row_index=None) -> str:
     """A hash of what an extraction encodes (token ids of every conversation, labels, dataset rows): features
     recorded with another key are of other data, even with the same row count."""

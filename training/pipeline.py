@@ -40,7 +40,7 @@ from ..io import (
 )
 from ..locking import directory_lock
 from ..presets import looks_like_local_path
-from .features import EXTRACT_COMMAND, damaged_shards
+from .features import EXTRACT_COMMAND, content_signature, damaged_shards
 from .quantile_regression import MultiQuantileRegressor
 from .settings import (
     AssembleSettings,
@@ -193,33 +193,6 @@ class TrainConfig:
 
 
 # ------------------------------------------------------------------------------------------- fingerprints
-
-
-def _file_digest(path: Path, digest) -> None:
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-
-
-def content_signature(location: str, read_limit: int = 1 << 26) -> str | None:
-    """A hash of a local file or directory (None for a Hub id): a changed file changes it.
-
-    Files up to `read_limit` bytes are hashed by content; larger ones (backbone weights, big data files)
-    by name, size and modification time, so that planning a run never reads gigabytes.
-    """
-    path = Path(location)
-    if not path.exists():
-        return None
-    digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        digest.update(str(file.relative_to(path) if file != path else file.name).encode())
-        stat = file.stat()
-        if stat.st_size <= read_limit:
-            _file_digest(file, digest)
-        else:
-            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()
 
 
 @dataclass

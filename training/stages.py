@@ -34,6 +34,7 @@ from .features import (
     attribute_names_of,
     backbone_identity,
     check_same_backbone,
+    content_signature,
     extract_to_shards,
     feature_settings,
     iter_shards,
@@ -173,6 +174,7 @@ class ExtractionBackbone:
     tokenizer: Any
     name: str
     hidden_size: int
+    content: str | None = None  # `content_signature` of a local backbone: features of other weights are stale
 
 
 def load_extraction_backbone(
@@ -206,7 +208,7 @@ def load_extraction_backbone(
     encoder = BackboneEncoder(
         model, derive_prompt_end_pattern(tokenizer), pad, batch_size=batch_size, remember=remember
     )
-    return ExtractionBackbone(encoder, tokenizer, name, model.config.hidden_size)
+    return ExtractionBackbone(encoder, tokenizer, name, model.config.hidden_size, content_signature(location))
 
 
 def extract_features(
@@ -253,6 +255,7 @@ def extract_features(
         ]
     manifest = {
         "backbone": loaded.name,
+        "backbone_content": loaded.content,
         "revision": revision,
         "hidden_size": loaded.hidden_size,
         "prompt_end_pattern": loaded.encoder.prompt_end_pattern,
