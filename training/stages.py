@@ -193,12 +193,12 @@ def load_extraction_backbone(
     from transformers import AutoModel, AutoTokenizer
 
     from ..chat import derive_prompt_end_pattern
-    from ..hub import check_tokenizer_files, refusing_model_code
+    from ..hub import check_tokenizer_files, reading_model_files, refusing_model_code
 
     location, name = resolve_backbone(backbone)
     check_tokenizer_files(location, "backbone")
     # A backbone is a standard transformers model: its own code (auto_map) never runs, and nothing asks on stdin.
-    with refusing_model_code(location, "backbone"):
+    with refusing_model_code(location, "backbone"), reading_model_files(location, "backbone"):
         tokenizer = AutoTokenizer.from_pretrained(location, revision=revision, trust_remote_code=False)
         model = AutoModel.from_pretrained(
             location, revision=revision, dtype=getattr(torch, dtype), trust_remote_code=False
