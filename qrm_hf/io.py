@@ -6,7 +6,8 @@ leaves the old file or the new one, never half of one. JSON reports are strict J
 written as null (`finite_or_null`), never as bare ``NaN``.
 
 Directories: every output directory of a command carries the marker file `MARKER` (``.qrm-output.json``)
-naming the command that wrote it. A command may replace or write into a directory only if it is absent,
+naming the command that wrote it, and an identifier of that write (`output_id`: `qrm train` notices a stage
+output that another command replaced since). A command may replace or write into a directory only if it is absent,
 empty, or marked by that same command (`check_output_directory`); anything else is refused, naming what is
 there, so that ``--output-dir $PWD`` deletes nothing. Outputs written at once (heads, gating, models) go
 through `replace_directory` (a temporary sibling, swapped in when complete); outputs written in place (feature
@@ -22,6 +23,7 @@ import math
 import numbers
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -110,6 +112,16 @@ def _is_own_temporary(name: str) -> bool:
     return name.startswith(".") and _PARTIAL in name
 
 
+def output_id(path: str | os.PathLike) -> str | None:
+    """The identifier the marker of the directory `path` got when the output there was written (a new one for
+    every write of a whole output): who recorded it (`qrm train`'s state) can tell that another run has
+    replaced that output since. None without a readable marker."""
+    try:
+        return json.loads((Path(path) / MARKER).read_text(encoding="utf-8")).get("written")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _foreign_entries(path: Path) -> list[str]:
     """The entries of `path` other than qrm-hf's own temporaries and marker (a file: a folder of that name is
     not one)."""
@@ -146,7 +158,7 @@ def check_output_directory(path: str | os.PathLike, command: str) -> None:
 
 
 def _write_marker(directory: Path, command: str) -> None:
-    write_json_atomic(directory / MARKER, {"command": command})
+    write_json_atomic(directory / MARKER, {"command": command, "written": uuid.uuid4().hex})
 
 
 def _delete(path: Path) -> None:
@@ -316,6 +328,7 @@ __all__ = [
     "files_into",
     "finite_or_null",
     "interrupted_replacement_note",
+    "output_id",
     "output_owner",
     "remove_output",
     "replace_directory",

@@ -34,6 +34,7 @@ from typing import Any
 from ..io import (
     check_outputs_apart_from_inputs,
     claim_directory,
+    output_id,
     remove_output,
     restore_interrupted_replacement,
     write_json_atomic,
@@ -392,6 +393,8 @@ def stage_status(stage: Stage, state: dict) -> str:
         return "new"
     if entry["fingerprint"] != stage.fingerprint():
         return "changed"
+    if entry["complete"] and entry.get("output") != output_id(stage.directory):
+        return "changed"  # replaced since by another command (`qrm fit-gating --output-dir <run>/gating`)
     return "up to date" if entry["complete"] else "resume"
 
 
@@ -534,6 +537,10 @@ def _run_plan(config: TrainConfig, plan: list[Stage], processes) -> None:
         if main or stage.distributed:
             stage.run()
         processes.wait_for_everyone()
-        state[stage.name] = {"fingerprint": stage.fingerprint(), "complete": True}
+        state[stage.name] = {
+            "fingerprint": stage.fingerprint(),
+            "complete": True,
+            "output": output_id(stage.directory),
+        }
         if main:
             _write_state(config.output_dir, state)
