@@ -27,7 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
-from ..chat import check_max_length, split_by_length
+from ..chat import check_max_length, check_token_ids, split_by_length
 from ..io import (
     check_output_directory,
     claim_directory,
@@ -247,6 +247,7 @@ def extract_to_shards(
 
     directory = Path(directory)
     check_max_length(max_length, getattr(encoder.backbone, "config", None))
+    check_token_ids(sequences, getattr(encoder.backbone, "config", None))
     if len(sequences) == 0:
         raise ValueError(f"No conversations to extract for {directory}: the dataset is empty.")
     pairs = isinstance(sequences[0], tuple)
