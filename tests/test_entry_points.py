@@ -507,3 +507,43 @@ def test_ctrl_c_is_one_line_with_the_status_of_sigint(tmp_path, capfd, monkeypat
     assert code == 130 and err.strip() == "qrm fit-quantiles: interrupted", err
     with pytest.raises(KeyboardInterrupt):
         main(["--debug", *argv])
+
+
+def test_a_missing_local_input_is_refused_before_any_heavy_import(tmp_path):
+    """`qrm train missing.yaml` or `qrm score M --file missing.jsonl` took the 5 s of importing torch to say the
+    file is not there (issue 24): every input that is not a possible Hub name is checked by `check_paths` first."""
+    from test_outputs import argv_for
+
+    from qrm_hf.cli_paths import INPUT, PATH_ARGUMENTS, REMOTE_INPUTS
+
+    argvs = [
+        argv_for(command, {dest: str(tmp_path / f"missing-{dest}")}, tmp_path / "placeholder")
+        for command, roles in PATH_ARGUMENTS.items()
+        for dest, role in roles.items()
+        if role == INPUT and dest not in REMOTE_INPUTS
+    ]
+    script = textwrap.dedent(
+        f"""
+        import contextlib, io, json, sys
+        from qrm_hf.cli import main
+        results = []
+        for argv in json.loads(sys.argv[1]):
+            err = io.StringIO()
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+                try:
+                    main(argv)
+                    code = 0
+                except SystemExit as exit:
+                    code = exit.code
+            results.append((code, err.getvalue()))
+        print(json.dumps({{"results": results, "heavy": [m for m in {HEAVY_MODULES!r} if m in sys.modules]}}))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(argvs)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert len(argvs) > 20 and report["heavy"] == []
+    for argv, (code, err) in zip(argvs, report["results"], strict=True):
+        assert code == 2 and "does not exist" in err and len(err.strip().splitlines()) == 1, (argv, err)
