@@ -189,6 +189,28 @@ def test_one_path_given_as_two_outputs_of_a_command_is_refused(command, first, s
     assert not (tmp_path / "a.png").exists()
 
 
+NESTED_OUTPUTS = [
+    (command, directory, inner)
+    for command, roles in PATH_ARGUMENTS.items()
+    for directory, role in roles.items()
+    if role == OUTPUT_DIR
+    for inner, inner_role in roles.items()
+    if inner_role != INPUT and inner != directory
+]
+
+
+@pytest.mark.parametrize(
+    "command, directory, inner", NESTED_OUTPUTS, ids=[f"{c}-{d}-{i}" for c, d, i in NESTED_OUTPUTS]
+)
+def test_an_output_inside_another_output_directory_is_refused(command, directory, inner, tmp_path, capsys):
+    """`qrm evaluate --plots P --output P/r.json` put the report into the plots' directory, where the next
+    run found a file the plots had not written."""
+    values = {directory: str(tmp_path / "plots"), inner: str(tmp_path / "plots" / "r.json")}
+    code, err = run_cli(capsys, *argv_for(command, values, tmp_path / "missing"))
+    assert code == 2 and "inside the output directory" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "plots").exists()
+
+
 # ------------------------------------------------------------------------------------------ the mechanism
 
 
@@ -235,6 +257,23 @@ def test_an_output_directory_given_as_a_link_is_the_folder_it_points_to(tmp_path
     from qrm_hf.locking import lock_path
 
     assert lock_path(link) == lock_path(folder)  # two runs through the link and the folder exclude each other
+
+
+def test_files_added_to_an_output_since_it_was_written_are_not_deleted_with_it(tmp_path):
+    """`qrm evaluate RUN/model ... --output RUN/model/eval.json`, then a second `qrm assemble` (or `qrm train`)
+    into RUN/model deleted the report: a directory marked by the command was replaced whatever it held."""
+    target = tmp_path / "model"
+    with io.replace_directory(target, "qrm assemble") as directory:
+        (directory / "model.safetensors").write_bytes(b"weights")
+    (target / "eval.json").write_text('{"accuracy": 0.9}')
+    with pytest.raises(io.ForeignDirectoryError, match="eval.json was added since"):
+        with io.replace_directory(target, "qrm assemble"):
+            pass
+    assert (target / "eval.json").read_text() == '{"accuracy": 0.9}'
+    (target / "eval.json").unlink()
+    with io.replace_directory(target, "qrm assemble") as directory:  # only its own files: replaced
+        (directory / "model.safetensors").write_bytes(b"new weights")
+    assert (target / "model.safetensors").read_bytes() == b"new weights"
 
 
 def test_user_files_that_look_like_qrm_files_are_foreign(tmp_path):
