@@ -496,3 +496,20 @@ def test_a_stage_output_replaced_by_another_command_is_redone(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "] fit-gating: up to date" not in printed and "] fit-quantiles: up to date" in printed
     assert json.loads((run / "gating" / "gating.json").read_text()) == trained_gating
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("backbone: [\n", "is not valid YAML"),  # a yaml.ParserError, not a ValueError
+        ("backbone: b\noutput_dir: [1, 2]\n", "a setting has the wrong type"),  # a list where a path goes
+        ("backbone: b\noutput_dir: o\nattribute_datasets: 5\n", "a setting has the wrong type"),
+    ],
+)
+def test_a_malformed_config_file_is_one_line(text, match, tmp_path, capsys):
+    from conftest import run_cli
+
+    config = tmp_path / "config.yaml"
+    config.write_text(text)
+    code, err = run_cli(capsys, "train", config)
+    assert code == 2 and match in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err

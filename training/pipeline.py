@@ -92,10 +92,16 @@ class TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"Config file {path} does not exist.")
-        values = yaml.safe_load(path.read_text()) or {}
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as error:  # not a ValueError: one line here, not a parser traceback
+            raise ValueError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from error
         if not isinstance(values, dict):
             raise ValueError(f"{path}: expected a mapping of settings at the top level.")
-        return cls.from_dict(values, base_dir=path.parent, where=str(path), output_dir=output_dir)
+        try:
+            return cls.from_dict(values, base_dir=path.parent, where=str(path), output_dir=output_dir)
+        except (TypeError, AttributeError) as error:  # a list where a path goes, a number where a list goes
+            raise ValueError(f"{path}: a setting has the wrong type ({error}).") from error
 
     @classmethod
     def from_dict(cls, values: dict, base_dir: Path = Path("."), where: str = "config", output_dir=None):
