@@ -170,7 +170,7 @@ def _evaluate(args):
     ratings = read_jsonl(args.ratings) if args.ratings else None
     pairs = read_jsonl(args.pairs) if args.pairs else None
     showcase = _scoring_rows(args.showcase) if args.showcase else None
-    outputs = list(dict.fromkeys(filter(None, (args.json, args.output))))
+    outputs = [path for path in (args.json, args.output) if path]  # one path for both is refused (cli_paths)
     check_writable(args.plot, "plot")
     for path in outputs:
         check_writable(path, "JSON report")
