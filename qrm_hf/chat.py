@@ -208,6 +208,23 @@ def check_max_length(max_length: int | None, config) -> None:
         )
 
 
+def check_token_ids(sequences: Sequence, config) -> None:
+    """The one check that token sequences (lists of ids, or tuples of them for pairs) fit the embedding table
+    of the model of `config` (``vocab_size``, of the backbone's config for a QRM): a tokenizer of another
+    model gives larger ids, which torch would meet as an IndexError deep inside the forward pass."""
+    backbone = getattr(config, "backbone_config", None) or config
+    vocabulary = getattr(backbone, "vocab_size", None)
+    if not isinstance(vocabulary, int):
+        return
+    parts = (part for entry in sequences for part in (entry if isinstance(entry, tuple) else (entry,)))
+    largest = max((max(part) for part in parts if len(part)), default=-1)
+    if largest >= vocabulary:
+        raise ValueError(
+            f"The tokenizer gives token id {largest}, but the model's embedding table has {vocabulary} rows "
+            "(vocab_size): the tokenizer is not this model's. Save the model's own tokenizer next to it."
+        )
+
+
 def _as_messages(value: Any, role: str) -> list[dict]:
     if isinstance(value, str):
         return [{"role": role, "content": value}]
@@ -265,6 +282,7 @@ def encode_conversation(
 __all__ = [
     "backbone_positions",
     "check_max_length",
+    "check_token_ids",
     "conversation_messages",
     "derive_prompt_end_pattern",
     "encode_conversation",

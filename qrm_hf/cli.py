@@ -170,7 +170,7 @@ def _evaluate(args):
     ratings = read_jsonl(args.ratings) if args.ratings else None
     pairs = read_jsonl(args.pairs) if args.pairs else None
     showcase = _scoring_rows(args.showcase) if args.showcase else None
-    outputs = list(dict.fromkeys(filter(None, (args.json, args.output))))
+    outputs = [path for path in (args.json, args.output) if path]  # one path for both is refused (cli_paths)
     check_writable(args.plot, "plot")
     for path in outputs:
         check_writable(path, "JSON report")
@@ -452,8 +452,8 @@ def quiet_libraries():
 
 
 def main(argv=None) -> None:
-    """Run `qrm ARGV`. A user error (`user_error_message`) ends in one line on stderr and exit status 2
-    (with --debug: its traceback, and the libraries' own logging)."""
+    """Run `qrm ARGV`. A user error (`user_error_message`) ends in one line on stderr and exit status 2, Ctrl-C
+    in one line and exit status 130 (with --debug: its traceback, and the libraries' own logging)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -465,6 +465,13 @@ def main(argv=None) -> None:
         else:
             with quiet_libraries():
                 args.handler(args)
+    except (
+        KeyboardInterrupt
+    ):  # Ctrl-C is the user's choice, not a bug: no traceback (outputs stay whole, qrm_hf.io)
+        if args.debug:
+            raise
+        print(f"qrm {args.command}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None  # the shell's status for a process ended by SIGINT
     except Exception as error:
         message = user_error_message(error)
         if message is None or args.debug:

@@ -11,6 +11,7 @@ enumerates the parser so that a path argument added later without a declaration 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 INPUT, OUTPUT_FILE, OUTPUT_DIR = "input", "output file", "output directory"
 
@@ -57,6 +58,10 @@ PATH_ARGUMENTS: dict[str, dict[str, str]] = {
     "push": {"model_dir": INPUT, "results": INPUT},
 }
 
+# Inputs that may name a Hub repo or a dataset (by name or preset) instead of a local path. Every other input
+# must exist locally: `check_paths` says so before the command imports torch (a mistyped path answers at once).
+REMOTE_INPUTS = {"model", "backbone", "policy", "reward_model", "source", "data"}
+
 # The command whose outputs a command's output directory holds, when it is another one: `qrm demo` is
 # `qrm train` on the demo config (then an evaluation written into the same run directory).
 OUTPUT_OWNER = {"demo": "train"}
@@ -74,9 +79,10 @@ def _values(value) -> list:
 
 
 def check_paths(args: argparse.Namespace) -> None:
-    """Refuse the outputs of `args.command` that are inputs (or hold one) and output directories of other
-    files than the command's own (ValueError / `qrm_hf.io.ForeignDirectoryError`, one line each)."""
-    from .io import check_output_directory, check_outputs_apart_from_inputs
+    """Refuse the outputs of `args.command` that are inputs (or hold one), output directories of other files
+    than the command's own (ValueError / `qrm_hf.io.ForeignDirectoryError`, one line each), and local inputs
+    that do not exist (FileNotFoundError; not those of `REMOTE_INPUTS`)."""
+    from .io import check_output_directory, check_outputs_apart_from_inputs, interrupted_replacement_note
 
     roles = PATH_ARGUMENTS.get(args.command, {})
     inputs, outputs = [], []
@@ -90,3 +96,8 @@ def check_paths(args: argparse.Namespace) -> None:
     for _, path, is_directory in outputs:
         if is_directory:
             check_output_directory(path, output_owner(args.command))
+    for dest, path in inputs:
+        if dest not in REMOTE_INPUTS and not Path(path).expanduser().exists():
+            raise FileNotFoundError(
+                f"{path} does not exist (the {dest.replace('_', ' ')} input){interrupted_replacement_note(path)}."
+            )

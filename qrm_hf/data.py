@@ -94,6 +94,8 @@ def checked_jsonl_rows(path: str | Path) -> Iterator[tuple[dict, str]]:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{where}: not valid JSON ({error}).") from None
+            except RecursionError:  # thousands of nested brackets: Python's parser gives up
+                raise ValueError(f"{where}: JSON nested too deeply to be a row.") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{where}: expected a JSON object, got {line.strip()[:60]!r}.")
             try:  # a "\ud800" escape parses into a str that no tokenizer or writer can encode

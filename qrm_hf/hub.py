@@ -119,7 +119,13 @@ def _local_files(model_dir: Path) -> list[str]:
             path = folder / name
             if name.startswith(".") or not path.is_symlink():
                 continue
-            target = path.resolve()
+            try:
+                target = path.resolve()
+            except (RuntimeError, OSError) as error:  # RuntimeError: a loop of links (Python < 3.13)
+                raise ValueError(
+                    f"{path} is a symbolic link that leads nowhere ({error}): qrm push uploads only the files "
+                    "of the model directory. Remove the link."
+                ) from None
             if target != root and root not in target.parents:
                 raise ValueError(
                     f"{path} is a symbolic link to {target}, outside {model_dir}: qrm push uploads only the "
@@ -382,6 +388,23 @@ def check_tokenizer_files(directory: str | Path, what: str = "model") -> None:
 
 
 @contextlib.contextmanager
+def reading_model_files(name: str | Path, what: str = "model"):
+    """Around a load of a model's config, tokenizer or weights from a user's directory or repo: a malformed file
+    (``tokenizer.json`` without ``added_tokens``, a config field of the wrong type, ...) makes transformers or
+    tokenizers raise KeyError, TypeError, AttributeError or a bare Exception from deep inside; that becomes one
+    ValueError naming the model (`qrm_hf.cli.main` prints it in one line; --debug shows the original)."""
+    try:
+        yield
+    except (OSError, ValueError):  # already worded as the user's error (or the Hub's)
+        raise
+    except Exception as error:
+        raise ValueError(
+            f"The {what} {name} cannot be loaded, a file of it is malformed ({type(error).__name__}: {error}). "
+            "Save or download it again."
+        ) from error
+
+
+@contextlib.contextmanager
 def refusing_model_code(name: str | Path, what: str = "model"):
     """Around loads with ``trust_remote_code=False``: transformers' refusal of a model's own code (which
     asks for ``trust_remote_code=True``, a flag the commands that load backbones, base models and policies
@@ -473,9 +496,10 @@ def load_qrm(
     check_tokenizer_files(name, "QRM")
     try:
         # Never remote code for the tokenizer: a QRM's tokenizer is its backbone's, a standard one.
-        tokenizer = AutoTokenizer.from_pretrained(
-            name, trust_remote_code=False, revision=revision, token=token
-        )
+        with reading_model_files(name, "QRM"):
+            tokenizer = AutoTokenizer.from_pretrained(
+                name, trust_remote_code=False, revision=revision, token=token
+            )
     except OSError as error:
         raise OSError(f"Cannot load the tokenizer of {where}: {error}") from error
     except ValueError as error:
@@ -495,26 +519,28 @@ def load_qrm(
     )
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()  # the check below replaces transformers' load report
-    try:
-        if model_type != "qrm" or _saved_code_requested(trust_remote_code):
-            model, info = AutoModelForSequenceClassification.from_pretrained(
-                name, trust_remote_code=trust_remote_code, code_revision=code_revision, **kwargs
-            )
-        else:
-            model, info = QRMForSequenceClassification.from_pretrained(
-                name, trust_remote_code=False, **kwargs
-            )
-    except OSError as error:
-        raise OSError(f"Cannot load {where}: {error}") from error
-    except Exception as error:
-        if type(error).__name__ != "SafetensorError":
-            raise
-        raise OSError(
-            f"Cannot read the weights of {where}: {_unreadable_weights(name)} is truncated or corrupt ({error}). "
-            "Save or download the model again."
-        ) from error
-    finally:
-        transformers_logging.set_verbosity(verbosity)
+    # a malformed config or weights file (not a safetensors one: worded below) is one line naming the model
+    with reading_model_files(name, "QRM"):
+        try:
+            if model_type != "qrm" or _saved_code_requested(trust_remote_code):
+                model, info = AutoModelForSequenceClassification.from_pretrained(
+                    name, trust_remote_code=trust_remote_code, code_revision=code_revision, **kwargs
+                )
+            else:
+                model, info = QRMForSequenceClassification.from_pretrained(
+                    name, trust_remote_code=False, **kwargs
+                )
+        except OSError as error:
+            raise OSError(f"Cannot load {where}: {error}") from error
+        except Exception as error:
+            if type(error).__name__ != "SafetensorError":
+                raise
+            raise OSError(
+                f"Cannot read the weights of {where}: {_unreadable_weights(name)} is truncated or corrupt ({error}). "
+                "Save or download the model again."
+            ) from error
+        finally:
+            transformers_logging.set_verbosity(verbosity)
     _refuse_incomplete_weights(name, info)
     check_finite_weights(model, name)
     return model.eval(), tokenizer

@@ -6,7 +6,8 @@ leaves the old file or the new one, never half of one. JSON reports are strict J
 written as null (`finite_or_null`), never as bare ``NaN``.
 
 Directories: every output directory of a command carries the marker file `MARKER` (``.qrm-output.json``)
-naming the command that wrote it. A command may replace or write into a directory only if it is absent,
+naming the command that wrote it, and an identifier of that write (`output_id`: `qrm train` notices a stage
+output that another command replaced since). A command may replace or write into a directory only if it is absent,
 empty, or marked by that same command (`check_output_directory`); anything else is refused, naming what is
 there, so that ``--output-dir $PWD`` deletes nothing. Outputs written at once (heads, gating, models) go
 through `replace_directory` (a temporary sibling, swapped in when complete); outputs written in place (feature
@@ -22,6 +23,7 @@ import math
 import numbers
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,26 +88,52 @@ def write_json_atomic(path: str | os.PathLike, payload) -> None:
 
 
 def _absolute(path: str | os.PathLike) -> Path:
-    """`path` made absolute without following links ("." and ".." have no name to put a sibling next to)."""
-    return Path(os.path.abspath(os.path.expanduser(path)))
+    """`path` made absolute with its links followed: "." and ".." have no name to put a sibling next to, and an
+    output directory given as a link to a folder (``out -> /data/run3``) is that folder (renaming the link
+    aside would replace the user's link and then fail to delete it as a directory)."""
+    return Path(os.path.realpath(os.path.expanduser(path)))
 
 
 def _sibling(path: Path, tag: str) -> Path:
     return path.with_name(f".{path.name}.{tag}")
 
 
+def _marker(path: str | os.PathLike) -> dict:
+    """The marker of the directory `path` as a dict, empty when there is no readable one."""
+    try:
+        marker = json.loads((Path(path) / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return marker if isinstance(marker, dict) else {}
+
+
 def output_owner(path: str | os.PathLike) -> str | None:
     """The command recorded in the marker of the directory `path`, None when there is no readable marker."""
-    try:
-        return json.loads((Path(path) / MARKER).read_text(encoding="utf-8"))["command"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    owner = _marker(path).get("command")
+    return owner if isinstance(owner, str) else None
+
+
+def _is_own_temporary(name: str) -> bool:
+    """Whether `name` is that of a temporary qrm-hf writes: hidden, with `_PARTIAL` in it (a user's
+    ``notes.qrm-partial.txt`` is not one)."""
+    return name.startswith(".") and _PARTIAL in name
+
+
+def output_id(path: str | os.PathLike) -> str | None:
+    """The identifier the marker of the directory `path` got when the output there was written (a new one for
+    every write of a whole output): who recorded it (`qrm train`'s state) can tell that another run has
+    replaced that output since. None without a readable marker."""
+    return _marker(path).get("written")
 
 
 def _foreign_entries(path: Path) -> list[str]:
-    """The entries of `path` other than qrm-hf's own temporaries and marker."""
+    """The entries of `path` other than qrm-hf's own temporaries and marker (a file: a folder of that name is
+    not one)."""
     return sorted(
-        entry.name for entry in path.iterdir() if entry.name != MARKER and _PARTIAL not in entry.name
+        entry.name
+        for entry in path.iterdir()
+        if not (entry.name == MARKER and entry.is_file() and not entry.is_symlink())
+        and not _is_own_temporary(entry.name)
     )
 
 
@@ -118,23 +146,34 @@ def check_output_directory(path: str | os.PathLike, command: str) -> None:
     if not path.is_dir():
         raise NotADirectoryError(f"The output directory {path} is a file; give a directory.")
     owner = output_owner(path)
-    if owner == command:
-        return
     entries = _foreign_entries(path)
+    if owner == command:  # its own output, unless files were added since (a report saved into a model dir)
+        written = _marker(path).get("files")
+        entries = [name for name in entries if name not in written] if isinstance(written, list) else []
     if not entries:
         return
     shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
-    if owner is not None:
+    if owner == command:
+        reason = (
+            f"is an output of `{command}`, but {shown} {'was' if len(entries) == 1 else 'were'} added since"
+        )
+    elif owner is not None:
         reason = f"is an output of `{owner}`, not of `{command}` (it holds {shown})"
     else:
         reason = f"holds files that `{command}` did not write ({shown}; no {MARKER} of it)"
     raise ForeignDirectoryError(
-        f"The output directory {path} {reason}: nothing there is replaced. Give a new or empty directory."
+        f"The output directory {path} {reason}: nothing there is replaced. Give a new or empty directory"
+        + (", or move those files away." if owner == command else ".")
     )
 
 
-def _write_marker(directory: Path, command: str) -> None:
-    write_json_atomic(directory / MARKER, {"command": command})
+def _write_marker(directory: Path, command: str, files: list[str] | None = None) -> None:
+    """Mark `directory` as an output of `command`, with a new write id and, for an output written at once,
+    the names of its `files` (anything else found there later is not the command's to delete)."""
+    marker = {"command": command, "written": uuid.uuid4().hex}
+    if files is not None:
+        marker["files"] = files
+    write_json_atomic(directory / MARKER, marker)
 
 
 def _delete(path: Path) -> None:
@@ -205,6 +244,7 @@ def replace_directory(path: str | os.PathLike, command: str) -> Iterator[Path]:
         except BaseException:
             _delete(temporary)
             raise
+        _write_marker(temporary, command, files=_foreign_entries(temporary))
         _remove_own(previous)
         if path.exists():
             os.replace(path, previous)
@@ -262,7 +302,10 @@ def remove_output(path: str | os.PathLike, command: str) -> None:
 def check_outputs_apart_from_inputs(
     outputs: list[tuple[str, str | os.PathLike, bool]], inputs: list[tuple[str, str | os.PathLike]]
 ) -> None:
-    """Refuse an output that is one of the inputs, or an output directory that holds one of them.
+    """Refuse an output that is one of the inputs, an output directory that holds one of them, one path
+    given as two outputs (``--plot a.png --output a.png``: the second write would replace the first), and an
+    output inside another output directory (``--plots P --output P/r.json``: the next run finds a file there
+    that the plots did not write).
 
     `outputs` are (what, path, is a directory) and `inputs` (what, path), "what" naming the argument in the
     error (e.g. "output_dir"); inputs that do not exist locally (Hub ids) are left out. Paths are compared
@@ -271,8 +314,17 @@ def check_outputs_apart_from_inputs(
     existing = [
         (what, Path(path).expanduser().resolve()) for what, path in inputs if Path(path).expanduser().exists()
     ]
-    for out_what, out_path, is_directory in outputs:
-        output = Path(out_path).expanduser().resolve()
+    resolved = [
+        (what, path, Path(path).expanduser().resolve(), is_directory) for what, path, is_directory in outputs
+    ]
+    claimed = {}
+    for out_what, out_path, output, is_directory in resolved:
+        if output in claimed:
+            raise ValueError(
+                f"The output {out_path} is given twice ({claimed[output]} and {out_what}): one would overwrite "
+                "the other. Give each output its own path."
+            )
+        claimed[output] = out_what
         for in_what, input_path in existing:
             if output == input_path:
                 raise ValueError(
@@ -284,6 +336,13 @@ def check_outputs_apart_from_inputs(
                     f"The output directory {out_path} ({out_what}) holds an input ({in_what}: {input_path}): writing "
                     "it could destroy the input. Give another output directory."
                 )
+    for out_what, out_path, output, _ in resolved:
+        holder = next((d for _, _, d, is_dir in resolved if is_dir and d in output.parents), None)
+        if holder is not None:
+            raise ValueError(
+                f"The output {out_path} ({out_what}) is inside the output directory {holder} ({claimed[holder]}), "
+                "which is written as a whole: give it a place outside."
+            )
 
 
 __all__ = [
@@ -296,6 +355,7 @@ __all__ = [
     "files_into",
     "finite_or_null",
     "interrupted_replacement_note",
+    "output_id",
     "output_owner",
     "remove_output",
     "replace_directory",

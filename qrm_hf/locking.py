@@ -28,7 +28,7 @@ class DirectoryInUseError(OSError):
 
 def lock_path(directory: str | os.PathLike) -> Path:
     """The lock file of `directory`: a sibling, so that it survives the directory being replaced."""
-    directory = Path(os.path.abspath(directory))  # "." has no name to put a sibling next to
+    directory = Path(os.path.realpath(directory))  # "." has no name; a link and its folder share one lock
     return directory.with_name(f"{directory.name}.lock")
 
 

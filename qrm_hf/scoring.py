@@ -70,11 +70,12 @@ def split_scorable(model, sequences, max_length: int | None = None, too_long: st
     with ``too_long="error"`` the over-long ones are refused by row, with ``"skip"`` they are returned to
     be left out and counted (`ConversationsTooLong` names them by `row_names`, else by position). A `max_length` above the
     backbone's positions is refused (`qrm_hf.chat.check_max_length`). Raises when no conversation is left."""
-    from .chat import check_max_length, split_by_length
+    from .chat import check_max_length, check_token_ids, split_by_length
 
     if too_long not in ("error", "skip"):
         raise ValueError(f"too_long must be 'error' or 'skip', got {too_long!r}.")
     check_max_length(max_length, getattr(model, "config", None))
+    check_token_ids(sequences, getattr(model, "config", None))
     max_length = max_length if max_length is not None else max_scoring_length(model)
     kept, skipped = split_by_length([len(sequence) for sequence in sequences], max_length)
     if skipped and too_long == "error":

@@ -3,7 +3,8 @@
 
 - `--help`, `COMMAND --help` and argument errors import none of torch, transformers, trl, datasets, sklearn.
 - Every command is run against a shared set of bad inputs (missing file, a directory with foreign files as
-  output, output = input, a NaN model, a model with a missing tensor, a non-UTF-8 row, an unreachable Hub):
+  output, output = input, a NaN model, a model with a missing tensor, a non-UTF-8 row, an unreachable Hub, a
+  malformed tokenizer.json of a model, backbone or policy):
   exit status 2, exactly one line on stderr, no traceback, nothing changed outside the output directory.
   A command added to the parser without an argument template in TEMPLATES fails `test_every_command_has_a_template`.
 - A full disk / file-size limit while writing (safetensors or JSON) is one line with exit 2 as well.
@@ -128,6 +129,7 @@ TEMPLATES = {
 }
 OUTPUTS = ("output_dir", "output_file")
 MODELS = ("model",)  # inputs that are QRMs
+LOADED = ("model", "backbone", "policy")  # inputs whose config, tokenizer and weights transformers loads
 ROWS = ("rows", "pairs", "bench")  # inputs that are JSON Lines files
 HUB_INPUTS = ("model", "policy", "backbone")  # inputs that may be Hub ids
 
@@ -161,6 +163,7 @@ CASES = {
     "missing_tensor": lambda command: any(key in MODELS for key in keys_of(command)),
     "non_utf8_row": lambda command: any(key in ROWS for key in keys_of(command)),
     "unreachable_hub": lambda command: any(key in HUB_INPUTS for key in keys_of(command)),
+    "malformed_tokenizer": lambda command: any(key in LOADED for key in keys_of(command)),
 }
 
 
@@ -257,6 +260,10 @@ def shared_inputs(tmp_path_factory) -> Path:
         edited = {key: value.clone() for key, value in weights.items()}
         edit(edited)
         save_file(edited, root / name / "model.safetensors", metadata={"format": "pt"})
+    for name in LOADED:  # a tokenizer.json without its "added_tokens" (a KeyError deep in transformers)
+        source = model if name == "model" else root / name
+        shutil.copytree(source, root / f"malformed-{name}")
+        (root / f"malformed-{name}" / "tokenizer.json").write_text('{"version": "1.0"}')
     pairs = [json.loads(line) for line in data["pairs"].read_text().splitlines()]
     bench = [{**pair, "subset": "alpacaeval-easy"} for pair in pairs]  # RewardBench's format
     (root / "rewardbench.jsonl").write_text("".join(json.dumps(row) + "\n" for row in bench))
@@ -310,6 +317,9 @@ def bad_arguments(command: str, case: str, root: Path, case_dir: Path) -> list[s
         paths["model"] = str(root / ("nan-model" if case == "nan_model" else "missing-tensor-model"))
     elif case == "non_utf8_row":
         paths[next(key for key in used if key in ROWS)] = str(root / "non-utf8.jsonl")
+    elif case == "malformed_tokenizer":
+        loaded = next(key for key in used if key in LOADED)
+        paths[loaded] = str(root / f"malformed-{loaded}")
     elif case == "unreachable_hub":
         paths[next(key for key in used if key in HUB_INPUTS)] = "someone/absent"
     return [str(argument) for argument in TEMPLATES[command](paths)]
@@ -482,3 +492,58 @@ def test_a_file_size_limit_while_writing_is_one_line(command, limit, shared_inpu
     lines = [line for line in report["err"].splitlines() if line.strip() and not PROGRESS_BAR.search(line)]
     assert report["code"] == 2 and len(lines) == 1 and "Traceback" not in report["err"], report["err"]
     assert lines[0].startswith(f"qrm {command}: error: ")
+
+
+def test_ctrl_c_is_one_line_with_the_status_of_sigint(tmp_path, capfd, monkeypatch):
+    """Ctrl-C during a command printed the traceback of wherever torch happened to be (a user's action is not a
+    bug); with --debug it still does."""
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("qrm_hf.cli_paths.check_paths", interrupted)
+    argv = ["fit-quantiles", str(tmp_path / "features"), "--output-dir", str(tmp_path / "heads")]
+    code, err = run_in_process(argv, capfd)
+    assert code == 130 and err.strip() == "qrm fit-quantiles: interrupted", err
+    with pytest.raises(KeyboardInterrupt):
+        main(["--debug", *argv])
+
+
+def test_a_missing_local_input_is_refused_before_any_heavy_import(tmp_path):
+    """`qrm train missing.yaml` or `qrm score M --file missing.jsonl` took the 5 s of importing torch to say the
+    file is not there (issue 24): every input that is not a possible Hub name is checked by `check_paths` first."""
+    from test_outputs import argv_for
+
+    from qrm_hf.cli_paths import INPUT, PATH_ARGUMENTS, REMOTE_INPUTS
+
+    argvs = [
+        argv_for(command, {dest: str(tmp_path / f"missing-{dest}")}, tmp_path / "placeholder")
+        for command, roles in PATH_ARGUMENTS.items()
+        for dest, role in roles.items()
+        if role == INPUT and dest not in REMOTE_INPUTS
+    ]
+    script = textwrap.dedent(
+        f"""
+        import contextlib, io, json, sys
+        from qrm_hf.cli import main
+        results = []
+        for argv in json.loads(sys.argv[1]):
+            err = io.StringIO()
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+                try:
+                    main(argv)
+                    code = 0
+                except SystemExit as exit:
+                    code = exit.code
+            results.append((code, err.getvalue()))
+        print(json.dumps({{"results": results, "heavy": [m for m in {HEAVY_MODULES!r} if m in sys.modules]}}))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(argvs)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert len(argvs) > 20 and report["heavy"] == []
+    for argv, (code, err) in zip(argvs, report["results"], strict=True):
+        assert code == 2 and "does not exist" in err and len(err.strip().splitlines()) == 1, (argv, err)

@@ -991,3 +991,16 @@ def test_modeling_code_loads_weights_only_from_safetensors(tmp_path):
         QRMForSequenceClassification.from_pretrained(tmp_path)
     with pytest.raises(OSError, match="model.safetensors"):
         AutoModelForSequenceClassification.from_pretrained(tmp_path, trust_remote_code=True)
+
+
+def test_push_refuses_a_loop_of_links_in_one_line(model_dir, no_hub_calls, capsys):
+    """A careless `ln -s` (two links naming each other) is a user error, not a traceback."""
+    from qrm_hf.cli import main
+
+    (model_dir / "loop_a").symlink_to(model_dir / "loop_b")
+    (model_dir / "loop_b").symlink_to(model_dir / "loop_a")
+    with pytest.raises(SystemExit) as exit:
+        main(["push", str(model_dir), "qrm-org/model"])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "loop_" in err, err

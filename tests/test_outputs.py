@@ -167,6 +167,50 @@ def test_evaluate_output_equal_to_ratings_leaves_the_ratings(tmp_path, capsys, m
     assert ratings.read_text() == '{"prompt": "hi", "response": "yo", "helpfulness": 2}\n'
 
 
+OUTPUT_PAIRS = [
+    (command, first, second)
+    for command, roles in PATH_ARGUMENTS.items()
+    for i, first in enumerate(dest for dest, role in roles.items() if role != INPUT)
+    for second in [dest for dest, role in roles.items() if role != INPUT][i + 1 :]
+]
+
+
+@pytest.mark.parametrize(
+    "command, first, second", OUTPUT_PAIRS, ids=[f"{c}-{a}-{b}" for c, a, b in OUTPUT_PAIRS]
+)
+def test_one_path_given_as_two_outputs_of_a_command_is_refused(command, first, second, tmp_path, capsys):
+    """`qrm evaluate --plot a.png --output a.png` wrote the plot, then the report over it, with exit 0."""
+    values = {
+        first: str(tmp_path / "a.png"),
+        second: str(tmp_path / "." / "a.png"),
+    }  # one file, two spellings
+    code, err = run_cli(capsys, *argv_for(command, values, tmp_path / "missing"))
+    assert code == 2 and "given twice" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "a.png").exists()
+
+
+NESTED_OUTPUTS = [
+    (command, directory, inner)
+    for command, roles in PATH_ARGUMENTS.items()
+    for directory, role in roles.items()
+    if role == OUTPUT_DIR
+    for inner, inner_role in roles.items()
+    if inner_role != INPUT and inner != directory
+]
+
+
+@pytest.mark.parametrize(
+    "command, directory, inner", NESTED_OUTPUTS, ids=[f"{c}-{d}-{i}" for c, d, i in NESTED_OUTPUTS]
+)
+def test_an_output_inside_another_output_directory_is_refused(command, directory, inner, tmp_path, capsys):
+    """`qrm evaluate --plots P --output P/r.json` put the report into the plots' directory, where the next
+    run found a file the plots had not written."""
+    values = {directory: str(tmp_path / "plots"), inner: str(tmp_path / "plots" / "r.json")}
+    code, err = run_cli(capsys, *argv_for(command, values, tmp_path / "missing"))
+    assert code == 2 and "inside the output directory" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "plots").exists()
+
+
 # ------------------------------------------------------------------------------------------ the mechanism
 
 
@@ -190,6 +234,63 @@ def test_a_directory_is_replaced_only_when_it_is_the_same_commands_output(tmp_pa
         io.remove_output(target, "qrm fit-gating")
     assert (target / "gating.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "out.lock"]  # no temporary left
+
+
+def test_an_output_directory_given_as_a_link_is_the_folder_it_points_to(tmp_path):
+    """`--output-dir out` with `out -> runs/3`: the folder behind the link holds the output, the link stays (it was
+    renamed aside and then failed to be deleted as a directory: an error after every run, and the link lost)."""
+    folder, link = tmp_path / "runs" / "3", tmp_path / "out"
+    folder.mkdir(parents=True)
+    link.symlink_to(folder, target_is_directory=True)
+    for run in range(2):  # an empty folder, then the command's previous output
+        with io.replace_directory(link, "qrm fit-gating") as directory:
+            (directory / "gating.json").write_text(json.dumps({"run": run}))
+        assert link.is_symlink() and json.loads((folder / "gating.json").read_text()) == {"run": run}
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    (tmp_path / "latest").symlink_to(trained, target_is_directory=True)
+    io.claim_directory(tmp_path / "latest", "qrm train")
+    (trained / "checkpoint.bin").write_bytes(b"old")
+    io.claim_directory(tmp_path / "latest", "qrm train", fresh=True)  # deletes the old run, not the link
+    assert (tmp_path / "latest").is_symlink() and sorted(p.name for p in trained.iterdir()) == [io.MARKER]
+    assert not [p.name for p in tmp_path.iterdir() if "qrm-" in p.name]  # no temporary or previous left
+    from qrm_hf.locking import lock_path
+
+    assert lock_path(link) == lock_path(folder)  # two runs through the link and the folder exclude each other
+
+
+def test_files_added_to_an_output_since_it_was_written_are_not_deleted_with_it(tmp_path):
+    """`qrm evaluate RUN/model ... --output RUN/model/eval.json`, then a second `qrm assemble` (or `qrm train`)
+    into RUN/model deleted the report: a directory marked by the command was replaced whatever it held."""
+    target = tmp_path / "model"
+    with io.replace_directory(target, "qrm assemble") as directory:
+        (directory / "model.safetensors").write_bytes(b"weights")
+    (target / "eval.json").write_text('{"accuracy": 0.9}')
+    with pytest.raises(io.ForeignDirectoryError, match="eval.json was added since"):
+        with io.replace_directory(target, "qrm assemble"):
+            pass
+    assert (target / "eval.json").read_text() == '{"accuracy": 0.9}'
+    (target / "eval.json").unlink()
+    with io.replace_directory(target, "qrm assemble") as directory:  # only its own files: replaced
+        (directory / "model.safetensors").write_bytes(b"new weights")
+    assert (target / "model.safetensors").read_bytes() == b"new weights"
+
+
+def test_user_files_that_look_like_qrm_files_are_foreign(tmp_path):
+    """A user's `notes.qrm-partial.txt`, or a folder named like the marker, was taken for qrm-hf's own and
+    deleted with the directory."""
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "draft.qrm-partial.txt").write_text("my draft")
+    marker_folder = tmp_path / "marker-folder"
+    (marker_folder / io.MARKER).mkdir(parents=True)
+    (marker_folder / io.MARKER / "keep.txt").write_text("mine")
+    for directory, name in ((notes, "draft.qrm-partial.txt"), (marker_folder, io.MARKER)):
+        before = snapshot(directory)
+        with pytest.raises(io.ForeignDirectoryError, match=name.replace(".", r"\.")):
+            with io.replace_directory(directory, "qrm fit-gating"):
+                pass
+        assert snapshot(directory) == before
 
 
 def test_library_stages_refuse_a_foreign_directory_before_the_work(tmp_path):
@@ -384,6 +485,11 @@ qrm_io.os.replace = replace_then_die
 """
 
 
+def rewritten(after: dict[str, bytes], before: dict[str, bytes]) -> bool:
+    """The same files, the marker aside: it holds the id of each write (`io.output_id`), new every time."""
+    return {**after, io.MARKER: b""} == {**before, io.MARKER: b""}
+
+
 def killed(patch: str, argv: list[str]) -> subprocess.CompletedProcess:
     script = textwrap.dedent(KILL_DURING).format(patch=textwrap.dedent(patch), argv=[str(a) for a in argv])
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
@@ -404,7 +510,7 @@ def test_kill_9_while_convert_writes_the_weights_keeps_the_previous_model(conver
     assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
     assert snapshot(model) == before  # no truncated model.safetensors
     main(["convert", str(converted / "released"), str(model)])  # the next run cleans up and completes
-    assert snapshot(model) == before
+    assert rewritten(snapshot(model), before) and io.output_owner(model) == "qrm convert"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "model.lock"]
 
 
@@ -417,7 +523,7 @@ def test_a_kill_between_the_two_renames_is_named_then_restored(converted, tmp_pa
     code, err = run_cli(capsys, "score", model, "--prompt", "hi", "--response", "yo")
     assert code == 2 and ".model.qrm-previous" in err and "run that command again" in err, err
     main(["convert", str(converted / "released"), str(model)])  # puts the old one back, then replaces it
-    assert snapshot(model) == before
+    assert rewritten(snapshot(model), before)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "model.lock"]
 
 
@@ -451,3 +557,24 @@ def test_standalone_extract_follows_changed_labels_and_responses(tmp_path, capsy
     second, _ = load_features(out)
     assert second["labels"][:, 0].tolist() == [1.0, 0.25, 0.75]
     assert not (first["embeddings"] == second["embeddings"]).all(dim=1).any()  # every response re-encoded
+
+
+def test_standalone_extract_follows_a_backbone_replaced_in_place(tmp_path, capsys):
+    """New weights saved over the backbone directory (a re-download, a fine-tune saved in place): `qrm extract`
+    kept the old features and said "Features written" (`qrm train` keys on the backbone's content already)."""
+    from qrm_hf.training.features import load_features
+
+    backbone = save_backbone(tmp_path / "backbone", seed=5)
+    data = write_ratings(tmp_path / "ratings.jsonl", ["hi", "hello there", "the blue four"], [0, 2, 4])
+    out = tmp_path / "features"
+    extract = ["extract", backbone, "--output-dir", out, "--source", data, "--kind", "attribute",
+               "--prompt", "prompt", "--response", "response", "--attributes", *ATTRIBUTES,
+               "--label-range", "0", "4", "--max-length", "256"]  # fmt: skip
+    main([str(a) for a in extract])
+    first, _ = load_features(out)
+    shutil.rmtree(backbone)
+    save_backbone(backbone, seed=6)
+    main([str(a) for a in extract])
+    assert "extracting anew" in capsys.readouterr().out
+    second, _ = load_features(out)
+    assert not (first["embeddings"] == second["embeddings"]).all(dim=1).any()

@@ -477,3 +477,39 @@ def test_an_interrupted_run_resumes_the_unfinished_extraction(tmp_path, capsys):
     assert all(after[name] == kept[name] for name in kept if name.startswith("features-00000"))
     for name, tensor in load_features(out / "features" / "preference" / "pairs")[0].items():
         torch.testing.assert_close(tensor, reference[name])
+
+
+def test_a_stage_output_replaced_by_another_command_is_redone(tmp_path, capsys):
+    """`qrm fit-gating ... --output-dir <run>/gating --epochs 1` replaced the run's gating; the next `qrm train`
+    found its state "complete" and skipped it, so the run's gating no longer was what its config says."""
+    backbone = save_backbone(tmp_path / "backbone")
+    data = write_data(tmp_path / "data")
+    run = tmp_path / "run"
+    config = write_config(tmp_path / "config.yaml", config_values(backbone, data, run, debias=False))
+    main(["train", str(config)])
+    trained_gating = json.loads((run / "gating" / "gating.json").read_text())
+    pairs = run / "features" / "preference" / "pairs"
+    main(["fit-gating", str(run / "heads"), str(pairs), "--output-dir", str(run / "gating"), "--epochs", "1"])
+    assert json.loads((run / "gating" / "gating.json").read_text()) != trained_gating
+    capsys.readouterr()
+    main(["train", str(config)])
+    printed = capsys.readouterr().out
+    assert "] fit-gating: up to date" not in printed and "] fit-quantiles: up to date" in printed
+    assert json.loads((run / "gating" / "gating.json").read_text()) == trained_gating
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("backbone: [\n", "is not valid YAML"),  # a yaml.ParserError, not a ValueError
+        ("backbone: b\noutput_dir: [1, 2]\n", "a setting has the wrong type"),  # a list where a path goes
+        ("backbone: b\noutput_dir: o\nattribute_datasets: 5\n", "a setting has the wrong type"),
+    ],
+)
+def test_a_malformed_config_file_is_one_line(text, match, tmp_path, capsys):
+    from conftest import run_cli
+
+    config = tmp_path / "config.yaml"
+    config.write_text(text)
+    code, err = run_cli(capsys, "train", config)
+    assert code == 2 and match in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err

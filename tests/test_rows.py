@@ -141,6 +141,17 @@ def test_a_lone_surrogate_is_refused_naming_its_line(models, tmp_path, capsys, r
     assert f"{file} line 3" in line and "lone surrogate" in line
 
 
+@pytest.mark.parametrize("reader", sorted(READERS), ids="-".join)
+def test_a_row_nested_too_deeply_is_refused_naming_its_line(models, tmp_path, capsys, reader):
+    """100 000 nested brackets made json.loads raise RecursionError: a traceback for a bad row."""
+    good, _ = ROWS[READERS[reader][0]]
+    deep = '{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    file = write_lines(tmp_path / "rows.jsonl", [json.dumps(good), deep])
+    code, err = run_cli(capsys, *argv_for(reader, models, file, tmp_path / "out"))
+    line = one_line_error(code, err)
+    assert f"{file} line 2" in line and "nested too deeply" in line
+
+
 def test_read_jsonl_gives_every_row_its_line(tmp_path):
     file = write_lines(tmp_path / "rows.jsonl", ['{"a": 1}', "", "   ", '{"a": 2}'])
     rows = read_jsonl(file)

@@ -292,3 +292,24 @@ def test_a_large_risk_aversion_gives_a_finite_certainty_equivalent(model_dir, ca
     assert math.isfinite(values["cert_equiv"]) and "inf" not in out and "nan" not in out
     assert values["cert_equiv"] == pytest.approx(expected, abs=1e-4)
     assert min(quantiles) - 1e-4 <= values["cert_equiv"] <= values["expected"] + 1e-4
+
+
+def test_token_ids_beyond_the_embedding_table_are_refused_in_one_line(tmp_path):
+    """A tokenizer of another model (ids past vocab_size) met torch's IndexError ("index out of range in self")
+    deep in the forward pass of `qrm extract` and `qrm score`: a traceback for a user's mismatch."""
+    from conftest import PAD, PATTERN, conversation
+    from qrm_hf.scoring import split_scorable
+    from qrm_hf.training.features import BackboneEncoder, extract_to_shards
+
+    model = make_qrm()
+    vocabulary = model.config.backbone_config.vocab_size
+    sequences = [conversation(3, 4, seed=0), [*conversation(3, 4, seed=1), vocabulary]]
+    with pytest.raises(
+        ValueError, match=f"token id {vocabulary}, but the model's embedding table has {vocabulary}"
+    ):
+        split_scorable(model, sequences)
+    encoder = BackboneEncoder(model.model, PATTERN, PAD)
+    with pytest.raises(ValueError, match="the tokenizer is not this model's"):
+        extract_to_shards(encoder, sequences, tmp_path / "features", {}, max_length=None)
+    assert not (tmp_path / "features").exists()  # refused before the directory is claimed
+    assert split_scorable(model, sequences[:1]) == ([0], [])  # ids inside the table pass

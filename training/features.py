@@ -27,7 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
-from ..chat import check_max_length, split_by_length
+from ..chat import check_max_length, check_token_ids, split_by_length
 from ..io import (
     check_output_directory,
     claim_directory,
@@ -247,6 +247,7 @@ def extract_to_shards(
 
     directory = Path(directory)
     check_max_length(max_length, getattr(encoder.backbone, "config", None))
+    check_token_ids(sequences, getattr(encoder.backbone, "config", None))
     if len(sequences) == 0:
         raise ValueError(f"No conversations to extract for {directory}: the dataset is empty.")
     pairs = isinstance(sequences[0], tuple)
@@ -294,6 +295,33 @@ def extract_to_shards(
             state,
             {} if stale else previous,
         )
+
+
+def _file_digest(path: Path, digest) -> None:
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+
+
+def content_signature(location: str, read_limit: int = 1 << 26) -> str | None:
+    """A hash of a local file or directory (None for a Hub id): a changed file changes it.
+
+    Files up to `read_limit` bytes are hashed by content; larger ones (backbone weights, big data files)
+    by name, size and modification time, so that planning a run never reads gigabytes.
+    """
+    path = Path(location)
+    if not path.exists():
+        return None
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        digest.update(str(file.relative_to(path) if file != path else file.name).encode())
+        stat = file.stat()
+        if stat.st_size <= read_limit:
+            _file_digest(file, digest)
+        else:
+            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
 
 
 def content_key(sequences, labels: torch.Tensor | None = None, row_index=None) -> str:

@@ -34,13 +34,14 @@ from typing import Any
 from ..io import (
     check_outputs_apart_from_inputs,
     claim_directory,
+    output_id,
     remove_output,
     restore_interrupted_replacement,
     write_json_atomic,
 )
 from ..locking import directory_lock
 from ..presets import looks_like_local_path
-from .features import EXTRACT_COMMAND, damaged_shards
+from .features import EXTRACT_COMMAND, content_signature, damaged_shards
 from .quantile_regression import MultiQuantileRegressor
 from .settings import (
     AssembleSettings,
@@ -91,10 +92,16 @@ class TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"Config file {path} does not exist.")
-        values = yaml.safe_load(path.read_text()) or {}
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as error:  # not a ValueError: one line here, not a parser traceback
+            raise ValueError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from error
         if not isinstance(values, dict):
             raise ValueError(f"{path}: expected a mapping of settings at the top level.")
-        return cls.from_dict(values, base_dir=path.parent, where=str(path), output_dir=output_dir)
+        try:
+            return cls.from_dict(values, base_dir=path.parent, where=str(path), output_dir=output_dir)
+        except (TypeError, AttributeError) as error:  # a list where a path goes, a number where a list goes
+            raise ValueError(f"{path}: a setting has the wrong type ({error}).") from error
 
     @classmethod
     def from_dict(cls, values: dict, base_dir: Path = Path("."), where: str = "config", output_dir=None):
@@ -193,33 +200,6 @@ class TrainConfig:
 
 
 # ------------------------------------------------------------------------------------------- fingerprints
-
-
-def _file_digest(path: Path, digest) -> None:
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-
-
-def content_signature(location: str, read_limit: int = 1 << 26) -> str | None:
-    """A hash of a local file or directory (None for a Hub id): a changed file changes it.
-
-    Files up to `read_limit` bytes are hashed by content; larger ones (backbone weights, big data files)
-    by name, size and modification time, so that planning a run never reads gigabytes.
-    """
-    path = Path(location)
-    if not path.exists():
-        return None
-    digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        digest.update(str(file.relative_to(path) if file != path else file.name).encode())
-        stat = file.stat()
-        if stat.st_size <= read_limit:
-            _file_digest(file, digest)
-        else:
-            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()
 
 
 @dataclass
@@ -419,6 +399,8 @@ def stage_status(stage: Stage, state: dict) -> str:
         return "new"
     if entry["fingerprint"] != stage.fingerprint():
         return "changed"
+    if entry["complete"] and entry.get("output") != output_id(stage.directory):
+        return "changed"  # replaced since by another command (`qrm fit-gating --output-dir <run>/gating`)
     return "up to date" if entry["complete"] else "resume"
 
 
@@ -561,6 +543,10 @@ def _run_plan(config: TrainConfig, plan: list[Stage], processes) -> None:
         if main or stage.distributed:
             stage.run()
         processes.wait_for_everyone()
-        state[stage.name] = {"fingerprint": stage.fingerprint(), "complete": True}
+        state[stage.name] = {
+            "fingerprint": stage.fingerprint(),
+            "complete": True,
+            "output": output_id(stage.directory),
+        }
         if main:
             _write_state(config.output_dir, state)

@@ -28,7 +28,7 @@ import torch
 from peft import LoraConfig
 from transformers import AutoTokenizer
 
-from ..hub import refusing_model_code
+from ..hub import reading_model_files, refusing_model_code
 from ..io import claim_directory
 from ..presets import DatasetPreset, load_rows
 from . import paper_rlhf as paper
@@ -171,7 +171,7 @@ def run_rlhf(
     prompts = rloo_prompts(load_rows(data, split=split, limit=limit), preset)
     # The policy's code runs with the trainer's own consent (TRL's `args.trust_remote_code`, False by default),
     # which the trainer applies to its loads of the policy too; `trust_remote_code` is the QRM's.
-    with refusing_model_code(policy, "policy"):
+    with refusing_model_code(policy, "policy"), reading_model_files(policy, "policy"):
         tokenizer = AutoTokenizer.from_pretrained(
             str(policy), padding_side="left", truncation_side="left", trust_remote_code=args.trust_remote_code
         )

@@ -27,7 +27,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
 from ..chat import check_max_length
-from ..hub import refusing_model_code
+from ..hub import reading_model_files, refusing_model_code
 from ..io import check_output_directory, claim_directory, files_into
 from ..presets import DatasetPreset, load_rows
 from . import paper_rlhf as paper
@@ -268,7 +268,7 @@ def run_sft(
     # Before any work: the trainer writes checkpoints and the merged model into the directory.
     check_output_directory(args.output_dir, "qrm sft")
     # The same consent as the trainer's own loads of `model` (TRL's `trust_remote_code`, False by default).
-    with refusing_model_code(model, "base model"):
+    with refusing_model_code(model, "base model"), reading_model_files(model, "base model"):
         tokenizer = AutoTokenizer.from_pretrained(str(model), trust_remote_code=args.trust_remote_code)
         config = AutoConfig.from_pretrained(str(model), trust_remote_code=args.trust_remote_code)
     if chat_template is not None:

@@ -34,6 +34,7 @@ from .features import (
     attribute_names_of,
     backbone_identity,
     check_same_backbone,
+    content_signature,
     extract_to_shards,
     feature_settings,
     iter_shards,
@@ -173,6 +174,7 @@ class ExtractionBackbone:
     tokenizer: Any
     name: str
     hidden_size: int
+    content: str | None = None  # `content_signature` of a local backbone: features of other weights are stale
 
 
 def load_extraction_backbone(
@@ -191,12 +193,12 @@ def load_extraction_backbone(
     from transformers import AutoModel, AutoTokenizer
 
     from ..chat import derive_prompt_end_pattern
-    from ..hub import check_tokenizer_files, refusing_model_code
+    from ..hub import check_tokenizer_files, reading_model_files, refusing_model_code
 
     location, name = resolve_backbone(backbone)
     check_tokenizer_files(location, "backbone")
     # A backbone is a standard transformers model: its own code (auto_map) never runs, and nothing asks on stdin.
-    with refusing_model_code(location, "backbone"):
+    with refusing_model_code(location, "backbone"), reading_model_files(location, "backbone"):
         tokenizer = AutoTokenizer.from_pretrained(location, revision=revision, trust_remote_code=False)
         model = AutoModel.from_pretrained(
             location, revision=revision, dtype=getattr(torch, dtype), trust_remote_code=False
@@ -206,7 +208,7 @@ def load_extraction_backbone(
     encoder = BackboneEncoder(
         model, derive_prompt_end_pattern(tokenizer), pad, batch_size=batch_size, remember=remember
     )
-    return ExtractionBackbone(encoder, tokenizer, name, model.config.hidden_size)
+    return ExtractionBackbone(encoder, tokenizer, name, model.config.hidden_size, content_signature(location))
 
 
 def extract_features(
@@ -253,6 +255,7 @@ def extract_features(
         ]
     manifest = {
         "backbone": loaded.name,
+        "backbone_content": loaded.content,
         "revision": revision,
         "hidden_size": loaded.hidden_size,
         "prompt_end_pattern": loaded.encoder.prompt_end_pattern,
