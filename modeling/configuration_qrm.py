@@ -4,6 +4,7 @@ This file travels with every saved QRM (``trust_remote_code=True``); it depends 
 transformers only.
 """
 
+import copy
 import math
 import numbers
 
@@ -39,7 +40,8 @@ AUTO_MAP = {
     "AutoModel": "modeling_qrm.QRMForSequenceClassification",
     "AutoModelForSequenceClassification": "modeling_qrm.QRMForSequenceClassification",
 }
-# The fields of a QRM that a backbone's config.json lacks (given as keyword arguments to `from_pretrained`).
+# The fields of a QRM of its own (a backbone's config.json lacks them); given as keyword arguments at load,
+# they go through `QRMConfig.__init__` and its checks (`QRMConfig.from_dict`).
 QRM_FIELDS = (
     "attribute_names",
     "quantile_levels",
@@ -115,6 +117,8 @@ class QRMConfig(PretrainedConfig):
                 raise ValueError("`backbone_config` given as a dict must contain `model_type`.")
             backbone_config = dict(backbone_config)
             backbone_config = CONFIG_MAPPING[backbone_config.pop("model_type")](**backbone_config)
+        else:  # a copy: building a model sets fields (e.g. `_attn_implementation`) on its config
+            backbone_config = copy.deepcopy(backbone_config)
         self.backbone_config = backbone_config
 
         self.attribute_names = (
@@ -176,13 +180,19 @@ class QRMConfig(PretrainedConfig):
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
         """The config dict of a QRM; that of another model (e.g. a plain Llama directory) becomes the
-        `backbone_config` of a fresh QRM, whose own fields (`attribute_names`, `quantile_levels`, ...) come
-        from `kwargs` and are checked as in `__init__`."""
+        `backbone_config` of a fresh QRM, whose own fields come from `kwargs` (see `from_dict`)."""
         config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
         if config_dict.get("model_type", cls.model_type) != cls.model_type:
-            fields = {name: kwargs.pop(name) for name in QRM_FIELDS if name in kwargs}
-            config_dict = {"model_type": cls.model_type, "backbone_config": config_dict, **fields}
+            config_dict = {"model_type": cls.model_type, "backbone_config": config_dict}
         return config_dict, kwargs
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        """`PretrainedConfig.from_dict`, with the QRM fields given as keyword arguments (e.g.
+        `from_pretrained(path, gating_temperature=...)`) passed to `__init__`, which checks them, instead of
+        being set on the built config unchecked."""
+        fields = {name: kwargs.pop(name) for name in QRM_FIELDS if name in kwargs}
+        return super().from_dict({**config_dict, **fields}, **kwargs)
 
     @property
     def num_labels(self) -> int | None:

@@ -24,7 +24,7 @@ from test_hub import make_tokenizer
 from test_safety import assert_one_line_error, run_cli
 
 from conftest import make_qrm, run_without_qrm_hf
-from qrm_hf import QRMConfig, risk
+from qrm_hf import QRMConfig, QRMForSequenceClassification, risk
 from qrm_hf.cli import build_parser
 from qrm_hf.evaluation import calibration_error, interval_coverage, pairwise_accuracy, pinball_loss
 from qrm_hf.hub import load_qrm
@@ -79,6 +79,26 @@ def test_a_config_with_a_non_finite_or_out_of_range_number_is_refused_at_load(fi
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=field):
         QRMConfig.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("gating_temperature", float("nan")),
+        ("quantile_levels", [0.5, 0.5, 0.5, 0.5, 0.5]),  # as many levels as saved: the shapes still fit
+        ("gating_fallback", "sometimes"),
+        ("attribute_names", ["a", "a", "b"]),
+    ],
+)
+def test_a_config_field_given_at_load_is_checked_as_in_the_constructor(field, value, tmp_path):
+    # from_pretrained(path, field=value) sets fields on the loaded config: they must not skip __init__'s checks
+    make_qrm().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=field):
+        QRMConfig.from_pretrained(tmp_path, **{field: value})
+    with pytest.raises(ValueError, match=field):
+        QRMForSequenceClassification.from_pretrained(tmp_path, **{field: value})
+    loaded = QRMConfig.from_pretrained(tmp_path, gating_temperature=2.0)  # a valid override is applied
+    assert loaded.gating_temperature == 2.0
 
 
 def test_the_saved_configuration_file_refuses_a_nan_temperature_without_qrm_hf(tmp_path):

@@ -56,6 +56,17 @@ def test_backbone_config_from_dict_round_trip():
 # --- outputs and their semantics ---------------------------------------------------------------
 
 
+def test_building_a_qrm_leaves_the_callers_backbone_config_alone():
+    # e.g. the config of a live model: building the QRM sets its own copy's attention implementation
+    backbone_config = tiny_backbone_config()
+    before = (backbone_config.to_dict(), backbone_config._attn_implementation)
+    model = QRMForSequenceClassification(
+        QRMConfig(backbone_config=backbone_config, attribute_names=["a"], quantile_levels=[0.5])
+    )
+    model.config.backbone_config.vocab_size = 99
+    assert (backbone_config.to_dict(), backbone_config._attn_implementation) == before
+
+
 def test_outputs_shapes_and_definitions(qrm):
     ids, mask = pad_batch(ROWS)
     out = qrm(input_ids=ids, attention_mask=mask)
