@@ -141,6 +141,18 @@ def test_a_lone_surrogate_is_refused_naming_its_line(models, tmp_path, capsys, r
     assert f"{file} line 3" in line and "lone surrogate" in line
 
 
+@pytest.mark.parametrize("reader", sorted(READERS), ids="-".join)
+def test_a_key_given_twice_in_a_row_is_refused_naming_its_line(models, tmp_path, capsys, reader):
+    good, _ = ROWS[READERS[reader][0]]
+    key = next(iter(good))  # the row says two things for it: python's json keeps the last, pyarrow fails
+    twice = json.dumps(good)[:-1] + f", {json.dumps(key)}: {json.dumps(good[key] + ' w13')}}}"
+    assert json.loads(twice)[key] != good[key]
+    file = write_lines(tmp_path / "rows.jsonl", [json.dumps(good), "", twice])
+    code, err = run_cli(capsys, *argv_for(reader, models, file, tmp_path / "out"))
+    line = one_line_error(code, err)
+    assert f"{file} line 3" in line and f"{key!r} appear twice" in line
+
+
 def test_read_jsonl_gives_every_row_its_line(tmp_path):
     file = write_lines(tmp_path / "rows.jsonl", ['{"a": 1}', "", "   ", '{"a": 2}'])
     rows = read_jsonl(file)
