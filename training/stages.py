@@ -198,8 +198,21 @@ def load_extraction_backbone(
     # A backbone is a standard transformers model: its own code (auto_map) never runs, and nothing asks on stdin.
     with refusing_model_code(location, "backbone"):
         tokenizer = AutoTokenizer.from_pretrained(location, revision=revision, trust_remote_code=False)
-        model = AutoModel.from_pretrained(
-            location, revision=revision, dtype=getattr(torch, dtype), trust_remote_code=False
+        model, info = AutoModel.from_pretrained(
+            location,
+            revision=revision,
+            dtype=getattr(torch, dtype),
+            trust_remote_code=False,
+            output_loading_info=True,
+        )
+    if info["missing_keys"]:
+        # Random tensors would differ at every load: features, heads and the assembled model (whose probe
+        # check compares it with this very load) would each sit on another decoder.
+        missing = sorted(info["missing_keys"])
+        raise ValueError(
+            f"The backbone {location} lacks {len(missing)} tensor(s) of its model class: "
+            f"{', '.join(missing[:8])}{' and more' if len(missing) > 8 else ''} (they would be random). Save or "
+            "download it again."
         )
     model = model.to(PartialState(cpu=not torch.cuda.is_available()).device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
