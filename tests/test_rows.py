@@ -181,6 +181,25 @@ def test_a_null_assistant_content_is_refused_like_a_null_response(models, tmp_pa
         )  # fmt: skip
 
 
+@pytest.mark.parametrize("content", [[{"type": "text", "text": "w11"}], 5])
+def test_a_message_content_that_is_not_a_string_is_refused_not_scored_as_its_repr(
+    models, tmp_path, capsys, content
+):
+    # str() of a list of parts is "[{'type': 'text', ...}]": the text scored would not be the row's
+    row = {"prompt": [{"role": "user", "content": content}], "response": "w20"}
+    file = write_lines(
+        tmp_path / "rows.jsonl", [json.dumps({"prompt": "w11", "response": "w20"}), json.dumps(row)]
+    )
+    line = one_line_error(*run_cli(capsys, "score", models["qrm"], "--file", file))
+    assert f"{file} line 2: the content of a message must be a string" in line
+    with pytest.raises(ValueError, match="must be a string"):  # every converter: training data too
+        attribute_examples(
+            [{**row, "h": 1}],
+            DatasetPreset.custom("attribute", prompt="prompt", response="response", attributes=["h"],
+                                 label_ranges=(0, 4)),
+        )  # fmt: skip
+
+
 def test_a_system_turn_in_a_response_is_refused_not_moved(models, tmp_path, capsys):
     response = [{"role": "system", "content": "w13"}, {"role": "assistant", "content": "w20"}]
     file = write_lines(tmp_path / "rows.jsonl", [json.dumps({"prompt": "w11", "response": response})])
