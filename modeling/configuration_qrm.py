@@ -188,10 +188,10 @@ class QRMConfig(PretrainedConfig):
 
     @classmethod
     def from_dict(cls, config_dict, **kwargs):
-        """`PretrainedConfig.from_dict`, with the QRM fields given as keyword arguments (e.g.
-        `from_pretrained(path, gating_temperature=...)`) passed to `__init__`, which checks them, instead of
-        being set on the built config unchecked."""
-        fields = {name: kwargs.pop(name) for name in QRM_FIELDS if name in kwargs}
+        """`PretrainedConfig.from_dict`, with the QRM fields and `problem_type` given as keyword arguments
+        (e.g. `from_pretrained(path, gating_temperature=...)`) passed to `__init__`, which checks them, instead
+        of being set on the built config unchecked."""
+        fields = {name: kwargs.pop(name) for name in (*QRM_FIELDS, "problem_type") if name in kwargs}
         return super().from_dict({**config_dict, **fields}, **kwargs)
 
     @property

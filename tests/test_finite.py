@@ -88,6 +88,7 @@ def test_a_config_with_a_non_finite_or_out_of_range_number_is_refused_at_load(fi
         ("quantile_levels", [0.5, 0.5, 0.5, 0.5, 0.5]),  # as many levels as saved: the shapes still fit
         ("gating_fallback", "sometimes"),
         ("attribute_names", ["a", "a", "b"]),
+        ("problem_type", "single_label_classification"),  # pipeline() would squash the reward by a sigmoid
     ],
 )
 def test_a_config_field_given_at_load_is_checked_as_in_the_constructor(field, value, tmp_path):
