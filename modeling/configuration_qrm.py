@@ -160,7 +160,17 @@ class QRMConfig(PretrainedConfig):
         self.gating_temperature = float(gating_temperature)
         self.gating_batch_norm = gating_batch_norm
         self.regression_bias = regression_bias
-        self.prompt_end_pattern = list(prompt_end_pattern) if prompt_end_pattern is not None else None
+        if prompt_end_pattern is not None:
+            prompt_end_pattern = list(prompt_end_pattern)
+            # Token ids: a float such as 7.9 would be truncated to 7 when matched against the input ids.
+            if any(
+                isinstance(t, bool) or not isinstance(t, numbers.Integral) or t < 0
+                for t in prompt_end_pattern
+            ):
+                raise ValueError(
+                    f"`prompt_end_pattern` must be token ids (whole numbers >= 0), got {prompt_end_pattern}."
+                )
+        self.prompt_end_pattern = prompt_end_pattern
         self.gating_fallback = gating_fallback
         self.quantile_mixing = quantile_mixing
         self.monotone_quantiles = monotone_quantiles

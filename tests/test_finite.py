@@ -67,6 +67,8 @@ def write_rows(path: Path, rows: list[dict], blank_lines_before: dict[int, int] 
         ("gating_hidden_dim", 0),
         ("gating_hidden_dim", float("nan")),
         ("gating_n_hidden", -1),
+        ("prompt_end_pattern", [7.9, 8, 9]),  # would be matched as the token ids [7, 8, 9]
+        ("prompt_end_pattern", [float("nan"), 8, 9]),
     ],
 )
 def test_a_config_with_a_non_finite_or_out_of_range_number_is_refused_at_load(field, value, tmp_path):
