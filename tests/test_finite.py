@@ -192,6 +192,31 @@ def test_the_overflowing_model_is_finite_on_clean_rows_and_refused_by_row_on_the
         conversation_embeddings(model, tokenizer, conversations)
 
 
+def test_extract_refuses_non_finite_embeddings_naming_the_line_and_a_nan_backbone_by_tensor(
+    overflowing, tmp_path, capsys
+):
+    # Features are an output like a score: "Features written" with exit 0 over NaN embeddings is a NaN answer
+    directory, poisoned, clean = overflowing
+    model, tokenizer = load_qrm(directory)
+    backbone = tmp_path / "backbone"
+    model.model.save_pretrained(backbone)
+    tokenizer.save_pretrained(backbone)
+    rows = [{"prompt": p, "response": r, "helpfulness": 1} for p, r in [clean[0], clean[1], poisoned[0]]]
+    data = write_rows(tmp_path / "data.jsonl", rows, {2: 2})  # the poisoned row on line 5
+    extract = ["extract", backbone, "--kind", "attribute", "--source", data, "--prompt", "prompt", "--response",
+               "response", "--attributes", "helpfulness", "--label-range", "0", "4", "--max-length", "128"]  # fmt: skip
+    capsys.readouterr()
+    code, _, err = run_cli(capsys, *extract, "--output-dir", tmp_path / "features")
+    assert_one_error_line(code, err, "NaN or infinite", f"{data} line 5")
+    assert not list((tmp_path / "features").glob("*.safetensors"))
+
+    tensors = load_file(backbone / "model.safetensors")
+    tensors["layers.0.mlp.up_proj.weight"][0, 0] = float("nan")
+    save_file(tensors, backbone / "model.safetensors", metadata={"format": "pt"})
+    code, _, err = run_cli(capsys, *extract, "--output-dir", tmp_path / "features-2")
+    assert_one_error_line(code, err, "NaN or infinite", "layers.0.mlp.up_proj.weight")
+
+
 def _scoring_commands() -> set[str]:
     """Every `qrm` command that scores with a QRM: its positional `model` is a QRM (`_add_model_arguments`)."""
     subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))

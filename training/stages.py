@@ -191,7 +191,7 @@ def load_extraction_backbone(
     from transformers import AutoModel, AutoTokenizer
 
     from ..chat import derive_prompt_end_pattern
-    from ..hub import check_tokenizer_files, refusing_model_code
+    from ..hub import check_finite_weights, check_tokenizer_files, refusing_model_code
 
     location, name = resolve_backbone(backbone)
     check_tokenizer_files(location, "backbone")
@@ -214,6 +214,7 @@ def load_extraction_backbone(
             f"{', '.join(missing[:8])}{' and more' if len(missing) > 8 else ''} (they would be random). Save or "
             "download it again."
         )
+    check_finite_weights(model, f"The backbone {location}")  # its features would all be NaN
     model = model.to(PartialState(cpu=not torch.cuda.is_available()).device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoder = BackboneEncoder(
@@ -244,6 +245,7 @@ def extract_features(
     across datasets; then `backbone`, `revision`, `dtype` and `batch_size` only go to the manifest.
     """
     from ..chat import encode_conversation
+    from ..data import row_location
 
     check_output_directory(output_dir, EXTRACT_COMMAND)  # before loading the backbone and the data
     preset = dataset.resolve()
@@ -283,6 +285,7 @@ def extract_features(
         shard_size=shard_size,
         max_length=max_length,
         row_index=index,
+        row_names=[row_location(rows, row, dataset.display_name) for row in index],
     )
 
 
