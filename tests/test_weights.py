@@ -238,6 +238,17 @@ def test_a_backbone_missing_a_tensor_is_refused_by_extract_train_and_assemble(tm
     assert not (tmp_path / "run" / "model").exists()
 
 
+def test_a_backbone_with_pickled_weights_only_is_never_unpickled(tmp_path, capsys):
+    backbone = save_causal_lm("gpt_neox", tmp_path / "backbone")
+    tensors = load_file(backbone / "model.safetensors")
+    (backbone / "model.safetensors").unlink()
+    torch.save(tensors, backbone / "pytorch_model.bin")
+    from qrm_hf.training.stages import load_extraction_backbone  # behind extract, train and assemble
+
+    with pytest.raises(OSError, match="model.safetensors"):
+        load_extraction_backbone(str(backbone), None)
+
+
 def test_from_pretrained_refuses_a_backbone_stored_under_another_prefix(tmp_path):
     backbone = save_causal_lm("gpt2", tmp_path / "gpt2")
     # (Checked first: a config that ignored the backbone's would build the default 8B Llama.)

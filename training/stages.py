@@ -203,6 +203,7 @@ def load_extraction_backbone(
             revision=revision,
             dtype=getattr(torch, dtype),
             trust_remote_code=False,
+            use_safetensors=True,  # never unpickle weights (a `pytorch_model.bin`)
             output_loading_info=True,
         )
     if info["missing_keys"]:
