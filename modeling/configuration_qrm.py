@@ -116,7 +116,12 @@ class QRMConfig(PretrainedConfig):
             if "model_type" not in backbone_config:
                 raise ValueError("`backbone_config` given as a dict must contain `model_type`.")
             backbone_config = dict(backbone_config)
-            backbone_config = CONFIG_MAPPING[backbone_config.pop("model_type")](**backbone_config)
+            model_type = backbone_config.pop("model_type")
+            if model_type not in CONFIG_MAPPING:  # (its own code, if it names any, is not looked for)
+                raise ValueError(
+                    f"`backbone_config` has model_type {model_type!r}, which this transformers does not know."
+                )
+            backbone_config = CONFIG_MAPPING[model_type](**backbone_config)
         else:  # a copy: building a model sets fields (e.g. `_attn_implementation`) on its config
             backbone_config = copy.deepcopy(backbone_config)
         self.backbone_config = backbone_config

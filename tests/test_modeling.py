@@ -51,6 +51,8 @@ def test_backbone_config_from_dict_round_trip():
     assert again.backbone_config.to_dict() == config.backbone_config.to_dict()
     with pytest.raises(ValueError, match="model_type"):
         QRMConfig(backbone_config={"hidden_size": 8})
+    with pytest.raises(ValueError, match="model_type 'no-such-model'"):  # not a KeyError traceback
+        QRMConfig(backbone_config={"model_type": "no-such-model", "hidden_size": 8})
 
 
 # --- outputs and their semantics ---------------------------------------------------------------
