@@ -126,15 +126,20 @@ class QRMConfig(PretrainedConfig):
             backbone_config = copy.deepcopy(backbone_config)
         self.backbone_config = backbone_config
 
-        self.attribute_names = (
-            list(attribute_names) if attribute_names is not None else list(DEFAULT_ATTRIBUTE_NAMES)
-        )
+        # A string is a sequence too: "abc" would become the attributes a, b and c.
+        names = attribute_names if attribute_names is not None else DEFAULT_ATTRIBUTE_NAMES
+        if not isinstance(names, (list, tuple)) or not all(isinstance(name, str) for name in names):
+            raise ValueError(f"`attribute_names` must be a list of strings, got {names!r}.")
+        self.attribute_names = list(names)
         if len(self.attribute_names) == 0 or len(set(self.attribute_names)) != len(self.attribute_names):
             raise ValueError(f"`attribute_names` must be non-empty and unique, got {self.attribute_names}.")
 
-        levels = [
-            float(t) for t in (quantile_levels if quantile_levels is not None else DEFAULT_QUANTILE_LEVELS)
-        ]
+        given = quantile_levels if quantile_levels is not None else DEFAULT_QUANTILE_LEVELS
+        if not isinstance(given, (list, tuple)) or not all(
+            isinstance(t, numbers.Real) and not isinstance(t, bool) for t in given
+        ):
+            raise ValueError(f"`quantile_levels` must be a list of numbers, got {given!r}.")
+        levels = [float(t) for t in given]
         if len(levels) == 0 or any(not 0.0 < t < 1.0 for t in levels):
             raise ValueError(f"`quantile_levels` must be non-empty and inside (0, 1), got {levels}.")
         if any(b <= a for a, b in zip(levels[:-1], levels[1:], strict=True)):

@@ -44,6 +44,35 @@ def test_bad_config_values(field, value):
         QRMConfig(**{field: value})
 
 
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("attribute_names", "abc"),  # not the three attributes a, b and c
+        ("attribute_names", [1, 2, 3]),
+        ("quantile_levels", [None, 0.5]),  # a TypeError traceback from float()
+        ("quantile_levels", 0.5),
+    ],
+)
+def test_config_lists_of_the_wrong_type_are_a_value_error_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=f"`{field}` must be a list of"):
+        QRMConfig(**{field: value})
+
+
+def test_a_backbone_config_field_of_the_wrong_type_is_one_line_from_the_cli(tmp_path, capsys):
+    from test_hub import saved_qrm
+
+    from conftest import run_cli
+
+    directory = saved_qrm(tmp_path / "qrm", seed=1)[2]
+    config = json.loads((directory / "config.json").read_text())
+    config["backbone_config"]["hidden_size"] = "32"  # transformers' strict config check raises no ValueError
+    (directory / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    code, err = run_cli(capsys, "score", directory, "--prompt", "w11", "--response", "w20")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "hidden_size" in lines[0] and "Traceback" not in err, err
+
+
 def test_backbone_config_from_dict_round_trip():
     config = QRMConfig(backbone_config=tiny_backbone_config().to_dict(), attribute_names=["a"])
     assert config.backbone_config.model_type == "llama" and config.hidden_size == 32
