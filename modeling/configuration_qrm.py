@@ -210,7 +210,10 @@ class QRMConfig(PretrainedConfig):
     def from_dict(cls, config_dict, **kwargs):
         """`PretrainedConfig.from_dict`, with the QRM fields and `problem_type` given as keyword arguments
         (e.g. `from_pretrained(path, gating_temperature=...)`) passed to `__init__`, which checks them, instead
-        of being set on the built config unchecked."""
+        of being set on the built config unchecked. A saved config must name its `backbone_config`."""
+        if config_dict.get("backbone_config") is None and kwargs.get("backbone_config") is None:
+            # `QRMConfig()` defaults to an 8B Llama: building it would take minutes and tens of GB, then fail.
+            raise ValueError("The config of this QRM has no `backbone_config` (the config of its decoder).")
         fields = {name: kwargs.pop(name) for name in (*QRM_FIELDS, "problem_type") if name in kwargs}
         return super().from_dict({**config_dict, **fields}, **kwargs)
 

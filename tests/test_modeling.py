@@ -58,6 +58,21 @@ def test_config_lists_of_the_wrong_type_are_a_value_error_naming_the_field(field
         QRMConfig(**{field: value})
 
 
+@pytest.mark.parametrize("backbone_config", [None, "absent"])
+def test_a_saved_config_without_backbone_config_is_refused_not_built_as_the_default_llama(
+    tmp_path, backbone_config
+):
+    # The default backbone is an 8B Llama: loading such a model ran for minutes in tens of GB
+    make_qrm().config.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["backbone_config"] = backbone_config
+    if backbone_config == "absent":
+        del config["backbone_config"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="no `backbone_config`"):
+        QRMConfig.from_pretrained(tmp_path)
+
+
 def test_a_backbone_config_field_of_the_wrong_type_is_one_line_from_the_cli(tmp_path, capsys):
     from test_hub import saved_qrm
 
