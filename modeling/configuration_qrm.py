@@ -4,6 +4,7 @@ This file travels with every saved QRM (``trust_remote_code=True``); it depends 
 transformers only.
 """
 
+import copy
 import math
 import numbers
 
@@ -39,7 +40,8 @@ AUTO_MAP = {
     "AutoModel": "modeling_qrm.QRMForSequenceClassification",
     "AutoModelForSequenceClassification": "modeling_qrm.QRMForSequenceClassification",
 }
-# The fields of a QRM that a backbone's config.json lacks (given as keyword arguments to `from_pretrained`).
+# The fields of a QRM of its own (a backbone's config.json lacks them); given as keyword arguments at load,
+# they go through `QRMConfig.__init__` and its checks (`QRMConfig.from_dict`).
 QRM_FIELDS = (
     "attribute_names",
     "quantile_levels",
@@ -114,18 +116,30 @@ class QRMConfig(PretrainedConfig):
             if "model_type" not in backbone_config:
                 raise ValueError("`backbone_config` given as a dict must contain `model_type`.")
             backbone_config = dict(backbone_config)
-            backbone_config = CONFIG_MAPPING[backbone_config.pop("model_type")](**backbone_config)
+            model_type = backbone_config.pop("model_type")
+            if model_type not in CONFIG_MAPPING:  # (its own code, if it names any, is not looked for)
+                raise ValueError(
+                    f"`backbone_config` has model_type {model_type!r}, which this transformers does not know."
+                )
+            backbone_config = CONFIG_MAPPING[model_type](**backbone_config)
+        else:  # a copy: building a model sets fields (e.g. `_attn_implementation`) on its config
+            backbone_config = copy.deepcopy(backbone_config)
         self.backbone_config = backbone_config
 
-        self.attribute_names = (
-            list(attribute_names) if attribute_names is not None else list(DEFAULT_ATTRIBUTE_NAMES)
-        )
+        # A string is a sequence too: "abc" would become the attributes a, b and c.
+        names = attribute_names if attribute_names is not None else DEFAULT_ATTRIBUTE_NAMES
+        if not isinstance(names, (list, tuple)) or not all(isinstance(name, str) for name in names):
+            raise ValueError(f"`attribute_names` must be a list of strings, got {names!r}.")
+        self.attribute_names = list(names)
         if len(self.attribute_names) == 0 or len(set(self.attribute_names)) != len(self.attribute_names):
             raise ValueError(f"`attribute_names` must be non-empty and unique, got {self.attribute_names}.")
 
-        levels = [
-            float(t) for t in (quantile_levels if quantile_levels is not None else DEFAULT_QUANTILE_LEVELS)
-        ]
+        given = quantile_levels if quantile_levels is not None else DEFAULT_QUANTILE_LEVELS
+        if not isinstance(given, (list, tuple)) or not all(
+            isinstance(t, numbers.Real) and not isinstance(t, bool) for t in given
+        ):
+            raise ValueError(f"`quantile_levels` must be a list of numbers, got {given!r}.")
+        levels = [float(t) for t in given]
         if len(levels) == 0 or any(not 0.0 < t < 1.0 for t in levels):
             raise ValueError(f"`quantile_levels` must be non-empty and inside (0, 1), got {levels}.")
         if any(b <= a for a, b in zip(levels[:-1], levels[1:], strict=True)):
@@ -156,7 +170,17 @@ class QRMConfig(PretrainedConfig):
         self.gating_temperature = float(gating_temperature)
         self.gating_batch_norm = gating_batch_norm
         self.regression_bias = regression_bias
-        self.prompt_end_pattern = list(prompt_end_pattern) if prompt_end_pattern is not None else None
+        if prompt_end_pattern is not None:
+            prompt_end_pattern = list(prompt_end_pattern)
+            # Token ids: a float such as 7.9 would be truncated to 7 when matched against the input ids.
+            if any(
+                isinstance(t, bool) or not isinstance(t, numbers.Integral) or t < 0
+                for t in prompt_end_pattern
+            ):
+                raise ValueError(
+                    f"`prompt_end_pattern` must be token ids (whole numbers >= 0), got {prompt_end_pattern}."
+                )
+        self.prompt_end_pattern = prompt_end_pattern
         self.gating_fallback = gating_fallback
         self.quantile_mixing = quantile_mixing
         self.monotone_quantiles = monotone_quantiles
@@ -176,13 +200,22 @@ class QRMConfig(PretrainedConfig):
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
         """The config dict of a QRM; that of another model (e.g. a plain Llama directory) becomes the
-        `backbone_config` of a fresh QRM, whose own fields (`attribute_names`, `quantile_levels`, ...) come
-        from `kwargs` and are checked as in `__init__`."""
+        `backbone_config` of a fresh QRM, whose own fields come from `kwargs` (see `from_dict`)."""
         config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
         if config_dict.get("model_type", cls.model_type) != cls.model_type:
-            fields = {name: kwargs.pop(name) for name in QRM_FIELDS if name in kwargs}
-            config_dict = {"model_type": cls.model_type, "backbone_config": config_dict, **fields}
+            config_dict = {"model_type": cls.model_type, "backbone_config": config_dict}
         return config_dict, kwargs
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        """`PretrainedConfig.from_dict`, with the QRM fields and `problem_type` given as keyword arguments
+        (e.g. `from_pretrained(path, gating_temperature=...)`) passed to `__init__`, which checks them, instead
+        of being set on the built config unchecked. A saved config must name its `backbone_config`."""
+        if config_dict.get("backbone_config") is None and kwargs.get("backbone_config") is None:
+            # `QRMConfig()` defaults to an 8B Llama: building it would take minutes and tens of GB, then fail.
+            raise ValueError("The config of this QRM has no `backbone_config` (the config of its decoder).")
+        fields = {name: kwargs.pop(name) for name in (*QRM_FIELDS, "problem_type") if name in kwargs}
+        return super().from_dict({**config_dict, **fields}, **kwargs)
 
     @property
     def num_labels(self) -> int | None:

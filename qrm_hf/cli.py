@@ -387,6 +387,7 @@ LIBRARY_USER_ERRORS = {
     "httpx": "HTTPError",  # connection refused, timeouts (huggingface_hub's uploads)
     "httpx2": "HTTPError",  # the same, under the name huggingface_hub 1.x imports
     "safetensors": "SafetensorError",  # disk full or file-size limit while writing weights, a corrupt file
+    "huggingface_hub.errors": "StrictDataclassError",  # a config field of the wrong type (transformers' checks)
 }
 # Libraries whose logs main() quiets, and the variable each reads its log level from when first imported
 LIBRARY_VERBOSITY = {

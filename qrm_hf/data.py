@@ -11,6 +11,7 @@ sequence.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -60,10 +61,24 @@ def _decode(raw: bytes, path: Path, number: int) -> str:
         ) from None
 
 
+class _RepeatedKeys(Exception):
+    """A JSON object with a key twice (its message: the keys)."""
+
+
+def _object_with_unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    row = dict(pairs)
+    if len(row) != len(pairs):
+        counts = Counter(key for key, _ in pairs)
+        repeated = sorted(key for key, count in counts.items() if count > 1)
+        raise _RepeatedKeys(", ".join(map(repr, repeated)))
+    return row
+
+
 def read_jsonl(path: str | Path) -> JsonlRows:
     """The rows of a JSON Lines file, each with its location (`JsonlRows`); a clear error names the file
     and the line of a malformed row (invalid JSON, bytes that are not UTF-8, a string with a lone
-    surrogate escape such as ``"\\ud800"``, which is no text, a value that is not an object)."""
+    surrogate escape such as ``"\\ud800"``, which is no text, a value that is not an object, an object with
+    a key twice)."""
     rows, locations = [], []
     for row, where in checked_jsonl_rows(path):
         rows.append(row)
@@ -91,9 +106,14 @@ def checked_jsonl_rows(path: str | Path) -> Iterator[tuple[dict, str]]:
                 continue
             where = f"{path} line {number}"
             try:
-                row = json.loads(line)
+                row = json.loads(line, object_pairs_hook=_object_with_unique_keys)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{where}: not valid JSON ({error}).") from None
+            except _RepeatedKeys as error:
+                raise ValueError(
+                    f"{where}: the key(s) {error} appear twice in one object, so the row says two things "
+                    "(json keeps the last, pyarrow refuses the file): keep one."
+                ) from None
             except RecursionError:  # thousands of nested brackets: Python's parser gives up
                 raise ValueError(f"{where}: JSON nested too deeply to be a row.") from None
             if not isinstance(row, dict):

@@ -364,7 +364,19 @@ def _messages(value: Any, default_role: str, where: str) -> Conversation:
             )
         if message["content"] is None:  # not an empty answer: a missing one, refused as a null response is
             raise ValueError(f"{where}: the content of a {message['role']!r} message is missing (null).")
-        result.append({"role": str(message["role"]), "content": str(message["content"])})
+        # Not str(): a list of parts ([{"type": "text", ...}]) or a number would be scored as its Python repr.
+        for key in ("role", "content"):
+            if not isinstance(message[key], str):
+                raise ValueError(
+                    f"{where}: the {key} of a message must be a string, got {message[key]!r:.80}"
+                    + (
+                        " (join the text of its parts into one string)"
+                        if isinstance(message[key], list)
+                        else ""
+                    )
+                    + "."
+                )
+        result.append({"role": message["role"], "content": message["content"]})
     return result
 
 

@@ -24,7 +24,7 @@ from test_hub import make_tokenizer
 from test_safety import assert_one_line_error, run_cli
 
 from conftest import make_qrm, run_without_qrm_hf
-from qrm_hf import QRMConfig, risk
+from qrm_hf import QRMConfig, QRMForSequenceClassification, risk
 from qrm_hf.cli import build_parser
 from qrm_hf.evaluation import calibration_error, interval_coverage, pairwise_accuracy, pinball_loss
 from qrm_hf.hub import load_qrm
@@ -67,6 +67,8 @@ def write_rows(path: Path, rows: list[dict], blank_lines_before: dict[int, int] 
         ("gating_hidden_dim", 0),
         ("gating_hidden_dim", float("nan")),
         ("gating_n_hidden", -1),
+        ("prompt_end_pattern", [7.9, 8, 9]),  # would be matched as the token ids [7, 8, 9]
+        ("prompt_end_pattern", [float("nan"), 8, 9]),
     ],
 )
 def test_a_config_with_a_non_finite_or_out_of_range_number_is_refused_at_load(field, value, tmp_path):
@@ -79,6 +81,27 @@ def test_a_config_with_a_non_finite_or_out_of_range_number_is_refused_at_load(fi
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=field):
         QRMConfig.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("gating_temperature", float("nan")),
+        ("quantile_levels", [0.5, 0.5, 0.5, 0.5, 0.5]),  # as many levels as saved: the shapes still fit
+        ("gating_fallback", "sometimes"),
+        ("attribute_names", ["a", "a", "b"]),
+        ("problem_type", "single_label_classification"),  # pipeline() would squash the reward by a sigmoid
+    ],
+)
+def test_a_config_field_given_at_load_is_checked_as_in_the_constructor(field, value, tmp_path):
+    # from_pretrained(path, field=value) sets fields on the loaded config: they must not skip __init__'s checks
+    make_qrm().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=field):
+        QRMConfig.from_pretrained(tmp_path, **{field: value})
+    with pytest.raises(ValueError, match=field):
+        QRMForSequenceClassification.from_pretrained(tmp_path, **{field: value})
+    loaded = QRMConfig.from_pretrained(tmp_path, gating_temperature=2.0)  # a valid override is applied
+    assert loaded.gating_temperature == 2.0
 
 
 def test_the_saved_configuration_file_refuses_a_nan_temperature_without_qrm_hf(tmp_path):
@@ -167,6 +190,31 @@ def test_the_overflowing_model_is_finite_on_clean_rows_and_refused_by_row_on_the
     assert error.value.positions == [1]
     with pytest.raises(NonFiniteOutputError, match="embedding is NaN or infinite.*conversation 1"):
         conversation_embeddings(model, tokenizer, conversations)
+
+
+def test_extract_refuses_non_finite_embeddings_naming_the_line_and_a_nan_backbone_by_tensor(
+    overflowing, tmp_path, capsys
+):
+    # Features are an output like a score: "Features written" with exit 0 over NaN embeddings is a NaN answer
+    directory, poisoned, clean = overflowing
+    model, tokenizer = load_qrm(directory)
+    backbone = tmp_path / "backbone"
+    model.model.save_pretrained(backbone)
+    tokenizer.save_pretrained(backbone)
+    rows = [{"prompt": p, "response": r, "helpfulness": 1} for p, r in [clean[0], clean[1], poisoned[0]]]
+    data = write_rows(tmp_path / "data.jsonl", rows, {2: 2})  # the poisoned row on line 5
+    extract = ["extract", backbone, "--kind", "attribute", "--source", data, "--prompt", "prompt", "--response",
+               "response", "--attributes", "helpfulness", "--label-range", "0", "4", "--max-length", "128"]  # fmt: skip
+    capsys.readouterr()
+    code, _, err = run_cli(capsys, *extract, "--output-dir", tmp_path / "features")
+    assert_one_error_line(code, err, "NaN or infinite", f"{data} line 5")
+    assert not list((tmp_path / "features").glob("*.safetensors"))
+
+    tensors = load_file(backbone / "model.safetensors")
+    tensors["layers.0.mlp.up_proj.weight"][0, 0] = float("nan")
+    save_file(tensors, backbone / "model.safetensors", metadata={"format": "pt"})
+    code, _, err = run_cli(capsys, *extract, "--output-dir", tmp_path / "features-2")
+    assert_one_error_line(code, err, "NaN or infinite", "layers.0.mlp.up_proj.weight")
 
 
 def _scoring_commands() -> set[str]:

@@ -44,6 +44,50 @@ def test_bad_config_values(field, value):
         QRMConfig(**{field: value})
 
 
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("attribute_names", "abc"),  # not the three attributes a, b and c
+        ("attribute_names", [1, 2, 3]),
+        ("quantile_levels", [None, 0.5]),  # a TypeError traceback from float()
+        ("quantile_levels", 0.5),
+    ],
+)
+def test_config_lists_of_the_wrong_type_are_a_value_error_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=f"`{field}` must be a list of"):
+        QRMConfig(**{field: value})
+
+
+@pytest.mark.parametrize("backbone_config", [None, "absent"])
+def test_a_saved_config_without_backbone_config_is_refused_not_built_as_the_default_llama(
+    tmp_path, backbone_config
+):
+    # The default backbone is an 8B Llama: loading such a model ran for minutes in tens of GB
+    make_qrm().config.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["backbone_config"] = backbone_config
+    if backbone_config == "absent":
+        del config["backbone_config"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="no `backbone_config`"):
+        QRMConfig.from_pretrained(tmp_path)
+
+
+def test_a_backbone_config_field_of_the_wrong_type_is_one_line_from_the_cli(tmp_path, capsys):
+    from test_hub import saved_qrm
+
+    from conftest import run_cli
+
+    directory = saved_qrm(tmp_path / "qrm", seed=1)[2]
+    config = json.loads((directory / "config.json").read_text())
+    config["backbone_config"]["hidden_size"] = "32"  # transformers' strict config check raises no ValueError
+    (directory / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    code, err = run_cli(capsys, "score", directory, "--prompt", "w11", "--response", "w20")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "hidden_size" in lines[0] and "Traceback" not in err, err
+
+
 def test_backbone_config_from_dict_round_trip():
     config = QRMConfig(backbone_config=tiny_backbone_config().to_dict(), attribute_names=["a"])
     assert config.backbone_config.model_type == "llama" and config.hidden_size == 32
@@ -51,9 +95,22 @@ def test_backbone_config_from_dict_round_trip():
     assert again.backbone_config.to_dict() == config.backbone_config.to_dict()
     with pytest.raises(ValueError, match="model_type"):
         QRMConfig(backbone_config={"hidden_size": 8})
+    with pytest.raises(ValueError, match="model_type 'no-such-model'"):  # not a KeyError traceback
+        QRMConfig(backbone_config={"model_type": "no-such-model", "hidden_size": 8})
 
 
 # --- outputs and their semantics ---------------------------------------------------------------
+
+
+def test_building_a_qrm_leaves_the_callers_backbone_config_alone():
+    # e.g. the config of a live model: building the QRM sets its own copy's attention implementation
+    backbone_config = tiny_backbone_config()
+    before = (backbone_config.to_dict(), backbone_config._attn_implementation)
+    model = QRMForSequenceClassification(
+        QRMConfig(backbone_config=backbone_config, attribute_names=["a"], quantile_levels=[0.5])
+    )
+    model.config.backbone_config.vocab_size = 99
+    assert (backbone_config.to_dict(), backbone_config._attn_implementation) == before
 
 
 def test_outputs_shapes_and_definitions(qrm):

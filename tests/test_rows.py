@@ -152,6 +152,18 @@ def test_a_row_nested_too_deeply_is_refused_naming_its_line(models, tmp_path, ca
     assert f"{file} line 2" in line and "nested too deeply" in line
 
 
+@pytest.mark.parametrize("reader", sorted(READERS), ids="-".join)
+def test_a_key_given_twice_in_a_row_is_refused_naming_its_line(models, tmp_path, capsys, reader):
+    good, _ = ROWS[READERS[reader][0]]
+    key = next(iter(good))  # the row says two things for it: python's json keeps the last, pyarrow fails
+    twice = json.dumps(good)[:-1] + f", {json.dumps(key)}: {json.dumps(good[key] + ' w13')}}}"
+    assert json.loads(twice)[key] != good[key]
+    file = write_lines(tmp_path / "rows.jsonl", [json.dumps(good), "", twice])
+    code, err = run_cli(capsys, *argv_for(reader, models, file, tmp_path / "out"))
+    line = one_line_error(code, err)
+    assert f"{file} line 3" in line and f"{key!r} appear twice" in line
+
+
 def test_read_jsonl_gives_every_row_its_line(tmp_path):
     file = write_lines(tmp_path / "rows.jsonl", ['{"a": 1}', "", "   ", '{"a": 2}'])
     rows = read_jsonl(file)
@@ -175,6 +187,25 @@ def test_a_null_assistant_content_is_refused_like_a_null_response(models, tmp_pa
     with pytest.raises(ValueError, match="message is missing"):  # every converter: training data too
         attribute_examples(
             [{"prompt": "w11", "response": NULL_ASSISTANT, "h": 1}],
+            DatasetPreset.custom("attribute", prompt="prompt", response="response", attributes=["h"],
+                                 label_ranges=(0, 4)),
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("content", [[{"type": "text", "text": "w11"}], 5])
+def test_a_message_content_that_is_not_a_string_is_refused_not_scored_as_its_repr(
+    models, tmp_path, capsys, content
+):
+    # str() of a list of parts is "[{'type': 'text', ...}]": the text scored would not be the row's
+    row = {"prompt": [{"role": "user", "content": content}], "response": "w20"}
+    file = write_lines(
+        tmp_path / "rows.jsonl", [json.dumps({"prompt": "w11", "response": "w20"}), json.dumps(row)]
+    )
+    line = one_line_error(*run_cli(capsys, "score", models["qrm"], "--file", file))
+    assert f"{file} line 2: the content of a message must be a string" in line
+    with pytest.raises(ValueError, match="must be a string"):  # every converter: training data too
+        attribute_examples(
+            [{**row, "h": 1}],
             DatasetPreset.custom("attribute", prompt="prompt", response="response", attributes=["h"],
                                  label_ranges=(0, 4)),
         )  # fmt: skip

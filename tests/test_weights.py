@@ -220,6 +220,35 @@ def test_qrm_train_on_a_backbone_stored_under_another_prefix_keeps_the_backbone(
     torch.testing.assert_close(output.logits, expected.logits)
 
 
+def test_a_backbone_missing_a_tensor_is_refused_by_extract_train_and_assemble(tmp_path, capsys):
+    # Each load would draw the missing tensor at random anew: the features, and the assembled model whose
+    # probe check compares it with its own load, would sit on different decoders, with exit 0.
+    backbone = save_causal_lm("gpt_neox", tmp_path / "backbone")
+    tensors = load_file(backbone / "model.safetensors")
+    del tensors["gpt_neox.layers.1.mlp.dense_4h_to_h.weight"]
+    save_file(tensors, backbone / "model.safetensors", metadata={"format": "pt"})
+    from qrm_hf.training.stages import load_extraction_backbone  # behind extract, train and assemble
+
+    with pytest.raises(ValueError, match=r"lacks 1 tensor.*layers\.1\.mlp\.dense_4h_to_h\.weight"):
+        load_extraction_backbone(str(backbone), None)
+    config = config_values(backbone, write_data(tmp_path / "data"), tmp_path / "run", debias=False)
+    capsys.readouterr()  # (the progress bars of the saves above)
+    code, _, err = run_cli(capsys, "train", str(write_config(tmp_path / "config.yaml", config)))
+    assert_one_line_error(code, err, "layers.1.mlp.dense_4h_to_h.weight")
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_a_backbone_with_pickled_weights_only_is_never_unpickled(tmp_path, capsys):
+    backbone = save_causal_lm("gpt_neox", tmp_path / "backbone")
+    tensors = load_file(backbone / "model.safetensors")
+    (backbone / "model.safetensors").unlink()
+    torch.save(tensors, backbone / "pytorch_model.bin")
+    from qrm_hf.training.stages import load_extraction_backbone  # behind extract, train and assemble
+
+    with pytest.raises(OSError, match="model.safetensors"):
+        load_extraction_backbone(str(backbone), None)
+
+
 def test_from_pretrained_refuses_a_backbone_stored_under_another_prefix(tmp_path):
     backbone = save_causal_lm("gpt2", tmp_path / "gpt2")
     # (Checked first: a config that ignored the backbone's would build the default 8B Llama.)

@@ -7,7 +7,6 @@ and a model card (``README.md``).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -71,9 +70,8 @@ def assemble_qrm(
             f"Quantile heads have shape {tuple(head_coef.shape)}, expected [M={num_attributes}, K={num_levels}, "
             f"H={hidden_size}] for these attributes, levels and backbone."
         )
-    # A copy: a QRMConfig adopts (and edits) the backbone config it is given, which the decoder still uses.
     config = QRMConfig(
-        backbone_config=copy.deepcopy(decoder.config),
+        backbone_config=decoder.config,  # (copied by QRMConfig: the decoder's own config stays as it is)
         attribute_names=list(attribute_names),
         quantile_levels=list(quantile_levels),
         prompt_end_pattern=list(prompt_end_pattern),

@@ -37,7 +37,7 @@ from ..io import (
 )
 from ..locking import directory_lock
 from ..modeling.modeling_qrm import find_last_pattern
-from ..scoring import right_pad
+from ..scoring import check_finite_rows, right_pad
 
 MANIFEST = "manifest.json"
 EXTRACT_COMMAND = "qrm extract"  # the owner of feature directories (`qrm_hf.io` markers)
@@ -228,6 +228,7 @@ def extract_to_shards(
     shard_size: int = 4096,
     max_length: int | None = None,
     row_index: Sequence[int] | None = None,
+    row_names: Sequence[str] | None = None,
 ) -> Path:
     """Encode `sequences` (single conversations, or (chosen, rejected) pairs) into shards under `directory`.
 
@@ -239,6 +240,8 @@ def extract_to_shards(
     (`qrm_hf.chat.check_max_length`). Conversations longer than `max_length` tokens are
     skipped (never truncated: that would cut the response) and counted in the manifest; `index` keeps
     the dataset row of each stored entry (`row_index`, aligned with `sequences`; default: its position).
+    A NaN or infinite embedding is an error naming its rows (`row_names`, aligned with `sequences`, e.g.
+    "data.jsonl line 4"; default "conversation i"), never a shard.
 
     Under `accelerate launch --num_processes N`, process p encodes the shards p, p + N, ...; the result
     is the same as in one process.
@@ -292,6 +295,7 @@ def extract_to_shards(
             labels,
             shard_size,
             row_index,
+            row_names,
             state,
             {} if stale else previous,
         )
@@ -340,7 +344,7 @@ def content_key(sequences, labels: torch.Tensor | None = None, row_index=None) -
 
 
 def _extract_shards(
-    encoder, sequences, directory, settings, kept, labels, shard_size, row_index, state, previous
+    encoder, sequences, directory, settings, kept, labels, shard_size, row_index, row_names, state, previous
 ):
     pairs = settings["kind"] == "preference"
     checks = previous.get("shard_checks", {})  # of shards finished by an earlier run
@@ -378,6 +382,10 @@ def _extract_shards(
         response, prompt = encoder.encode(flat, desc=desc)
         if pairs:
             response, prompt = response.view(len(rows), 2, -1), prompt.view(len(rows), 2, -1)
+        # Features are an output like a score: a NaN one (e.g. a float16 overflow) is refused, naming the row.
+        check_finite_rows(
+            [response, prompt], [row_names[row] for row in rows] if row_names else None, "embedding"
+        )
         index = torch.tensor(rows) if row_index is None else torch.as_tensor(row_index)[rows]
         tensors = {"embeddings": response, "prompt_embeddings": prompt, "index": index}
         if labels is not None:

@@ -193,16 +193,31 @@ def load_extraction_backbone(
     from transformers import AutoModel, AutoTokenizer
 
     from ..chat import derive_prompt_end_pattern
-    from ..hub import check_tokenizer_files, reading_model_files, refusing_model_code
+    from ..hub import check_finite_weights, check_tokenizer_files, reading_model_files, refusing_model_code
 
     location, name = resolve_backbone(backbone)
     check_tokenizer_files(location, "backbone")
     # A backbone is a standard transformers model: its own code (auto_map) never runs, and nothing asks on stdin.
     with refusing_model_code(location, "backbone"), reading_model_files(location, "backbone"):
         tokenizer = AutoTokenizer.from_pretrained(location, revision=revision, trust_remote_code=False)
-        model = AutoModel.from_pretrained(
-            location, revision=revision, dtype=getattr(torch, dtype), trust_remote_code=False
+        model, info = AutoModel.from_pretrained(
+            location,
+            revision=revision,
+            dtype=getattr(torch, dtype),
+            trust_remote_code=False,
+            use_safetensors=True,  # never unpickle weights (a `pytorch_model.bin`)
+            output_loading_info=True,
         )
+    if info["missing_keys"]:
+        # Random tensors would differ at every load: features, heads and the assembled model (whose probe
+        # check compares it with this very load) would each sit on another decoder.
+        missing = sorted(info["missing_keys"])
+        raise ValueError(
+            f"The backbone {location} lacks {len(missing)} tensor(s) of its model class: "
+            f"{', '.join(missing[:8])}{' and more' if len(missing) > 8 else ''} (they would be random). Save or "
+            "download it again."
+        )
+    check_finite_weights(model, f"The backbone {location}")  # its features would all be NaN
     model = model.to(PartialState(cpu=not torch.cuda.is_available()).device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoder = BackboneEncoder(
@@ -233,6 +248,7 @@ def extract_features(
     across datasets; then `backbone`, `revision`, `dtype` and `batch_size` only go to the manifest.
     """
     from ..chat import encode_conversation
+    from ..data import row_location
 
     check_output_directory(output_dir, EXTRACT_COMMAND)  # before loading the backbone and the data
     preset = dataset.resolve()
@@ -273,6 +289,7 @@ def extract_features(
         shard_size=shard_size,
         max_length=max_length,
         row_index=index,
+        row_names=[row_location(rows, row, dataset.display_name) for row in index],
     )
 
 
