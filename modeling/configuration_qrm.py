@@ -165,6 +165,14 @@ class QRMConfig(PretrainedConfig):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
                 raise ValueError(f"`{name}` must be a whole number >= {least}, got {value!r}.")
 
+        for name, value in (
+            ("gating_batch_norm", gating_batch_norm),
+            ("regression_bias", regression_bias),
+            ("monotone_quantiles", monotone_quantiles),
+        ):
+            if not isinstance(value, bool):  # the string "false" would read as true
+                raise ValueError(f"`{name}` must be true or false, got {value!r}.")
+
         self.gating_hidden_dim = int(gating_hidden_dim)
         self.gating_n_hidden = int(gating_n_hidden)
         self.gating_temperature = float(gating_temperature)

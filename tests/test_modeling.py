@@ -51,10 +51,13 @@ def test_bad_config_values(field, value):
         ("attribute_names", [1, 2, 3]),
         ("quantile_levels", [None, 0.5]),  # a TypeError traceback from float()
         ("quantile_levels", 0.5),
+        ("monotone_quantiles", "false"),  # a true string: the quantiles were sorted
+        ("regression_bias", None),
+        ("gating_batch_norm", 1),
     ],
 )
-def test_config_lists_of_the_wrong_type_are_a_value_error_naming_the_field(field, value):
-    with pytest.raises(ValueError, match=f"`{field}` must be a list of"):
+def test_config_fields_of_the_wrong_type_are_a_value_error_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=f"`{field}` must be "):
         QRMConfig(**{field: value})
 
 
