@@ -855,7 +855,7 @@ def test_load_qrm_refuses_pickle_weights(tmp_path):
 
 # --- security of the remote code ---------------------------------------------------------------------
 
-ALLOWED_MODULES = {"torch", "transformers", "typing", "dataclasses", "math", "numbers", "__future__"}
+ALLOWED_MODULES = {"torch", "transformers", "typing", "dataclasses", "math", "numbers", "copy", "__future__"}
 SIBLINGS = {"configuration_qrm", "modeling_qrm"}
 # builtins that run code or touch files, and modules reachable without an import statement
 FORBIDDEN_NAMES = {"eval", "exec", "compile", "open", "__import__", "input", "breakpoint", "globals", "vars"}

@@ -439,13 +439,15 @@ def test_homepage_from_the_training_config(tiny_run):
 )
 def test_a_homepage_that_is_not_a_url_is_a_one_line_error(argv, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    for name in ("h", "g", "model"):  # the inputs exist (empty): the homepage is what is wrong
+        (tmp_path / name).mkdir()
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
-    assert not any(tmp_path.iterdir())  # refused before anything is written
-    # (qrm push reports its errors through its own SystemExit message: exit status 1 there, for now)
-    code = exit_info.value.code
-    message = capsys.readouterr().err if code == 2 else str(code)
-    assert code != 0 and "is not an http(s) URL" in message and len(message.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g", "h", "model"]  # refused before any write
+    assert not any(any((tmp_path / name).iterdir()) for name in ("g", "h", "model"))
+    message = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "is not an http(s) URL" in message
+    assert len(message.strip().splitlines()) == 1
 
 
 def test_a_homepage_that_is_not_a_url_fails_when_the_config_is_read(tmp_path):
