@@ -192,7 +192,9 @@ def merge_adapter(
         base = AutoModelForCausalLM.from_pretrained(
             str(base_model), dtype=dtype, trust_remote_code=trust_remote_code
         )
-        merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+        # an adapter is LoRA weights and a PEFT config: no model code, whatever the base needs
+        adapter = PeftModel.from_pretrained(base, str(adapter_dir), trust_remote_code=False)
+        merged = adapter.merge_and_unload()
     with files_into(output_dir) as directory:  # a kill never leaves a truncated model.safetensors
         merged.save_pretrained(str(directory))
         tokenizer.save_pretrained(str(directory))
