@@ -1,5 +1,5 @@
-"""Every `qrm` command, enumerated from the parser: a quick start (issue 24) and one error convention
-(issue 18 §8 and "Done when").
+"""Every `qrm` command, enumerated from the parser: a quick start (no heavy import for
+`--help` and argument errors) and one error convention (bad input: one line, exit 2, nothing changed).
 
 - `--help`, `COMMAND --help` and argument errors import none of torch, transformers, trl, datasets, sklearn.
 - Every command is run against a shared set of bad inputs (missing file, a directory with foreign files as
@@ -183,7 +183,7 @@ def test_every_command_has_a_template():
     assert set(TEMPLATES) - set(commands()) == set(), "a template of a command that no longer exists"
 
 
-# ------------------------------------------------------------------------------------------- issue 24
+# ------------------------------------------------------------------------ start-up: no heavy import
 
 
 def test_help_and_argument_errors_import_no_heavy_library():
@@ -511,7 +511,7 @@ def test_ctrl_c_is_one_line_with_the_status_of_sigint(tmp_path, capfd, monkeypat
 
 def test_a_missing_local_input_is_refused_before_any_heavy_import(tmp_path):
     """`qrm train missing.yaml` or `qrm score M --file missing.jsonl` took the 5 s of importing torch to say the
-    file is not there (issue 24): every input that is not a possible Hub name is checked by `check_paths` first."""
+    file is not there: every input that is not a possible Hub name is checked by `check_paths` first."""
     from test_outputs import argv_for
 
     from qrm_hf.cli_paths import INPUT, PATH_ARGUMENTS, REMOTE_INPUTS

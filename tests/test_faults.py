@@ -1,4 +1,4 @@
-"""Issue 11 §2-3: no model lost, no run clobbered, bad data and configs named early.
+"""No model lost, no run clobbered, bad data and configs named early.
 
 `qrm train` runs on the tiny backbone of `test_pipeline`, with `reuse_across_datasets` (as the demo): the
 preference pairs are built from the rated responses, so the pairs extraction reuses their embeddings.

@@ -1,4 +1,4 @@
-"""Issue 18 §4 and §10: every number is finite, or refused.
+"""Every number is finite, or refused.
 
 Non-finite configs and weights are refused at load; a NaN or infinite model output is an error naming its
 rows (file lines) in every command that scores; evaluation and RewardBench never count a NaN score as an
@@ -38,7 +38,7 @@ PROGRESS_BAR = re.compile(r"\d+%\||examples/s\]")
 
 
 def assert_one_error_line(code: int, err: str, *fragments: str) -> None:
-    """`test_safety.assert_one_line_error` with progress bars left aside (their silencing is issue 18 §8's)."""
+    """`test_safety.assert_one_line_error` with progress bars left aside (silenced by `qrm` main, not by scoring)."""
     assert_one_line_error(
         code, "\n".join(line for line in err.splitlines() if not PROGRESS_BAR.search(line)), *fragments
     )

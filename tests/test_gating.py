@@ -1,4 +1,4 @@
-"""The gating network mixes the attributes by prompt, and a collapsed one is reported (issue 22).
+"""The gating network mixes the attributes by prompt, and a collapsed one is reported.
 
 Synthetic pairs mimic a backbone: every prompt embedding is one large shared vector plus a small
 prompt-specific part, and the attribute rewards are on the [0, 1] label scale.

@@ -1,4 +1,4 @@
-"""`RiskAwareGRPOTrainer` / `RiskAwareGRPOConfig` (issue 14 §4): the risk-aware rewards mixin of
+"""`RiskAwareGRPOTrainer` / `RiskAwareGRPOConfig`: the risk-aware rewards mixin of
 `RiskAwareRLOOTrainer` on TRL's `GRPOTrainer`.
 
 The reward mechanics are tested once, in `test_rloo.py`; here: the GRPO config, the rewards GRPO gets

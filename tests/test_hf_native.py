@@ -1,4 +1,4 @@
-"""QRM as any transformers sequence-classification model (issue 12): offloading, PEFT, resizing,
+"""QRM as any transformers sequence-classification model: offloading, PEFT, resizing,
 labels, pipelines, attention flags, torch.compile. Every expectation is computed independently of the
 code under test: the same model loaded whole, a merged adapter, `qrm_hf.evaluation.pinball_loss`, the
 backbone called directly.
@@ -41,7 +41,7 @@ def assert_same_outputs(out, expected, atol=1e-5):
         torch.testing.assert_close(out[name], expected[name], atol=atol, rtol=0, msg=name)
 
 
-# --- §1 offloading: every sub-module is called, so accelerate's hooks bring its weights in ----------
+# --- offloading: every sub-module is called, so accelerate's hooks bring its weights in ----------
 
 
 @pytest.mark.parametrize(
@@ -92,7 +92,7 @@ def test_the_transform_is_a_module_stored_as_reward_transform_matrix(tmp_path):
     torch.testing.assert_close(out.attribute_quantiles, torch.stack([raw[:, 1], raw[:, 0], 2 * raw[:, 2]], 1))
 
 
-# --- §1 PEFT --------------------------------------------------------------------------------------
+# --- PEFT --------------------------------------------------------------------------------------
 
 
 def test_lora_on_the_heads_changes_the_logits():
@@ -185,7 +185,7 @@ def test_reward_trainer_peft_seq_cls_trains_the_heads_or_says_how(tmp_path, one_
         assert any(not torch.equal(before[k], after[k]) for k in before), f"{name} did not train"
 
 
-# --- §1 resizing and the text config --------------------------------------------------------------
+# --- resizing and the text config --------------------------------------------------------------
 
 
 def test_resize_save_load(tmp_path):
@@ -247,7 +247,7 @@ def test_config_output_hidden_states_and_output_attentions():
         torch.testing.assert_close(got, want)
 
 
-# --- §2 labels give a loss ------------------------------------------------------------------------
+# --- labels give a loss ------------------------------------------------------------------------
 
 
 def test_labels_give_the_mean_pinball_loss(qrm):
@@ -347,7 +347,7 @@ def test_trainer_lowers_the_heldout_pinball_loss(tmp_path, one_thread, backbone)
         assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # the backbone's adapter moved too
 
 
-# --- §3 text without the chat template ------------------------------------------------------------
+# --- text without the chat template ------------------------------------------------------------
 
 
 @pytest.fixture
@@ -392,7 +392,7 @@ def test_reward_trainer_on_plain_text_names_the_chat_template(tmp_path, chat_qrm
         trainer.train()
 
 
-# --- §4 conventions ---------------------------------------------------------------------------------
+# --- conventions ---------------------------------------------------------------------------------
 
 
 def test_attention_flags_come_from_the_backbone(monkeypatch, qrm):

@@ -776,7 +776,7 @@ def test_push_refuses_a_malformed_repo_id(model_dir, no_hub_calls, repo_id):
 def test_push_refuses_a_symbolic_link_out_of_the_directory_before_any_hub_call(
     model_dir, no_hub_calls, tmp_path
 ):
-    """Issue 18 §7: a link to a private file (or folder) outside the model directory is never uploaded."""
+    """A link to a private file (or folder) outside the model directory is never uploaded."""
     secret = tmp_path / "hf_token"
     secret.write_text("hf_private")
     (model_dir / "notes.txt").symlink_to(secret)

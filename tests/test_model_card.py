@@ -1,6 +1,6 @@
-"""The model card rendered from model_cards/qrm_model_card.md through huggingface_hub's ModelCard (issue 23:
+"""The model card rendered from model_cards/qrm_model_card.md through huggingface_hub's ModelCard:
 its snippets run as printed, it passes trust_remote_code only where the model's own code is wanted, and it
-links no page the user did not configure)."""
+links no page the user did not configure."""
 
 import argparse
 import ast

@@ -1,4 +1,4 @@
-"""Issue 18 §1 and §5: nothing is deleted that qrm-hf did not write, no output is an input, every write is
+"""Nothing is deleted that qrm-hf did not write, no output is an input, every write is
 write-then-rename, JSON is strict, and features follow their data.
 
 The command-line tests enumerate the `qrm` parser (`qrm_hf.cli.build_parser`), so a command or a path
@@ -527,7 +527,7 @@ def test_a_kill_between_the_two_renames_is_named_then_restored(converted, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "model.lock"]
 
 
-# ------------------------------------------------------------------------------------------ §5 extract
+# ------------------------------------------------------------------------ extraction follows its data
 
 
 def write_ratings(path: Path, responses: list[str], labels: list[int]) -> Path:

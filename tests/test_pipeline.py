@@ -1,4 +1,4 @@
-"""The pipeline as commands (issue 3 §4): `qrm extract | fit-quantiles | debias | fit-gating | assemble`,
+"""The pipeline as commands: `qrm extract | fit-quantiles | debias | fit-gating | assemble`,
 `qrm train CONFIG` with stage skipping and invalidation, `paper.yaml --dry-run`, and bad input.
 
 Everything runs on a tiny random Llama backbone saved with a byte-level tokenizer and Llama-3's chat

@@ -1,4 +1,4 @@
-"""Preference strength and noisy preference labels (issue 13): `qrm_hf.preference`, `sample_weight` of the
+"""Preference strength and noisy preference labels: `qrm_hf.preference`, `sample_weight` of the
 quantile heads, bootstrap ensembles, the gating stage's remedies and `qrm preference-strength`."""
 
 import json

@@ -376,7 +376,7 @@ def test_bad_quantile_tensors_raise():
         risk.expectation(torch.zeros(3, dtype=torch.complex64))
 
 
-# --- registry: measures by name (issue 14 §3) ----------------------------------------------------------
+# --- registry: measures by name ----------------------------------------------------------
 
 
 @pytest.mark.parametrize(

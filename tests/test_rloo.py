@@ -1,4 +1,4 @@
-"""`RiskAwareRLOOTrainer` / `RiskAwareRLOOConfig` (issue 4 §2) and the risk bandit (§3).
+"""`RiskAwareRLOOTrainer` / `RiskAwareRLOOConfig` and the risk bandit.
 
 Tiny random models built locally (helpers shared with `test_trl.py`); tiny models run on one thread.
 Most checks call the trainer's `_calculate_rewards` directly with chosen prompts and completions (the

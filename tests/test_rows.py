@@ -1,4 +1,4 @@
-"""Issue 18 §6: rows are what they say, and every error names a row by the file's 1-based line.
+"""Rows are what they say, and every error names a row by the file's 1-based line.
 
 Each command that reads a JSON Lines file is run (in this process, through `qrm_hf.cli.main`) on files
 with a blank line, a good row and a bad row; the table of commands is checked against the parser, so a data
@@ -39,7 +39,7 @@ def models(tmp_path_factory):
 
 
 def one_line_error(code: int, err: str) -> str:
-    """The error line of a refused command (exit 2, one line; progress bars are §8's business)."""
+    """The error line of a refused command (exit 2, one line; progress bars are left aside)."""
     progress = ("%|", "examples/s", "it/s]")
     lines = [line for line in err.splitlines() if line.strip() and not any(bar in line for bar in progress)]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("qrm ") and "Traceback" not in err, err

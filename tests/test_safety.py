@@ -1,4 +1,4 @@
-"""Issue 11: safe and reliable under bad input. No code of a model directory runs without consent; the CLI
+"""Safe and reliable under bad input. No code of a model directory runs without consent; the CLI
 refuses bad input early, in one line naming the cause, with exit status 2.
 
 Models are tiny random QRMs saved with the word-level tokenizer of `test_hub` (`saved_qrm`).

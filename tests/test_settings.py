@@ -1,4 +1,4 @@
-"""The stage settings are defined once (issue 14 §1): each `qrm` stage command's options, the YAML blocks
+"""The stage settings are defined once: each `qrm` stage command's options, the YAML blocks
 of `qrm train` and the stage functions all come from the dataclasses of `qrm_hf.training.settings`."""
 
 import dataclasses

@@ -1,4 +1,4 @@
-"""`qrm sft` and `qrm rloo` (issue 4 §4): the paper's RLHF pipeline run end to end through the commands.
+"""`qrm sft` and `qrm rloo`: the paper's RLHF pipeline run end to end through the commands.
 
 A tiny random Llama base model (Llama-3 chat template, helpers shared with `test_trl.py`), a tiny random
 QRM and a few HH-RLHF transcripts written to a JSON Lines file: SFT trains and merges a LoRA adapter, RLOO

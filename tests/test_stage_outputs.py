@@ -1,4 +1,4 @@
-"""Typed stage outputs (issue 14 §2): heads / transform / gating round-trip through save and load, and a
+"""Typed stage outputs: heads / transform / gating round-trip through save and load, and a
 damaged or mismatched output is refused with the file and the reason named."""
 
 import json

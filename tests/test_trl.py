@@ -1,4 +1,4 @@
-"""A saved QRM as a drop-in reward model of the installed TRL's trainers (issue 4 §1).
+"""A saved QRM as a drop-in reward model of the installed TRL's trainers.
 
 The QRM is loaded with `AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True)`
 in a fresh interpreter where `qrm_hf` cannot be imported, and passed as `reward_funcs` to every installed

@@ -1,4 +1,4 @@
-"""Issue 18 §3: no code of a model runs without `--trust-remote-code`, in any command or library function.
+"""No code of a model runs without `--trust-remote-code`, in any command or library function.
 
 Two guards: an AST scan over the whole package finds every call that loads a config, tokenizer, model or
 processor and requires it to pass `trust_remote_code` explicitly (transformers asks on stdin when the
@@ -215,7 +215,7 @@ def answer_yes(monkeypatch, tmp_path):
 
 def assert_refused_without_running_code(code: int, err: str, marker: Path) -> None:
     assert not marker.exists(), "the model's own code ran"
-    progress = ("%|", "examples/s", "it/s]")  # bars of transformers and datasets: the business of §8
+    progress = ("%|", "examples/s", "it/s]")  # bars of transformers and datasets, left aside
     lines = [line for line in err.splitlines() if line.strip() and not any(bar in line for bar in progress)]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("qrm "), err
     assert "comes with code of its own" in lines[0] and "which was not run" in lines[0], lines[0]

@@ -1,4 +1,4 @@
-"""Issue 18 §2 (weights are complete, or refused) and §9 (transformers conformance).
+"""Weights are complete, or refused; and what transformers' own common tests expect (labels, export, a fresh QRM).
 
 Tiny random QRMs (conftest), tiny GPT-2 / GPT-NeoX / Llama backbones saved here; nothing from the Hub.
 """
@@ -60,7 +60,7 @@ def edit_weights(directory: Path, edit) -> None:
     save_file(tensors, path, metadata={"format": "pt"})
 
 
-# --- §2 a QRM checkpoint is complete, or refused --------------------------------------------------
+# --- a QRM checkpoint is complete, or refused --------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -167,7 +167,7 @@ def test_a_corrupt_weights_file_is_named_by_load_qrm(saved, capsys, damage):
     assert_one_line_error(code, err, "model.safetensors")
 
 
-# --- §2 backbones whose checkpoint prefix is not `model.` -----------------------------------------
+# --- backbones whose checkpoint prefix is not `model.` -----------------------------------------
 
 
 def save_causal_lm(kind: str, path: Path) -> Path:
@@ -272,7 +272,7 @@ def test_assemble_check_fails_unless_the_model_reproduces_the_extraction():
         check_reproduces_extraction(model, ids, hidden[-1], hidden[gating_position])
 
 
-# --- §9 a fresh QRM on a pretrained backbone, the transformers way --------------------------------
+# --- a fresh QRM on a pretrained backbone, the transformers way --------------------------------
 
 
 def test_fresh_qrm_from_a_plain_llama_directory(tmp_path):
@@ -300,7 +300,7 @@ def test_fresh_qrm_from_a_plain_llama_directory(tmp_path):
     assert model.regression_layer.weight.shape == (4, 32)
 
 
-# --- §9 fine-tuning with labels trains the heads; the gating is frozen ----------------------------
+# --- fine-tuning with labels trains the heads; the gating is frozen ----------------------------
 
 
 def test_the_gating_and_transform_are_frozen_after_loading_and_labels_refuse_a_trainable_gating(saved):
@@ -365,7 +365,7 @@ def test_trainer_with_labels_and_gradient_checkpointing_under_ddp(tmp_path):
     assert "regression_layer" in ranks[0]["moved"] and "gating" not in ranks[0]["moved"]
 
 
-# --- §9 the plain call exports and compiles -------------------------------------------------------
+# --- the plain call exports and compiles -------------------------------------------------------
 
 
 def test_plain_call_exports_and_compiles_with_the_gating_search(qrm):
