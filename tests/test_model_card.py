@@ -259,13 +259,14 @@ def test_every_snippet_of_the_card_runs_with_and_without_qrm_hf(card_run):
         )
 
 
-@pytest.mark.parametrize("document", ["card", "README.md"])
+@pytest.mark.parametrize("document", ["card", "README.md + docs/guide.md"])
 def test_trust_remote_code_only_on_model_loads_without_qrm_hf(config, document):
     """No snippet teaches passing trust_remote_code where no code of the model is needed."""
     if document == "card":
         text = render_model_card(config, repo_id=REPO_ID).text
     else:
-        text = (Path(__file__).resolve().parent.parent / document).read_text()
+        root = Path(__file__).resolve().parent.parent
+        text = "\n".join((root / name).read_text() for name in document.split(" + "))
     blocks = python_blocks(text)
     assert any("trust_remote_code=True" in block for block in blocks)
     assert {block: remote_code_problems(block) for block in blocks if remote_code_problems(block)} == {}

@@ -535,7 +535,7 @@ def fit_gating(
     gating.fit(prompts, rewards[:, 0], rewards[:, 1], strength)
     diagnostics = gating_diagnostics(gating.network_, prompts, rewards[:, 0], rewards[:, 1], names)
     for problem in gating_warnings(diagnostics):
-        remedies = "fit_loss_scale, standardize_prompts, restore_best_epoch (README: Gating collapse)"
+        remedies = "fit_loss_scale, standardize_prompts, restore_best_epoch (docs/guide.md: Gating collapse)"
         warnings.warn(f"{problem} Settings against it: {remedies}.", GatingCollapseWarning, stacklevel=2)
     info = {
         "attribute_names": names,
