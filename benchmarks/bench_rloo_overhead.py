@@ -155,14 +155,14 @@ def risk_aware_only_work(trainer, tokenizer, prompts, completions, qrm) -> float
         text=texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False
     )
     spec = trainer._qrm_specs[0]
-    measure, values = trainer.args.parse_risk_measure()
+    measure = trainer.args.parse_risk_measure()
     with torch.inference_mode():
         output = qrm(**inputs)
 
     def work():  # the QRM's two hooks around the (already computed) output, then the logs
         _, kwargs = trainer._pass_gating_positions(spec, prompts, qrm, (), dict(inputs))
         scored = {}
-        trainer._take_risk_reward(spec, measure, values, scored, qrm, (), kwargs, output)
+        trainer._take_risk_reward(spec, measure, scored, qrm, (), kwargs, output)
         trainer._log_distribution(spec, scored[spec.index])
 
     for _ in range(5):

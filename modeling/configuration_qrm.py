@@ -54,6 +54,7 @@ QRM_FIELDS = (
     "gating_fallback",
     "quantile_mixing",
     "monotone_quantiles",
+    "num_members",
 )
 GATING_FALLBACKS = ("error", "last_token")
 QUANTILE_MIXINGS = ("average", "mixture")
@@ -88,6 +89,11 @@ class QRMConfig(PretrainedConfig):
             mixture distribution sum_m g_m F_m.
         monotone_quantiles (`bool`, defaults to `True`):
             Sort each attribute's K quantiles so that they never cross (does not change any mean).
+        num_members (`int`, defaults to 1):
+            E, the number of members: sets of quantile heads on the shared backbone and gating (e.g.
+            refits on bootstrap resamples). Their quantiles are averaged level by level into
+            `attribute_quantiles`; how much their expected rewards disagree is the epistemic spread.
+            1 is the format of a single set of heads.
     """
 
     model_type = "qrm"
@@ -107,6 +113,7 @@ class QRMConfig(PretrainedConfig):
         gating_fallback="error",
         quantile_mixing="average",
         monotone_quantiles=True,
+        num_members=1,
         pad_token_id=None,
         **kwargs,
     ):
@@ -161,6 +168,7 @@ class QRMConfig(PretrainedConfig):
         for name, value, least in (
             ("gating_hidden_dim", gating_hidden_dim, 1),
             ("gating_n_hidden", gating_n_hidden, 0),
+            ("num_members", num_members, 1),
         ):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
                 raise ValueError(f"`{name}` must be a whole number >= {least}, got {value!r}.")
@@ -175,6 +183,7 @@ class QRMConfig(PretrainedConfig):
 
         self.gating_hidden_dim = int(gating_hidden_dim)
         self.gating_n_hidden = int(gating_n_hidden)
+        self.num_members = int(num_members)
         self.gating_temperature = float(gating_temperature)
         self.gating_batch_norm = gating_batch_norm
         self.regression_bias = regression_bias

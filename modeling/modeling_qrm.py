@@ -3,14 +3,16 @@
 This file travels with every saved QRM (``trust_remote_code=True``). It depends on torch and
 transformers only, reads no file and opens no connection: it defines the model, nothing else.
 
-Shapes: B batch, T tokens, H hidden size, M attributes, K quantile levels.
+Shapes: B batch, T tokens, H hidden size, E members, M attributes, K quantile levels.
 
     hidden = backbone(conversation)                       # [B, T, H]
     response_embedding = hidden[last real token]          # [B, H]
     prompt_embedding   = hidden[start of the assistant turn (gating position)]
-    Q = regression_layer(response_embedding)              # [B, M, K]  quantiles of each attribute
-    Q = reward_transform(Q) = Q^T . T per level, sorted   # [B, M, K]
+    Q_e = regression_layer(response_embedding)            # [B, E, M, K]  each member's quantiles
+    Q_e = reward_transform(Q_e) = Q_e^T . T per level, sorted
+    Q = mean_e Q_e                                        # [B, M, K]  level by level (see `combine_members`)
     g = softmax(gating(prompt_embedding) / temp) * scale  # [B, M]
+    member_rewards = sum_m g_m mean_k Q_e,m               # [B, E]; their std: reward_epistemic_std [B]
     reward_quantiles = sum_m g_m Q_m                      # [B, K]   (paper eq. 3)
     logits = score = sum_m g_m mean_k Q_m                 # [B, 1]   expected reward
     loss = mean pinball loss of Q against labels          # labels [B, M], NaN = missing
@@ -66,10 +68,16 @@ class QRMOutput(ModelOutput):
         reward_quantiles (`torch.FloatTensor` of shape `(batch_size, K)`): mixed reward quantiles at
             `config.quantile_levels`.
         attribute_quantiles (`torch.FloatTensor` of shape `(batch_size, M, K)`): per-attribute quantiles
-            after the reward transform.
+            after the reward transform, the members combined (`combine_members`).
         rewards (`torch.FloatTensor` of shape `(batch_size, M)`): per-attribute expectations.
         gating_output (`torch.FloatTensor` of shape `(batch_size, M)`): gating weights (times `logit_scale`).
         prompt_embedding (`torch.FloatTensor` of shape `(batch_size, H)`): input of the gating network.
+        member_rewards (`torch.FloatTensor` of shape `(batch_size, E)`): each member's expected reward
+            (E = `config.num_members`).
+        reward_epistemic_std (`torch.FloatTensor` of shape `(batch_size,)`): standard deviation of
+            `member_rewards` over the members (the model not knowing; 0 for one member).
+        attribute_epistemic_std (`torch.FloatTensor` of shape `(batch_size, M)`): standard deviation over
+            the members of each attribute's expected reward.
         hidden_states (`tuple(torch.FloatTensor)`, *optional*): the backbone's hidden states.
         attentions (`tuple(torch.FloatTensor)`, *optional*): the backbone's attention weights.
     """
@@ -82,6 +90,9 @@ class QRMOutput(ModelOutput):
     rewards: torch.FloatTensor | None = None
     gating_output: torch.FloatTensor | None = None
     prompt_embedding: torch.FloatTensor | None = None
+    member_rewards: torch.FloatTensor | None = None
+    reward_epistemic_std: torch.FloatTensor | None = None
+    attribute_epistemic_std: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
@@ -151,6 +162,34 @@ def mixture_quantiles(quantiles: torch.Tensor, weights: torch.Tensor, levels: to
     return result * total
 
 
+def member_quantiles(
+    raw: torch.Tensor, num_members: int, num_attributes: int, reward_transform, monotone: bool
+) -> torch.Tensor:
+    """Each member's attribute quantiles [B, E, M, K] from the raw heads output [B, E*M*K].
+
+    Row e*M*K + m*K + k of the heads is member e, attribute m, level k (E = 1 is the single-member
+    format). `reward_transform` (a `QRMRewardTransform`, called as a module) mixes the attributes of
+    every member; `monotone` sorts each member's K quantiles. The one definition of the heads: the
+    model, the ensemble fitting and the reward computations of qrm-hf all call it.
+    """
+    quantiles = raw.float().view(raw.shape[0], num_members, num_attributes, -1)
+    quantiles = reward_transform(quantiles).float()
+    return quantiles.sort(-1).values if monotone else quantiles
+
+
+def combine_members(quantiles: torch.Tensor) -> torch.Tensor:
+    """The aleatoric distribution of E members [B, E, M, K] -> [B, M, K]: their quantiles averaged level by
+    level (Vincentization). Unlike the members' mixture it does not widen where members disagree, so the
+    width stays the annotators' disagreement and the members' disagreement is reported apart; its mean is
+    the mean of the members' means, and it stays sorted when each member is."""
+    return quantiles.mean(1)
+
+
+def member_spread(values: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Standard deviation over the members (population: 0 for one member) along `dim`."""
+    return values.std(dim, correction=0)
+
+
 # The tensors of a QRM that a backbone checkpoint lacks: a checkpoint without any of them gives fresh heads.
 HEAD_PREFIXES = ("regression_layer.", "reward_transform.", "gating.")
 
@@ -194,7 +233,7 @@ def _mismatch_message(where, mismatched) -> str:
     names = " ".join(name for name, _, _ in mismatched)
     hints = []
     if "regression_layer" in names:
-        hints.append("regression_layer has len(attribute_names) * len(quantile_levels) rows")
+        hints.append("regression_layer has num_members * len(attribute_names) * len(quantile_levels) rows")
     if "reward_transform" in names or "gating.layers" in names:
         hints.append(
             "the reward transform and the gating output have one entry per attribute in attribute_names"
@@ -221,9 +260,9 @@ class QRMRewardTransform(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.eye(num_attributes), requires_grad=False)
 
-    def forward(self, quantiles: torch.Tensor) -> torch.Tensor:  # [B, M, K] -> [B, M, K]
+    def forward(self, quantiles: torch.Tensor) -> torch.Tensor:  # [..., M, K] -> [..., M, K]
         # Q'[m', k] = sum_m Q[m, k] T[m, m']
-        return torch.einsum("bmk,mn->bnk", quantiles, self.weight.to(quantiles.dtype))
+        return torch.einsum("...mk,mn->...nk", quantiles, self.weight.to(quantiles.dtype))
 
 
 @dataclass
@@ -303,8 +342,8 @@ class QRMForSequenceClassification(PreTrainedModel):
         self.model = AutoModel.from_config(config.backbone_config)
         self._no_split_modules = list(getattr(self.model, "_no_split_modules", None) or [])
         num_attributes, num_levels = config.num_attributes, config.num_quantiles
-        self.regression_layer = nn.Linear(
-            config.hidden_size, num_attributes * num_levels, bias=config.regression_bias
+        self.regression_layer = nn.Linear(  # all members in one matmul: row e*M*K + m*K + k
+            config.hidden_size, config.num_members * num_attributes * num_levels, bias=config.regression_bias
         )
         self.reward_transform = QRMRewardTransform(num_attributes)
         self.gating = QRMGatingNetwork(config)
@@ -385,17 +424,19 @@ class QRMForSequenceClassification(PreTrainedModel):
         self.model.set_input_embeddings(value)
 
     def score_embeddings(self, response_embedding: torch.Tensor, prompt_embedding: torch.Tensor) -> QRMOutput:
-        """Heads, transform, gating and mixing on precomputed embeddings ([B, H] each), in float32."""
+        """Heads, transform, members, gating and mixing on precomputed embeddings ([B, H] each), in float32."""
         heads_dtype = self.gating.logit_scale.dtype  # float32 (`_keep_in_fp32_modules_strict`)
         response_embedding, prompt_embedding = response_embedding.float(), prompt_embedding.float()
-        batch_size = response_embedding.shape[0]
-        raw = self.regression_layer(response_embedding.to(heads_dtype)).float()  # [B, M*K]
-        raw = raw.view(batch_size, self.config.num_attributes, -1)  # [B, M, K]: row m*K + k is (m, level k)
-        attribute_quantiles = self.reward_transform(raw).float()
-        if self.config.monotone_quantiles:
-            attribute_quantiles = attribute_quantiles.sort(-1).values
+        raw = self.regression_layer(response_embedding.to(heads_dtype))  # [B, E*M*K]
+        config = self.config
+        members = member_quantiles(
+            raw, config.num_members, config.num_attributes, self.reward_transform, config.monotone_quantiles
+        )  # [B, E, M, K]
+        attribute_quantiles = combine_members(members)
         rewards = attribute_quantiles.mean(-1)  # [B, M]
         gating_output = self.gating(prompt_embedding).float()  # [B, M]
+        member_attribute_rewards = members.mean(-1)  # [B, E, M]
+        member_rewards = torch.einsum("bm,bem->be", gating_output, member_attribute_rewards)
         if self.config.quantile_mixing == "mixture":
             levels = attribute_quantiles.new_tensor(self.config.quantile_levels)  # [K]
             reward_quantiles = mixture_quantiles(attribute_quantiles.sort(-1).values, gating_output, levels)
@@ -410,6 +451,9 @@ class QRMForSequenceClassification(PreTrainedModel):
             rewards=rewards,
             gating_output=gating_output,
             prompt_embedding=prompt_embedding,
+            member_rewards=member_rewards,
+            reward_epistemic_std=member_spread(member_rewards),
+            attribute_epistemic_std=member_spread(member_attribute_rewards),
         )
 
     def forward(
@@ -583,7 +627,10 @@ __all__ = [
     "QRMGatingSizes",
     "QRMOutput",
     "QRMRewardTransform",
+    "combine_members",
     "find_last_pattern",
+    "member_quantiles",
+    "member_spread",
     "mixture_quantiles",
     "pinball_loss",
 ]

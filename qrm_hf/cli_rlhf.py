@@ -10,7 +10,7 @@ import argparse
 import os
 
 from . import risk
-from .cli import risk_spec
+from .cli import output_risk_spec
 from .training.paper_rlhf import (  # the paper's values (§4.3), also the defaults of the trainer configs
     BATCH_SIZE,
     DATA,
@@ -226,13 +226,14 @@ def _add_policy_optimization_arguments(parser: argparse.ArgumentParser, algorith
     group = parser.add_argument_group("risk")
     group.add_argument(
         "--risk-measure",
-        type=risk_spec,
+        type=output_risk_spec,
         default="exp_utility",
         metavar="{" + ",".join(risk.RISK_MEASURES) + "}[:VALUE]",
         help="reward taken from the QRM's distribution (qrm_hf.risk.RISK_MEASURES): "
         + "; ".join(f"{name} = {measure.help}" for name, measure in risk.RISK_MEASURES.items())
         + ". The parameters come from --risk-lambda (lam), --risk-alpha (alpha), --risk-tau (tau), or from "
-        "the spec: NAME:VALUE (e.g. quantile:0.05, cvar:0.1)",
+        "the spec: NAME:VALUE (e.g. quantile:0.05, cvar:0.1). A QRM with members also takes lcb:K (expected "
+        "reward minus K epistemic std), NAME+lcb:K (e.g. cvar:0.25+lcb:1) and worst_member",
     )
     parameters = risk.RISK_PARAMETERS
     group.add_argument(

@@ -28,6 +28,13 @@ function of ``q`` alone. Scoring, the CLI and the risk-aware trainers all go thr
 
     score = risk.resolve("cvar:0.1", model.config.quantile_levels)
     score(r)                                                    # [B], same as risk.cvar(r, levels, 0.1)
+
+Measures of the whole output read a QRM's members too (its epistemic spread, `config.num_members` > 1):
+:func:`parse_output` turns ``"lcb:1"`` (expected reward minus 1 epistemic std), ``"worst_member"`` or
+``"cvar:0.25+lcb:1"`` (any measure above, minus 1 epistemic std) into an :class:`OutputRiskMeasure`::
+
+    score = risk.parse_output("cvar:0.25+lcb:1")
+    score(out, model.config.quantile_levels)                    # [B]
 """
 
 from __future__ import annotations
@@ -66,6 +73,11 @@ __all__ = [
     "RISK_PARAMETERS",
     "parse",
     "resolve",
+    "lower_confidence_bound",
+    "worst_member",
+    "OutputRiskMeasure",
+    "EPISTEMIC_MEASURES",
+    "parse_output",
 ]
 
 
@@ -491,3 +503,102 @@ def resolve(
             f"Risk measure {measure.name!r} ({spec!r}) needs the quantile levels of the estimates."
         )
     return functools.partial(measure, levels=levels, **values)
+
+
+# ------------------------------------------------------------------------- measures of the whole output
+
+
+def lower_confidence_bound(reward, epistemic_std, k: float) -> torch.Tensor:
+    r"""Lower confidence bound over the members: ``reward - k * epistemic_std`` (both ``[...]``).
+
+    With ``reward`` a QRM's expected reward (``logits[:, 0]``) and ``epistemic_std`` its
+    ``reward_epistemic_std``, the reward a policy cannot raise by going where the members disagree.
+    """
+    return reward - _as_positive(k, "k") * epistemic_std
+
+
+def worst_member(member_rewards) -> torch.Tensor:
+    """The lowest of the members' expected rewards: ``member_rewards`` [..., E] -> [...]."""
+    return _as_quantiles(member_rewards).amin(-1)
+
+
+#: The penalty of the epistemic measures: `lcb:k` subtracts k times the epistemic std.
+EPISTEMIC_PENALTY = RiskParameter("k", 1.0, 0.0, help="epistemic std subtracted, in units of the std")
+#: Measures that read the members (`lcb`, `worst_member`), by name.
+EPISTEMIC_MEASURES = {"lcb": (EPISTEMIC_PENALTY,), "worst_member": ()}
+
+
+@dataclass(frozen=True)
+class OutputRiskMeasure:
+    """A risk measure of a QRM's whole output: an aleatoric measure of its reward quantiles (any of
+    :data:`RISK_MEASURES`) and optionally an epistemic part read from its members.
+
+    ``epistemic`` is None, ``"lcb"`` (subtract ``penalty`` times ``reward_epistemic_std``) or
+    ``"worst_member"`` (the lowest member expected reward, alone). An output without members (any model
+    without ``reward_epistemic_std``, or one member) has no epistemic spread: ``lcb`` is then the
+    aleatoric measure and ``worst_member`` the expected reward.
+    """
+
+    aleatoric: RiskMeasure
+    values: dict
+    epistemic: str | None = None
+    penalty: float = 0.0
+
+    @property
+    def reads_members(self) -> bool:
+        """Whether the measure reads the members' spread (an `lcb` or `worst_member` part)."""
+        return self.epistemic is not None
+
+    def aleatoric_score(self, output, levels) -> torch.Tensor:
+        """The aleatoric measure of ``output.reward_quantiles`` [B, K]; for ``expectation`` the model's
+        own expected reward ``output.logits[:, 0]`` (whatever its quantile mixing)."""
+        if self.aleatoric.name == "expectation":
+            return output.logits[:, 0].float()
+        return self.aleatoric(output.reward_quantiles.float(), levels, **self.values)
+
+    def __call__(self, output, levels=None) -> torch.Tensor:
+        """The score [B] of a QRM output (``logits``, ``reward_quantiles`` and, when it has members,
+        ``reward_epistemic_std`` and ``member_rewards``)."""
+        if self.epistemic == "worst_member":
+            members = getattr(output, "member_rewards", None)
+            return output.logits[:, 0].float() if members is None else worst_member(members.float())
+        score = self.aleatoric_score(output, levels)
+        spread = getattr(output, "reward_epistemic_std", None)
+        if self.epistemic == "lcb" and spread is not None:
+            score = lower_confidence_bound(score, spread.float(), self.penalty)
+        return score
+
+
+def parse_output(spec: str, **defaults) -> OutputRiskMeasure:
+    """A spec of a measure of the whole output -> :class:`OutputRiskMeasure`.
+
+    ``"<aleatoric>"`` (any :func:`parse` spec), ``"lcb[:k]"`` (expected reward minus k epistemic std),
+    ``"<aleatoric>+lcb[:k]"`` (e.g. ``"cvar:0.25+lcb:1"``: cvar minus k epistemic std) or
+    ``"worst_member"``. ``defaults`` as for :func:`parse` (``k`` for lcb too).
+
+    Raises:
+        ValueError: for an unknown name, a value outside its interval, or ``worst_member`` combined.
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"A risk measure spec must be a string such as 'lcb:1', got {spec!r}.")
+    parts = [part.strip() for part in spec.split("+")]
+    epistemic_parts = [p for p in parts if p.partition(":")[0].strip() in EPISTEMIC_MEASURES]
+    aleatoric_parts = [p for p in parts if p not in epistemic_parts]
+    if len(epistemic_parts) > 1 or len(aleatoric_parts) > 1:
+        raise ValueError(
+            f"{spec!r}: a spec is one measure of the quantiles, optionally '+lcb:k' (e.g. 'cvar:0.25+lcb:1')."
+        )
+    measure, values = parse(aleatoric_parts[0] if aleatoric_parts else "expectation", **defaults)
+    if not epistemic_parts:
+        return OutputRiskMeasure(measure, values)
+    name, _, argument = epistemic_parts[0].partition(":")
+    name = name.strip()
+    if name == "worst_member":
+        if argument.strip() or aleatoric_parts:
+            raise ValueError(f"{spec!r}: worst_member takes no parameter and combines with no other measure.")
+        return OutputRiskMeasure(measure, values, "worst_member")
+    try:
+        penalty = float(argument) if argument.strip() else defaults.get("k", EPISTEMIC_PENALTY.default)
+    except ValueError:
+        raise ValueError(f"`k` of {spec!r} must be a number, got {argument.strip()!r}.") from None
+    return OutputRiskMeasure(measure, values, "lcb", EPISTEMIC_PENALTY.check(penalty, "k"))

@@ -47,10 +47,11 @@ def test_config_is_grpos_with_the_risk_fields_of_rloo(tmp_path):
     ):
         with pytest.raises(ValueError, match=match):
             RiskAwareGRPOConfig(**config_values(tmp_path, **overrides))
-    measure, values = RiskAwareGRPOConfig(
-        **config_values(tmp_path, risk_measure="quantile:0.3")
-    ).parse_risk_measure()
-    assert (measure.name, values) == ("quantile", {"tau": 0.3})  # the spec's value wins over risk_tau
+    measure = RiskAwareGRPOConfig(**config_values(tmp_path, risk_measure="quantile:0.3")).parse_risk_measure()
+    assert (measure.aleatoric.name, measure.values) == (
+        "quantile",
+        {"tau": 0.3},
+    )  # the spec's value wins over risk_tau
 
 
 def test_args_must_be_a_risk_aware_grpo_config(one_thread, assets):  # noqa: F811

@@ -463,7 +463,7 @@ def test_a_new_measure_is_one_function_and_one_registry_line(monkeypatch, tmp_pa
     expected = q.mean(-1) - 2 * (risk.variance(q) ** 0.5)
     torch.testing.assert_close(risk.resolve("mean_minus_std:2")(q), expected)
     config = RiskAwareRLOOConfig(str(tmp_path), risk_measure="mean_minus_std:2", use_cpu=True, bf16=False)
-    assert config.parse_risk_measure()[1] == {"k": 2.0}
+    assert config.parse_risk_measure().values == {"k": 2.0}
     parser = argparse.ArgumentParser()
     add_rlhf_commands(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["grpo", "sft", "qrm", "--risk-measure", "mean_minus_std:2"])

@@ -20,8 +20,9 @@ import torch
 from sklearn.base import clone
 from tqdm.auto import tqdm
 
-from ..modeling.modeling_qrm import QRMGatingNetwork, mixture_quantiles
+from ..modeling.modeling_qrm import QRMGatingNetwork, member_quantiles, mixture_quantiles
 from ..preference import preference_probability
+from .rewards import reward_transform_module
 
 
 @dataclass
@@ -70,7 +71,7 @@ class HeadEnsemble:
     """E reward models sharing a frozen backbone: heads, transform and gating of each member.
 
     coef [E, M, K, H], intercept [E, M, K], transform [M, M] (shared), gating: E networks, or one shared
-    by all members. Members score embeddings exactly as `QRMForSequenceClassification.score_embeddings`.
+    by all members. Members compute their heads with the model's `member_quantiles`.
     """
 
     coef: torch.Tensor
@@ -87,13 +88,17 @@ class HeadEnsemble:
     @torch.no_grad()
     def attribute_quantiles(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Each member's attribute quantiles [E, N, M, K] of responses [N, H] (transformed; sorted when
-        `monotone_quantiles`), as `QRMForSequenceClassification` computes them."""
-        raw = (
-            torch.einsum("nh,emkh->enmk", embeddings.float(), self.coef.float())
-            + self.intercept.float()[:, None]
+        `monotone_quantiles`), by the model's own `member_quantiles`."""
+        num_members, num_attributes = self.coef.shape[:2]
+        raw = torch.einsum("nh,emkh->nemk", embeddings.float(), self.coef.float()) + self.intercept.float()
+        quantiles = member_quantiles(
+            raw.flatten(1),
+            num_members,
+            num_attributes,
+            reward_transform_module(self.transform),
+            self.monotone_quantiles,
         )
-        quantiles = torch.einsum("enmk,mj->enjk", raw, self.transform.float())
-        return quantiles.sort(-1).values if self.monotone_quantiles else quantiles
+        return quantiles.transpose(0, 1)
 
     @torch.no_grad()
     def score(
@@ -136,6 +141,41 @@ def _bootstrap_counts(groups: np.ndarray, rng: np.random.Generator) -> np.ndarra
     rows keeps the annotators of one response together, as a new sample of responses would."""
     n_groups = int(groups.max()) + 1
     return rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups)).astype(np.float64)[groups]
+
+
+def fit_member_heads(X, Y, groups, estimator, n_models: int, seed: int = 0, desc: str = "bootstrap ensemble"):
+    """Refit `estimator`'s heads `n_models` times on bootstrap resamples of the responses (`groups` [n]
+    from `identical_row_groups`): (coef [E, M, K, H], intercept [E, M, K], the member generators).
+
+    Member e draws from `np.random.default_rng([seed, e])`; its generator is returned for further draws
+    (the gating resample of `fit_bootstrap_heads`)."""
+    coefs, intercepts, generators = [], [], []
+    for member in tqdm(range(n_models), desc=desc, unit="model"):
+        rng = np.random.default_rng([seed, member])
+        heads = clone(estimator).set_params(random_state=int(rng.integers(2**31)))
+        heads.fit(X, Y, sample_weight=_bootstrap_counts(groups, rng))
+        coefs.append(torch.tensor(heads.coef_, dtype=torch.float32))
+        intercepts.append(torch.tensor(heads.intercept_, dtype=torch.float32))
+        generators.append(rng)
+    return torch.stack(coefs), torch.stack(intercepts), generators
+
+
+def _pair_features_of(pair_features, settings: dict, hidden_size: int):
+    """`pair_features` (directories or a `PairFeatures`, or None) as a `PairFeatures` of the same backbone."""
+    if isinstance(pair_features, (str, Path, list, tuple)):
+        from .features import check_same_backbone, read_manifest
+
+        pair_dirs = [pair_features] if isinstance(pair_features, (str, Path)) else list(pair_features)
+        check_same_backbone(
+            {**settings, **{str(d): read_manifest(d, kind="preference")["settings"] for d in pair_dirs}}
+        )
+        pair_features = PairFeatures.from_dirs(pair_dirs)
+    if pair_features is not None and pair_features.prompt.shape[1] != hidden_size:
+        raise ValueError(
+            f"The pair features have hidden size {pair_features.prompt.shape[1]}, the attribute features "
+            f"{hidden_size}: they come from different backbones."
+        )
+    return pair_features
 
 
 def fit_bootstrap_heads(
@@ -183,52 +223,31 @@ def fit_bootstrap_heads(
     settings = feature_settings(directories, "attribute")
     names = attribute_names_of(directories, attribute_names)
     X, Y = load_labelled(directories, names)
-    groups = identical_row_groups(X)
     estimator = estimator if estimator is not None else MultiQuantileRegressor(PAPER_LEVELS)
-    levels = list(estimator.quantile_levels)
     transform = torch.eye(len(names)) if transform is None else torch.as_tensor(transform).float()
-    if isinstance(pair_features, (str, Path, list, tuple)):
-        from .features import check_same_backbone, read_manifest
-
-        pair_dirs = [pair_features] if isinstance(pair_features, (str, Path)) else list(pair_features)
-        check_same_backbone(
-            {**settings, **{str(d): read_manifest(d, kind="preference")["settings"] for d in pair_dirs}}
-        )
-        pair_features = PairFeatures.from_dirs(pair_dirs)
-    if pair_features is not None and pair_features.prompt.shape[1] != X.shape[1]:
-        raise ValueError(
-            f"The pair features have hidden size {pair_features.prompt.shape[1]}, the attribute features "
-            f"{X.shape[1]}: they come from different backbones."
-        )
+    pair_features = _pair_features_of(pair_features, settings, X.shape[1])
     gating_settings = gating_settings or GatingSettings()
-
-    coefs, intercepts, networks = [], [], []
-    for member in tqdm(range(n_models), desc="bootstrap ensemble", unit="model"):
-        rng = np.random.default_rng([seed, member])
-        heads = clone(estimator).set_params(random_state=int(rng.integers(2**31)))
-        heads.fit(X, Y, sample_weight=_bootstrap_counts(groups, rng))
-        coefs.append(torch.tensor(heads.coef_, dtype=torch.float32))
-        intercepts.append(torch.tensor(heads.intercept_, dtype=torch.float32))
-        if pair_features is not None:
-            resample = torch.as_tensor(rng.integers(0, len(pair_features), len(pair_features)))
-            config = _gating_config(names, X.shape[1], gating_settings)
-            networks.append(
-                _fit_member_gating(
-                    coefs[-1],
-                    intercepts[-1],
-                    transform,
-                    pair_features[resample],
-                    config,
-                    gating_settings,
-                    seed=int(rng.integers(2**31)),
-                )
+    coef, intercept, generators = fit_member_heads(X, Y, identical_row_groups(X), estimator, n_models, seed)
+    networks = []
+    for member, rng in enumerate(generators if pair_features is not None else ()):
+        resample = torch.as_tensor(rng.integers(0, len(pair_features), len(pair_features)))
+        networks.append(
+            _fit_member_gating(
+                coef[member],
+                intercept[member],
+                transform,
+                pair_features[resample],
+                _gating_config(names, X.shape[1], gating_settings),
+                gating_settings,
+                seed=int(rng.integers(2**31)),
             )
+        )
     return HeadEnsemble(
-        coef=torch.stack(coefs),
-        intercept=torch.stack(intercepts),
+        coef=coef,
+        intercept=intercept,
         transform=transform,
         gating=networks or [gating_network],
-        quantile_levels=levels,
+        quantile_levels=list(estimator.quantile_levels),
         monotone_quantiles=monotone_quantiles,
         quantile_mixing=quantile_mixing,
     )
@@ -257,4 +276,4 @@ def _fit_member_gating(coef, intercept, transform, pairs: PairFeatures, config, 
     )
 
 
-__all__ = ["EnsembleStrength", "HeadEnsemble", "PairFeatures", "fit_bootstrap_heads"]
+__all__ = ["EnsembleStrength", "HeadEnsemble", "PairFeatures", "fit_bootstrap_heads", "fit_member_heads"]

@@ -23,7 +23,10 @@ What changes compared with the TRL trainer (only `_calculate_rewards` is overrid
 * Logged each step, per QRM `<name>`, in the trainer's normal metrics (and so in TensorBoard / W&B):
   `rewards/<name>/expectation`, `rewards/<name>/risk` (the reward optimised, also TRL's
   `rewards/<name>/mean`) and `rewards/<name>/q0.05`, ... for each level of `log_quantile_levels`
-  (batch means of the per-completion quantiles: the curves of the paper's Figure 3).
+  (batch means of the per-completion quantiles: the curves of the paper's Figure 3), and the two spreads
+  apart: `rewards/<name>/aleatoric_std` (std of each completion's reward distribution, the annotators'
+  disagreement) and `rewards/<name>/epistemic_std` (`reward_epistemic_std`, the members' disagreement;
+  0 for a QRM with one member).
 
 Non-finite risk rewards (NaN quantiles, or `exp_utility` overflowing to -inf for very low rewards) are
 reported with a warning and count as missing for that reward function, exactly as TRL treats a reward
@@ -62,7 +65,10 @@ class RiskAwareRewardsArguments:
             with its parameter (`"quantile:0.05"`, `"cvar:0.1"`): `"expectation"` (the expected reward, as
             stock TRL), `"exp_utility"` (paper eq. 4: mean_k -exp(-risk_lambda q_k)), `"certainty_equivalent"`
             (same ranking as the utility, in reward units, never overflows), `"cvar"` (mean of the lower
-            `risk_alpha` tail) or `"quantile"` (the `risk_tau`-quantile).
+            `risk_alpha` tail) or `"quantile"` (the `risk_tau`-quantile). For a QRM with members
+            (`num_members` > 1), measures of its epistemic spread too (`qrm_hf.risk.parse_output`): `"lcb:k"`
+            (expected reward minus k times `reward_epistemic_std`), `"<measure>+lcb:k"` (e.g.
+            `"cvar:0.25+lcb:1"`) and `"worst_member"` (the lowest member's expected reward).
         risk_lambda (`float`, *optional*, defaults to `1.0`):
             Risk aversion of `exp_utility` and `certainty_equivalent`, > 0.
         risk_alpha (`float`, *optional*, defaults to `0.25`):
@@ -78,7 +84,8 @@ class RiskAwareRewardsArguments:
         metadata={
             "help": "Reward taken from each QRM's reward distribution: "
             + ", ".join(risk.RISK_MEASURES)
-            + " (a spec such as quantile:0.05 sets the measure's parameter)."
+            + " (a spec such as quantile:0.05 sets the measure's parameter); with members also lcb:k, "
+            "<measure>+lcb:k and worst_member."
         },
     )
     risk_lambda: float = field(
@@ -114,10 +121,10 @@ class RiskAwareRewardsArguments:
             raise ValueError(f"`log_quantile_levels` must be distinct numbers in (0, 1), got {levels!r}.")
         self.log_quantile_levels = [float(t) for t in levels]
 
-    def parse_risk_measure(self) -> tuple[risk.RiskMeasure, dict[str, float]]:
-        """The registered measure of `risk_measure` and its parameter values (the spec's, else the fields')."""
+    def parse_risk_measure(self) -> risk.OutputRiskMeasure:
+        """The measure of `risk_measure` with its parameter values (the spec's, else the fields')."""
         defaults = {name: getattr(self, field_name) for field_name, name in _PARAMETER_FIELDS.items()}
-        return risk.parse(self.risk_measure, **defaults)
+        return risk.parse_output(self.risk_measure, **defaults)
 
 
 def _is_number(value) -> bool:
@@ -162,6 +169,7 @@ class _ScoredBatch:
     expected: torch.Tensor
     reward: torch.Tensor
     quantiles: torch.Tensor
+    epistemic_std: torch.Tensor
 
 
 class RiskAwareRewardsMixin:
@@ -188,7 +196,8 @@ class RiskAwareRewardsMixin:
             raise TypeError(f"`args` must be a {self.config_class.__name__}, got {type(args).__name__}.")
         super().__init__(model, reward_funcs, args, *pos, **kwargs)
         self._qrm_specs = [spec for i in range(len(self.reward_funcs)) if (spec := self._qrm_spec(i))]
-        if not self._qrm_specs and args.parse_risk_measure()[0].name != "expectation":
+        measure = args.parse_risk_measure()
+        if not self._qrm_specs and (measure.aleatoric.name != "expectation" or measure.reads_members):
             raise ValueError(
                 f"risk_measure={args.risk_measure!r} needs a QRM among the reward functions (a model whose config "
                 f"has `quantile_levels` and whose output has `reward_quantiles`), but none of "
@@ -250,7 +259,7 @@ class RiskAwareRewardsMixin:
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         if not self._qrm_specs:
             return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        measure, values = self.args.parse_risk_measure()
+        measure = self.args.parse_risk_measure()
         scored: dict[int, _ScoredBatch] = {}
         handles = []
         try:  # TRL builds the texts and inputs, calls every reward function, weighs and gathers
@@ -259,7 +268,7 @@ class RiskAwareRewardsMixin:
                 if spec.takes_gating_positions:
                     pre_hook = partial(self._pass_gating_positions, spec, prompts)
                     handles.append(qrm.register_forward_pre_hook(pre_hook, with_kwargs=True))
-                hook = partial(self._take_risk_reward, spec, measure, values, scored)
+                hook = partial(self._take_risk_reward, spec, measure, scored)
                 handles.append(qrm.register_forward_hook(hook, with_kwargs=True))
             rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         finally:
@@ -282,8 +291,7 @@ class RiskAwareRewardsMixin:
     def _take_risk_reward(
         self,
         spec: _QRMSpec,
-        measure: risk.RiskMeasure,
-        values: dict,
+        measure: risk.OutputRiskMeasure,
         scored: dict,
         module,
         args,
@@ -299,30 +307,23 @@ class RiskAwareRewardsMixin:
                 f"has no `reward_quantiles` of shape [batch, {len(spec.levels)}]."
             )
         quantiles, expected = quantiles.float(), output.logits[:, 0].float()
-        reward = self._risk_reward(spec, measure, values, quantiles, expected)
-        scored[spec.index] = _ScoredBatch(expected, reward, quantiles)
+        reward = self._risk_reward(spec, measure, output)
+        spread = getattr(output, "reward_epistemic_std", None)
+        spread = torch.zeros_like(expected) if spread is None else spread.float()
+        scored[spec.index] = _ScoredBatch(expected, reward, quantiles, spread)
         return dataclasses.replace(output, logits=reward.unsqueeze(-1))
 
-    def _risk_reward(
-        self,
-        spec: _QRMSpec,
-        measure: risk.RiskMeasure,
-        values: dict,
-        quantiles: torch.Tensor,
-        expected: torch.Tensor,
-    ) -> torch.Tensor:
-        """The reward of each completion [B] from its quantiles [B, K] (NaN where not finite, with a warning)."""
-        if measure.name == "expectation":
-            reward = expected  # the model's own expected reward: stock TRL, whatever the quantile mixing
-        else:
-            reward = measure(quantiles, spec.levels, **values)
+    def _risk_reward(self, spec: _QRMSpec, measure: risk.OutputRiskMeasure, output) -> torch.Tensor:
+        """The reward of each completion [B] from the QRM's output (NaN where not finite, with a warning)."""
+        quantiles = output.reward_quantiles.float()
+        reward = measure(output, spec.levels)
         bad = ~torch.isfinite(reward) | ~torch.isfinite(quantiles).all(-1)
         if bad.any():
             rows = bad.nonzero().flatten().tolist()
             hint = (
                 " exp_utility overflows for very low rewards: use risk_measure='certainty_equivalent' (same "
                 "ranking, in reward units) or a smaller risk_lambda."
-                if measure.name == "exp_utility" and torch.isfinite(quantiles[bad]).all()
+                if measure.aleatoric.name == "exp_utility" and torch.isfinite(quantiles[bad]).all()
                 else ""
             )
             self._risk_logger.warning(
@@ -373,13 +374,13 @@ class RiskAwareRewardsMixin:
         """Per-QRM metrics of the batch (gathered over processes; NaN rows left out)."""
         mode = "train" if self.model.training else "eval"
         log_levels = self.args.log_quantile_levels
-        columns = [batch.expected, batch.reward]
+        columns = [batch.expected, batch.reward, risk.variance(batch.quantiles).sqrt(), batch.epistemic_std]
         if log_levels:
             taus = torch.tensor(log_levels, dtype=torch.float64).unsqueeze(-1)  # [L, 1]
             columns += list(risk.quantile(batch.quantiles, spec.levels, taus))  # L x [B]
-        stats = self.accelerator.gather(torch.stack(columns, -1).detach())  # [B_total, 2 + L]
+        stats = self.accelerator.gather(torch.stack(columns, -1).detach())  # [B_total, 4 + L]
         means = torch.nanmean(stats, 0).tolist()
-        names = ["expectation", "risk", *map(level_name, log_levels)]
+        names = ["expectation", "risk", "aleatoric_std", "epistemic_std", *map(level_name, log_levels)]
         for name, value in zip(names, means, strict=True):
             self._metrics[mode][f"rewards/{spec.name}/{name}"].append(value)
 
