@@ -158,6 +158,7 @@ def render_model_card(
         num_quantiles=config.num_quantiles,
         quantile_mixing=config.quantile_mixing,
         monotone_quantiles=bool(getattr(config, "monotone_quantiles", True)),
+        num_members=int(getattr(config, "num_members", 1)),
         gating_n_hidden=config.gating_n_hidden,
         gating_hidden_dim=config.gating_hidden_dim,
         gating_temperature=config.gating_temperature,

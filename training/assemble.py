@@ -48,10 +48,11 @@ def assemble_qrm(
 
     Args:
         backbone: directory (or Hub id) of the decoder, or the decoder itself (an `AutoModel`).
-        head_coef: quantile-head weights [M, K, H] (`MultiQuantileRegressor.coef_`).
+        head_coef: quantile-head weights [M, K, H] (`MultiQuantileRegressor.coef_`), or [E, M, K, H] for a
+            QRM of E members (`num_members`).
         gating_network: the fitted gating network (`BradleyTerryGating.network_`), built from a config
             with the same gating settings as `config_kwargs`.
-        head_intercept: [M, K] biases, or None for heads without bias (the paper's choice).
+        head_intercept: [M, K] ([E, M, K]) biases, or None for heads without bias (the paper's choice).
         reward_transform: the M x M matrix T (identity when None).
         revision: the backbone's revision, when `backbone` is a Hub id.
         config_kwargs: further `QRMConfig` fields (gating sizes, `quantile_mixing`, ...).
@@ -65,10 +66,11 @@ def assemble_qrm(
     head_coef = torch.as_tensor(np.asarray(head_coef), dtype=torch.float32)
     num_attributes, num_levels = len(attribute_names), len(quantile_levels)
     hidden_size = decoder.config.hidden_size
-    if head_coef.shape != (num_attributes, num_levels, hidden_size):
+    num_members = head_coef.shape[0] if head_coef.dim() == 4 else 1
+    if head_coef.shape[-3:] != (num_attributes, num_levels, hidden_size) or head_coef.dim() not in (3, 4):
         raise ValueError(
             f"Quantile heads have shape {tuple(head_coef.shape)}, expected [M={num_attributes}, K={num_levels}, "
-            f"H={hidden_size}] for these attributes, levels and backbone."
+            f"H={hidden_size}] (or [E, M, K, H] for E members) for these attributes, levels and backbone."
         )
     config = QRMConfig(
         backbone_config=decoder.config,  # (copied by QRMConfig: the decoder's own config stays as it is)
@@ -76,10 +78,11 @@ def assemble_qrm(
         quantile_levels=list(quantile_levels),
         prompt_end_pattern=list(prompt_end_pattern),
         regression_bias=head_intercept is not None,
+        num_members=num_members,
         **config_kwargs,
     )
     state = {f"model.{name}": tensor for name, tensor in decoder.state_dict().items()}
-    state["regression_layer.weight"] = head_coef.reshape(num_attributes * num_levels, -1)
+    state["regression_layer.weight"] = head_coef.reshape(-1, hidden_size)  # row e*M*K + m*K + k
     if head_intercept is not None:
         state["regression_layer.bias"] = torch.as_tensor(
             np.asarray(head_intercept), dtype=torch.float32

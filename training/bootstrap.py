@@ -145,19 +145,16 @@ def _bootstrap_counts(groups: np.ndarray, rng: np.random.Generator) -> np.ndarra
 
 def fit_member_heads(X, Y, groups, estimator, n_models: int, seed: int = 0, desc: str = "bootstrap ensemble"):
     """Refit `estimator`'s heads `n_models` times on bootstrap resamples of the responses (`groups` [n]
-    from `identical_row_groups`): (coef [E, M, K, H], intercept [E, M, K], the member generators).
+    from `identical_row_groups`): a list of (fitted copy of `estimator`, its generator) per member.
 
     Member e draws from `np.random.default_rng([seed, e])`; its generator is returned for further draws
     (the gating resample of `fit_bootstrap_heads`)."""
-    coefs, intercepts, generators = [], [], []
+    members = []
     for member in tqdm(range(n_models), desc=desc, unit="model"):
         rng = np.random.default_rng([seed, member])
         heads = clone(estimator).set_params(random_state=int(rng.integers(2**31)))
-        heads.fit(X, Y, sample_weight=_bootstrap_counts(groups, rng))
-        coefs.append(torch.tensor(heads.coef_, dtype=torch.float32))
-        intercepts.append(torch.tensor(heads.intercept_, dtype=torch.float32))
-        generators.append(rng)
-    return torch.stack(coefs), torch.stack(intercepts), generators
+        members.append((heads.fit(X, Y, sample_weight=_bootstrap_counts(groups, rng)), rng))
+    return members
 
 
 def _pair_features_of(pair_features, settings: dict, hidden_size: int):
@@ -227,9 +224,11 @@ def fit_bootstrap_heads(
     transform = torch.eye(len(names)) if transform is None else torch.as_tensor(transform).float()
     pair_features = _pair_features_of(pair_features, settings, X.shape[1])
     gating_settings = gating_settings or GatingSettings()
-    coef, intercept, generators = fit_member_heads(X, Y, identical_row_groups(X), estimator, n_models, seed)
+    members = fit_member_heads(X, Y, identical_row_groups(X), estimator, n_models, seed)
+    coef = torch.stack([torch.tensor(heads.coef_, dtype=torch.float32) for heads, _ in members])
+    intercept = torch.stack([torch.tensor(heads.intercept_, dtype=torch.float32) for heads, _ in members])
     networks = []
-    for member, rng in enumerate(generators if pair_features is not None else ()):
+    for member, (_, rng) in enumerate(members if pair_features is not None else ()):
         resample = torch.as_tensor(rng.integers(0, len(pair_features), len(pair_features)))
         networks.append(
             _fit_member_gating(

@@ -4,7 +4,8 @@ Each is a small dataclass of its tensors and its description (the JSON file) wit
 `load(directory)`; `load` checks the files are there and agree with each other (shapes, attribute names),
 as `PretrainedConfig` does for a model, so that every reader gets the same checks and error messages.
 
-    QuantileHeadsOutput  heads.safetensors (coef [M, K, H], intercept [M, K]) + heads.json
+    QuantileHeadsOutput  heads.safetensors (coef [M, K, H], intercept [M, K]; with E > 1 members also
+                         member_coef [E, M, K, H], member_intercept [E, M, K]) + heads.json
     TransformOutput      transform.safetensors (transform [M, M]) + transform.json
     GatingOutput         gating.safetensors (the network's state dict) + gating.json
 """
@@ -54,11 +55,17 @@ class _StageOutput:
 @dataclass
 class QuantileHeadsOutput(_StageOutput):
     """The fitted quantile heads: `coef` [M, K, H], `intercept` [M, K] and `info` (heads.json: attribute
-    names, levels, settings, backbone identity, samples per attribute, validation report)."""
+    names, levels, settings, backbone identity, samples per attribute, validation report).
+
+    With E > 1 members, `member_coef` [E, M, K, H] and `member_intercept` [E, M, K] hold them and `coef`,
+    `intercept` their mean: heads whose expected rewards are the members' mean expected rewards (the model's
+    expected reward), what the later stages (debiasing, gating) fit on."""
 
     coef: torch.Tensor
     intercept: torch.Tensor
     info: dict
+    member_coef: torch.Tensor | None = None
+    member_intercept: torch.Tensor | None = None
     stem: ClassVar[str] = "heads"
     command: ClassVar[str] = "fit-quantiles"
 
@@ -70,8 +77,30 @@ class QuantileHeadsOutput(_StageOutput):
     def hidden_size(self) -> int:
         return self.info["hidden_size"]
 
+    @property
+    def num_members(self) -> int:
+        return 1 if self.member_coef is None else self.member_coef.shape[0]
+
+    @property
+    def members(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(coef [E, M, K, H], intercept [E, M, K]) of every member (E = 1: the heads themselves)."""
+        if self.member_coef is None:
+            return self.coef.unsqueeze(0), self.intercept.unsqueeze(0)
+        return self.member_coef, self.member_intercept
+
     def validate(self, where: str | Path = "quantile heads") -> QuantileHeadsOutput:
         shape = (len(self.attribute_names), len(self.quantile_levels))
+        if (self.member_coef is None) != (self.member_intercept is None):
+            self._fail(where, "member_coef and member_intercept come together")
+        if self.member_coef is not None and (
+            self.member_coef.shape[1:] != self.coef.shape
+            or tuple(self.member_intercept.shape) != (self.member_coef.shape[0], *shape)
+        ):
+            self._fail(
+                where,
+                f"member_coef {list(self.member_coef.shape)} and member_intercept "
+                f"{list(self.member_intercept.shape)} do not fit coef {list(self.coef.shape)}",
+            )
         if self.coef.ndim != 3 or tuple(self.coef.shape[:2]) != shape:
             self._fail(where, f"coef has shape {list(self.coef.shape)}, expected [{shape[0]}, {shape[1]}, H]")
         if tuple(self.intercept.shape) != shape:
@@ -81,12 +110,16 @@ class QuantileHeadsOutput(_StageOutput):
         return self
 
     def save(self, directory: str | Path) -> None:
-        self.validate()._write(directory, {"coef": self.coef, "intercept": self.intercept})
+        tensors = {"coef": self.coef, "intercept": self.intercept}
+        if self.member_coef is not None:
+            tensors.update(member_coef=self.member_coef, member_intercept=self.member_intercept)
+        self.validate()._write(directory, tensors)
 
     @classmethod
     def load(cls, directory: str | Path) -> QuantileHeadsOutput:
         tensors, info = cls._read(directory)
-        return cls(tensors["coef"], tensors["intercept"], info).validate(directory)
+        members = (tensors.get("member_coef"), tensors.get("member_intercept"))
+        return cls(tensors["coef"], tensors["intercept"], info, *members).validate(directory)
 
 
 @dataclass

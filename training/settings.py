@@ -107,13 +107,21 @@ class HeadsSettings:
     gaussian_baseline: bool = setting(
         False, help="also report a heteroscedastic Gaussian (mean and log-std heads; loads all features)"
     )
+    num_members: int = setting(
+        1,
+        help="members E: with E > 1, E sets of heads refitted on bootstrap resamples of the training responses, "
+        "whose disagreement the model reports as its epistemic spread",
+        cli={"type": positive_int},
+    )
 
     def fingerprint(self) -> dict:
-        """What defines the fitted heads; `cv` is unused with one penalty, and left out then so that heads
-        fitted before the option existed stay up to date."""
+        """What defines the fitted heads; `cv` is unused with one penalty, and `num_members` is left out at 1,
+        so that heads fitted before these options existed stay up to date."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         if isinstance(self.alpha, (int, float)):
             del values["cv"]
+        if self.num_members == 1:
+            del values["num_members"]
         return values
 
 

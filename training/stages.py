@@ -296,20 +296,101 @@ def extract_features(
 # ------------------------------------------------------------------------------------------- 2. heads
 
 
-def _validation_report(heads, directories, names, levels, baselines=None) -> dict:
-    """Held-out pinball loss (quantiles sorted, as the model does) and crossing before sorting."""
+def _validation_report(predict, directories, names, levels, baselines=None) -> dict:
+    """Held-out pinball loss of `predict` (X -> quantiles [n, M, K], sorted per member and combined, as the
+    model does) and crossing before sorting."""
     from .quantile_regression import crossing_fraction
 
     X, Y = load_labelled(directories, names)
-    predictions = heads.predict(X)
+    predictions = predict(X, sort=False)
     report = {
         "examples": len(X),
-        "pinball_loss": float(pinball_loss(Y, np.sort(predictions, axis=-1), levels).mean()),
+        "pinball_loss": float(pinball_loss(Y, predict(X, sort=True), levels).mean()),
         "crossing_fraction_before_sorting": crossing_fraction(predictions),
     }
     for name, baseline in (baselines or {}).items():
         report[f"pinball_loss_{name}_baseline"] = float(pinball_loss(Y, baseline.predict(X), levels).mean())
     return report
+
+
+def _heads_estimator(options: HeadsSettings):
+    from .quantile_regression import MultiQuantileRegressor
+
+    return MultiQuantileRegressor(
+        list(options.quantile_levels),
+        alpha=options.alpha,
+        cv=options.cv,
+        solver=options.solver,
+        max_samples_per_attribute=options.max_samples_per_attribute,
+        random_state=options.seed,
+        n_jobs=options.n_jobs,
+    )
+
+
+def _fit_members(options: HeadsSettings, feature_dirs, names) -> list:
+    """The fitted estimators: one on the training features, or `num_members` on bootstrap resamples of the
+    training responses (`bootstrap.fit_member_heads`)."""
+    from .bootstrap import fit_member_heads
+    from .quantile_regression import identical_row_groups
+
+    if options.num_members == 1:
+        heads = _heads_estimator(options)
+        heads.fit(*load_labelled(feature_dirs, names, select_rows=heads.select_rows))
+        return [heads]
+    X, Y = load_labelled(feature_dirs, names)
+    members = fit_member_heads(
+        X, Y, identical_row_groups(X), _heads_estimator(options), options.num_members, options.seed, "members"
+    )
+    return [heads for heads, _ in members]
+
+
+def _member_predictor(members: list):
+    """X -> the members' quantiles combined level by level [n, M, K] (each member sorted first when `sort`)."""
+
+    def predict(X, sort: bool = True) -> np.ndarray:
+        predictions = np.stack([heads.predict(X) for heads in members])
+        return (np.sort(predictions, axis=-1) if sort else predictions).mean(0)
+
+    return predict
+
+
+def _heads_info(options: HeadsSettings, heads, names, settings) -> dict:
+    """heads.json of fitted heads `heads` (the first member when there are several)."""
+    info = {
+        "attribute_names": names,
+        "quantile_levels": list(options.quantile_levels),
+        "alpha": options.alpha,
+        "alpha_selected": dict(zip(names, heads.alpha_.tolist(), strict=True)),
+        "solver": options.solver,
+        "max_samples_per_attribute": options.max_samples_per_attribute,
+        "seed": options.seed,
+        "samples_per_attribute": dict(zip(names, heads.n_samples_.tolist(), strict=True)),
+        "num_members": options.num_members,
+        **backbone_identity(next(iter(settings.values()))),
+        "features": list(settings),
+    }
+    if hasattr(heads, "cv_pinball_"):
+        info["cv_folds"] = options.cv
+        info["cv_pinball"] = {
+            name: dict(zip(map(str, heads.alphas_.tolist()), losses, strict=True))
+            for name, losses in zip(names, heads.cv_pinball_.tolist(), strict=True)
+        }
+    if options.solver == "fast":
+        info["worst_relative_gap"] = float(heads.gap_.max())
+    return info
+
+
+def _baselines(options: HeadsSettings, feature_dirs, names) -> dict:
+    from .quantile_regression import HeteroscedasticGaussian, RidgeResidualQuantiles
+
+    if not (options.ridge_baseline or options.gaussian_baseline):
+        return {}
+    X, Y = load_labelled(feature_dirs, names)
+    levels = list(options.quantile_levels)
+    baselines = {"ridge": RidgeResidualQuantiles(levels)} if options.ridge_baseline else {}
+    if options.gaussian_baseline:
+        baselines["gaussian"] = HeteroscedasticGaussian(levels)
+    return {name: baseline.fit(X, Y) for name, baseline in baselines.items()}
 
 
 def fit_quantile_heads(
@@ -324,67 +405,41 @@ def fit_quantile_heads(
     """Stage 2: `MultiQuantileRegressor` on attribute features of one or more datasets.
 
     `settings` (`HeadsSettings`, the paper's defaults; keyword `overrides` replace single fields) holds
-    the levels, the penalty and the solver. Writes `heads.safetensors` (`coef` [M, K, H], `intercept`
-    [M, K]) and `heads.json` (attribute names, levels, settings, backbone, samples per attribute, and
-    with `validation_dirs` the held-out pinball loss and the fraction of crossing quantile pairs before
-    sorting; `ridge_baseline` adds a ridge point estimate with residual quantiles for comparison,
-    `gaussian_baseline` a heteroscedastic Gaussian; both load all training features). `alpha` is one
-    penalty (the paper's 0.003), a list of penalties or "cv" (`ALPHA_GRID`): then each attribute gets the
+    the levels, the penalty, the solver and the members. Writes `heads.safetensors` (`coef` [M, K, H],
+    `intercept` [M, K]; with `num_members` E > 1 the members refitted on bootstrap resamples of the training
+    responses as `member_coef` [E, M, K, H] and `member_intercept` [E, M, K], and their mean as `coef`,
+    `intercept`) and `heads.json` (attribute names, levels, settings, backbone, samples per attribute, and
+    with `validation_dirs` the held-out pinball loss of the combined members and the fraction of crossing
+    quantile pairs before sorting; `ridge_baseline` adds a ridge point estimate with residual quantiles for
+    comparison, `gaussian_baseline` a heteroscedastic Gaussian; both load all training features). `alpha` is
+    one penalty (the paper's 0.003), a list of penalties or "cv" (`ALPHA_GRID`): then each attribute gets the
     one with the lowest `cv`-fold cross-validated pinball loss on the training features, recorded in
     `heads.json` (`alpha_selected`, `cv_pinball`).
     """
-    from .quantile_regression import HeteroscedasticGaussian, MultiQuantileRegressor, RidgeResidualQuantiles
-
     check_output_directory(output_dir, "qrm fit-quantiles")  # before the work, not after it
     options = replace(settings or HeadsSettings(), **overrides)
+    if (
+        isinstance(options.num_members, bool)
+        or not isinstance(options.num_members, int)
+        or options.num_members < 1
+    ):
+        raise ValueError(f"num_members must be a whole number >= 1, got {options.num_members!r}.")
     settings = feature_settings(feature_dirs, "attribute")
     if validation_dirs:
         check_same_backbone({**settings, **feature_settings(validation_dirs, "attribute")})
-    names, levels = attribute_names_of(feature_dirs, attribute_names), list(options.quantile_levels)
-    heads = MultiQuantileRegressor(
-        levels,
-        alpha=options.alpha,
-        cv=options.cv,
-        solver=options.solver,
-        max_samples_per_attribute=options.max_samples_per_attribute,
-        random_state=options.seed,
-        n_jobs=options.n_jobs,
-    )
-    heads.fit(*load_labelled(feature_dirs, names, select_rows=heads.select_rows))
-    baselines = {}
-    if options.ridge_baseline or options.gaussian_baseline:
-        X, Y = load_labelled(feature_dirs, names)
-        if options.ridge_baseline:
-            baselines["ridge"] = RidgeResidualQuantiles(levels).fit(X, Y)
-        if options.gaussian_baseline:
-            baselines["gaussian"] = HeteroscedasticGaussian(levels).fit(X, Y)
-    info = {
-        "attribute_names": names,
-        "quantile_levels": levels,
-        "alpha": options.alpha,
-        "alpha_selected": dict(zip(names, heads.alpha_.tolist(), strict=True)),
-        "solver": options.solver,
-        "max_samples_per_attribute": options.max_samples_per_attribute,
-        "seed": options.seed,
-        "samples_per_attribute": dict(zip(names, heads.n_samples_.tolist(), strict=True)),
-        **backbone_identity(next(iter(settings.values()))),
-        "features": list(settings),
-    }
-    if hasattr(heads, "cv_pinball_"):
-        info["cv_folds"] = options.cv
-        info["cv_pinball"] = {
-            name: dict(zip(map(str, heads.alphas_.tolist()), losses, strict=True))
-            for name, losses in zip(names, heads.cv_pinball_.tolist(), strict=True)
-        }
-    if options.solver == "fast":
-        info["worst_relative_gap"] = float(heads.gap_.max())
+    names = attribute_names_of(feature_dirs, attribute_names)
+    members = _fit_members(options, feature_dirs, names)
+    info = _heads_info(options, members[0], names, settings)
     if validation_dirs:
-        info["validation"] = _validation_report(heads, validation_dirs, names, levels, baselines)
-    output = QuantileHeadsOutput(
-        torch.tensor(heads.coef_, dtype=torch.float32),
-        torch.tensor(heads.intercept_, dtype=torch.float32),
-        info,
-    )
+        baselines = _baselines(options, feature_dirs, names)
+        info["validation"] = _validation_report(
+            _member_predictor(members), validation_dirs, names, list(options.quantile_levels), baselines
+        )
+    coef = torch.stack([torch.tensor(heads.coef_, dtype=torch.float32) for heads in members])
+    intercept = torch.stack([torch.tensor(heads.intercept_, dtype=torch.float32) for heads in members])
+    output = QuantileHeadsOutput(coef.mean(0), intercept.mean(0), info)
+    if len(members) > 1:
+        output.member_coef, output.member_intercept = coef, intercept
     with replace_directory(output_dir, "qrm fit-quantiles") as directory:
         output.save(directory)
     return Path(output_dir)
@@ -693,7 +748,8 @@ def assemble_model(
     settings = settings or AssembleSettings()
     location, name = resolve_backbone(backbone)
     heads = QuantileHeadsOutput.load(heads_dir)
-    coef, intercept, heads_info, names = heads.coef, heads.intercept, heads.info, heads.attribute_names
+    heads_info, names = heads.info, heads.attribute_names
+    coef, intercept = heads.members if heads.num_members > 1 else (heads.coef, heads.intercept)
     transform = load_transform(transform_dir, names)
     fitted_gating = GatingOutput.load(gating_dir)
     fitted_gating.check_fits(heads, gating_dir)
