@@ -261,8 +261,9 @@ class QRMRewardTransform(nn.Module):
         self.weight = nn.Parameter(torch.eye(num_attributes), requires_grad=False)
 
     def forward(self, quantiles: torch.Tensor) -> torch.Tensor:  # [..., M, K] -> [..., M, K]
-        # Q'[m', k] = sum_m Q[m, k] T[m, m']
-        return torch.einsum("...mk,mn->...nk", quantiles, self.weight.to(quantiles.dtype))
+        # Q'[m', k] = sum_m Q[m, k] T[m, m'], as one matmul over all rows: the result of a row does not depend
+        # on the batch it comes in (an einsum's kernel choice would)
+        return (quantiles.transpose(-1, -2) @ self.weight.to(quantiles.dtype)).transpose(-1, -2)
 
 
 @dataclass

@@ -184,6 +184,7 @@ def test_train_stage_outputs_equal_direct_estimator_calls_bitwise(trained):
 
     from qrm_hf.modeling.configuration_qrm import QRMConfig
     from qrm_hf.training.gating import BradleyTerryGating
+    from qrm_hf.training.rewards import expected_rewards
 
     _, values, _, _ = trained
     out = Path(values["output_dir"])
@@ -200,7 +201,11 @@ def test_train_stage_outputs_equal_direct_estimator_calls_bitwise(trained):
 
     transform = load_file(str(out / "debias" / "transform.safetensors"))["transform"]
     pairs, _ = load_features(out / "features" / "preference" / "pairs")
-    rewards = (pairs["embeddings"].float() @ coef.mean(1).T + intercept.mean(1)) @ transform  # [N, 2, M]
+    rewards = expected_rewards(
+        coef, transform, pairs["embeddings"], intercept
+    )  # [N, 2, M], the model's heads
+    mean_then_transform = (pairs["embeddings"].float() @ coef.mean(1).T + intercept.mean(1)) @ transform
+    torch.testing.assert_close(rewards, mean_then_transform)
     gating = values["gating"]
     config = QRMConfig(
         backbone_config=LlamaConfig(hidden_size=coef.shape[-1], num_attention_heads=1, num_key_value_heads=1),
@@ -364,6 +369,45 @@ def test_fit_quantiles_chooses_alpha_per_attribute_by_cross_validation(trained, 
         np.testing.assert_allclose(coef[m].numpy(), plain.coef_[0], atol=1e-5)
     with pytest.raises(ValueError, match='quantile_heads: alpha must be a number, a list of numbers or "cv"'):
         TrainConfig.from_dict({**values, "quantile_heads": {"alpha": "auto"}})
+
+
+def test_fit_quantiles_with_members_assembles_a_model_that_carries_them(trained, tmp_path):
+    """`--num-members 3`: three refits on bootstrap resamples of the training responses (the ensemble
+    fitting's own), stored as member heads with their mean as the heads; assemble puts all three in the model,
+    which reports their disagreement; `qrm train` takes the same setting from its config."""
+    from qrm_hf.training.bootstrap import fit_member_heads
+    from qrm_hf.training.outputs import QuantileHeadsOutput
+    from qrm_hf.training.quantile_regression import identical_row_groups
+
+    _, values, _, backbone = trained
+    run = Path(values["output_dir"])
+    features = run / "features" / "attribute" / "ratings"
+    levels = values["quantile_heads"]["quantile_levels"]
+    main(["fit-quantiles", str(features), "--output-dir", str(tmp_path / "heads"),
+          "--levels", *map(str, levels), "--alpha", "0.001", "--num-members", "3"])  # fmt: skip
+    heads = QuantileHeadsOutput.load(tmp_path / "heads")
+    X, Y = load_labelled([features], ATTRIBUTES)
+    estimator = MultiQuantileRegressor(levels, alpha=0.001, max_samples_per_attribute=60_000, random_state=0)
+    members = fit_member_heads(X, Y, identical_row_groups(X), estimator, 3, seed=0)
+    assert heads.num_members == 3 and heads.info["num_members"] == 3
+    for member, (fitted, _) in enumerate(members):
+        np.testing.assert_allclose(heads.member_coef[member].numpy(), fitted.coef_, atol=1e-6)
+    torch.testing.assert_close(heads.coef, heads.member_coef.mean(0))
+    main(["assemble", str(backbone), "--heads", str(tmp_path / "heads"), "--gating", str(run / "gating"),
+          "--output-dir", str(tmp_path / "model")])  # fmt: skip
+    model = QRMForSequenceClassification.from_pretrained(tmp_path / "model")
+    assert model.config.num_members == 3
+    torch.testing.assert_close(
+        model.regression_layer.weight.detach(), heads.member_coef.reshape(-1, heads.coef.shape[-1])
+    )
+    embeddings = torch.as_tensor(X[:5], dtype=torch.float32)
+    output = model.score_embeddings(embeddings, embeddings)
+    assert (output.reward_epistemic_std > 0).all()
+    assert "3 members" in (tmp_path / "model" / "README.md").read_text()
+    config = TrainConfig.from_dict(
+        {**values, "quantile_heads": {**values["quantile_heads"], "num_members": 3}}
+    )
+    assert config.quantile_heads.num_members == 3
 
 
 # ------------------------------------------------------------------------------------------ bad input
