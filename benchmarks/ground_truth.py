@@ -36,6 +36,19 @@ Reported on held-out responses, per shape (mean over responses and repetitions):
 
 Target (issue 10 §3): the QRM's W1 on two-humped responses at least 25 % below both baselines'.
 
+Epistemic apart from aleatoric (``--members E``, default 10): a region of feature space is left out of
+training (within each shape, the responses beyond the 80th percentile along the features' first principal
+component: the same mix of shapes as the rest, but where training never reached), next to the two-humped
+responses. A QRM of E members (bootstrap refits on resampled training responses, `fit_member_heads`,
+combined by the model's own `combine_members`) scores every held-out response. Measured: the AUROC
+(`sklearn.metrics.roc_auc_score`) of the epistemic spread (std over the members of their expected
+reward, `reward_epistemic_std`) and of that spread relative to the aleatoric width for detecting the
+uncovered responses, of the aleatoric width (90 % interval of the combined quantiles) for detecting the
+two-humped ones, and each signal on the other's task; also the width of the members' mixture, the
+alternative combination rule (docs/design.md). The raw spread of bootstrap refits also grows with the label
+noise (the mean of noisier labels is less certain, sigma / sqrt(n)); the relative spread removes that.
+Target: relative spread and aleatoric width each >= 0.80 on their own kind, <= 0.65 on the other's.
+
 Run: ``.venv/bin/python benchmarks/ground_truth.py [--repetitions 5]`` (a few minutes on an idle 2-core
 CPU, most of it the first feature extraction). `tests/test_ground_truth.py` runs `run_study` on
 synthetic features.
@@ -54,6 +67,8 @@ import torch
 from scipy.stats import norm
 
 from qrm_hf.evaluation import crps, interval_coverage
+from qrm_hf.modeling.modeling_qrm import combine_members, member_spread, mixture_quantiles
+from qrm_hf.training.bootstrap import fit_member_heads
 from qrm_hf.training.quantile_regression import (
     HeteroscedasticGaussian,
     MultiQuantileRegressor,
@@ -82,6 +97,9 @@ FRESH_DRAWS = 200
 HELDOUT_FRACTION = 0.3
 DIP_FACTOR = 2.0
 TARGET = 0.25
+UNCOVERED_PERCENTILE = 80  # responses beyond it along the first principal component, per shape
+MEMBERS = 10
+AUROC_TARGET, CROSS_LIMIT = 0.80, 0.65
 
 
 # ------------------------------------------------------------------------------------------ the truth
@@ -247,6 +265,103 @@ def verdict(results: dict) -> tuple[float, bool]:
     return qrm / baselines, qrm <= (1 - TARGET) * baselines
 
 
+# ------------------------------------------------------------------------------- epistemic vs aleatoric
+
+
+def uncovered_region(X, shapes, percentile: float = UNCOVERED_PERCENTILE) -> np.ndarray:
+    """Mask [n] of the responses beyond `percentile` along the first principal component of X, per shape:
+    a region of feature space with the same mix of shapes as the rest, which training will never see."""
+    X = np.asarray(X, float)
+    centred = X - X.mean(0)
+    direction = np.linalg.svd(centred, full_matrices=False)[2][0]
+    projection = centred @ direction
+    uncovered = np.zeros(len(X), dtype=bool)
+    for shape in SHAPES:
+        rows = np.asarray(shapes) == shape
+        if rows.any():
+            uncovered[rows] = projection[rows] > np.percentile(projection[rows], percentile)
+    return uncovered
+
+
+def member_signals(predictions: np.ndarray, levels) -> dict[str, np.ndarray]:
+    """Signals of E members' quantiles [E, n, K] (each sorted): the epistemic spread (std of the members'
+    expected rewards), the aleatoric width (central interval of the members combined as the model combines
+    them) and the width of the members' equal-weight mixture (the alternative rule). Each [n]."""
+    members = torch.as_tensor(predictions, dtype=torch.float32).transpose(0, 1)  # [n, E, K]
+    combined = combine_members(members.unsqueeze(2))[:, 0]  # [n, K]
+    weights = torch.ones(members.shape[:2])
+    mixture = (
+        mixture_quantiles(members, weights, torch.tensor(levels, dtype=torch.float32)) / members.shape[1]
+    )
+    spread, width = member_spread(members.mean(-1)), combined[:, -1] - combined[:, 0]
+    return {
+        "epistemic spread": spread.numpy(),
+        "relative epistemic spread": (spread / width.clamp_min(1e-6)).numpy(),
+        "aleatoric width": width.numpy(),
+        "mixture width": (mixture[:, -1] - mixture[:, 0]).numpy(),
+    }
+
+
+def run_epistemic_study(
+    X,
+    shapes,
+    length_scores,
+    groups,
+    members: int = MEMBERS,
+    repetitions: int = 1,
+    annotators: int = ANNOTATORS,
+    uncovered=None,
+    seed: int = 0,
+    levels=LEVELS,
+) -> dict:
+    """AUROC of each signal of `member_signals` for detecting the uncovered and the two-humped held-out
+    responses: {signal: {"uncovered": auroc, "two-humped": auroc}}, pooled over `repetitions` splits.
+
+    `uncovered` [n] (default `uncovered_region`) is never trained on; the other held-out responses are the
+    prompts `split_groups` holds out."""
+    from sklearn.metrics import roc_auc_score
+
+    X, shapes, s, groups = (
+        np.asarray(X, float),
+        np.asarray(shapes),
+        np.asarray(length_scores),
+        np.asarray(groups),
+    )
+    uncovered = uncovered_region(X, shapes) if uncovered is None else np.asarray(uncovered, bool)
+    rng = np.random.default_rng(seed)
+    signals, is_uncovered, is_humped = [], [], []
+    for repetition in range(repetitions):
+        heldout = split_groups(rng, groups, shapes) | uncovered
+        train = np.flatnonzero(~heldout)
+        labels = draw_labels(rng, shapes[train], s[train], annotators)
+        responses = np.repeat(np.arange(len(train)), annotators)  # a response's annotators are drawn together
+        fitted = fit_member_heads(
+            X[train][responses], labels.reshape(-1, 1), responses, MultiQuantileRegressor(levels, alpha=0.003),
+            members, seed=seed + repetition, desc="members",
+        )  # fmt: skip
+        predictions = np.stack([np.sort(heads.predict(X[heldout])[:, 0], axis=-1) for heads, _ in fitted])
+        signals.append(member_signals(predictions, levels))
+        is_uncovered.append(uncovered[heldout])
+        is_humped.append(shapes[heldout] == "two-humped")
+    targets = {"uncovered": np.concatenate(is_uncovered), "two-humped": np.concatenate(is_humped)}
+    return {
+        name: {task: float(roc_auc_score(truth, np.concatenate([row[name] for row in signals])))
+               for task, truth in targets.items()}
+        for name in signals[0]
+    }  # fmt: skip
+
+
+def epistemic_verdict(aurocs: dict) -> bool:
+    """Each signal detects its own kind (>= AUROC_TARGET) and not the other's (<= CROSS_LIMIT): the
+    aleatoric width and the epistemic spread relative to it (the raw spread of a bootstrap ensemble also
+    grows with the label noise, sigma / sqrt(n): it mixes both kinds, and is reported next to them)."""
+    epistemic, aleatoric = aurocs["relative epistemic spread"], aurocs["aleatoric width"]
+    return (
+        min(epistemic["uncovered"], aleatoric["two-humped"]) >= AUROC_TARGET
+        and max(epistemic["two-humped"], aleatoric["uncovered"]) <= CROSS_LIMIT
+    )
+
+
 # ------------------------------------------------------------------------------------------ real texts
 
 
@@ -294,6 +409,7 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--cv-alpha", action="store_true", help="also fit the QRM with the penalty chosen by CV"
     )
+    parser.add_argument("--members", type=int, default=MEMBERS, help="members of the epistemic study")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     started = time.perf_counter()
@@ -315,10 +431,23 @@ def main(argv=None) -> None:
             print(f"{name:<28} {shape:<11} {row['w1']:7.4f} {row['crps']:7.4f} {row['coverage80']:6.3f} "
                   f"{row['dip']:5.2f}  ({row['responses']})")  # fmt: skip
     ratio, met = verdict(results)
+    aurocs = run_epistemic_study(
+        X, shapes, scores, groups, members=args.members, repetitions=args.repetitions
+    )
+    uncovered = uncovered_region(X, shapes)
+    print(f"\nAUROC over held-out responses ({int(uncovered.sum())} uncovered: beyond the {UNCOVERED_PERCENTILE}th "
+          f"percentile of the first principal component per shape; QRM of {args.members} members)")  # fmt: skip
+    print(f"{'signal':<18} {'uncovered':>10} {'two-humped':>11}")
+    for name, row in aurocs.items():
+        print(f"{name:<18} {row['uncovered']:10.3f} {row['two-humped']:11.3f}")
     print(f"({time.perf_counter() - started:.0f} s)")
     print(
         f"RESULT two-humped W1, QRM / best baseline = {ratio:.2f}, target <= {1 - TARGET:.2f}: "
         f"{'PASS' if met else 'FAIL'}"
+    )
+    print(
+        f"RESULT epistemic spread and aleatoric width each >= {AUROC_TARGET} on their own kind, <= "
+        f"{CROSS_LIMIT} on the other's: {'PASS' if epistemic_verdict(aurocs) else 'FAIL'}"
     )
 
 

@@ -115,7 +115,8 @@ def test_stage_fingerprints_keep_the_keys_of_runs_made_before_the_settings_datac
     extract = next(settings for name, settings in stages.items() if name.startswith("extract "))
     assert {k: extract[k] for k in extraction} == extraction
     assert set(extract) == {"backbone", "dataset", "data_content", *extraction}
-    heads = {k: v for k, v in asdict(config.quantile_heads).items() if k != "cv"}  # one penalty: no cv
+    # one penalty: no cv; one member: no num_members
+    heads = {k: v for k, v in asdict(config.quantile_heads).items() if k not in ("cv", "num_members")}
     assert stages["fit-quantiles"] == {**heads, "attributes": config.attributes}
     assert stages["debias"] == {k: v for k, v in asdict(config.debias).items() if k != "reference_datasets"}
     assert stages["fit-gating"] == {k: v for k, v in asdict(config.gating).items() if k not in LATER_SETTINGS}
