@@ -25,8 +25,15 @@ Expected: the risk-neutral runs move P(A) up, the risk-aware run moves it down, 
 quantiles it logs (`rewards/<qrm>/q0.05`, ... the curves of Figure 3) end higher (B's instead of A's),
 at a small cost in expected reward.
 
-Run with ``.venv/bin/python benchmarks/risk_bandit.py [--steps N] [--algorithm rloo|grpo]`` (about 20 s on
-an idle 2-core CPU). `tests/test_rloo.py` and `tests/test_grpo.py` run `run_bandit` and assert the directions.
+The epistemic bandit (``--bandit epistemic``): a QRM of 4 members that agree on A (all tight around 1.0:
+well covered by their data) and disagree on B (member means 3.0, 2.0, 0.0, -0.6: mean 1.1, epistemic std
+1.46; each member tight, so no aleatoric difference). B's higher expected reward exists only because the
+model has not seen B: risk-neutral training drifts to B, `lcb:1` (expected reward minus one epistemic std:
+A 1.0, B -0.36) stays on A.
+
+Run with ``.venv/bin/python benchmarks/risk_bandit.py [--steps N] [--algorithm rloo|grpo] [--bandit
+risk|epistemic]`` (about 20 s on an idle 2-core CPU). `tests/test_rloo.py`, `tests/test_grpo.py` and
+`tests/test_members.py` run `run_bandit` and assert the directions.
 """
 
 from __future__ import annotations
@@ -52,8 +59,18 @@ PROMPT = "Q:"
 LEVELS = [round(0.05 * k, 2) for k in range(1, 20)]
 QUANTILES_A = [-2.0, -1.0, *torch.linspace(1.2, 1.4, 17).tolist()]  # higher mean, heavy left tail
 QUANTILES_B = torch.linspace(0.6, 0.8, 19).tolist()  # slightly lower mean, tight
+# Epistemic bandit: members' quantiles of each arm, [E][K]: agreement on A, disagreement on B.
+TIGHT = torch.linspace(-0.1, 0.1, 19)
+MEMBERS_A = [(TIGHT + 1.0).tolist()] * 4
+MEMBERS_B = [(TIGHT + mean).tolist() for mean in (3.0, 2.0, 0.0, -0.6)]
 QRM_NAME = "bandit-qrm"
-LOGGED = ["expectation", "risk", *map(level_name, [0.05, 0.10, 0.15, 0.20, 0.25])]
+LOGGED = [
+    "expectation",
+    "risk",
+    "aleatoric_std",
+    "epistemic_std",
+    *map(level_name, [0.05, 0.10, 0.15, 0.20, 0.25]),
+]
 # algorithm -> (risk-aware trainer, its config, stock TRL trainer, its config)
 TRAINERS = {
     "rloo": (RiskAwareRLOOTrainer, RiskAwareRLOOConfig, RLOOTrainer, RLOOConfig),
@@ -100,10 +117,21 @@ def bandit_policy(tokenizer, seed: int) -> LlamaForCausalLM:
     return policy
 
 
-@torch.no_grad()
 def bandit_qrm(tokenizer) -> QRMForSequenceClassification:
     """The hand-built QRM: reward quantiles QUANTILES_A for "...A", QUANTILES_B for "...B"."""
+    return hand_built_qrm(tokenizer, {"A": [QUANTILES_A], "B": [QUANTILES_B]})
+
+
+def epistemic_bandit_qrm(tokenizer) -> QRMForSequenceClassification:
+    """The hand-built QRM of 4 members: MEMBERS_A for "...A" (agreeing), MEMBERS_B for "...B" (disagreeing)."""
+    return hand_built_qrm(tokenizer, {"A": MEMBERS_A, "B": MEMBERS_B})
+
+
+@torch.no_grad()
+def hand_built_qrm(tokenizer, member_quantiles: dict[str, list[list[float]]]) -> QRMForSequenceClassification:
+    """A QRM of one attribute whose member e gives the quantiles member_quantiles[token][e] to "...A" / "...B"."""
     torch.manual_seed(0)
+    num_members = len(member_quantiles["A"])
     backbone = LlamaConfig(
         hidden_size=8,
         intermediate_size=16,
@@ -120,6 +148,7 @@ def bandit_qrm(tokenizer) -> QRMForSequenceClassification:
         gating_hidden_dim=4,
         gating_n_hidden=1,
         gating_fallback="last_token",  # plain-text prompts: no chat format, so no assistant-turn pattern
+        num_members=num_members,
     )
     qrm = QRMForSequenceClassification(config).eval()
     for layer in qrm.model.layers:  # the residual stream passes the embedding through unchanged
@@ -133,14 +162,16 @@ def bandit_qrm(tokenizer) -> QRMForSequenceClassification:
     for token in ("A", "B"):
         ids = tokenizer(PROMPT + token, return_tensors="pt")
         hidden[token] = qrm.model(**ids).last_hidden_state[0, -1]
-    weight = torch.zeros_like(qrm.regression_layer.weight)  # [K, H]
-    for token, quantiles in (("A", QUANTILES_A), ("B", QUANTILES_B)):
+    weight = torch.zeros_like(qrm.regression_layer.weight)  # [E*K, H], row e*K + k
+    for token, members in member_quantiles.items():
         h = hidden[token]
-        weight += torch.outer(torch.tensor(quantiles), h / h.dot(h))
+        weight += torch.outer(torch.tensor(members).flatten(), h / h.dot(h))
     qrm.regression_layer.weight.copy_(weight)
-    for token, quantiles in (("A", QUANTILES_A), ("B", QUANTILES_B)):
+    for token, members in member_quantiles.items():
         out = qrm(**tokenizer(PROMPT + token, return_tensors="pt"))
-        torch.testing.assert_close(out.reward_quantiles[0], torch.tensor(quantiles), rtol=0, atol=1e-5)
+        means = torch.tensor(members).mean(-1)
+        torch.testing.assert_close(out.member_rewards[0], means, rtol=0, atol=1e-5)
+        torch.testing.assert_close(out.reward_quantiles[0], torch.tensor(members).mean(0), rtol=0, atol=1e-5)
     return qrm
 
 
@@ -162,16 +193,18 @@ def run_bandit(
     stock: bool = False,
     last: int = 5,
     algorithm: str = "rloo",
+    bandit: str = "risk",
 ) -> dict:
     """Train one policy per risk measure (and with the stock TRL trainer if `stock`) from the same start,
-    with risk-aware RLOO or GRPO (`algorithm`).
+    with risk-aware RLOO or GRPO (`algorithm`), on the risk bandit (`bandit_qrm`) or the epistemic one
+    (`bandit="epistemic"`, `epistemic_bandit_qrm`).
 
     Returns, per run: `p_a_before`, `p_a_after`, `history` (the logged metrics of every step) and `first` /
     `final` (the mean of the first / last `last` logged values of expectation, risk and q0.05 ... q0.25).
     """
     workdir = Path(workdir)
     tokenizer = bandit_tokenizer()
-    qrm = bandit_qrm(tokenizer)
+    qrm = BANDITS[bandit](tokenizer)
     qrm_dir = workdir / QRM_NAME
     qrm.save_pretrained(qrm_dir)
     tokenizer.save_pretrained(qrm_dir)
@@ -231,6 +264,36 @@ def run_bandit(
     return results
 
 
+BANDITS = {"risk": bandit_qrm, "epistemic": epistemic_bandit_qrm}
+
+
+def run_epistemic_main(args) -> None:
+    """The epistemic bandit: risk-neutral vs lcb:1, P(A) and the logged spreads."""
+    start = time.perf_counter()
+    with TemporaryDirectory() as workdir:
+        results = run_bandit(
+            workdir, steps=args.steps, learning_rate=args.learning_rate, seed=args.seed,
+            measures=("expectation", "lcb:1"), algorithm=args.algorithm, bandit="epistemic",
+        )  # fmt: skip
+    print(
+        f"Epistemic bandit, {args.algorithm.upper()}, {args.steps} steps ({time.perf_counter() - start:.0f} s): "
+        "A members agree (mean 1.0), B members disagree (mean 1.1, epistemic std 1.46)"
+    )
+    print(f"{'measure':<12} {'P(A) before':>11} {'P(A) after':>10} {'E[r] last':>9} {'epist. std last':>15}")
+    for name, result in results.items():
+        final = result["final"]
+        print(
+            f"{name:<12} {result['p_a_before']:>11.3f} {result['p_a_after']:>10.3f} "
+            f"{final['expectation']:>9.3f} {final['epistemic_std']:>15.3f}"
+        )
+    neutral, lcb = results["expectation"], results["lcb:1"]
+    ok = neutral["p_a_after"] < 0.5 < lcb["p_a_after"]
+    print(
+        f"RESULT epistemic bandit: {'OK' if ok else 'FAIL'} P(A) 0.50 -> {neutral['p_a_after']:.2f} "
+        f"risk-neutral, -> {lcb['p_a_after']:.2f} lcb:1"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=30)
@@ -238,8 +301,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--risk-lambda", type=float, default=1.0)
     parser.add_argument("--algorithm", choices=sorted(TRAINERS), default="rloo")
+    parser.add_argument("--bandit", choices=sorted(BANDITS), default="risk")
     args = parser.parse_args()
     torch.set_num_threads(1)  # tiny models: one thread is fastest
+    if args.bandit == "epistemic":
+        return run_epistemic_main(args)
 
     def mean(q):
         return sum(q) / len(q)

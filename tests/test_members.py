@@ -218,3 +218,26 @@ def test_members_round_trip_with_and_without_qrm_hf(tmp_path):
 
     for name, value in load_file(tmp_path / "out.safetensors").items():
         torch.testing.assert_close(value, expected[name], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("algorithm", ["rloo", "grpo"])
+def test_epistemic_bandit_plain_training_drifts_to_the_unknown_arm_lcb_stays(tmp_path, algorithm):
+    """Arm A: the 4 members agree (mean 1.0). Arm B: they disagree (mean 1.1, epistemic std 1.46), each
+    member tight. Risk-neutral training follows B's higher mean, `lcb:1` (A 1.0, B -0.36) keeps A; the
+    logged epistemic std is B's for the first and 0 (A's) for the second."""
+    import importlib.util
+    from pathlib import Path
+
+    torch.set_num_threads(1)
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "risk_bandit.py"
+    spec = importlib.util.spec_from_file_location("risk_bandit", path)
+    bandit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bandit)
+    results = bandit.run_bandit(
+        tmp_path, measures=("expectation", "lcb:1"), algorithm=algorithm, bandit="epistemic"
+    )
+    neutral, lcb = results["expectation"], results["lcb:1"]
+    assert neutral["p_a_before"] == pytest.approx(0.5, abs=1e-6) == lcb["p_a_before"]
+    assert neutral["p_a_after"] < 0.2 and lcb["p_a_after"] > 0.8
+    assert neutral["final"]["epistemic_std"] > 1.0 > 0.1 > lcb["final"]["epistemic_std"]
+    assert neutral["final"]["aleatoric_std"] < 0.1 and lcb["final"]["aleatoric_std"] < 0.1  # tight members
