@@ -27,9 +27,13 @@ What is measured
     it is far below the run-to-run noise of a full forward, so this is the precise measure of what
     the QRM adds. About 1.5 minutes on an idle 2-core machine (each forward takes ~3 s there).
 
+    ``qrm (10 members)``: the same QRM with `num_members=10` (ten sets of quantile heads in one matmul,
+    combined, with their spread), the same backbone; its forward and its QRM-only work are compared with
+    the one-member QRM's side by side.
+
 Target
     median QRM time / median Llama time <= 1.05 (the quantile heads and gating add < 5 %), eager
-    and compiled alike.
+    and compiled alike; the 10-member QRM's forward <= 1.05 x the one-member QRM's.
 
 Run alone with ``.venv/bin/python benchmarks/bench_forward.py [--rounds N]`` or with all
 benchmarks through ``make bench``. The last line is ``RESULT ...`` for `run_all.py`.
@@ -91,6 +95,19 @@ def build_models() -> tuple[LlamaForSequenceClassification, QRMForSequenceClassi
     return llama, qrm
 
 
+MEMBERS = 10
+
+
+def with_members(qrm: QRMForSequenceClassification, num_members: int) -> QRMForSequenceClassification:
+    """A copy of `qrm` with `num_members` sets of heads (random members, the same backbone and gating)."""
+    config = QRMConfig.from_dict({**qrm.config.to_dict(), "num_members": num_members})
+    members = QRMForSequenceClassification(config).eval()
+    state = {k: v for k, v in qrm.state_dict().items() if not k.startswith("regression_layer.")}
+    report = members.load_state_dict(state, strict=False)
+    assert report.missing_keys == ["regression_layer.weight"] and not report.unexpected_keys, report
+    return members
+
+
 def make_batch(batch_size: int, length: int, seed: int = 0):
     """Right-padded conversations of varying length: random prompt, the pattern, random response."""
     g = torch.Generator().manual_seed(seed)
@@ -150,10 +167,12 @@ def main() -> None:
     args = parser.parse_args()
 
     llama, qrm = build_models()
+    members = with_members(qrm, MEMBERS)
     input_ids, attention_mask, gating_positions = make_batch(args.batch_size, args.length)
     runs = {
         "llama": lambda: llama(input_ids=input_ids, attention_mask=attention_mask),
         "qrm": lambda: qrm(input_ids=input_ids, attention_mask=attention_mask),
+        f"qrm ({MEMBERS} members)": lambda: members(input_ids=input_ids, attention_mask=attention_mask),
         "qrm (gating_positions)": lambda: qrm(
             input_ids=input_ids, attention_mask=attention_mask, gating_positions=gating_positions
         ),
@@ -184,12 +203,15 @@ def main() -> None:
                 wall[name].append(wall_seconds)
                 cpu[name].append(cpu_seconds)
         overhead = qrm_only_work(qrm, input_ids, attention_mask, hidden)
+        members_overhead = qrm_only_work(members, input_ids, attention_mask, hidden)
 
     median = {name: statistics.median(values) for name, values in wall.items()}
     median_cpu = {name: statistics.median(values) for name, values in cpu.items()}
     ratio = median["qrm"] / median["llama"]
     ratio_positions = median["qrm (gating_positions)"] / median["llama"]
     ratio_cpu = median_cpu["qrm"] / median_cpu["llama"]
+    ratio_members = median[f"qrm ({MEMBERS} members)"] / median["qrm"]
+    ratio_members_cpu = median_cpu[f"qrm ({MEMBERS} members)"] / median_cpu["qrm"]
     verdict = "PASS" if ratio <= TARGET else "FAIL"
     compiled = ""
     if compile_seconds:
@@ -221,6 +243,11 @@ def main() -> None:
         f"QRM-only work (pattern search, gathers, heads, gating, mixing): {overhead * 1e3:.2f} ms "
         f"= {overhead / median['llama']:.2%} of the Llama forward"
     )
+    print(
+        f"{MEMBERS} members vs 1: forward {ratio_members:.3f} (CPU time {ratio_members_cpu:.3f}), target <= "
+        f"{TARGET}: {'PASS' if ratio_members <= TARGET else 'FAIL'}; QRM-only work {members_overhead * 1e3:.2f} ms "
+        f"vs {overhead * 1e3:.2f} ms"
+    )
     for name, value in compile_seconds.items():
         print(f"{name}: first call (compilation) {value:.0f} s")
     print(f"QRM / Llama = {ratio:.3f} (median wall-clock times), target <= {TARGET}: {verdict}")
@@ -232,7 +259,7 @@ def main() -> None:
     print(
         f"RESULT forward: qrm/llama = {ratio:.3f} (target <= {TARGET}) {verdict}; "
         f"CPU time {ratio_cpu:.3f}; with gating_positions {ratio_positions:.3f}; "
-        f"qrm-only work {overhead / median['llama']:.2%}{compiled}"
+        f"qrm-only work {overhead / median['llama']:.2%}{compiled}; {MEMBERS} members / 1 = {ratio_members:.3f}"
     )
 
 

@@ -589,6 +589,7 @@ def evaluate_ratings(
             members = ensemble.attribute_quantiles(torch.from_numpy(distinct)).numpy()  # [E, responses, M, K]
             spread = median_spread(members, levels)[row_of]
     loss = pinball_loss(labels, predictions["qrm"], levels)
+    epistemic = outputs.get("attribute_epistemic_std")  # a model with members
     report = {
         "pinball": float(loss.mean()),
         "pinball_per_attribute": dict(zip(attributes, loss.mean(1).tolist(), strict=True)),
@@ -613,6 +614,9 @@ def evaluate_ratings(
                 for name, rows in selections.items()
             },
         }
+    if epistemic is not None:
+        report["epistemic"] = epistemic_report(epistemic.double().numpy()[index], groups, kinds, attributes)
+        report["epistemic"]["members"] = model.config.num_members
     report["models"] = {
         name: _model_report(labels, values, levels, attributes, kinds, groups)
         for name, values in predictions.items()
@@ -630,6 +634,39 @@ def evaluate_ratings(
                 ratio = spread["controversial"] / spread["clear"]
             report["annotator_spread_ratio"] = dict(zip(attributes, ratio.tolist(), strict=True))
     return report
+
+
+def epistemic_report(attribute_spread, groups, kinds, attributes) -> dict:
+    """The model's own epistemic spread on rating rows: attribute_spread [n, M] (`attribute_epistemic_std` of
+    each row's response), groups [n] (the response of each row), kinds [n] or None. Returns
+    ``mean_std`` {"all" and each kind: {attribute: mean over the distinct responses}}."""
+    first = np.unique(groups, return_index=True)[1]  # one row per distinct response
+    selections = {"all": np.ones(len(first), dtype=bool)}
+    if kinds is not None:
+        selections.update({kind: kinds[first] == kind for kind in dict.fromkeys(kinds)})
+    return {
+        "mean_std": {
+            name: dict(zip(attributes, attribute_spread[first][chosen].mean(0).tolist(), strict=True))
+            for name, chosen in selections.items()
+        }
+    }
+
+
+def format_epistemic_report(report: dict) -> list[str]:
+    """Lines of `epistemic_report` next to the model's 90 % width (empty without members)."""
+    if "epistemic" not in report:
+        return []
+    epistemic, qrm = report["epistemic"], report["models"]["qrm"]
+    lines = [
+        f"The model's own epistemic spread ({epistemic['members']} members): mean std over the members of each "
+        "attribute's expected reward, next to the 90 % width (the annotators' disagreement):",
+        f"  {'attribute':<16} {'kind':<14}{'width_90':>12}{'epist_std':>12}",
+    ]
+    for kind, spreads in epistemic["mean_std"].items():
+        for attribute, value in spreads.items():
+            width = (qrm["attributes"] if kind == "all" else qrm["by_kind"][kind])[attribute]["width_90"]
+            lines.append(f"  {attribute:<16} {kind:<14}{width:>12.4f}{value:>12.4f}")
+    return lines
 
 
 def format_ratings_report(report: dict) -> str:
@@ -672,6 +709,7 @@ def format_ratings_report(report: dict) -> str:
                     f"  {attribute:<16} {kind:<14}{width:>12.4f}{spreads[attribute]:>12.4f}"
                     f"{spreads[attribute] / width:>8.2f}"
                 )
+    lines += format_epistemic_report(report)
     return "\n".join(lines)
 
 

@@ -200,7 +200,8 @@ def score_conversations(
 
     Conversations are batched by length (right padding) and results returned in input order, as a
     dict of float32 CPU tensors: `logits` [N, 1], `reward_quantiles` [N, K], `attribute_quantiles`
-    [N, M, K], `rewards` [N, M], `gating_output` [N, M], and `too_long` [N] (bool).
+    [N, M, K], `rewards` [N, M], `gating_output` [N, M], for a model with members (`num_members` > 1)
+    `reward_epistemic_std` [N] and `attribute_epistemic_std` [N, M], and `too_long` [N] (bool).
 
     Conversations longer than `max_length` tokens (default: the backbone's `max_position_embeddings`) are
     never truncated: with ``too_long="error"`` a ValueError names them before any forward pass; with
@@ -219,6 +220,8 @@ def score_conversations(
     order = sorted(kept, key=lambda i: len(sequences[i]))
     device = next(model.parameters()).device
     fields = ("logits", "reward_quantiles", "attribute_quantiles", "rewards", "gating_output")
+    if getattr(model.config, "num_members", 1) > 1:
+        fields += ("reward_epistemic_std", "attribute_epistemic_std")
     results: dict[str, torch.Tensor] = {}
     for start in tqdm(range(0, len(order), batch_size), desc="scoring", unit="batch", disable=not progress):
         rows = order[start : start + batch_size]

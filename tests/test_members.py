@@ -241,3 +241,35 @@ def test_epistemic_bandit_plain_training_drifts_to_the_unknown_arm_lcb_stays(tmp
     assert neutral["p_a_after"] < 0.2 and lcb["p_a_after"] > 0.8
     assert neutral["final"]["epistemic_std"] > 1.0 > 0.1 > lcb["final"]["epistemic_std"]
     assert neutral["final"]["aleatoric_std"] < 0.1 and lcb["final"]["aleatoric_std"] < 0.1  # tight members
+
+
+def test_evaluate_reports_the_models_own_epistemic_spread_per_kind():
+    """`qrm evaluate` of a model with members: the mean over distinct responses of each one's
+    `attribute_epistemic_std`, overall and per kind, next to the 90 % width; absent for one member."""
+    from test_evaluation import rating_rows
+    from test_hub import make_tokenizer
+
+    from qrm_hf.evaluation import evaluate_ratings, format_ratings_report
+
+    tokenizer, rows = make_tokenizer(), rating_rows()
+    model = make_qrm(seed=5, attribute_names=["a", "b", "c"], num_members=3)
+    report = evaluate_ratings(model, tokenizer, rows, (0.0, 4.0), batch_size=3)
+    spreads = {}
+    for row in rows:  # each distinct response alone through the model
+        messages = [
+            {"role": "user", "content": row["prompt"]},
+            {"role": "assistant", "content": row["response"]},
+        ]
+        inputs = tokenizer.apply_chat_template(messages, return_tensors="pt", return_dict=True)
+        with torch.no_grad():
+            spreads[row["conversation_id"]] = (row["kind"], model(**inputs).attribute_epistemic_std[0])
+    epistemic = report["epistemic"]
+    assert epistemic["members"] == 3
+    for kind in ("all", "clear", "controversial"):
+        chosen = [value for k, value in spreads.values() if kind in ("all", k)]
+        expected = torch.stack(chosen).mean(0)
+        got = torch.tensor([epistemic["mean_std"][kind][name] for name in "abc"], dtype=torch.float32)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+    assert "epistemic spread (3 members)" in format_ratings_report(report)
+    single = evaluate_ratings(make_qrm(seed=5, attribute_names=["a", "b", "c"]), tokenizer, rows, (0.0, 4.0))
+    assert "epistemic" not in single
