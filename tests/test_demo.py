@@ -42,6 +42,10 @@ def test_demo_saves_a_model_that_reloads_through_remote_code_with_the_fitted_num
     # the training process scored the same rows with the fitted heads on extracted features.
     assert heldout["ratings"]["pinball"] == pytest.approx(heads["validation"]["pinball_loss"], abs=1e-4)
     assert set(heldout["ratings"]["pinball_by_kind"]) == {"clear", "controversial"}
+    # the model's own members: their spread per kind, next to the offline bootstrap refits
+    assert heldout["ratings"]["epistemic"]["members"] == heads["num_members"] == 10
+    assert set(heldout["ratings"]["epistemic"]["mean_std"]) == {"all", "clear", "controversial"}
+    assert "own_uncertainty" in heldout["ratings"]
     # and it was the saved code that scored them, not the installed package's
     assert heldout["model_class"].startswith("transformers_modules.")
     heldout_pairs = (

@@ -1,11 +1,13 @@
 """The end-to-end demo (`qrm demo`, `make demo`): `qrm train` on ``training/configs/demo.yaml``, then a check.
 
 1. `qrm train` runs every stage on the shipped demo data with the embedded SmolLM2-135M-Instruct:
-   feature extraction, the quantile heads (scikit-learn `QuantileRegressor`, alpha 0.003, 19 levels,
-   labels in [0, 1]; held-out pinball loss next to a ridge baseline), the gating network
+   feature extraction, the quantile heads (linear quantile regression, alpha 0.003, 19 levels, labels in
+   [0, 1], 10 members refitted on bootstrap resamples of the training responses; held-out pinball loss
+   next to a ridge baseline), the gating network
    (Bradley-Terry on expected rewards) and the assembled model with its tokenizer and model card;
 2. the saved model is reloaded in a fresh process with `AutoModelForSequenceClassification.from_pretrained(
-   ..., trust_remote_code=True)` and scored on held-out data (`qrm evaluate`).
+   ..., trust_remote_code=True)` and scored on held-out data (`qrm evaluate`): the model's own epistemic
+   spread per kind is printed next to the bootstrap refits (`--bootstrap 10`) it replaces.
 """
 
 from __future__ import annotations
