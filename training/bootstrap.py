@@ -175,6 +175,16 @@ def _pair_features_of(pair_features, settings: dict, hidden_size: int):
     return pair_features
 
 
+def _check_ensemble_arguments(n_models: int, pair_features, gating_network) -> None:
+    if n_models < 1:
+        raise ValueError(f"n_models must be >= 1, got {n_models}.")
+    if (pair_features is None) == (gating_network is None):
+        raise ValueError(
+            "Give either pair_features (each member refits its gating network) or a gating_network shared "
+            "by all members: the ensemble needs gating weights to turn attributes into one reward."
+        )
+
+
 def fit_bootstrap_heads(
     features,
     n_models: int = 10,
@@ -206,16 +216,9 @@ def fit_bootstrap_heads(
     """
     from .features import attribute_names_of, feature_settings, load_labelled
     from .quantile_regression import MultiQuantileRegressor, identical_row_groups
-    from .settings import PAPER_LEVELS, GatingSettings
-    from .stages import _gating_config
+    from .settings import PAPER_LEVELS
 
-    if n_models < 1:
-        raise ValueError(f"n_models must be >= 1, got {n_models}.")
-    if (pair_features is None) == (gating_network is None):
-        raise ValueError(
-            "Give either pair_features (each member refits its gating network) or a gating_network shared "
-            "by all members: the ensemble needs gating weights to turn attributes into one reward."
-        )
+    _check_ensemble_arguments(n_models, pair_features, gating_network)
     directories = [features] if isinstance(features, (str, Path)) else list(features)
     settings = feature_settings(directories, "attribute")
     names = attribute_names_of(directories, attribute_names)
@@ -223,23 +226,14 @@ def fit_bootstrap_heads(
     estimator = estimator if estimator is not None else MultiQuantileRegressor(PAPER_LEVELS)
     transform = torch.eye(len(names)) if transform is None else torch.as_tensor(transform).float()
     pair_features = _pair_features_of(pair_features, settings, X.shape[1])
-    gating_settings = gating_settings or GatingSettings()
     members = fit_member_heads(X, Y, identical_row_groups(X), estimator, n_models, seed)
     coef = torch.stack([torch.tensor(heads.coef_, dtype=torch.float32) for heads, _ in members])
     intercept = torch.stack([torch.tensor(heads.intercept_, dtype=torch.float32) for heads, _ in members])
     networks = []
-    for member, (_, rng) in enumerate(members if pair_features is not None else ()):
-        resample = torch.as_tensor(rng.integers(0, len(pair_features), len(pair_features)))
-        networks.append(
-            _fit_member_gating(
-                coef[member],
-                intercept[member],
-                transform,
-                pair_features[resample],
-                _gating_config(names, X.shape[1], gating_settings),
-                gating_settings,
-                seed=int(rng.integers(2**31)),
-            )
+    if pair_features is not None:
+        generators = [rng for _, rng in members]
+        networks = _fit_member_gatings(
+            coef, intercept, transform, pair_features, names, generators, gating_settings
         )
     return HeadEnsemble(
         coef=coef,
@@ -250,6 +244,25 @@ def fit_bootstrap_heads(
         monotone_quantiles=monotone_quantiles,
         quantile_mixing=quantile_mixing,
     )
+
+
+def _fit_member_gatings(coef, intercept, transform, pairs: PairFeatures, names, generators, settings=None):
+    """Each member's gating network, on a resample of the pairs drawn from its generator (`fit_member_heads`)."""
+    from .settings import GatingSettings
+    from .stages import _gating_config
+
+    settings = settings or GatingSettings()
+    networks = []
+    for member, rng in enumerate(generators):
+        resample = torch.as_tensor(rng.integers(0, len(pairs), len(pairs)))
+        config = _gating_config(names, coef.shape[-1], settings)
+        seed = int(rng.integers(2**31))
+        networks.append(
+            _fit_member_gating(
+                coef[member], intercept[member], transform, pairs[resample], config, settings, seed
+            )
+        )
+    return networks
 
 
 def _fit_member_gating(coef, intercept, transform, pairs: PairFeatures, config, settings, seed: int):

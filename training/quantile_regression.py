@@ -171,6 +171,69 @@ def _max_step(v: torch.Tensor, dv: torch.Tensor) -> torch.Tensor:
     return torch.where(dv < 0, -v / dv, torch.full_like(v, float("inf"))).amin(0)
 
 
+class _NewtonSystem:
+    """The Newton system of one interior-point step at the current point, factorised once: its search
+    directions for any complementarity right-hand side, and their longest feasible step lengths."""
+
+    def __init__(self, design: _PenalisedDesign, c, tau, x, z, slack_low, slack_up, beta):
+        self.x, self.z, self.slack_low, self.slack_up = x, z, slack_low, slack_up
+        self.design = design
+        self.primal_residual = (1 - tau) * design.column_sums - design.t_matvec(x)  # round-off only
+        self.dual_residual = c - design.matvec(beta) - slack_low + slack_up  # round-off only
+        self.q = 1 / (slack_low / x + slack_up / z)
+        self.L = design.factor(self.q)
+
+    def direction(self, r_low, r_up):
+        """(dbeta, dx, dslack_low, dslack_up) for the complementarity residuals r_low, r_up."""
+        x, z, design = self.x, self.z, self.design
+        rows = self.dual_residual - r_low / x + r_up / z
+        rhs = self.primal_residual + design.t_matvec(self.q * rows)
+        dbeta = torch.cholesky_solve(rhs.T.unsqueeze(-1), self.L).squeeze(-1).T
+        dx = self.q * (design.matvec(dbeta) - rows)
+        return dbeta, dx, (r_low - self.slack_low * dx) / x, (r_up + self.slack_up * dx) / z
+
+    def step_lengths(self, dx, dlow, dup):
+        """Longest primal and dual steps per column that keep every variable >= 0 (not clamped to 1)."""
+        primal = torch.minimum(_max_step(self.x, dx), _max_step(self.z, -dx))
+        dual = torch.minimum(_max_step(self.slack_low, dlow), _max_step(self.slack_up, dup))
+        return primal, dual
+
+    def products(self, primal_step, dual_step, dx, dlow, dup):
+        """The complementarity products x * slack_low and z * slack_up after the given steps."""
+        low = (self.x + primal_step * dx) * (self.slack_low + dual_step * dlow)
+        up = (self.z - primal_step * dx) * (self.slack_up + dual_step * dup)
+        return low, up
+
+
+def _gondzio_correctors(system: _NewtonSystem, directions, steps, residuals, sigma_mu, correctors: int):
+    """Up to `correctors` of Gondzio's centrality correctors: push the complementarity products of a longer
+    trial step into [0.1, 10] * sigma_mu; keep the new direction for the levels where it allows longer
+    steps. Returns the (directions, raw step lengths) kept."""
+    (primal_raw, dual_raw), (r_low, r_up) = steps, residuals
+    for _ in range(correctors):
+        primal_step, dual_step = primal_raw.clamp(max=1), dual_raw.clamp(max=1)
+        trial_primal, trial_dual = (
+            (1.5 * primal_step + 0.3).clamp(max=1),
+            (1.5 * dual_step + 0.3).clamp(max=1),
+        )
+        low, up = system.products(trial_primal, trial_dual, *directions[1:])
+        lower, upper = 0.1 * sigma_mu, 10 * sigma_mu
+        low = (low.clamp(lower, upper) - low).clamp_min(-upper)
+        up = (up.clamp(lower, upper) - up).clamp_min(-upper)
+        new = system.direction(r_low + low, r_up + up)
+        new_primal, new_dual = system.step_lengths(*new[1:])
+        better = new_primal.clamp(max=1) + new_dual.clamp(max=1) >= 1.01 * (primal_step + dual_step)
+        if not bool(better.any()):
+            break
+        directions = tuple(torch.where(better, a, b) for a, b in zip(new, directions, strict=True))
+        primal_raw, dual_raw = (
+            torch.where(better, new_primal, primal_raw),
+            torch.where(better, new_dual, dual_raw),
+        )
+        r_low, r_up = torch.where(better, r_low + low, r_low), torch.where(better, r_up + up, r_up)
+    return directions, (primal_raw, dual_raw)
+
+
 def _mehrotra_step(design: _PenalisedDesign, c, tau, x, z, slack_low, slack_up, beta, correctors=2):
     """One predictor-corrector step for min c^T x s.t. A_aug^T x = (1 - tau) A_aug^T 1, 0 <= x <= 1.
 
@@ -180,61 +243,20 @@ def _mehrotra_step(design: _PenalisedDesign, c, tau, x, z, slack_low, slack_up, 
     z = 1 - x; slack_low, slack_up >= 0 are the multipliers of x >= 0 and x <= 1; beta the multipliers
     of the equality constraints (minus the coefficients). All [N, C] or [p, C]; returns the new ones.
     """
-    primal_residual = (1 - tau) * design.column_sums - design.t_matvec(x)  # round-off only
-    dual_residual = c - design.matvec(beta) - slack_low + slack_up  # round-off only
-    q = 1 / (slack_low / x + slack_up / z)
-    L = design.factor(q)
-
-    def direction(r_low, r_up):
-        rows = dual_residual - r_low / x + r_up / z
-        rhs = primal_residual + design.t_matvec(q * rows)
-        dbeta = torch.cholesky_solve(rhs.T.unsqueeze(-1), L).squeeze(-1).T
-        dx = q * (design.matvec(dbeta) - rows)
-        return dbeta, dx, (r_low - slack_low * dx) / x, (r_up + slack_up * dx) / z
-
-    def step_lengths(dx, dlow, dup):
-        primal = torch.minimum(_max_step(x, dx), _max_step(z, -dx))
-        dual = torch.minimum(_max_step(slack_low, dlow), _max_step(slack_up, dup))
-        return primal, dual
-
+    system = _NewtonSystem(design, c, tau, x, z, slack_low, slack_up, beta)
     # Predictor (affine scaling), then the centring-corrector with the same factorisation.
-    dbeta, dx, dlow, dup = direction(-x * slack_low, -z * slack_up)
-    primal_step, dual_step = (step.clamp(max=1) for step in step_lengths(dx, dlow, dup))
+    dbeta, dx, dlow, dup = system.direction(-x * slack_low, -z * slack_up)
+    primal_step, dual_step = (step.clamp(max=1) for step in system.step_lengths(dx, dlow, dup))
     mu = ((x * slack_low).sum(0) + (z * slack_up).sum(0)) / (2 * design.N)
-    mu_affine = (
-        ((x + primal_step * dx) * (slack_low + dual_step * dlow)).sum(0)
-        + ((z - primal_step * dx) * (slack_up + dual_step * dup)).sum(0)
-    ) / (2 * design.N)
+    affine_low, affine_up = system.products(primal_step, dual_step, dx, dlow, dup)
+    mu_affine = (affine_low.sum(0) + affine_up.sum(0)) / (2 * design.N)
     sigma_mu = (mu_affine / mu).pow(3) * mu
     r_low, r_up = sigma_mu - x * slack_low - dx * dlow, sigma_mu - z * slack_up + dx * dup
-    dbeta, dx, dlow, dup = direction(r_low, r_up)
-    primal_raw, dual_raw = step_lengths(dx, dlow, dup)
-    for _ in range(correctors):
-        # Gondzio's centrality corrector: push the complementarity products of a longer trial step
-        # into [0.1, 10] * sigma_mu; keep the new direction for the levels where it allows longer steps.
-        primal_step, dual_step = primal_raw.clamp(max=1), dual_raw.clamp(max=1)
-        trial_primal, trial_dual = (
-            (1.5 * primal_step + 0.3).clamp(max=1),
-            (1.5 * dual_step + 0.3).clamp(max=1),
-        )
-        low = (x + trial_primal * dx) * (slack_low + trial_dual * dlow)
-        up = (z - trial_primal * dx) * (slack_up + trial_dual * dup)
-        lower, upper = 0.1 * sigma_mu, 10 * sigma_mu
-        low = (low.clamp(lower, upper) - low).clamp_min(-upper)
-        up = (up.clamp(lower, upper) - up).clamp_min(-upper)
-        new = direction(r_low + low, r_up + up)
-        new_primal, new_dual = step_lengths(*new[1:])
-        better = new_primal.clamp(max=1) + new_dual.clamp(max=1) >= 1.01 * (primal_step + dual_step)
-        if not bool(better.any()):
-            break
-        dbeta, dx, dlow, dup = (
-            torch.where(better, a, b) for a, b in zip(new, (dbeta, dx, dlow, dup), strict=True)
-        )
-        primal_raw, dual_raw = (
-            torch.where(better, new_primal, primal_raw),
-            torch.where(better, new_dual, dual_raw),
-        )
-        r_low, r_up = torch.where(better, r_low + low, r_low), torch.where(better, r_up + up, r_up)
+    directions = system.direction(r_low, r_up)
+    steps = system.step_lengths(*directions[1:])
+    (dbeta, dx, dlow, dup), (primal_raw, dual_raw) = _gondzio_correctors(
+        system, directions, steps, (r_low, r_up), sigma_mu, correctors
+    )
     primal_step, dual_step = (0.9995 * primal_raw).clamp(max=1), (0.9995 * dual_raw).clamp(max=1)
     return (
         x + primal_step * dx,
@@ -243,6 +265,59 @@ def _mehrotra_step(design: _PenalisedDesign, c, tau, x, z, slack_low, slack_up, 
         slack_up + dual_step * dup,
         beta + dual_step * dbeta,
     )
+
+
+def _scaled_problem(X, y, alpha: float, fit_intercept: bool, weight):
+    """The scaled problem: A = (X - mean) / s (weighted mean, only with an intercept; then a column of
+    ones), rows scaled by the weights, lambda_j = alpha sum(w) / s_j. Returns (A, y, design, mean, s)."""
+    n, d = X.shape
+    total = n if weight is None else weight.sum()
+    if fit_intercept:
+        mean = X.mean(0) if weight is None else (weight @ X) / total
+    else:
+        mean = X.new_zeros(d)
+    A = X - mean  # a new tensor: the caller's array is never modified
+    s = (A.pow(2).mean(0) if weight is None else (weight @ A.pow(2)) / total).sqrt()
+    s = torch.where(s > 0, s, torch.ones_like(s))
+    A.div_(s)
+    if fit_intercept:
+        A = torch.cat([A, A.new_ones(n, 1)], 1)
+    if weight is not None:
+        A.mul_(weight[:, None])
+        y = y * weight[:, None]
+    return A, y, _PenalisedDesign(A, (total * alpha) / s), mean, s
+
+
+def _starting_point(design: _PenalisedDesign, A, c, y, tau) -> list[torch.Tensor]:
+    """x = 1 - tau (primal feasible), beta from least squares, slacks from its residual (dual feasible,
+    with a margin delta): [x, z, slack_low, slack_up, beta], each [N, K] or [p, K]."""
+    K, d = tau.shape[0], design.d
+    gram = A.T @ A
+    diagonal = torch.arange(d, device=A.device)
+    gram[diagonal, diagonal] += 2 * design.lam.pow(2)
+    beta = torch.cholesky_solve(design.t_matvec(c), _cholesky(gram[None])[0])
+    residual = c - design.matvec(beta)
+    delta = 0.1 * residual.abs().max() + 1e-12 * (1 + y.abs().max())
+    return [
+        (1 - tau).expand(design.N, K).clone(),  # x
+        tau.expand(design.N, K).clone(),  # z = 1 - x, kept separately for precision near the bound
+        (residual.clamp_min(0) + delta).expand(design.N, K).clone(),  # slack_low
+        ((-residual).clamp_min(0) + delta).expand(design.N, K).clone(),  # slack_up
+        beta.expand(-1, K).clone(),
+    ]
+
+
+def _relative_gaps(design: _PenalisedDesign, A, y, tau, state, active) -> np.ndarray:
+    """Certificate for each active level: objective at the current coefficients minus the dual objective
+    at the current (feasible) x, a lower bound on the optimum, relative to the objective."""
+    n, d = design.n, design.d
+    index = torch.as_tensor(active, device=A.device)
+    coef, t = -state[4][:, index], tau[index]
+    r = y - A @ coef
+    primal = torch.maximum(t * r, (t - 1) * r).sum(0) + (design.lam[:, None] * coef[:d].abs()).sum(0)
+    dual = (y * (state[0][:n, index] - (1 - t))).sum(0)
+    scale = torch.maximum(primal.abs(), dual.abs()).clamp_min(1e-12 * float(1 + y.abs().sum()))
+    return ((primal - dual) / scale).cpu().numpy()
 
 
 def fit_quantiles_ipm(
@@ -271,58 +346,17 @@ def fit_quantiles_ipm(
     X = torch.as_tensor(X, dtype=dt, device=device)
     y = torch.as_tensor(y, dtype=dt, device=device).reshape(-1, 1)
     tau = torch.as_tensor(np.asarray(levels, dtype=np.float64), dtype=dt, device=device)
-    n, d = X.shape
-    K = tau.shape[0]
+    K, d = tau.shape[0], X.shape[1]
     weight = None if sample_weight is None else torch.as_tensor(sample_weight, dtype=dt, device=device)
-    total = n if weight is None else weight.sum()
-
-    # Scaled problem: A = (X - mean) / s (weighted mean, only with an intercept), lambda_j = alpha sum(w) / s_j.
-    if fit_intercept:
-        mean = X.mean(0) if weight is None else (weight @ X) / total
-    else:
-        mean = X.new_zeros(d)
-    A = X - mean  # a new tensor: the caller's array is never modified
+    A, y, design, mean, s = _scaled_problem(X, y, alpha, fit_intercept, weight)
     del X
-    s = (A.pow(2).mean(0) if weight is None else (weight @ A.pow(2)) / total).sqrt()
-    s = torch.where(s > 0, s, torch.ones_like(s))
-    A.div_(s)
-    if fit_intercept:
-        A = torch.cat([A, A.new_ones(n, 1)], 1)
-    if weight is not None:
-        A.mul_(weight[:, None])
-        y = y * weight[:, None]
-    design = _PenalisedDesign(A, (total * alpha) / s)
     c = torch.cat([-y, y.new_zeros(2 * d, 1)])  # minimise c^T x, i.e. maximise y^T x
-
-    # Start: x = 1 - tau (primal feasible), beta from least squares, slacks from its residual (dual
-    # feasible, with a margin delta).
-    gram = A.T @ A
-    diagonal = torch.arange(d, device=device)
-    gram[diagonal, diagonal] += 2 * design.lam.pow(2)
-    beta = torch.cholesky_solve(design.t_matvec(c), _cholesky(gram[None])[0])
-    residual = c - design.matvec(beta)
-    delta = 0.1 * residual.abs().max() + 1e-12 * (1 + y.abs().max())
-    state = [
-        (1 - tau).expand(design.N, K).clone(),  # x
-        tau.expand(design.N, K).clone(),  # z = 1 - x, kept separately for precision near the bound
-        (residual.clamp_min(0) + delta).expand(design.N, K).clone(),  # slack_low
-        ((-residual).clamp_min(0) + delta).expand(design.N, K).clone(),  # slack_up
-        beta.expand(-1, K).clone(),
-    ]
-
+    state = _starting_point(design, A, c, y, tau)
     n_iter = np.zeros(K, dtype=np.int64)
     gap = np.full(K, np.inf)
     active = np.arange(K)
     for iteration in range(max_iter + 1):
-        # Certificate for each active level: objective at the current coefficients minus the dual
-        # objective at the current (feasible) x, a lower bound on the optimum.
-        index = torch.as_tensor(active, device=device)
-        coef, t = -state[4][:, index], tau[index]
-        r = y - A @ coef
-        primal = torch.maximum(t * r, (t - 1) * r).sum(0) + (design.lam[:, None] * coef[:d].abs()).sum(0)
-        dual = (y * (state[0][:n, index] - (1 - t))).sum(0)
-        scale = torch.maximum(primal.abs(), dual.abs()).clamp_min(1e-12 * float(1 + y.abs().sum()))
-        gap[active] = ((primal - dual) / scale).cpu().numpy()
+        gap[active] = _relative_gaps(design, A, y, tau, state, active)
         n_iter[active] = iteration
         active = active[gap[active] > tol]
         if len(active) == 0 or iteration == max_iter:
@@ -331,7 +365,6 @@ def fit_quantiles_ipm(
         new = _mehrotra_step(design, c, tau[index], *(v[:, index] for v in state))
         for v, value in zip(state, new, strict=True):
             v[:, index] = value
-
     coef = -state[4]
     w = coef[:d] / s[:, None]  # back to the original feature scale
     intercept = coef[d] - mean @ w if fit_intercept else coef.new_zeros(K)
