@@ -56,13 +56,16 @@ def _check_heads_fit_features(model, attribute_dirs, names) -> None:
     import torch
 
     from .evaluation import pinball_loss
+    from .modeling.modeling_qrm import combine_members, member_quantiles
     from .training.features import load_labelled
 
     X, Y = load_labelled(attribute_dirs, names)
-    with torch.no_grad():
-        raw = model.regression_layer(torch.tensor(X, dtype=torch.float32)).view(len(X), len(names), -1)
+    with torch.no_grad():  # the heads before the reward transform: what was fitted to the ratings
+        raw = model.regression_layer(torch.tensor(X, dtype=torch.float32))
+        members = member_quantiles(raw, model.config.num_members, len(names), torch.nn.Identity(), True)
+        raw = combine_members(members)
     levels = model.config.quantile_levels
-    heads = np.nanmean(pinball_loss(Y, raw.sort(-1).values.double().numpy(), levels))
+    heads = np.nanmean(pinball_loss(Y, raw.double().numpy(), levels))
     constant = np.nanquantile(Y, levels, axis=0).T[None]  # [1, M, K]: each attribute's label quantiles
     baseline = np.nanmean(pinball_loss(Y, np.broadcast_to(constant, raw.shape), levels))
     if not heads < baseline:

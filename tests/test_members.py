@@ -273,3 +273,38 @@ def test_evaluate_reports_the_models_own_epistemic_spread_per_kind():
     assert "epistemic spread (3 members)" in format_ratings_report(report)
     single = evaluate_ratings(make_qrm(seed=5, attribute_names=["a", "b", "c"]), tokenizer, rows, (0.0, 4.0))
     assert "epistemic" not in single
+
+
+def test_the_heads_are_computed_in_one_place():
+    """Every function of the package that calls the heads (`regression_layer(...)`) or reshapes fitted head
+    weights into quantiles turns them into quantiles through `member_quantiles`, the model's own definition:
+    none re-implements the reshape, transform and sorting."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    offenders, callers = [], []
+    for directory in ("qrm_hf", "training", "modeling", "benchmarks"):
+        for path in sorted((root / directory).glob("*.py")):
+            tree = ast.parse(path.read_text())
+            for function in (
+                n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+            ):
+                calls = {
+                    node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                    for node in ast.walk(function)
+                    if isinstance(node, ast.Call)
+                }
+                heads_call = "regression_layer" in calls
+                einsum_of_heads = any(
+                    isinstance(node, ast.Constant) and isinstance(node.value, str) and "mkh" in node.value
+                    for node in ast.walk(function)
+                )
+                if heads_call or einsum_of_heads:
+                    name = f"{path.relative_to(root)}:{function.name}"
+                    callers.append(name)
+                    if "member_quantiles" not in calls:
+                        offenders.append(name)
+    assert "modeling/modeling_qrm.py:score_embeddings" in callers  # the scan sees the model itself
+    assert "training/bootstrap.py:attribute_quantiles" in callers
+    assert not offenders, offenders

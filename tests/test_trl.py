@@ -234,7 +234,7 @@ def drop_in(tmp_path_factory):
     """Run every case once in a process without qrm_hf; return (qrm, tokenizer, results by case)."""
     root = tmp_path_factory.mktemp("drop_in")
     tokenizer = tiny_tokenizer()
-    qrm = save_tiny_qrm(root / "tiny-qrm", tokenizer)
+    qrm = save_tiny_qrm(root / "tiny-qrm", tokenizer, num_members=3)  # a QRM with members is a drop-in too
     save_tiny_policy(root / "policy", tokenizer)
     script = DROP_IN_SCRIPT.format(
         qrm=str(root / "tiny-qrm"),
@@ -283,6 +283,14 @@ def test_trl_rewards_are_the_expected_reward(drop_in, case):
         logged = torch.tensor(result["logged"])
         means = torch.tensor([torch.tensor(r["rewards"]).mean().item() for r in result["records"]])
         torch.testing.assert_close(logged, means, rtol=1e-5, atol=1e-5)
+
+
+def test_the_drop_in_qrm_carries_members(drop_in):
+    """The drop-in QRM above has 3 members: TRL reads their mean expected reward, through remote code."""
+    qrm, _, _ = drop_in
+    config = qrm.config
+    assert config.num_members == 3
+    assert qrm.regression_layer.weight.shape[0] == 3 * config.num_attributes * config.num_quantiles
 
 
 def test_plain_text_prompts_need_the_chat_format_or_a_fallback(drop_in):
