@@ -228,7 +228,7 @@ def _add_policy_optimization_arguments(parser: argparse.ArgumentParser, algorith
         "--risk-measure",
         type=output_risk_spec,
         default="exp_utility",
-        metavar="{" + ",".join(risk.RISK_MEASURES) + "}[:VALUE]",
+        metavar="{" + ",".join([*risk.RISK_MEASURES, *risk.EPISTEMIC_MEASURES]) + "}[:VALUE][+lcb:K]",
         help="reward taken from the QRM's distribution (qrm_hf.risk.RISK_MEASURES): "
         + "; ".join(f"{name} = {measure.help}" for name, measure in risk.RISK_MEASURES.items())
         + ". The parameters come from --risk-lambda (lam), --risk-alpha (alpha), --risk-tau (tau), or from "
