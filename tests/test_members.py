@@ -308,3 +308,17 @@ def test_the_heads_are_computed_in_one_place():
     assert "modeling/modeling_qrm.py:score_embeddings" in callers  # the scan sees the model itself
     assert "training/bootstrap.py:attribute_quantiles" in callers
     assert not offenders, offenders
+
+
+@pytest.mark.parametrize("value", [0, -2, 1.5, True, "3"])
+def test_a_bad_member_count_is_refused_by_every_entry(value, tmp_path):
+    """`HeadsSettings` checks `num_members` once: `qrm fit-quantiles`, `qrm train` configs and the stage
+    function all build it."""
+    from qrm_hf.training.settings import HeadsSettings
+    from qrm_hf.training.stages import fit_quantile_heads
+
+    with pytest.raises(ValueError, match="num_members"):
+        HeadsSettings(num_members=value)
+    with pytest.raises(ValueError, match="num_members"):
+        fit_quantile_heads([tmp_path / "features"], tmp_path / "heads", num_members=value)
+    assert not (tmp_path / "heads").exists()

@@ -114,6 +114,11 @@ class HeadsSettings:
         cli={"type": positive_int},
     )
 
+    def __post_init__(self):
+        value = self.num_members
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"num_members must be a whole number >= 1, got {value!r}.")
+
     def fingerprint(self) -> dict:
         """What defines the fitted heads; `cv` is unused with one penalty, and `num_members` is left out at 1,
         so that heads fitted before these options existed stay up to date."""

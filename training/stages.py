@@ -418,12 +418,6 @@ def fit_quantile_heads(
     """
     check_output_directory(output_dir, "qrm fit-quantiles")  # before the work, not after it
     options = replace(settings or HeadsSettings(), **overrides)
-    if (
-        isinstance(options.num_members, bool)
-        or not isinstance(options.num_members, int)
-        or options.num_members < 1
-    ):
-        raise ValueError(f"num_members must be a whole number >= 1, got {options.num_members!r}.")
     settings = feature_settings(feature_dirs, "attribute")
     if validation_dirs:
         check_same_backbone({**settings, **feature_settings(validation_dirs, "attribute")})
