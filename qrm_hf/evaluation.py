@@ -7,6 +7,7 @@ with a ValueError naming its rows, as `qrm_hf.scoring` refuses such model output
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from statistics import NormalDist
 
@@ -177,6 +178,221 @@ def pairwise_accuracy(chosen_scores, rejected_scores) -> float:
     _finite(chosen, "chosen scores")
     _finite(rejected, "rejected scores")
     return float(np.mean((chosen > rejected) + 0.5 * (chosen == rejected)))
+
+
+# ----------------------------------------------------------------- uncertainty that ranks the mistakes
+
+COVERAGE_GRID = tuple(k / 10 for k in range(1, 11))  # the coverages reported: 10 %, 20 %, ..., 100 %
+SURER_FRACTION = 0.5  # MAE@50 / R²@50: the half of the samples the model is surest about (UARM)
+RATING_INTERVAL = 0.8  # the central interval whose width ranks ratings (narrower = surer)
+RANDOM_DRAWS = 200  # random halves averaged for the R² of a random half (seeded: the same every run)
+
+
+def kept_count(fraction: float, n: int) -> int:
+    """How many of `n` samples a coverage `fraction` in (0, 1] keeps: ceil(fraction * n), at least one."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"A coverage must lie in (0, 1], got {fraction}.")
+    return max(1, math.ceil(fraction * n - 1e-9))  # 1e-9: 0.3 * 10 is 3.0000000000000004 in floats
+
+
+def _tie_averaged(values: np.ndarray, certainty: np.ndarray) -> np.ndarray:
+    """`values` in order of decreasing `certainty`, each run of tied certainties replaced by its mean: the
+    running sums are then the expectation over every order of the tied samples (no tie-break decides)."""
+    order = np.argsort(-certainty, kind="stable")
+    values, certainty = values[order], certainty[order]
+    starts = np.flatnonzero(np.r_[True, certainty[1:] != certainty[:-1]])
+    sums = np.add.reduceat(values, starts)
+    lengths = np.diff(np.r_[starts, len(values)])
+    return np.repeat(sums / lengths, lengths)
+
+
+def _kept_weights(certainty: np.ndarray, keep: int) -> np.ndarray:
+    """Weight of each sample when the `keep` surest are kept: 1 above the cut, 0 below, and the samples
+    tied at the cut share the places left equally (the expectation over the orders of the tied ones)."""
+    cut = np.sort(certainty)[::-1][keep - 1]
+    above, tied = certainty > cut, certainty == cut
+    return np.where(above, 1.0, np.where(tied, (keep - above.sum()) / tied.sum(), 0.0))
+
+
+def _certainty(values, what: str) -> np.ndarray:
+    """A ranking signal as a float array [n]: +inf is allowed (surest), NaN is refused by rows."""
+    values = np.asarray(values, dtype=float).reshape(-1)
+    bad = np.flatnonzero(np.isnan(values) | (values == -np.inf))
+    if bad.size:
+        raise ValueError(
+            f"The {what} is NaN or -inf in {bad.size} row(s) (0-based): {bad[:5].tolist()}"
+            f"{' ...' if bad.size > 5 else ''}; such a sample cannot be ranked."
+        )
+    return values
+
+
+def accuracy_coverage(correct, certainty, coverages: Sequence[float] = COVERAGE_GRID) -> dict:
+    """Accuracy on the pairs a ranking signal is surest about, against the fraction kept.
+
+    `correct` [n]: 1 for a pair the model orders right, 0 wrong, 1/2 a tie (as `pairwise_accuracy`);
+    NaN marks an unknown answer, left out and counted in ``left_out``. `certainty` [n]: the signal, higher
+    = surer (+inf allowed, NaN refused). At coverage c the ``kept_count(c, n)`` surest pairs are kept;
+    pairs tied in certainty at the cut enter with their mean correctness (the expectation over every
+    order of the tied pairs). ``area`` is the mean over k = 1..n of the accuracy of the k surest pairs:
+    the area under the accuracy-coverage step curve. A signal that says nothing about the mistakes has
+    every accuracy, and the area, equal to the overall accuracy (``random``); one that puts every
+    mistake last has the largest area.
+    """
+    correct = np.asarray(correct, dtype=float).reshape(-1)
+    certainty = _certainty(certainty, "ranking signal")
+    if correct.shape != certainty.shape:
+        raise ValueError(f"Expected one certainty per answer, got {certainty.shape} and {correct.shape}.")
+    known = ~np.isnan(correct)
+    if not known.any():
+        raise ValueError("No answer is known (every one is NaN): there is nothing to rank.")
+    running = np.cumsum(_tie_averaged(correct[known], certainty[known]))
+    accuracy = running / np.arange(1, len(running) + 1)  # of the k surest, k = 1..n
+    n = int(known.sum())
+    return {
+        "coverage": [float(c) for c in coverages],
+        "accuracy": [float(accuracy[kept_count(c, n) - 1]) for c in coverages],
+        "area": float(accuracy.mean()),
+        "random": float(accuracy[-1]),
+        "n": n,
+        "left_out": int((~known).sum()),
+    }
+
+
+def _r_squared(labels: np.ndarray, predictions: np.ndarray, weights: np.ndarray) -> float:
+    """Weighted coefficient of determination 1 - SS_res / SS_tot around the kept labels' own mean (NaN
+    when those labels do not vary)."""
+    mean = np.average(labels, weights=weights)
+    total = np.sum(weights * (labels - mean) ** 2)
+    return float(1 - np.sum(weights * (labels - predictions) ** 2) / total) if total > 0 else math.nan
+
+
+def selective_error(
+    labels, predictions, uncertainty, fraction: float = SURER_FRACTION, seed: int = 0
+) -> dict:
+    """MAE and R² of point predictions on the `fraction` of samples with the lowest `uncertainty`, next to
+    a random subset of the same size (UARM's MAE@50 / R²@50 for `fraction` = 0.5).
+
+    labels, predictions, uncertainty [n]; NaN labels are left out and counted in ``left_out``. The kept
+    samples are the ``kept_count(fraction, n)`` least uncertain; those tied at the cut (e.g. the ratings
+    of one response, which share its prediction) share the places left with equal weight. ``mae_random``
+    is the exact expectation over random subsets (the overall MAE); ``r2_random`` averages
+    `RANDOM_DRAWS` random subsets drawn with `seed`. R² is 1 - SS_res / SS_tot on the kept samples
+    around their own mean (NaN when they do not vary).
+    """
+    labels = _labels(labels).reshape(-1)
+    predictions = _finite(predictions, "predictions").reshape(-1)
+    certainty = -_finite(uncertainty, "uncertainty").reshape(-1)
+    known = ~np.isnan(labels)
+    labels, predictions, certainty = labels[known], predictions[known], certainty[known]
+    n = len(labels)
+    if n == 0:
+        return {"n": 0, "left_out": int((~known).sum())}
+    keep = kept_count(fraction, n)
+    weights = _kept_weights(certainty, keep)
+    error = np.abs(labels - predictions)
+    rng = np.random.default_rng(seed)
+    draws = [rng.choice(n, keep, replace=False) for _ in range(RANDOM_DRAWS)]
+    r2_random = [_r_squared(labels[d], predictions[d], np.ones(keep)) for d in draws]
+    return {
+        "mae_surer": float(np.sum(weights * error) / keep),
+        "mae_random": float(error.mean()),
+        "r2_surer": _r_squared(labels, predictions, weights),
+        "r2_random": float(np.nanmean(r2_random)) if not np.isnan(r2_random).all() else math.nan,
+        "kept": keep,
+        "n": n,
+        "left_out": int((~known).sum()),
+    }
+
+
+def rating_selective_error(
+    labels, predictions, levels: Sequence[float], attributes: Sequence[str], width: float = RATING_INTERVAL
+) -> dict:
+    """`selective_error` of the predicted median per attribute, the samples ranked by the width of the
+    central `width` interval (narrower = surer). labels [n, M] (NaN where missing), predictions
+    [n, M, K] at `levels` -> {attribute: report} with the interval ``width`` recorded."""
+    labels, predictions = _labels(labels), _finite(predictions, "predictions")
+    medians = _quantile(np.sort(predictions, axis=-1), np.asarray(levels, dtype=float), 0.5)
+    widths = interval_width(predictions, levels, width)
+    return {
+        name: {"interval": width, **selective_error(labels[:, m], medians[:, m], widths[:, m])}
+        for m, name in enumerate(attributes)
+    }
+
+
+def pair_ranking_signals(
+    chosen_scores, rejected_scores, chosen_quantiles, rejected_quantiles, chosen_epistemic=None,
+    rejected_epistemic=None,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """The ranking signals of pairs, each [N], higher = surer the model orders the pair right.
+
+    ``margin`` |s_c - s_r| of the model's scores (what a point reward model has); ``probability``
+    |P(R_c > R_r) - 1/2| and ``effect_size`` |d| of the reward distributions [N, K]
+    (`qrm_hf.preference.preference_strength`). With the members' spread of each side's expected reward
+    (`reward_epistemic_std` [N] each; None: a model without members, these signals are left out):
+    ``epistemic`` minus the combined spread sqrt(s_c^2 + s_r^2) (members that agree: surer) and
+    ``margin_over_epistemic`` the margin in units of that spread (a z-score: how far the members would
+    have to move for the order to flip; +inf for a non-zero margin the members agree on exactly).
+    """
+    from .preference import preference_strength
+
+    margin = np.asarray(chosen_scores, dtype=float) - np.asarray(rejected_scores, dtype=float)
+    strength = preference_strength(np.asarray(chosen_quantiles), np.asarray(rejected_quantiles))
+    signals = {
+        "margin": np.abs(margin),
+        "probability": np.abs(np.asarray(strength.probability) - 0.5),
+        "effect_size": np.abs(np.asarray(strength.effect_size)),
+    }
+    if chosen_epistemic is not None and rejected_epistemic is not None:
+        spread = np.hypot(np.asarray(chosen_epistemic, float), np.asarray(rejected_epistemic, float))
+        signals["epistemic"] = -spread
+        with np.errstate(divide="ignore", invalid="ignore"):
+            signals["margin_over_epistemic"] = np.where(margin == 0, 0.0, np.abs(margin) / spread)
+    return signals
+
+
+def pair_ranking_report(chosen_scores, rejected_scores, signals: dict, coverages=COVERAGE_GRID) -> dict:
+    """`accuracy_coverage` of every signal of `pair_ranking_signals` on pairs scored `chosen_scores`,
+    `rejected_scores` (correct: the chosen scores higher, a tie one half) -> {"pairs", "accuracy",
+    "signals": {name: curve}}; the overall accuracy is what a signal that knows nothing reaches."""
+    chosen, rejected = np.asarray(chosen_scores, dtype=float), np.asarray(rejected_scores, dtype=float)
+    correct = (chosen > rejected) + 0.5 * (chosen == rejected)
+    curves = {name: accuracy_coverage(correct, values, coverages) for name, values in signals.items()}
+    return {"pairs": len(correct), "accuracy": float(correct.mean()), "signals": curves}
+
+
+def format_ranking_report(report: dict, coverage: float = SURER_FRACTION) -> str:
+    """The ranking table of a `pair_ranking_report`: per signal, the accuracy on the surest `coverage`
+    of the pairs and the area under the accuracy-coverage curve (random: the overall accuracy)."""
+    lines = [
+        f"  Ranking the mistakes on {report['pairs']} pairs: accuracy on the surest {coverage:.0%} and area "
+        "under the accuracy-coverage curve (higher is better)",
+        f"    {'signal':<22}{'acc@' + format(coverage, '.0%'):>9}{'area':>8}",
+    ]
+    for name, curve in report["signals"].items():
+        at = curve["accuracy"][curve["coverage"].index(coverage)]
+        lines.append(f"    {name:<22}{at:>9.3f}{curve['area']:>8.3f}")
+    lines.append(f"    {'random':<22}{report['accuracy']:>9.3f}{report['accuracy']:>8.3f}")
+    return "\n".join(lines)
+
+
+def format_selective_error(report: dict) -> str:
+    """The MAE@50 / R²@50 table of `rating_selective_error`: the surer half by predicted width against a
+    random half, per attribute."""
+    first = next(iter(report.values()))
+    lines = [
+        f"  Error of the median on the {SURER_FRACTION:.0%} of ratings with the narrowest "
+        f"{first['interval']:.0%} interval, next to a random {SURER_FRACTION:.0%} (MAE lower, R² higher is better)",
+        f"    {'attribute':<16}{'MAE surer':>11}{'MAE random':>12}{'R² surer':>10}{'R² random':>11}{'n':>6}",
+    ]
+    for name, entry in report.items():
+        if entry["n"] == 0:
+            lines.append(f"    {name:<16}  no labels")
+            continue
+        lines.append(
+            f"    {name:<16}{entry['mae_surer']:>11.3f}{entry['mae_random']:>12.3f}{entry['r2_surer']:>10.3f}"
+            f"{entry['r2_random']:>11.3f}{entry['n']:>6}"
+        )
+    return "\n".join(lines)
 
 
 # A gating network is degenerate when one attribute takes more than DEGENERATE_WEIGHT of the mix on more
@@ -759,7 +975,25 @@ def evaluate_pairs(model, tokenizer, rows, batch_size: int = 8, max_length: int 
         report["gating"] = _pairs_gating_report(
             model, outputs, index, kept, [rows[i] for i in pair_rows[kept]]
         )
+        report["ranking"] = _pairs_ranking_report(outputs, index, kept)
     return report
+
+
+def _pairs_ranking_report(outputs, index, kept) -> dict:
+    """`pair_ranking_report` of scored pairs (`index` maps the 2N sides, chosen then rejected, to scored
+    rows), with the epistemic signals when the outputs hold the members' ``reward_epistemic_std``."""
+    n = len(kept)
+    sides = index[:n][kept], index[n:][kept]
+    scores = outputs["logits"][:, 0].numpy()
+    quantiles = outputs["reward_quantiles"].double().numpy()
+    epistemic = outputs.get("reward_epistemic_std")
+    epistemic = (
+        (None, None) if epistemic is None else tuple(epistemic.double().numpy()[rows] for rows in sides)
+    )
+    signals = pair_ranking_signals(
+        *(scores[rows] for rows in sides), *(quantiles[rows] for rows in sides), *epistemic
+    )
+    return pair_ranking_report(*(scores[rows] for rows in sides), signals)
 
 
 def _pairs_gating_report(model, outputs, index, kept, kept_rows) -> dict:
