@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from statistics import NormalDist
 
 import numpy as np
@@ -375,23 +376,26 @@ def format_ranking_report(report: dict, coverage: float = SURER_FRACTION) -> str
     return "\n".join(lines)
 
 
-def format_selective_error(report: dict) -> str:
-    """The MAE@50 / R²@50 table of `rating_selective_error`: the surer half by predicted width against a
-    random half, per attribute."""
-    first = next(iter(report.values()))
+def format_selective_error(models: dict) -> str:
+    """The MAE@50 / R²@50 table of `rating_selective_error` reports ({model name: report}): the surer half
+    by predicted width against a random half, per attribute and model."""
+    attributes = next(iter(models.values()))  # {attribute: report} of the first model
+    first = next(iter(attributes.values()))
     lines = [
-        f"  Error of the median on the {SURER_FRACTION:.0%} of ratings with the narrowest "
-        f"{first['interval']:.0%} interval, next to a random {SURER_FRACTION:.0%} (MAE lower, R² higher is better)",
-        f"    {'attribute':<16}{'MAE surer':>11}{'MAE random':>12}{'R² surer':>10}{'R² random':>11}{'n':>6}",
+        f"  Error of the median on the {SURER_FRACTION:.0%} of ratings with the narrowest {first['interval']:.0%} "
+        f"interval, next to a random {SURER_FRACTION:.0%} (MAE: lower is better, R²: higher)",
+        f"    {'attribute':<16}{'model':<10}{'MAE@50':>9}{'random':>9}{'R²@50':>9}{'random':>9}{'ratings':>9}",
     ]
-    for name, entry in report.items():
-        if entry["n"] == 0:
-            lines.append(f"    {name:<16}  no labels")
-            continue
-        lines.append(
-            f"    {name:<16}{entry['mae_surer']:>11.3f}{entry['mae_random']:>12.3f}{entry['r2_surer']:>10.3f}"
-            f"{entry['r2_random']:>11.3f}{entry['n']:>6}"
-        )
+    for attribute in attributes:
+        for name, report in models.items():
+            entry = report[attribute]
+            if entry["n"] == 0:
+                lines.append(f"    {attribute:<16}{name:<10}  no labels")
+                continue
+            lines.append(
+                f"    {attribute:<16}{name:<10}{entry['mae_surer']:>9.3f}{entry['mae_random']:>9.3f}"
+                f"{entry['r2_surer']:>9.3f}{entry['r2_random']:>9.3f}{entry['n']:>9}"
+            )
     return "\n".join(lines)
 
 
@@ -624,9 +628,10 @@ def annotator_spread(labels, groups) -> np.ndarray:
     return np.array(spreads)
 
 
-def _model_report(labels, predictions, levels, attributes, kinds, groups) -> dict:
-    """Distribution measures of one model: per attribute, overall, per kind, the width ratio and the
-    reliability / PIT data of the plots."""
+def _model_report(labels, predictions, levels, attributes, kinds, responses, contrast) -> dict:
+    """Distribution measures of one model: per attribute, overall, per kind (the values of the group
+    column, `kinds` [n] or None), the `contrast` width ratio, the reliability / PIT data of the plots and
+    the `rating_selective_error` of its median. `responses` [n]: the response of each row."""
 
     def by_attribute(measures):
         return {
@@ -634,7 +639,7 @@ def _model_report(labels, predictions, levels, attributes, kinds, groups) -> dic
             for m, attribute in enumerate(attributes)
         }
 
-    measures = distribution_measures(labels, predictions, levels, groups)
+    measures = distribution_measures(labels, predictions, levels, responses)
     observed = ~np.isnan(labels)
     below = labels[observed][:, None] <= np.sort(predictions, axis=-1)[observed]  # [L, K]
     pit = probability_integral_transform(labels, predictions, levels)
@@ -643,20 +648,22 @@ def _model_report(labels, predictions, levels, attributes, kinds, groups) -> dic
         "overall": {name: float(np.nanmean(values)) for name, values in measures.items()},
         "reliability": {"levels": [float(t) for t in levels], "observed": below.mean(0).tolist()},
         "pit_histogram": (np.histogram(pit, bins=PIT_BINS, range=(0, 1))[0] / max(len(pit), 1)).tolist(),
+        "selective_error": rating_selective_error(labels, predictions, levels, attributes),
     }
     if kinds is not None:
         report["by_kind"] = {
             str(kind): by_attribute(
                 distribution_measures(
-                    labels[kinds == kind], predictions[kinds == kind], levels, groups[kinds == kind]
+                    labels[kinds == kind], predictions[kinds == kind], levels, responses[kinds == kind]
                 )
             )
             for kind in dict.fromkeys(kinds)
         }
-        if {"clear", "controversial"} <= set(report["by_kind"]):
+        numerator, denominator = contrast or (None, None)
+        if contrast and {numerator, denominator} <= set(report["by_kind"]):
             report["width_ratio"] = {
-                attribute: report["by_kind"]["controversial"][attribute]["width_90"]
-                / report["by_kind"]["clear"][attribute]["width_90"]
+                attribute: report["by_kind"][numerator][attribute]["width_90"]
+                / report["by_kind"][denominator][attribute]["width_90"]
                 for attribute in attributes
             }
     return report
@@ -715,6 +722,122 @@ def fit_baselines(feature_dirs, attributes, levels, label_range=None) -> dict:
     }
 
 
+GROUP_COLUMN = "kind"  # the rating rows' column whose values the measures are broken down by
+CONTRAST = ("controversial", "clear")  # the two kinds whose 90 % widths (and annotator spreads) are compared
+
+
+@dataclass
+class RatedRows:
+    """Rating rows scored by the model (rows without any label and over-long ones left out).
+
+    rows: the rows kept; labels [n, M] in [0, 1] (NaN where missing); responses [n]: each row's
+    distinct conversation in `conversations`, named by `names`; quantiles [n, M, K]: the model's
+    attribute quantiles of each row; too_long: how many rows were longer than `max_length`."""
+
+    rows: list
+    labels: np.ndarray
+    responses: np.ndarray
+    conversations: list
+    names: list
+    quantiles: np.ndarray
+    too_long: int
+
+
+def score_rating_rows(
+    model, tokenizer, rows, attributes, label_range, batch_size=8, max_length=None
+) -> RatedRows:
+    """Score docs/design.md §6 rating rows with `model` (each distinct response once) -> `RatedRows`."""
+    from .data import row_location
+    from .presets import DatasetPreset, attribute_examples
+
+    preset = DatasetPreset.custom(
+        "attribute", prompt="prompt", response="response", attributes=attributes, label_ranges=label_range,
+        name="rating rows",
+    )  # fmt: skip
+    conversations, labels, labelled = attribute_examples(rows, preset, with_index=True)
+    row_names = [row_location(rows, i, "rating rows") for i in labelled]
+    outputs, unique, responses, names, too_long = _score_unique(
+        model, tokenizer, conversations, batch_size, max_length, row_names
+    )
+    kept = [rows[i] for i, skip in zip(labelled, too_long, strict=True) if not skip]
+    responses = responses[~too_long]
+    quantiles = outputs["attribute_quantiles"].double().numpy()[responses]
+    return RatedRows(kept, labels[~too_long], responses, unique, names, quantiles, int(too_long.sum()))
+
+
+def _baseline_predictions(model, tokenizer, rated: RatedRows, baseline_features, attributes, label_range,
+                          batch_size, max_length, bootstrap) -> tuple[dict, np.ndarray | None]:  # fmt: skip
+    """Predictions [n, M, K] of the `fit_baselines` on the rated rows, and with `bootstrap` members the
+    `median_spread` [n, M] of heads refitted on bootstrap resamples of the training responses (else None)."""
+    from .scoring import conversation_embeddings
+
+    check_features_fit_model(model, baseline_features)  # not the heads check: a poor model is measured
+    used = np.unique(rated.responses)  # the distinct responses of the rows kept
+    distinct = conversation_embeddings(
+        model, tokenizer, [rated.conversations[i] for i in used], batch_size, max_length,
+        desc="baseline features", row_names=[rated.names[i] for i in used],
+    )[0].double().numpy()  # fmt: skip
+    row_of = np.searchsorted(used, rated.responses)  # the distinct response of each row
+    levels = model.config.quantile_levels
+    baselines = fit_baselines(baseline_features, attributes, levels, label_range)
+    predictions = {name: baseline.predict(distinct)[row_of] for name, baseline in baselines.items()}
+    if not bootstrap:
+        return predictions, None
+    import torch
+
+    from .training.bootstrap import fit_bootstrap_heads
+    from .training.quantile_regression import MultiQuantileRegressor
+
+    ensemble = fit_bootstrap_heads(
+        baseline_features, bootstrap, estimator=MultiQuantileRegressor(levels), attribute_names=attributes,
+        gating_network=model.gating,
+    )  # fmt: skip
+    members = ensemble.attribute_quantiles(torch.from_numpy(distinct)).numpy()  # [E, responses, M, K]
+    return predictions, median_spread(members, levels)[row_of]
+
+
+def _kinds(rows, group_column: str | None) -> np.ndarray | None:
+    """Each row's value of `group_column` as a string array, or None when no row has a value there."""
+    if not group_column or not any(row.get(group_column) is not None for row in rows):
+        return None
+    return np.array([str(row.get(group_column)) for row in rows])
+
+
+def _own_uncertainty(heads_spread, responses, kinds, attributes, members: int) -> dict:
+    """``own_uncertainty`` of `evaluate_ratings`: the mean `median_spread` over distinct responses, overall
+    and per kind (`heads_spread` [n, M] per row, `responses` [n] each row's response)."""
+    first = np.unique(responses, return_index=True)[1]  # one row per distinct response
+    selections = {"all": np.ones(len(responses), dtype=bool)}
+    if kinds is not None:
+        selections.update({kind: kinds == kind for kind in dict.fromkeys(kinds)})
+    return {
+        "members": members,
+        "median_spread_90": {
+            name: dict(zip(attributes, heads_spread[first[selected[first]]].mean(0).tolist(), strict=True))
+            for name, selected in selections.items()
+        },
+    }
+
+
+def _annotator_report(labels, kinds, responses, attributes, contrast) -> dict:
+    """``annotator_spread`` per kind of the annotators' own labels and, when both kinds of `contrast` are
+    present, ``annotator_spread_ratio`` (first / second)."""
+    spreads = {
+        kind: annotator_spread(labels[kinds == kind], responses[kinds == kind])
+        for kind in dict.fromkeys(kinds)
+    }
+    report = {
+        "annotator_spread": {
+            kind: dict(zip(attributes, v.tolist(), strict=True)) for kind, v in spreads.items()
+        }
+    }
+    if contrast and set(contrast) <= set(spreads):
+        with np.errstate(divide="ignore", invalid="ignore"):  # no spread on the second kind: NaN / inf
+            ratio = spreads[contrast[0]] / spreads[contrast[1]]
+        report["annotator_spread_ratio"] = dict(zip(attributes, ratio.tolist(), strict=True))
+    return report
+
+
 def evaluate_ratings(
     model,
     tokenizer,
@@ -725,17 +848,23 @@ def evaluate_ratings(
     max_length: int | None = None,
     baseline_features=(),
     bootstrap: int = 0,
+    group_column: str | None = GROUP_COLUMN,
+    contrast: tuple[str, str] | None = CONTRAST,
 ) -> dict:
     """Pinball loss and the distribution measures of the model's attribute quantiles on rating rows.
 
-    Rows are docs/design.md §6 rating rows (prompt, response, one column per attribute; optional ``kind`` and
-    ``conversation_id``; one row per annotator rating). Returns ``pinball`` (mean over attributes and
-    levels), ``pinball_per_attribute``, ``calibration_error``, ``pinball_by_kind`` (with kinds), and
-    ``models``: {``qrm``, and with `baseline_features` (training feature directories) ``ridge`` and
-    ``gaussian`` fitted on them}, each with per-attribute, overall and per-kind `distribution_measures`,
-    the controversial / clear 90 % width ratio, reliability and PIT data; ``annotator_spread`` (per kind)
-    and ``annotator_spread_ratio`` (controversial / clear) of the annotators' own labels; and
-    ``skipped_too_long``, the rows longer than `max_length` tokens (default the backbone's positions), left out.
+    Rows are docs/design.md §6 rating rows (prompt, response, one column per attribute; optional
+    ``conversation_id`` and a group column, `group_column` (default ``kind``); one row per annotator
+    rating). Returns ``pinball`` (mean over attributes and levels), ``pinball_per_attribute``,
+    ``calibration_error``, ``group_column``, ``pinball_by_kind`` (by value of the group column, when rows
+    have one), and ``models``: {``qrm``, and with `baseline_features` (training feature directories)
+    ``ridge`` and ``gaussian`` fitted on them}, each with per-attribute, overall and per-kind
+    `distribution_measures`, the ``width_ratio`` of the 90 % widths of the two kinds of `contrast` (first
+    / second, when both are present), reliability and PIT data, and ``selective_error``
+    (`rating_selective_error`: MAE@50 / R²@50 of the median ranked by predicted width, next to a random
+    half); ``annotator_spread`` (per kind) and ``annotator_spread_ratio`` (the `contrast`) of the
+    annotators' own labels; and ``skipped_too_long``, the rows longer than `max_length` tokens (default
+    the backbone's positions), left out.
 
     With `bootstrap` = E >= 2 (needs `baseline_features`), the quantile heads are also refitted E times on
     bootstrap resamples of the training responses (the paper's penalty, fast solver): ``own_uncertainty``
@@ -749,102 +878,50 @@ def evaluate_ratings(
     """
     if bootstrap and (bootstrap < 2 or not baseline_features):
         raise ValueError("bootstrap needs at least 2 members and the training features (baseline_features).")
-    from .data import row_location
-    from .presets import DatasetPreset, attribute_examples
-
     attributes = list(attributes or model.config.attribute_names)
     if attributes != list(model.config.attribute_names):
         raise ValueError(
             f"Rating columns {attributes} differ from the model's attributes {model.config.attribute_names}."
         )
-    preset = DatasetPreset.custom(
-        "attribute", prompt="prompt", response="response", attributes=attributes, label_ranges=label_range,
-        name="rating rows",
-    )  # fmt: skip
-    conversations, labels, index = attribute_examples(rows, preset, with_index=True)
-    row_names = [row_location(rows, i, "rating rows") for i in index]
-    rows = [rows[i] for i in index]  # rows without any label are left out
-    outputs, unique, index, names, too_long = _score_unique(
-        model, tokenizer, conversations, batch_size, max_length, row_names
-    )
-    rows = [row for row, skip in zip(rows, too_long, strict=True) if not skip]
-    labels, index = labels[~too_long], index[~too_long]
-    predictions = {"qrm": outputs["attribute_quantiles"].double().numpy()[index]}  # [n, M, K]
-    levels = model.config.quantile_levels
+    rated = score_rating_rows(model, tokenizer, rows, attributes, label_range, batch_size, max_length)
+    predictions, heads_spread = {"qrm": rated.quantiles}, None
     if baseline_features:
-        from .scoring import conversation_embeddings
-
-        check_features_fit_model(model, baseline_features)  # not the heads check: a poor model is measured
-        used = np.unique(index)  # the distinct responses of the rows kept
-        distinct = (
-            conversation_embeddings(
-                model,
-                tokenizer,
-                [unique[i] for i in used],
-                batch_size,
-                max_length,
-                desc="baseline features",
-                row_names=[names[i] for i in used],
-            )[0]
-            .double()
-            .numpy()
+        baselines, heads_spread = _baseline_predictions(
+            model,
+            tokenizer,
+            rated,
+            baseline_features,
+            attributes,
+            label_range,
+            batch_size,
+            max_length,
+            bootstrap,
         )
-        row_of = np.searchsorted(used, index)  # the distinct response of each row
-        for name, baseline in fit_baselines(baseline_features, attributes, levels, label_range).items():
-            predictions[name] = baseline.predict(distinct)[row_of]
-        if bootstrap:
-            import torch
-
-            from .training.bootstrap import fit_bootstrap_heads
-            from .training.quantile_regression import MultiQuantileRegressor
-
-            ensemble = fit_bootstrap_heads(
-                baseline_features, bootstrap, estimator=MultiQuantileRegressor(levels), attribute_names=attributes,
-                gating_network=model.gating,
-            )  # fmt: skip
-            members = ensemble.attribute_quantiles(torch.from_numpy(distinct)).numpy()  # [E, responses, M, K]
-            spread = median_spread(members, levels)[row_of]
-    loss = pinball_loss(labels, predictions["qrm"], levels)
+        predictions.update(baselines)
+    labels, responses, levels = rated.labels, rated.responses, model.config.quantile_levels
+    loss = pinball_loss(labels, rated.quantiles, levels)
     report = {
         "pinball": float(loss.mean()),
         "pinball_per_attribute": dict(zip(attributes, loss.mean(1).tolist(), strict=True)),
-        "calibration_error": calibration_error(labels, predictions["qrm"], levels),
-        "skipped_too_long": int(too_long.sum()),
+        "calibration_error": calibration_error(labels, rated.quantiles, levels),
+        "skipped_too_long": rated.too_long,
+        "group_column": group_column,
+        "contrast": list(contrast) if contrast else None,
     }
-    kinds = np.array([str(row.get("kind")) for row in rows]) if any(row.get("kind") for row in rows) else None
+    kinds = _kinds(rated.rows, group_column)
     if kinds is not None:
         report["pinball_by_kind"] = {
-            kind: float(pinball_loss(labels[kinds == kind], predictions["qrm"][kinds == kind], levels).mean())
+            kind: float(pinball_loss(labels[kinds == kind], rated.quantiles[kinds == kind], levels).mean())
             for kind in dict.fromkeys(kinds)
         }
-    groups = index  # the response of each row
-    if bootstrap:
-        first = np.unique(groups, return_index=True)[1]  # one row per distinct response
-        selections = {"all": np.ones(len(groups), dtype=bool)}
-        selections.update({kind: kinds == kind for kind in dict.fromkeys(kinds)} if kinds is not None else {})
-        report["own_uncertainty"] = {
-            "members": bootstrap,
-            "median_spread_90": {
-                name: dict(zip(attributes, spread[first[rows[first]]].mean(0).tolist(), strict=True))
-                for name, rows in selections.items()
-            },
-        }
+    if heads_spread is not None:
+        report["own_uncertainty"] = _own_uncertainty(heads_spread, responses, kinds, attributes, bootstrap)
     report["models"] = {
-        name: _model_report(labels, values, levels, attributes, kinds, groups)
+        name: _model_report(labels, values, levels, attributes, kinds, responses, contrast)
         for name, values in predictions.items()
     }
     if kinds is not None:
-        spread = {
-            kind: annotator_spread(labels[kinds == kind], groups[kinds == kind])
-            for kind in dict.fromkeys(kinds)
-        }
-        report["annotator_spread"] = {
-            kind: dict(zip(attributes, values.tolist(), strict=True)) for kind, values in spread.items()
-        }
-        if {"clear", "controversial"} <= set(spread):
-            with np.errstate(divide="ignore", invalid="ignore"):  # no spread on clear rows: NaN / inf
-                ratio = spread["controversial"] / spread["clear"]
-            report["annotator_spread_ratio"] = dict(zip(attributes, ratio.tolist(), strict=True))
+        report.update(_annotator_report(labels, kinds, responses, attributes, contrast))
     return report
 
 
@@ -867,13 +944,17 @@ def format_ratings_report(report: dict) -> str:
                     f"  {attribute:<16} {kind:<14} {name:<9}" + "".join(f"{entry[c]:>12.4f}" for c in columns)
                 )
     if "annotator_spread_ratio" in report:
-        lines.append("Controversial / clear mean 90 % width, next to the annotators' own spread ratio:")
+        numerator, denominator = report["contrast"]
+        lines.append(
+            f"{numerator} / {denominator} mean 90 % width, next to the annotators' own spread ratio:"
+        )
         lines.append(
             f"  {'attribute':<16}" + "".join(f"{name:>12}" for name in models) + f"{'annotators':>12}"
         )
         for attribute in attributes:
             ratios = "".join(f"{models[name]['width_ratio'][attribute]:>12.2f}" for name in models)
             lines.append(f"  {attribute:<16}{ratios}{report['annotator_spread_ratio'][attribute]:>12.2f}")
+    lines.append(format_selective_error({name: entry["selective_error"] for name, entry in models.items()}))
     if "own_uncertainty" in report:
         own, qrm = report["own_uncertainty"], models["qrm"]
         lines.append(
