@@ -351,14 +351,14 @@ def pair_ranking_signals(
     return signals
 
 
-def pair_ranking_report(chosen_scores, rejected_scores, signals: dict, coverages=COVERAGE_GRID) -> dict:
-    """`accuracy_coverage` of every signal of `pair_ranking_signals` on pairs scored `chosen_scores`,
-    `rejected_scores` (correct: the chosen scores higher, a tie one half) -> {"pairs", "accuracy",
-    "signals": {name: curve}}; the overall accuracy is what a signal that knows nothing reaches."""
-    chosen, rejected = np.asarray(chosen_scores, dtype=float), np.asarray(rejected_scores, dtype=float)
-    correct = (chosen > rejected) + 0.5 * (chosen == rejected)
+def pair_ranking_report(correct, signals: dict, coverages: Sequence[float] = COVERAGE_GRID) -> dict:
+    """`accuracy_coverage` of every signal of `pair_ranking_signals` -> {"pairs", "accuracy", "signals":
+    {name: curve}}. `correct` [N]: 1 for a pair the model orders right, 0 wrong, a fraction for a tie as
+    the benchmark counts it (`pairwise_accuracy`: one half); the overall accuracy is what a signal that
+    knows nothing about the mistakes reaches at every coverage."""
+    correct = np.asarray(correct, dtype=float)
     curves = {name: accuracy_coverage(correct, values, coverages) for name, values in signals.items()}
-    return {"pairs": len(correct), "accuracy": float(correct.mean()), "signals": curves}
+    return {"pairs": len(correct), "accuracy": float(np.nanmean(correct)), "signals": curves}
 
 
 def format_ranking_report(report: dict, coverage: float = SURER_FRACTION) -> str:
@@ -972,17 +972,35 @@ def format_ratings_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_calibration(report: dict, directory) -> list:
-    """Draw `reliability.png` (observed vs nominal quantile level, every model) and `pit.png` (PIT
-    histograms) of an `evaluate_ratings` report into `directory` (absent, empty or an earlier plot directory
-    of `qrm evaluate`: `qrm_hf.io.claim_directory`); returns the paths."""
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io import atomic_file, claim_directory
+    return plt
 
+
+def _save_figure(fig, path):
+    """Write `fig` to `path` whole (`qrm_hf.io.atomic_file`) and free it; returns the path."""
+    from .io import atomic_file
+
+    fig.tight_layout()
+    with atomic_file(path) as temporary:
+        fig.savefig(temporary, dpi=120)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_calibration(report: dict, directory) -> list:
+    """Draw `reliability.png` (observed vs nominal quantile level, every model), `pit.png` (PIT
+    histograms) and `selective_error.png` (MAE@50 by predicted width against a random half, every model)
+    of an `evaluate_ratings` report into `directory` (absent, empty or an earlier plot directory of
+    `qrm evaluate`: `qrm_hf.io.claim_directory`); returns the paths."""
+    from .io import claim_directory
+
+    plt = _pyplot()
     directory = claim_directory(directory, "qrm evaluate")  # refuses a directory of someone else's files
     models = report["models"]
     fig, axis = plt.subplots(figsize=(5, 5))
@@ -993,11 +1011,7 @@ def plot_calibration(report: dict, directory) -> list:
     axis.set(xlabel="nominal level tau", ylabel="fraction of labels <= predicted tau-quantile",
              title="Reliability diagram (held-out ratings)", xlim=(0, 1), ylim=(0, 1))  # fmt: skip
     axis.legend()
-    fig.tight_layout()
-    paths = [directory / "reliability.png"]
-    with atomic_file(paths[0]) as temporary:
-        fig.savefig(temporary, dpi=120)
-    plt.close(fig)
+    paths = [_save_figure(fig, directory / "reliability.png")]
     fig, axis = plt.subplots(figsize=(6, 4))
     edges = np.linspace(0, 1, PIT_BINS + 1)
     for name, model_report in models.items():
@@ -1005,23 +1019,69 @@ def plot_calibration(report: dict, directory) -> list:
     axis.axhline(1.0, color="grey", linestyle="--", label="calibrated")
     axis.set(xlabel="PIT value F(label)", ylabel="density", title="PIT histogram (held-out ratings)")
     axis.legend()
-    fig.tight_layout()
-    paths.append(directory / "pit.png")
-    with atomic_file(paths[1]) as temporary:
-        fig.savefig(temporary, dpi=120)
-    plt.close(fig)
+    paths.append(_save_figure(fig, directory / "pit.png"))
+    paths.append(_plot_selective_error(models, directory / "selective_error.png"))
     return paths
 
 
-def evaluate_pairs(model, tokenizer, rows, batch_size: int = 8, max_length: int | None = None) -> dict:
-    """Pairwise accuracy of the expected reward on (prompt, chosen, rejected) rows, overall and by `kind`;
-    pairs with a side longer than `max_length` tokens are left out and counted in `skipped_too_long`.
+def _plot_selective_error(models: dict, path):
+    """Bars of MAE@50 (surer half by predicted width, solid) and a random half (hatched) per attribute
+    and model."""
+    plt = _pyplot()
+    attributes = list(next(iter(models.values()))["selective_error"])
+    fig, axis = plt.subplots(figsize=(1.5 + 1.2 * len(attributes) * len(models) / 2, 4))
+    bar = 0.8 / (2 * len(models))
+    for number, (name, model_report) in enumerate(models.items()):
+        entries = [model_report["selective_error"][attribute] for attribute in attributes]
+        x = np.arange(len(attributes)) + (2 * number - len(models) + 0.5) * bar
+        axis.bar(x, [e.get("mae_surer", np.nan) for e in entries], bar, label=f"{name}: surer half",
+                 color=f"C{number}")  # fmt: skip
+        axis.bar(x + bar, [e.get("mae_random", np.nan) for e in entries], bar, label=f"{name}: random half",
+                 color=f"C{number}", alpha=0.35, hatch="//")  # fmt: skip
+    axis.set_xticks(np.arange(len(attributes)), attributes)
+    axis.set(ylabel="mean absolute error of the median",
+             title="Error on the half with the narrowest intervals (held-out ratings)")  # fmt: skip
+    axis.legend(fontsize="small")
+    return _save_figure(fig, path)
+
+
+def plot_accuracy_coverage(report: dict, directory) -> list:
+    """Draw `accuracy_coverage.png` of a `pair_ranking_report` into `directory` (as `plot_calibration`):
+    the accuracy on the surest fraction of the pairs against that fraction, one curve per signal, the
+    overall accuracy (a signal that knows nothing) dashed; returns the paths."""
+    from .io import claim_directory
+
+    plt = _pyplot()
+    directory = claim_directory(directory, "qrm evaluate")
+    fig, axis = plt.subplots(figsize=(6, 4))
+    for name, curve in report["signals"].items():
+        axis.plot(curve["coverage"], curve["accuracy"], marker="o", markersize=3,
+                  label=f"{name} (area {curve['area']:.3f})")  # fmt: skip
+    axis.axhline(report["accuracy"], color="grey", linestyle="--", label=f"random ({report['accuracy']:.3f})")
+    axis.set(xlabel="fraction of the pairs kept (surest first)", ylabel="pairwise accuracy",
+             title=f"Accuracy-coverage ({report['pairs']} held-out pairs)", xlim=(0, 1))  # fmt: skip
+    axis.legend(fontsize="small")
+    return [_save_figure(fig, directory / "accuracy_coverage.png")]
+
+
+def evaluate_pairs(
+    model,
+    tokenizer,
+    rows,
+    batch_size: int = 8,
+    max_length: int | None = None,
+    group_column: str | None = GROUP_COLUMN,
+) -> dict:
+    """Pairwise accuracy of the expected reward on (prompt, chosen, rejected) rows, overall and by value of
+    `group_column` (``accuracy_by_kind``); pairs with a side longer than `max_length` tokens are left out
+    and counted in `skipped_too_long`.
     A NaN or infinite model output is refused (`qrm_hf.scoring.NonFiniteOutputError`), naming the rows
     (`qrm_hf.data.row_location`: the file line of rows read by `read_jsonl`).
 
     `gating` is the `gating_report` of the model's gating network on these pairs (its weights per distinct
     prompt, the accuracy of the fixed mixes of its attribute rewards next to its own), with the mean
-    weights by `category` when the rows have one."""
+    weights by `category` when the rows have one. `ranking` is the `pair_ranking_report`: the
+    accuracy-coverage curve and its area for each signal of `pair_ranking_signals`."""
     from .data import row_location
     from .presets import DatasetPreset, preference_examples
 
@@ -1046,8 +1106,8 @@ def evaluate_pairs(model, tokenizer, rows, batch_size: int = 8, max_length: int 
         "pairs": int(kept.sum()),
         "skipped_too_long": int((~kept).sum()),
     }
-    kinds = np.array([rows[i].get("kind") for i in pair_rows[kept]])
-    if kinds.any():
+    kinds = _kinds([rows[i] for i in pair_rows[kept]], group_column)
+    if kinds is not None:
         report["accuracy_by_kind"] = {
             str(kind): pairwise_accuracy(chosen[kinds == kind], rejected[kinds == kind])
             for kind in dict.fromkeys(kinds)
@@ -1074,7 +1134,8 @@ def _pairs_ranking_report(outputs, index, kept) -> dict:
     signals = pair_ranking_signals(
         *(scores[rows] for rows in sides), *(quantiles[rows] for rows in sides), *epistemic
     )
-    return pair_ranking_report(*(scores[rows] for rows in sides), signals)
+    chosen, rejected = (scores[rows] for rows in sides)
+    return pair_ranking_report((chosen > rejected) + 0.5 * (chosen == rejected), signals)
 
 
 def _pairs_gating_report(model, outputs, index, kept, kept_rows) -> dict:
