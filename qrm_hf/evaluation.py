@@ -1045,21 +1045,22 @@ def _plot_selective_error(models: dict, path):
     return _save_figure(fig, path)
 
 
-def plot_accuracy_coverage(report: dict, directory) -> list:
-    """Draw `accuracy_coverage.png` of a `pair_ranking_report` into `directory` (as `plot_calibration`):
-    the accuracy on the surest fraction of the pairs against that fraction, one curve per signal, the
-    overall accuracy (a signal that knows nothing) dashed; returns the paths."""
+def plot_accuracy_coverage(report: dict, directory, command: str = "qrm evaluate") -> list:
+    """Draw `accuracy_coverage.png` of a `pair_ranking_report` into `directory` (absent, empty or an earlier
+    plot directory of `command`: `qrm_hf.io.claim_directory`): the accuracy on the surest fraction of the
+    pairs against that fraction, one curve per signal, the overall accuracy (a signal that knows nothing)
+    dashed; returns the paths."""
     from .io import claim_directory
 
     plt = _pyplot()
-    directory = claim_directory(directory, "qrm evaluate")
+    directory = claim_directory(directory, command)
     fig, axis = plt.subplots(figsize=(6, 4))
     for name, curve in report["signals"].items():
         axis.plot(curve["coverage"], curve["accuracy"], marker="o", markersize=3,
                   label=f"{name} (area {curve['area']:.3f})")  # fmt: skip
     axis.axhline(report["accuracy"], color="grey", linestyle="--", label=f"random ({report['accuracy']:.3f})")
     axis.set(xlabel="fraction of the pairs kept (surest first)", ylabel="pairwise accuracy",
-             title=f"Accuracy-coverage ({report['pairs']} held-out pairs)", xlim=(0, 1))  # fmt: skip
+             title=f"Accuracy-coverage ({report['pairs']} pairs)", xlim=(0, 1))  # fmt: skip
     axis.legend(fontsize="small")
     return [_save_figure(fig, directory / "accuracy_coverage.png")]
 
