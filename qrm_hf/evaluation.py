@@ -853,28 +853,21 @@ def evaluate_ratings(
 ) -> dict:
     """Pinball loss and the distribution measures of the model's attribute quantiles on rating rows.
 
-    Rows are docs/design.md §6 rating rows (prompt, response, one column per attribute; optional
-    ``conversation_id`` and a group column, `group_column` (default ``kind``); one row per annotator
-    rating). Returns ``pinball`` (mean over attributes and levels), ``pinball_per_attribute``,
-    ``calibration_error``, ``group_column``, ``pinball_by_kind`` (by value of the group column, when rows
-    have one), and ``models``: {``qrm``, and with `baseline_features` (training feature directories)
-    ``ridge`` and ``gaussian`` fitted on them}, each with per-attribute, overall and per-kind
-    `distribution_measures`, the ``width_ratio`` of the 90 % widths of the two kinds of `contrast` (first
-    / second, when both are present), reliability and PIT data, and ``selective_error``
-    (`rating_selective_error`: MAE@50 / R²@50 of the median ranked by predicted width, next to a random
-    half); ``annotator_spread`` (per kind) and ``annotator_spread_ratio`` (the `contrast`) of the
-    annotators' own labels; and ``skipped_too_long``, the rows longer than `max_length` tokens (default
-    the backbone's positions), left out.
+    Rows are docs/design.md §6 rating rows (prompt, response, one column per attribute, one row per
+    annotator rating; optional ``conversation_id`` and `group_column`, whose values are the *kinds*).
+    Returns ``pinball`` (mean over attributes and levels; also ``pinball_per_attribute``,
+    ``pinball_by_kind``), ``calibration_error``, ``skipped_too_long`` (rows longer than `max_length`
+    tokens, left out), ``models`` ({``qrm``, and with `baseline_features` the ``ridge`` and ``gaussian``
+    baselines fitted on those training features}: `_model_report` each, with ``selective_error``, the
+    MAE@50 / R²@50 of the median ranked by predicted width), and ``annotator_spread`` per kind with its
+    `contrast` ratio (first kind / second kind) ``annotator_spread_ratio``.
 
     With `bootstrap` = E >= 2 (needs `baseline_features`), the quantile heads are also refitted E times on
-    bootstrap resamples of the training responses (the paper's penalty, fast solver): ``own_uncertainty``
-    holds, overall and per kind, the mean :func:`median_spread` of the held-out responses, the part of a
-    90 % width that is the heads' own uncertainty about where the distribution lies rather than the
-    annotators' disagreement (a lower bound: resampling the training responses does not show what no
-    training response shows).
+    bootstrap resamples of the training responses: ``own_uncertainty`` holds, overall and per kind, the
+    mean :func:`median_spread` of the held-out responses, the part of a 90 % width that is the heads' own
+    uncertainty rather than the annotators' disagreement (a lower bound).
 
-    A NaN or infinite model output is refused (`qrm_hf.scoring.NonFiniteOutputError`), naming the rows
-    (`qrm_hf.data.row_location`: the file line of rows read by `read_jsonl`).
+    A NaN or infinite model output is refused (`qrm_hf.scoring.NonFiniteOutputError`), naming the rows.
     """
     if bootstrap and (bootstrap < 2 or not baseline_features):
         raise ValueError("bootstrap needs at least 2 members and the training features (baseline_features).")
@@ -887,23 +880,35 @@ def evaluate_ratings(
     predictions, heads_spread = {"qrm": rated.quantiles}, None
     if baseline_features:
         baselines, heads_spread = _baseline_predictions(
-            model,
-            tokenizer,
-            rated,
-            baseline_features,
-            attributes,
-            label_range,
-            batch_size,
-            max_length,
-            bootstrap,
-        )
+            model, tokenizer, rated, baseline_features, attributes, label_range, batch_size, max_length, bootstrap
+        )  # fmt: skip
         predictions.update(baselines)
-    labels, responses, levels = rated.labels, rated.responses, model.config.quantile_levels
-    loss = pinball_loss(labels, rated.quantiles, levels)
+    report = _qrm_measures(rated, attributes, model.config.quantile_levels, group_column, contrast)
+    kinds = _kinds(rated.rows, group_column)
+    if heads_spread is not None:
+        report["own_uncertainty"] = _own_uncertainty(
+            heads_spread, rated.responses, kinds, attributes, bootstrap
+        )
+    report["models"] = {
+        name: _model_report(
+            rated.labels, values, model.config.quantile_levels, attributes, kinds, rated.responses, contrast
+        )
+        for name, values in predictions.items()
+    }
+    if kinds is not None:
+        report.update(_annotator_report(rated.labels, kinds, rated.responses, attributes, contrast))
+    return report
+
+
+def _qrm_measures(rated: RatedRows, attributes, levels, group_column, contrast) -> dict:
+    """The head of the `evaluate_ratings` report: the model's pinball loss (overall, per attribute and per
+    kind), calibration error, the rows left out and the grouping used."""
+    labels, quantiles = rated.labels, rated.quantiles
+    loss = pinball_loss(labels, quantiles, levels)
     report = {
         "pinball": float(loss.mean()),
         "pinball_per_attribute": dict(zip(attributes, loss.mean(1).tolist(), strict=True)),
-        "calibration_error": calibration_error(labels, rated.quantiles, levels),
+        "calibration_error": calibration_error(labels, quantiles, levels),
         "skipped_too_long": rated.too_long,
         "group_column": group_column,
         "contrast": list(contrast) if contrast else None,
@@ -911,17 +916,9 @@ def evaluate_ratings(
     kinds = _kinds(rated.rows, group_column)
     if kinds is not None:
         report["pinball_by_kind"] = {
-            kind: float(pinball_loss(labels[kinds == kind], rated.quantiles[kinds == kind], levels).mean())
+            kind: float(pinball_loss(labels[kinds == kind], quantiles[kinds == kind], levels).mean())
             for kind in dict.fromkeys(kinds)
         }
-    if heads_spread is not None:
-        report["own_uncertainty"] = _own_uncertainty(heads_spread, responses, kinds, attributes, bootstrap)
-    report["models"] = {
-        name: _model_report(labels, values, levels, attributes, kinds, responses, contrast)
-        for name, values in predictions.items()
-    }
-    if kinds is not None:
-        report.update(_annotator_report(labels, kinds, responses, attributes, contrast))
     return report
 
 
