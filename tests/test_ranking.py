@@ -150,21 +150,21 @@ def test_pair_ranking_report_counts_ties_as_given():
     assert report["signals"]["margin"]["area"] == pytest.approx((1 + 0.75 + 0.5) / 3)
 
 
-def test_evaluate_pairs_adds_the_epistemic_signals_when_the_outputs_have_members(monkeypatch):
-    import qrm_hf.scoring as scoring
+def test_evaluate_pairs_adds_the_epistemic_signals_when_the_outputs_have_members():
     from qrm_hf.evaluation import evaluate_pairs
 
     model, tokenizer = make_qrm(seed=4), make_tokenizer()
     rows = [{"prompt": f"w1{i}", "chosen": f"w2{i} w30", "rejected": f"w3{i}"} for i in range(6)]
     plain = evaluate_pairs(model, tokenizer, rows)["ranking"]
     assert set(plain["signals"]) == {"margin", "probability", "effect_size"}
-    real = scoring.score_conversations
+    forward = model.forward
 
-    def with_members(*args, **kwargs):  # a model with members adds its spread to the outputs
-        outputs = real(*args, **kwargs)
-        return {**outputs, "reward_epistemic_std": outputs["logits"][:, 0].abs() + 0.1}
+    def with_members(*args, **kwargs):  # a fake output of a model with members: its spread, [B]
+        output = forward(*args, **kwargs)
+        output["reward_epistemic_std"] = output.logits[:, 0].abs() + 0.1
+        return output
 
-    monkeypatch.setattr(scoring, "score_conversations", with_members)
+    model.forward = with_members
     ranking = evaluate_pairs(model, tokenizer, rows)["ranking"]
     assert {"epistemic", "margin_over_epistemic"} <= set(ranking["signals"])
     assert ranking["signals"]["margin"] == plain["signals"]["margin"]
