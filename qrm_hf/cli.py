@@ -390,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--group-column",
         default=GROUP_COLUMN,
+        metavar="COLUMN",
         help=f"column of the rating and pair rows to break the measures down by (default {GROUP_COLUMN})",
     )
     evaluate.add_argument(
