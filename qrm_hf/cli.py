@@ -152,21 +152,16 @@ def _score(args):
 
 
 def _evaluate(args):
-    from .data import read_jsonl
-    from .evaluation import (
-        evaluate_pairs,
-        evaluate_ratings,
-        format_gating_report,
-        format_ratings_report,
-        plot_calibration,
-    )
-
     if not (args.ratings or args.pairs or args.showcase):
         raise ValueError("Nothing to evaluate: give --ratings, --pairs and/or --showcase.")
-    if (args.baselines or args.plots or args.bootstrap) and not args.ratings:
-        raise ValueError("--baselines, --bootstrap and --plots need --ratings.")
+    if (args.baselines or args.bootstrap) and not args.ratings:
+        raise ValueError("--baselines and --bootstrap need --ratings.")
+    if args.plots and not (args.ratings or args.pairs):
+        raise ValueError("--plots needs --ratings or --pairs.")
     if args.bootstrap and (args.bootstrap < 2 or not args.baselines):
         raise ValueError("--bootstrap needs N >= 2 and --baselines (the training features to refit on).")
+    from .data import read_jsonl
+
     ratings = read_jsonl(args.ratings) if args.ratings else None
     pairs = read_jsonl(args.pairs) if args.pairs else None
     showcase = _scoring_rows(args.showcase) if args.showcase else None
@@ -182,37 +177,9 @@ def _evaluate(args):
     report = {"model_class": model_class}
     lengths = {"batch_size": args.batch_size, "max_length": args.max_length}
     if ratings:
-        report["ratings"] = evaluate_ratings(
-            model,
-            tokenizer,
-            ratings,
-            tuple(args.label_range),
-            baseline_features=args.baselines or (),
-            bootstrap=args.bootstrap or 0,
-            **lengths,
-        )
-        ratings = report["ratings"]
-        print(format_ratings_report(ratings))
-        if args.plots:
-            paths = plot_calibration(ratings, args.plots)
-            print(f"  Reliability diagram and PIT histogram drawn to {', '.join(map(str, paths))}")
-        by_kind = ratings.get("pinball_by_kind", {})
-        print(
-            f"  Held-out pinball loss of the reloaded model: {ratings['pinball']:.4f} "
-            + " ".join(f"({kind}: {value:.4f})" for kind, value in by_kind.items())
-            + f"; calibration error {ratings['calibration_error']:.3f}"
-            + _skipped_note(ratings)
-        )
+        report["ratings"] = _evaluate_ratings(args, model, tokenizer, ratings, lengths)
     if pairs:
-        report["pairs"] = pairs = evaluate_pairs(model, tokenizer, pairs, **lengths)
-        by_kind = pairs.get("accuracy_by_kind", {})
-        print(
-            f"  Held-out pairwise accuracy: {pairs['accuracy']:.3f} on {pairs['pairs']} pairs "
-            + " ".join(f"({kind}: {value:.3f})" for kind, value in by_kind.items())
-            + _skipped_note(pairs)
-        )
-        if "gating" in pairs:
-            print(format_gating_report(pairs["gating"]))
+        report["pairs"] = _evaluate_pairs(args, model, tokenizer, pairs, lengths)
     if showcase:
         print(f"  Showcase (certainty equivalent with lambda {args.lam}, cvar at alpha {args.alpha}):")
         _print_scores(model, tokenizer, showcase, args.lam, args.alpha, args.plot, **lengths)
@@ -220,6 +187,64 @@ def _evaluate(args):
 
     for path in outputs:
         write_json_atomic(Path(path), report)
+
+
+def _evaluate_ratings(args, model, tokenizer, rows, lengths) -> dict:
+    """`qrm evaluate --ratings`: the `evaluate_ratings` report, printed (and plotted with --plots)."""
+    from .evaluation import evaluate_ratings, format_ratings_report, plot_calibration
+
+    ratings = evaluate_ratings(
+        model,
+        tokenizer,
+        rows,
+        tuple(args.label_range),
+        baseline_features=args.baselines or (),
+        bootstrap=args.bootstrap or 0,
+        group_column=args.group_column,
+        contrast=tuple(args.contrast) if args.contrast else None,
+        **lengths,
+    )
+    print(format_ratings_report(ratings))
+    if args.plots:
+        paths = plot_calibration(ratings, args.plots)
+        print(
+            f"  Reliability diagram, PIT histogram and selective error drawn to {', '.join(map(str, paths))}"
+        )
+    by_kind = ratings.get("pinball_by_kind", {})
+    print(
+        f"  Held-out pinball loss of the reloaded model: {ratings['pinball']:.4f} "
+        + " ".join(f"({kind}: {value:.4f})" for kind, value in by_kind.items())
+        + f"; calibration error {ratings['calibration_error']:.3f}"
+        + _skipped_note(ratings)
+    )
+    return ratings
+
+
+def _evaluate_pairs(args, model, tokenizer, rows, lengths) -> dict:
+    """`qrm evaluate --pairs`: the `evaluate_pairs` report with its gating and ranking tables, printed
+    (the accuracy-coverage curves plotted with --plots)."""
+    from .evaluation import (
+        evaluate_pairs,
+        format_gating_report,
+        format_ranking_report,
+        plot_accuracy_coverage,
+    )
+
+    pairs = evaluate_pairs(model, tokenizer, rows, group_column=args.group_column, **lengths)
+    by_kind = pairs.get("accuracy_by_kind", {})
+    print(
+        f"  Held-out pairwise accuracy: {pairs['accuracy']:.3f} on {pairs['pairs']} pairs "
+        + " ".join(f"({kind}: {value:.3f})" for kind, value in by_kind.items())
+        + _skipped_note(pairs)
+    )
+    if "gating" in pairs:
+        print(format_gating_report(pairs["gating"]))
+    if "ranking" in pairs:
+        print(format_ranking_report(pairs["ranking"]))
+        if args.plots:
+            paths = plot_accuracy_coverage(pairs["ranking"], args.plots)
+            print(f"  Accuracy-coverage curves drawn to {', '.join(map(str, paths))}")
+    return pairs
 
 
 def _skipped_note(report: dict) -> str:
@@ -315,11 +340,15 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         help="held-out pinball, CRPS, interval coverage and width, calibration plots, pairwise accuracy",
         description="Evaluate a QRM on rating data (pinball loss, CRPS, coverage of the 50/80/90 %% "
-        "intervals, mean 90 %% width per attribute and per `kind`, the controversial / clear width ratio "
-        "next to the annotators' own spread ratio, optionally next to ridge and Gaussian baselines) and on "
-        "preference pairs (accuracy).",
+        "intervals, mean 90 %% width per attribute and per value of the group column, the contrast width "
+        "ratio next to the annotators' own spread ratio, the median's error on the half with the narrowest "
+        "intervals (MAE@50, R²@50) next to a random half, optionally next to ridge and Gaussian baselines) "
+        "and on preference pairs (accuracy, gating, and the accuracy-coverage curve of each ranking signal: "
+        "margin, |P - 1/2|, effect size, the members' spread).",
     )
     _add_model_arguments(evaluate)
+    from .evaluation import CONTRAST, GROUP_COLUMN
+
     evaluate.add_argument(
         "--ratings", help="JSON Lines rating rows: prompt, response, one column per attribute"
     )
@@ -352,7 +381,26 @@ def build_parser() -> argparse.ArgumentParser:
         "training responses and report how far their medians spread, the part of the 90 %% width that is the "
         "heads' own uncertainty rather than the annotators' disagreement",
     )
-    evaluate.add_argument("--plots", metavar="DIR", help="draw reliability.png and pit.png into DIR")
+    evaluate.add_argument(
+        "--plots",
+        metavar="DIR",
+        help="draw reliability.png, pit.png and selective_error.png (ratings) and accuracy_coverage.png (pairs) "
+        "into DIR",
+    )
+    evaluate.add_argument(
+        "--group-column",
+        default=GROUP_COLUMN,
+        metavar="COLUMN",
+        help=f"column of the rating and pair rows to break the measures down by (default {GROUP_COLUMN})",
+    )
+    evaluate.add_argument(
+        "--contrast",
+        nargs=2,
+        default=CONTRAST,
+        metavar=("KIND", "OTHER"),
+        help="two values of the group column whose mean 90 %% widths and annotator spreads are compared "
+        f"(default {' '.join(CONTRAST)})",
+    )
     evaluate.add_argument("--output", metavar="FILE", help="write every number to this JSON file")
     evaluate.set_defaults(handler=_evaluate)
 

@@ -47,7 +47,7 @@ PATH_ARGUMENTS: dict[str, dict[str, str]] = {
     "sft": {"model": INPUT, "chat_template": INPUT, "data": INPUT, "output_dir": OUTPUT_DIR},
     "rloo": {"policy": INPUT, "reward_model": INPUT, "data": INPUT, "output_dir": OUTPUT_DIR},
     "grpo": {"policy": INPUT, "reward_model": INPUT, "data": INPUT, "output_dir": OUTPUT_DIR},
-    "rewardbench": {**_MODEL, "data": INPUT, "output": OUTPUT_FILE},
+    "rewardbench": {**_MODEL, "data": INPUT, "output": OUTPUT_FILE, "plots": OUTPUT_DIR},
     "preference-strength": {
         **_MODEL,
         "pairs": INPUT,

@@ -200,7 +200,8 @@ def score_conversations(
 
     Conversations are batched by length (right padding) and results returned in input order, as a
     dict of float32 CPU tensors: `logits` [N, 1], `reward_quantiles` [N, K], `attribute_quantiles`
-    [N, M, K], `rewards` [N, M], `gating_output` [N, M], and `too_long` [N] (bool).
+    [N, M, K], `rewards` [N, M], `gating_output` [N, M], `reward_epistemic_std` [N] when the model has
+    members, and `too_long` [N] (bool).
 
     Conversations longer than `max_length` tokens (default: the backbone's `max_position_embeddings`) are
     never truncated: with ``too_long="error"`` a ValueError names them before any forward pass; with
@@ -218,12 +219,14 @@ def score_conversations(
     pad_token_id = scoring_pad_token_id(model, tokenizer)
     order = sorted(kept, key=lambda i: len(sequences[i]))
     device = next(model.parameters()).device
-    fields = ("logits", "reward_quantiles", "attribute_quantiles", "rewards", "gating_output")
+    fields = ["logits", "reward_quantiles", "attribute_quantiles", "rewards", "gating_output"]
     results: dict[str, torch.Tensor] = {}
     for start in tqdm(range(0, len(order), batch_size), desc="scoring", unit="batch", disable=not progress):
         rows = order[start : start + batch_size]
         input_ids, attention_mask = right_pad([sequences[i] for i in rows], pad_token_id)
         output = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))
+        if start == 0 and getattr(output, "reward_epistemic_std", None) is not None:
+            fields.append("reward_epistemic_std")  # the members' spread: only a model with members has it
         for name in fields:
             value = output[name].float().cpu()
             if name not in results:

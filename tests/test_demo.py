@@ -52,6 +52,12 @@ def test_demo_saves_a_model_that_reloads_through_remote_code_with_the_fitted_num
     assert gating["accuracy"] == pytest.approx(heldout["pairs"]["accuracy"])
     assert set(gating["fixed_mixes"]) == {f"{name} only" for name in heads["attribute_names"]} | {"uniform"}
     assert {"harmful", "factual"} <= set(gating["mean_weights_by_category"])
+    ranking = heldout["pairs"]["ranking"]  # how well each signal ranks the model's mistakes on the pairs
+    assert set(ranking["signals"]) == {"margin", "probability", "effect_size"}  # no members: no epistemic
+    assert ranking["pairs"] == len(heldout_pairs)
+    selective = heldout["ratings"]["models"]["qrm"]["selective_error"]  # MAE@50 by predicted width
+    assert set(selective) == set(heads["attribute_names"])
+    assert (out / "calibration" / "accuracy_coverage.png").stat().st_size > 0
     assert json.loads((out / "gating" / "gating.json").read_text())["settings"]["fit_loss_scale"]
     assert (out / "showcase_distributions.png").stat().st_size > 10_000
     card = (model_dir / "README.md").read_text()
