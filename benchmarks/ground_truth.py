@@ -5,7 +5,7 @@ with the truth itself rather than with a few noisy labels.
 
 Set-up
     * Texts: the 259 hand-written (prompt, response) conversations of the demo data
-      (``scripts/make_demo_data.py``: 70 prompts in 10 categories), encoded by the embedded
+      (``data/demo/source/prompts.yaml``: 70 prompts in 10 categories), encoded by the embedded
       SmolLM2-135M-Instruct exactly as ``qrm extract`` does (last-token hidden state; cached under
       ``outputs/ground_truth/``).
     * Truth, per response, on a [0, 1] scale, from two things a reader sees in the text: the topic of
@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import time
 from pathlib import Path
 
@@ -54,6 +53,7 @@ import torch
 from scipy.stats import norm
 
 from qrm_hf.evaluation import crps, interval_coverage
+from qrm_hf.training.demo_data import load_content
 from qrm_hf.training.quantile_regression import (
     HeteroscedasticGaussian,
     MultiQuantileRegressor,
@@ -252,13 +252,10 @@ def verdict(results: dict) -> tuple[float, bool]:
 
 def demo_conversations():
     """(prompt, response, category, prompt key) of every hand-written demo response."""
-    spec = importlib.util.spec_from_file_location("make_demo_data", ROOT / "scripts" / "make_demo_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     return [
-        (prompt, text, category, key)
-        for key, category, prompt, responses in module.PROMPTS
-        for text, *_ in responses
+        (prompt.text, response.text, prompt.category, prompt.key)
+        for prompt in load_content().prompts
+        for response in prompt.responses
     ]
 
 
