@@ -534,7 +534,7 @@ def evaluate_ratings(
     if bootstrap and (bootstrap < 2 or not baseline_features):
         raise ValueError("bootstrap needs at least 2 members and the training features (baseline_features).")
     from .data import row_location
-    from .presets import DatasetPreset, attribute_examples
+    from .dataset_loading import DatasetPreset, attribute_examples
 
     attributes = list(attributes or model.config.attribute_names)
     if attributes != list(model.config.attribute_names):
@@ -726,7 +726,7 @@ def evaluate_pairs(model, tokenizer, rows, batch_size: int = 8, max_length: int 
     prompt, the accuracy of the fixed mixes of its attribute rewards next to its own), with the mean
     weights by `category` when the rows have one."""
     from .data import row_location
-    from .presets import DatasetPreset, preference_examples
+    from .dataset_loading import DatasetPreset, preference_examples
 
     preset = DatasetPreset.custom(
         "preference", prompt="prompt", chosen="chosen", rejected="rejected", name="preference rows"
