@@ -1,7 +1,7 @@
-"""Risk-aware RLOO with a QRM as reward model: the second stage of the paper's RLHF experiment (§4.3);
-the same with GRPO in place of RLOO.
+"""The policy stage of the paper's RLHF experiment (§4.3), after SFT: risk-aware RLOO (or GRPO in place
+of RLOO) with a QRM as reward model.
 
-    from qrm_hf.training.rloo_pipeline import PaperRLOOConfig, run_rlhf
+    from qrm_hf.training.rlhf_pipeline import PaperRLOOConfig, run_rlhf
 
     result = run_rlhf("outputs/sft", "outputs/qrm", "Anthropic/hh-rlhf", PaperRLOOConfig("outputs/rloo"))
 
