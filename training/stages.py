@@ -2,7 +2,7 @@
 
     extract_features    backbone + dataset            -> features/<name>/  (shards + manifest.json)
     fit_quantile_heads  attribute features            -> heads/     heads.safetensors + heads.json
-    fit_debias          heads + reference features    -> debias/    transform.safetensors + debias.json
+    fit_debias          heads + reference features    -> debias/    transform.safetensors + transform.json
     fit_gating          heads (+ T) + pair features   -> gating/    gating.safetensors + gating.json
     assemble_model      backbone + heads + gating (+ T) -> a saved QRM directory
 
@@ -429,7 +429,7 @@ def fit_debias(
 
     `reference_dirs` hold features of any kind (both responses of a pair count); `settings`
     (`DebiasSettings`; keyword `overrides` replace single fields) the verbosity attribute and threshold.
-    Writes `transform.safetensors` (`transform` [M, M]) and `debias.json` (penalties, correlations).
+    Writes `transform.safetensors` (`transform` [M, M]) and `transform.json` (penalties, correlations).
     """
     from .debias import VerbosityDebiaser
     from .rewards import expected_rewards
