@@ -1,4 +1,4 @@
-"""Ground truth: does a QRM recover reward distributions that are known exactly? (issue 10 §3)
+"""Ground truth: does a QRM recover reward distributions that are known exactly?
 
 Real features of real texts, labels drawn from known distributions, so every prediction can be compared
 with the truth itself rather than with a few noisy labels.
@@ -34,7 +34,7 @@ Reported on held-out responses, per shape (mean over responses and repetitions):
       has a clear local minimum: never the case for one hump, whose gaps shrink towards the mode and
       grow after it).
 
-Target (issue 10 §3): the QRM's W1 on two-humped responses at least 25 % below both baselines'.
+Target: the QRM's W1 on two-humped responses at least 25 % below both baselines'.
 
 Run: ``.venv/bin/python benchmarks/ground_truth.py [--repetitions 5]`` (a few minutes on an idle 2-core
 CPU, most of it the first feature extraction). `tests/test_ground_truth.py` runs `run_study` on

@@ -1,4 +1,4 @@
-"""Noisy preference labels: finding flipped pairs and training through them (issue 13).
+"""Noisy preference labels: finding flipped pairs and training through them.
 
 On the demo's preference pairs (`qrm demo`'s features of the embedded SmolLM2-135M-Instruct; 245
 training pairs, 65 held-out pairs of unseen prompts), flip a known 20 % of the training labels with a

@@ -180,7 +180,7 @@ def pairwise_accuracy(chosen_scores, rejected_scores) -> float:
 
 
 # A gating network is degenerate when one attribute takes more than DEGENERATE_WEIGHT of the mix on more
-# than DEGENERATE_SHARE of the prompts: the prompt then decides nothing (issue 22).
+# than DEGENERATE_SHARE of the prompts: the prompt then decides nothing (docs/design.md "Gating collapse").
 DEGENERATE_WEIGHT = 0.99
 DEGENERATE_SHARE = 0.9
 

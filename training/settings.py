@@ -190,7 +190,7 @@ class GatingSettings:
         cli={"choices": ["probability", "ensemble"]},
     )
     ensemble_size: int = setting(10, help="bootstrap refits of the ensemble strength")
-    # Against a collapsed gating (issue 22, training/gating.py), off by default (the paper's recipe); the demo
+    # Against a collapsed gating (training/gating.py), off by default (the paper's recipe); the demo
     # turns them on.
     standardize_prompts: bool = setting(
         False, help="train on prompt embeddings standardised per dimension (folded into the first layer)"

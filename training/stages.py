@@ -567,7 +567,7 @@ def selected_epoch(gating_info: dict) -> dict:
 
 
 class GatingCollapseWarning(UserWarning):
-    """The fitted gating network is degenerate or loses to a fixed mix of the attribute rewards (issue 22)."""
+    """The fitted gating network is degenerate or loses to a fixed mix of the attribute rewards."""
 
 
 @torch.no_grad()
