@@ -1,4 +1,5 @@
-"""Dataset presets (qrm_hf.presets) and loaders (qrm_hf.dataset_loading) on small fixtures with the real datasets' schemas.
+"""Dataset presets (qrm_hf.presets) and loaders (qrm_hf.dataset_loading) on small fixtures with the real
+datasets' schemas.
 
 The fixtures are written by tests/fixtures/datasets/make_fixtures.py; the expected values below are
 computed by hand from them.
