@@ -85,9 +85,10 @@ class Response:
 
     @property
     def kind(self) -> str:
+        """ "controversial" when the two groups start from different scores, else "clear"."""
         return "clear" if self.scores_group_b is None else "controversial"
 
-    def basetuple(self, annotator: int) -> Scores:
+    def base_scores(self, annotator: int) -> Scores:
         """The base scores an annotator starts from: group B's own set on a disputed response."""
         if self.scores_group_b is not None and annotator_group(annotator) == "B":
             return self.scores_group_b
@@ -105,6 +106,7 @@ class Prompt:
 
     @property
     def kind(self) -> str:
+        """ "controversial" for the categories whose prompts have a disputed response, else "clear"."""
         return "controversial" if self.category in CONTROVERSIAL_CATEGORIES else "clear"
 
 
@@ -222,7 +224,7 @@ def annotator_group(annotator: int) -> str:
 
 def rate(response: Response, annotator: int, rng: random.Random) -> dict:
     """One annotator's labels for one response."""
-    base = response.basetuple(annotator)
+    base = response.base_scores(annotator)
     labels = {name: noisy(value, rng) for name, value in zip(SCORED, base, strict=True)}
     verbosity = noisy(verbosity_level(response.text), rng)
     if labels["helpfulness"] >= 3 and rng.random() < VERBOSITY_HELPFUL_BUMP:
@@ -404,7 +406,7 @@ def true_width_90(response: Response, annotators: list[int], attribute: int) -> 
     distribution of one response: its annotators' label distributions, mixed in equal parts."""
     mixture = Counter()
     for annotator in annotators:
-        for label, probability in label_distribution(response.basetuple(annotator)[attribute]).items():
+        for label, probability in label_distribution(response.base_scores(annotator)[attribute]).items():
             mixture[label] += probability / len(annotators)
     return (mixture_quantile(mixture, 0.95) - mixture_quantile(mixture, 0.05)) / 4
 
