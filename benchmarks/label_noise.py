@@ -44,7 +44,8 @@ REMEDIES = {
 
 def demo_features(output_dir: Path):
     """The demo run's features (extract + heads stages of `qrm train demo.yaml`) and the held-out pairs."""
-    from qrm_hf.training.demo import DEMO_DATA, demo_config
+    from qrm_hf.training.demo import demo_config
+    from qrm_hf.training.demo_data import DEMO_DATA
     from qrm_hf.training.pipeline import _read_state, _write_state, build_plan, stage_status
     from qrm_hf.training.stages import DatasetSpec, extract_features
 
