@@ -95,6 +95,18 @@ def test_editing_one_prompt_changes_only_its_rows(tmp_path):
     assert after[edited["key"]][0]["response"].endswith("Australian War Memorial.")
 
 
+def test_a_misspelt_field_is_named(tmp_path):
+    source, prompts = copy_of_source(tmp_path)
+    response = prompts[3]["responses"][1]
+    response["score"] = response.pop("scores")
+    write_prompts(source, prompts)
+    with pytest.raises(
+        ValueError,
+        match=rf"prompt '{prompts[3]['key']}', a response: missing field\(s\) \['scores'\], unknown field\(s\) \['score'\]",
+    ):
+        load_content(source)
+
+
 def test_a_disputed_response_under_an_undisputed_category_is_refused(tmp_path):
     """A typo in the data files (group B scores on a factual answer) fails loudly instead of silently
     turning a clear prompt controversial."""

@@ -139,6 +139,11 @@ def load_content(source: Path = SOURCE) -> Content:
 
     prompts = yaml.safe_load((source / "prompts.yaml").read_text(encoding="utf-8"))
     stock = yaml.safe_load((source / "stock_responses.yaml").read_text(encoding="utf-8"))
+    for number, entry in enumerate(prompts, 1):
+        where = f"{source / 'prompts.yaml'}, prompt {entry.get('key', number)!r}"
+        check_fields(entry, {"key", "category", "prompt", "responses"}, set(), where)
+        for response in entry["responses"]:
+            check_fields(response, {"text", "scores"}, {"scores_group_b"}, f"{where}, a response")
     content = Content(
         prompts=tuple(
             Prompt(
@@ -164,6 +169,13 @@ def load_content(source: Path = SOURCE) -> Content:
     )
     check_content(content)
     return content
+
+
+def check_fields(entry: dict, required: set[str], optional: set[str], where: str) -> None:
+    """An entry of a data file has every `required` field and no field outside `required` | `optional`."""
+    missing, unknown = sorted(required - set(entry)), sorted(set(entry) - required - optional)
+    if missing or unknown:
+        raise ValueError(f"{where}: missing field(s) {missing}, unknown field(s) {unknown}.")
 
 
 def check_content(content: Content) -> None:
