@@ -33,6 +33,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..io import write_bytes_atomic
+
 DEMO_DATA = Path(__file__).resolve().parent.parent / "data" / "demo"  # the checkout's data/demo
 SOURCE = DEMO_DATA / "source"  # the hand-written text and scores, and the datasheet's template
 
@@ -509,27 +511,22 @@ def build(seed: int, content: Content) -> dict:
     return {"splits": splits, "showcase": showcase}
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    """One JSON object a line, UTF-8 as is, "\\n" line ends on every platform."""
-    with path.open("w", encoding="utf-8", newline="\n") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+def jsonl_bytes(rows: list[dict]) -> bytes:
+    """One JSON object a line, UTF-8 as is, "\n" line ends on every platform."""
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
 
 
 def write_demo_data(out: Path, seed: int = 0, source: Path = SOURCE) -> dict[str, dict[str, str]]:
-    """Rate the content of `source` with `seed` and write the data set and its datasheet into `out`;
-    returns the counts of each split (`split_summary`)."""
+    """Rate the content of `source` with `seed` and write the data set and its datasheet into `out`, each
+    file through `qrm_hf.io` (written whole, then renamed); returns the counts of each split (`split_summary`)."""
     content = load_content(source)
     built = build(seed, content)
     splits, showcase = built["splits"], built["showcase"]
-    out.mkdir(parents=True, exist_ok=True)
     for name, split in splits.items():
-        write_jsonl(out / f"ratings_{name}.jsonl", split["ratings"])
-        write_jsonl(out / f"pairs_{name}.jsonl", split["pairs"])
-    write_jsonl(out / "showcase.jsonl", showcase)
-    (out / "README.md").write_text(
-        readme_text(content, splits, showcase, source), encoding="utf-8", newline="\n"
-    )
+        write_bytes_atomic(out / f"ratings_{name}.jsonl", jsonl_bytes(split["ratings"]))
+        write_bytes_atomic(out / f"pairs_{name}.jsonl", jsonl_bytes(split["pairs"]))
+    write_bytes_atomic(out / "showcase.jsonl", jsonl_bytes(showcase))
+    write_bytes_atomic(out / "README.md", readme_text(content, splits, showcase, source).encode("utf-8"))
     return {
         name: split_summary(content, split["keys"], split["ratings"], split["pairs"])
         for name, split in splits.items()
