@@ -1,11 +1,11 @@
-"""Ground truth: does a QRM recover reward distributions that are known exactly? (issue 10 §3)
+"""Ground truth: does a QRM recover reward distributions that are known exactly?
 
 Real features of real texts, labels drawn from known distributions, so every prediction can be compared
 with the truth itself rather than with a few noisy labels.
 
 Set-up
     * Texts: the 259 hand-written (prompt, response) conversations of the demo data
-      (``scripts/make_demo_data.py``: 70 prompts in 10 categories), encoded by the embedded
+      (``data/demo/source/prompts.yaml``: 70 prompts in 10 categories), encoded by the embedded
       SmolLM2-135M-Instruct exactly as ``qrm extract`` does (last-token hidden state; cached under
       ``outputs/ground_truth/``).
     * Truth, per response, on a [0, 1] scale, from two things a reader sees in the text: the topic of
@@ -34,7 +34,7 @@ Reported on held-out responses, per shape (mean over responses and repetitions):
       has a clear local minimum: never the case for one hump, whose gaps shrink towards the mode and
       grow after it).
 
-Target (issue 10 §3): the QRM's W1 on two-humped responses at least 25 % below both baselines'.
+Target: the QRM's W1 on two-humped responses at least 25 % below both baselines'.
 
 Run: ``.venv/bin/python benchmarks/ground_truth.py [--repetitions 5]`` (a few minutes on an idle 2-core
 CPU, most of it the first feature extraction). `tests/test_ground_truth.py` runs `run_study` on
@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import time
 from pathlib import Path
 
@@ -54,6 +53,7 @@ import torch
 from scipy.stats import norm
 
 from qrm_hf.evaluation import crps, interval_coverage
+from qrm_hf.training.demo_data import load_content
 from qrm_hf.training.quantile_regression import (
     HeteroscedasticGaussian,
     MultiQuantileRegressor,
@@ -252,13 +252,10 @@ def verdict(results: dict) -> tuple[float, bool]:
 
 def demo_conversations():
     """(prompt, response, category, prompt key) of every hand-written demo response."""
-    spec = importlib.util.spec_from_file_location("make_demo_data", ROOT / "scripts" / "make_demo_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     return [
-        (prompt, text, category, key)
-        for key, category, prompt, responses in module.PROMPTS
-        for text, *_ in responses
+        (prompt.text, response.text, prompt.category, prompt.key)
+        for prompt in load_content().prompts
+        for response in prompt.responses
     ]
 
 

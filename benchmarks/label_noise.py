@@ -1,4 +1,4 @@
-"""Noisy preference labels: finding flipped pairs and training through them (issue 13).
+"""Noisy preference labels: finding flipped pairs and training through them.
 
 On the demo's preference pairs (`qrm demo`'s features of the embedded SmolLM2-135M-Instruct; 245
 training pairs, 65 held-out pairs of unseen prompts), flip a known 20 % of the training labels with a
@@ -44,7 +44,8 @@ REMEDIES = {
 
 def demo_features(output_dir: Path):
     """The demo run's features (extract + heads stages of `qrm train demo.yaml`) and the held-out pairs."""
-    from qrm_hf.training.demo import DEMO_DATA, demo_config
+    from qrm_hf.training.demo import demo_config
+    from qrm_hf.training.demo_data import DEMO_DATA
     from qrm_hf.training.pipeline import _read_state, _write_state, build_plan, stage_status
     from qrm_hf.training.stages import DatasetSpec, extract_features
 

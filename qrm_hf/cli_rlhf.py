@@ -350,7 +350,7 @@ def _sft(args) -> None:
 
 def _rlhf(args) -> None:
     """`qrm rloo` / `qrm grpo`: the trainer follows the command."""
-    from .training.rloo_pipeline import PaperGRPOConfig, PaperRLOOConfig, run_rlhf
+    from .training.rlhf_pipeline import PaperGRPOConfig, PaperRLOOConfig, run_rlhf
 
     try:
         config_cls = PaperGRPOConfig if args.algorithm == "grpo" else PaperRLOOConfig

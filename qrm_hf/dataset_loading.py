@@ -1,6 +1,6 @@
 """Training data on Hugging Face `datasets`: the loader, the dataset description and the converters to
 the two kinds of examples of docs/design.md §6 (the named presets of the paper's datasets are in
-`qrm_hf.presets`, which re-exports everything here).
+`qrm_hf.presets`).
 
 - :func:`load_rows` loads a Hub dataset or a local json/jsonl/parquet/arrow file, a directory of such
   files, or a directory written by ``Dataset.save_to_disk``.
@@ -119,35 +119,15 @@ def load_rows(
     """
     import datasets
 
-    from .data import check_utf8, jsonl_row_locations
-
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}.")
     source = str(source)
     path = Path(source).expanduser()
     locations = None  # of the rows of a JSON Lines file
     if path.is_file():
-        if path.stat().st_size == 0:
-            raise ValueError(f"The dataset file {path} is empty.")
-        builder = _builder_for(path)
-        if path.suffix.lower() == ".jsonl":  # (a .json file may be one object or array)
-            locations = jsonl_row_locations(path)
-        elif builder in ("json", "csv") and path.suffix.lower() not in _COMPRESSIONS:
-            check_utf8(path)  # pyarrow would read some bytes that are not UTF-8 and fail later, anywhere
-        try:
-            dataset = datasets.load_dataset(
-                builder, data_files={split: str(path)}, split=split, **load_kwargs
-            )
-        except Exception as error:  # pyarrow / datasets errors name neither the file nor the line
-            _explain_unreadable_file(path, builder, error)
-            raise
+        dataset, locations = _load_file(path, split, load_kwargs)
     elif path.is_dir():
-        if (path / "state.json").is_file():  # a Dataset written by save_to_disk
-            dataset = datasets.load_from_disk(str(path))
-        elif (path / "dataset_dict.json").is_file():  # a DatasetDict written by save_to_disk
-            dataset = _pick_split(datasets.load_from_disk(str(path)), split, source)
-        else:
-            dataset = datasets.load_dataset(str(path), data_files=data_files, split=split, **load_kwargs)
+        dataset = _load_directory(path, split, data_files, load_kwargs)
     elif looks_like_local_path(source):
         raise FileNotFoundError(f"{source} does not exist (and is not a Hub dataset id).")
     else:
@@ -161,6 +141,41 @@ def load_rows(
     ):  # pyarrow keeps every non-blank line, in order
         dataset.row_locations = locations[: len(dataset)]
     return dataset
+
+
+def _load_file(path: Path, split: str, load_kwargs: dict):
+    """(the dataset of one local data file, the "FILE line N" of its rows for JSON Lines else None); a file
+    that is empty, not UTF-8 or unreadable is refused naming the file and, where it can, the line."""
+    import datasets
+
+    from .data import check_utf8, jsonl_row_locations
+
+    if path.stat().st_size == 0:
+        raise ValueError(f"The dataset file {path} is empty.")
+    builder = _builder_for(path)
+    locations = None
+    if path.suffix.lower() == ".jsonl":  # (a .json file may be one object or array)
+        locations = jsonl_row_locations(path)
+    elif builder in ("json", "csv") and path.suffix.lower() not in _COMPRESSIONS:
+        check_utf8(path)  # pyarrow would read some bytes that are not UTF-8 and fail later, anywhere
+    try:
+        dataset = datasets.load_dataset(builder, data_files={split: str(path)}, split=split, **load_kwargs)
+    except Exception as error:  # pyarrow / datasets errors name neither the file nor the line
+        _explain_unreadable_file(path, builder, error)
+        raise
+    return dataset, locations
+
+
+def _load_directory(path: Path, split: str, data_files, load_kwargs: dict):
+    """One split of a local directory: written by ``save_to_disk`` (a Dataset or a DatasetDict), or
+    holding data files (`data_files` selects among them)."""
+    import datasets
+
+    if (path / "state.json").is_file():  # a Dataset written by save_to_disk
+        return datasets.load_from_disk(str(path))
+    if (path / "dataset_dict.json").is_file():  # a DatasetDict written by save_to_disk
+        return _pick_split(datasets.load_from_disk(str(path)), split, str(path))
+    return datasets.load_dataset(str(path), data_files=data_files, split=split, **load_kwargs)
 
 
 # --------------------------------------------------------------------------------------------- presets

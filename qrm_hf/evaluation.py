@@ -400,7 +400,7 @@ def format_selective_error(models: dict) -> str:
 
 
 # A gating network is degenerate when one attribute takes more than DEGENERATE_WEIGHT of the mix on more
-# than DEGENERATE_SHARE of the prompts: the prompt then decides nothing (issue 22).
+# than DEGENERATE_SHARE of the prompts: the prompt then decides nothing (docs/design.md "Gating collapse").
 DEGENERATE_WEIGHT = 0.99
 DEGENERATE_SHARE = 0.9
 
@@ -748,7 +748,7 @@ def score_rating_rows(
 ) -> RatedRows:
     """Score docs/design.md §6 rating rows with `model` (each distinct response once) -> `RatedRows`."""
     from .data import row_location
-    from .presets import DatasetPreset, attribute_examples
+    from .dataset_loading import DatasetPreset, attribute_examples
 
     preset = DatasetPreset.custom(
         "attribute", prompt="prompt", response="response", attributes=attributes, label_ranges=label_range,
@@ -1081,7 +1081,7 @@ def evaluate_pairs(
     weights by `category` when the rows have one. `ranking` is the `pair_ranking_report`: the
     accuracy-coverage curve and its area for each signal of `pair_ranking_signals`."""
     from .data import row_location
-    from .presets import DatasetPreset, preference_examples
+    from .dataset_loading import DatasetPreset, preference_examples
 
     preset = DatasetPreset.custom(
         "preference", prompt="prompt", chosen="chosen", rejected="rejected", name="preference rows"

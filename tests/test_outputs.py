@@ -295,7 +295,7 @@ def test_user_files_that_look_like_qrm_files_are_foreign(tmp_path):
 
 def test_library_stages_refuse_a_foreign_directory_before_the_work(tmp_path):
     from qrm_hf.convert import convert_released_checkpoint
-    from qrm_hf.training.rloo_pipeline import PaperGRPOConfig, PaperRLOOConfig, run_rlhf
+    from qrm_hf.training.rlhf_pipeline import PaperGRPOConfig, PaperRLOOConfig, run_rlhf
     from qrm_hf.training.sft import PaperSFTConfig, run_sft
     from qrm_hf.training.stages import (
         DatasetSpec,

@@ -22,11 +22,11 @@ from qrm_hf import QRMForSequenceClassification
 from qrm_hf.chat import encode_conversation
 from qrm_hf.cli import main
 from qrm_hf.training.features import load_features, load_labelled
-from qrm_hf.training.pipeline import TrainConfig, build_plan, run_training
+from qrm_hf.training.pipeline import STATE_FORMAT_VERSION, TrainConfig, build_plan, run_training
 from qrm_hf.training.quantile_regression import MultiQuantileRegressor
+from qrm_hf.training.settings import GatingSettings
 from qrm_hf.training.stages import (
     DatasetSpec,
-    GatingSettings,
     extract_features,
     fit_gating,
     fit_quantile_heads,
@@ -465,7 +465,7 @@ def test_an_interrupted_run_resumes_the_unfinished_extraction(tmp_path, capsys):
     reference = load_features(out / "features" / "preference" / "pairs")[0]
     # As after a crash during the pairs extraction: one shard missing, the stage not marked complete.
     state = json.loads((out / "pipeline_state.json").read_text())
-    state["extract preference/pairs"]["complete"] = False
+    state["stages"]["extract preference/pairs"]["complete"] = False
     (out / "pipeline_state.json").write_text(json.dumps(state))
     (out / "features" / "preference" / "pairs" / "features-00001.safetensors").unlink()
     kept = mtimes(out / "features" / "preference" / "pairs")
@@ -477,6 +477,34 @@ def test_an_interrupted_run_resumes_the_unfinished_extraction(tmp_path, capsys):
     assert all(after[name] == kept[name] for name in kept if name.startswith("features-00000"))
     for name, tensor in load_features(out / "features" / "preference" / "pairs")[0].items():
         torch.testing.assert_close(tensor, reference[name])
+
+
+def test_a_state_file_of_another_format_version_runs_every_stage_again(tmp_path, capsys):
+    """The state records the format version of its fingerprints; one of another version (here a file
+    written before versions existed: version 1) is not compared, so every stage runs again, and the
+    extractions keep the shards their own manifests vouch for."""
+    backbone = save_backbone(tmp_path / "backbone")
+    run = tmp_path / "run"
+    values = config_values(backbone, write_data(tmp_path / "data"), run, debias=False)
+    config = write_config(tmp_path / "config.yaml", values)
+    main(["train", str(config)])
+    state = json.loads((run / "pipeline_state.json").read_text())
+    assert state["format_version"] == STATE_FORMAT_VERSION
+    (run / "pipeline_state.json").write_text(json.dumps(state["stages"]))  # the layout without a version
+    shards = {name: time for name, time in mtimes(run / "features").items() if "/features-" in name}
+    fitted = mtimes(run / "gating")["gating.safetensors"]
+    capsys.readouterr()
+    main(["train", str(config)])
+    printed = capsys.readouterr().out
+    assert f"has format version 1, this qrm-hf writes {STATE_FORMAT_VERSION}" in printed
+    assert "up to date" not in printed
+    assert mtimes(run / "gating")["gating.safetensors"] != fitted
+    assert shards and all(mtimes(run / "features")[name] == time for name, time in shards.items())
+    assert json.loads((run / "pipeline_state.json").read_text())["format_version"] == STATE_FORMAT_VERSION
+    main(["train", str(config)])
+    assert capsys.readouterr().out.count("up to date, skipped") == len(
+        build_plan(TrainConfig.from_yaml(config))
+    )
 
 
 def test_a_stage_output_replaced_by_another_command_is_redone(tmp_path, capsys):

@@ -19,12 +19,12 @@ import sys
 import time
 from pathlib import Path
 
+from .demo_data import DEMO_DATA
 from .outputs import GatingOutput, QuantileHeadsOutput
 from .pipeline import TrainConfig, run_training
 from .stages import selected_epoch
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
-DEMO_DATA = Path(__file__).resolve().parent.parent / "data" / "demo"
 
 
 def _merge(base: dict, overrides: dict) -> dict:

@@ -14,7 +14,7 @@ z = g . (r_chosen - r_rejected) and a measured strength s in [0, 1] per pair (P(
 strength of the label as trained (1 - s for a flipped pair): clear pairs must be won by a margin,
 doubtful ones less, and `label_smoothing` eps minimises -(1 - eps) log sigmoid(z) - eps log sigmoid(-z).
 
-Against a collapsed gating (issue 22; docs/design.md "Gating collapse"), all off by default (the paper's
+Against a collapsed gating (docs/design.md "Gating collapse"), all off by default (the paper's
 recipe): `standardize_prompts` trains on prompt embeddings standardised per dimension -- a backbone's
 prompt embeddings share one large component (cosine 0.99 to their mean on the demo), so the raw network
 sees nearly the same input for every prompt and its first steps move every prompt's weights alike -- and

@@ -2,7 +2,7 @@
 
 They are the defaults of `qrm sft`, `qrm rloo` and `qrm grpo` (`qrm_hf.cli_rlhf`) and of
 `PaperSFTConfig`, `paper_lora_config` (`training/sft.py`) and `PaperRLOOConfig` / `PaperGRPOConfig`
-(`training/rloo_pipeline.py`). Nothing is imported here, so that the `qrm` parser reads them without TRL.
+(`training/rlhf_pipeline.py`). Nothing is imported here, so that the `qrm` parser reads them without TRL.
 """
 
 DATA = "Anthropic/hh-rlhf"  # the prompts and chosen responses

@@ -109,8 +109,7 @@ class HeadsSettings:
     )
 
     def fingerprint(self) -> dict:
-        """What defines the fitted heads; `cv` is unused with one penalty, and left out then so that heads
-        fitted before the option existed stay up to date."""
+        """What defines the fitted heads: every setting, and `cv` only when a grid or "cv" uses it."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         if isinstance(self.alpha, (int, float)):
             del values["cv"]
@@ -145,8 +144,6 @@ NOISE_SETTINGS = (
     "strength",
     "ensemble_size",
 )
-# Settings added after the paper's: left out of the fingerprint at their defaults.
-LATER_SETTINGS = (*NOISE_SETTINGS, "standardize_prompts", "restore_best_epoch", "fit_loss_scale")
 
 
 @dataclass
@@ -193,7 +190,7 @@ class GatingSettings:
         cli={"choices": ["probability", "ensemble"]},
     )
     ensemble_size: int = setting(10, help="bootstrap refits of the ensemble strength")
-    # Against a collapsed gating (issue 22, training/gating.py), off by default (the paper's recipe); the demo
+    # Against a collapsed gating (training/gating.py), off by default (the paper's recipe); the demo
     # turns them on.
     standardize_prompts: bool = setting(
         False, help="train on prompt embeddings standardised per dimension (folded into the first layer)"
@@ -217,14 +214,8 @@ class GatingSettings:
         }
 
     def fingerprint(self) -> dict:
-        """What defines the fitted gating: the settings, leaving out the noisy-label and anti-collapse ones at
-        their defaults (so that gating networks fitted before these settings existed stay up to date)."""
-        default = GatingSettings()
-        return {
-            f.name: getattr(self, f.name)
-            for f in fields(self)
-            if f.name not in LATER_SETTINGS or getattr(self, f.name) != getattr(default, f.name)
-        }
+        """What defines the fitted gating: every setting."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def config_kwargs(self) -> dict:
         """The `QRMConfig` keywords of the gating network."""
@@ -270,12 +261,8 @@ class AssembleSettings:
             check_homepage(self.homepage)
 
     def fingerprint(self) -> dict:
-        """What defines the saved model besides its inputs; `homepage` only when set, so that models
-        assembled before the setting existed stay up to date."""
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        if values["homepage"] is None:
-            del values["homepage"]
-        return values
+        """What defines the saved model besides its inputs: every setting."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 # ------------------------------------------------------------------------------------------- readers

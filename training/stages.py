@@ -2,7 +2,7 @@
 
     extract_features    backbone + dataset            -> features/<name>/  (shards + manifest.json)
     fit_quantile_heads  attribute features            -> heads/     heads.safetensors + heads.json
-    fit_debias          heads + reference features    -> debias/    transform.safetensors + debias.json
+    fit_debias          heads + reference features    -> debias/    transform.safetensors + transform.json
     fit_gating          heads (+ T) + pair features   -> gating/    gating.safetensors + gating.json
     assemble_model      backbone + heads + gating (+ T) -> a saved QRM directory
 
@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..dataset_loading import DatasetPreset, attribute_examples, get_preset, load_preset, preference_examples
 from ..evaluation import gating_report, gating_warnings, pinball_loss
 from ..io import check_output_directory, replace_directory
-from ..presets import DatasetPreset, attribute_examples, get_preset, load_preset, preference_examples
 from .features import (
     EXTRACT_COMMAND,
     BackboneEncoder,
@@ -42,12 +42,9 @@ from .features import (
     read_manifest,
 )
 from .outputs import GatingOutput, QuantileHeadsOutput, TransformOutput
-from .settings import (  # the settings of each stage, re-exported with the stages that take them
-    NOISE_SETTINGS,  # noqa: F401
-    PAPER_LEVELS,  # noqa: F401
+from .settings import (
     AssembleSettings,
     DebiasSettings,
-    ExtractionSettings,  # noqa: F401
     GatingSettings,
     HeadsSettings,
     settings_from_mapping,
@@ -432,7 +429,7 @@ def fit_debias(
 
     `reference_dirs` hold features of any kind (both responses of a pair count); `settings`
     (`DebiasSettings`; keyword `overrides` replace single fields) the verbosity attribute and threshold.
-    Writes `transform.safetensors` (`transform` [M, M]) and `debias.json` (penalties, correlations).
+    Writes `transform.safetensors` (`transform` [M, M]) and `transform.json` (penalties, correlations).
     """
     from .debias import VerbosityDebiaser
     from .rewards import expected_rewards
@@ -570,7 +567,7 @@ def selected_epoch(gating_info: dict) -> dict:
 
 
 class GatingCollapseWarning(UserWarning):
-    """The fitted gating network is degenerate or loses to a fixed mix of the attribute rewards (issue 22)."""
+    """The fitted gating network is degenerate or loses to a fixed mix of the attribute rewards."""
 
 
 @torch.no_grad()

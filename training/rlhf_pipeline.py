@@ -1,7 +1,7 @@
-"""Risk-aware RLOO with a QRM as reward model: the second stage of the paper's RLHF experiment (§4.3);
-the same with GRPO in place of RLOO.
+"""The policy stage of the paper's RLHF experiment (§4.3), after SFT: risk-aware RLOO (or GRPO in place
+of RLOO) with a QRM as reward model.
 
-    from qrm_hf.training.rloo_pipeline import PaperRLOOConfig, run_rlhf
+    from qrm_hf.training.rlhf_pipeline import PaperRLOOConfig, run_rlhf
 
     result = run_rlhf("outputs/sft", "outputs/qrm", "Anthropic/hh-rlhf", PaperRLOOConfig("outputs/rloo"))
 
@@ -28,9 +28,9 @@ import torch
 from peft import LoraConfig
 from transformers import AutoTokenizer
 
+from ..dataset_loading import DatasetPreset, load_rows
 from ..hub import reading_model_files, refusing_model_code
 from ..io import claim_directory
-from ..presets import DatasetPreset, load_rows
 from . import paper_rlhf as paper
 from .grpo import RiskAwareGRPOConfig, RiskAwareGRPOTrainer
 from .risk_rewards import RiskAwareRewardsArguments, quantile_levels_of
