@@ -310,20 +310,27 @@ def calibration_card_section(calibration: dict, heldout: dict | None = None) -> 
     return "\n".join(lines)
 
 
-def save_calibrated(model, tokenizer, source, output_dir, heldout: dict | None = None):
+def save_calibrated(
+    model, tokenizer, source, output_dir, heldout: dict | None = None, homepage: str | None = None
+):
     """Write the calibrated `model` with its tokenizer into `output_dir` (`qrm_hf.io.replace_directory`: absent,
     empty or an earlier output of `qrm calibrate`), with the model card of `source` (a local directory; else a
-    new card) and its calibration section (`calibration_card_section`). Returns the directory."""
+    new card), its calibration section (`calibration_card_section`) and `homepage` linked when given.
+    Returns the directory."""
     from pathlib import Path
 
     from .io import replace_directory
-    from .model_cards import render_model_card, set_card_calibration
+    from .model_cards import check_homepage, render_model_card, set_card_calibration, set_card_homepage
 
+    if homepage:
+        check_homepage(homepage)  # before anything is written
     source_card = Path(source) / "README.md"
     card = (
         source_card.read_text(encoding="utf-8") if source_card.is_file() else render_model_card(model.config)
     )
     card = set_card_calibration(card, calibration_card_section(model.config.calibration, heldout))
+    if homepage:
+        card = set_card_homepage(card, homepage)
     with replace_directory(output_dir, CALIBRATE_COMMAND) as directory:
         model.save_pretrained(directory)
         tokenizer.save_pretrained(directory)

@@ -238,9 +238,8 @@ def _calibrate(args):
     report = coverage_report(model, tokenizer, heldout, args.label_range, **lengths) if heldout else None
     if report:
         print(f"Held-out ({args.heldout}), before and after calibration:\n{format_coverage_report(report)}")
-    print(
-        f"Calibrated model written to {save_calibrated(model, tokenizer, args.model, args.output_dir, report)}"
-    )
+    written = save_calibrated(model, tokenizer, args.model, args.output_dir, report, homepage=args.homepage)
+    print(f"Calibrated model written to {written}")
 
 
 def _skipped_note(report: dict) -> str:
@@ -405,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("LOW", "HIGH"),
         help="range of the rating labels, mapped to [0, 1] (default 0 4)",
     )
+    add_settings_arguments(calibrate, AssembleSettings, names=["homepage"])
     calibrate.set_defaults(handler=_calibrate)
 
     from .cli_pipeline import add_pipeline_commands
