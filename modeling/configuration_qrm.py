@@ -62,29 +62,33 @@ QUANTILE_MIXINGS = ("average", "mixture")
 
 def check_calibration(calibration, num_attributes: int, num_levels: int):
     """`calibration` (None, or the dict `qrm calibrate` writes) if it fits M attributes and K levels, else a
-    ValueError. The model reads three fields: `offsets` [G, M, K] (finite), `width_bin_edges` [M, G - 1]
-    (sorted per attribute) and `width_level_indices` [low, high], the levels whose gap is the width that
-    picks the group; the other fields (method, calibration size) only describe the fit."""
+    ValueError. The model reads four fields: `offsets` [G, M, K] (finite), `width_bin_edges` [G - 1] (sorted),
+    `width_scales` [M] (> 0) and `width_level_indices` [low, high] (the levels whose gap is a width); the
+    other fields (method, calibration size) only describe the fit."""
     if calibration is None:
         return None
-    fields = ("offsets", "width_bin_edges", "width_level_indices")
+    fields = ("offsets", "width_bin_edges", "width_scales", "width_level_indices")
     if not isinstance(calibration, dict) or any(name not in calibration for name in fields):
         raise ValueError(f"`calibration` must be None or a dict with {', '.join(fields)}.")
 
-    def numbers_of(values, count):
-        ok = isinstance(values, (list, tuple)) and len(values) == count
-        return ok and all(isinstance(v, numbers.Real) and math.isfinite(v) for v in values)
+    def finite_list(values, count):
+        fits = isinstance(values, (list, tuple)) and len(values) == count
+        return fits and all(isinstance(v, numbers.Real) and math.isfinite(v) for v in values)
 
-    offsets, edges = calibration["offsets"], calibration["width_bin_edges"]
+    offsets, edges, scales = (
+        calibration["offsets"],
+        calibration["width_bin_edges"],
+        calibration["width_scales"],
+    )
     groups = len(offsets) if isinstance(offsets, (list, tuple)) else 0
     offsets_fit = groups > 0 and all(
         isinstance(group, (list, tuple))
         and len(group) == num_attributes
-        and all(numbers_of(row, num_levels) for row in group)
+        and all(finite_list(row, num_levels) for row in group)
         for group in offsets
     )
-    edges_fit = isinstance(edges, (list, tuple)) and len(edges) == num_attributes
-    edges_fit = edges_fit and all(numbers_of(row, groups - 1) and list(row) == sorted(row) for row in edges)
+    edges_fit = finite_list(edges, groups - 1) and list(edges) == sorted(edges)
+    scales_fit = finite_list(scales, num_attributes) and all(scale > 0 for scale in scales)
     low_high = calibration["width_level_indices"]
     indices_fit = (
         isinstance(low_high, (list, tuple))
@@ -92,11 +96,11 @@ def check_calibration(calibration, num_attributes: int, num_levels: int):
         and all(isinstance(k, int) and not isinstance(k, bool) for k in low_high)
         and 0 <= low_high[0] < low_high[1] < num_levels
     )
-    if not (offsets_fit and edges_fit and indices_fit):
+    if not (offsets_fit and edges_fit and scales_fit and indices_fit):
         raise ValueError(
             f"`calibration` does not fit a model of {num_attributes} attributes and {num_levels} levels: it needs "
-            f"finite offsets [G][{num_attributes}][{num_levels}], sorted width_bin_edges [{num_attributes}][G - 1] "
-            f"and two width_level_indices 0 <= low < high < {num_levels}."
+            f"finite offsets [G][{num_attributes}][{num_levels}], sorted width_bin_edges [G - 1], width_scales "
+            f"[{num_attributes}] > 0 and two width_level_indices 0 <= low < high < {num_levels}."
         )
     return dict(calibration)
 

@@ -155,18 +155,17 @@ def mixture_quantiles(quantiles: torch.Tensor, weights: torch.Tensor, levels: to
 def calibrate_quantiles(quantiles: torch.Tensor, calibration: dict) -> torch.Tensor:
     """Attribute quantiles [B, M, K] plus the conformal offsets of `config.calibration` (`qrm calibrate`).
 
-    Each (row, attribute) falls in the group of its own predicted interval width
-    q[:, m, high] - q[:, m, low] (`width_level_indices`) among that attribute's bin edges
-    `width_bin_edges` [M, G - 1] (no edges: one group) and moves by that group's offsets [M, K]
-    (`offsets` [G, M, K]), one per level: what split conformal calibration fitted on held-out ratings.
+    Each row falls in the group of its predicted spread: the mean over attributes of the interval width
+    q[:, m, high] - q[:, m, low] (`width_level_indices`) divided by that attribute's typical width
+    (`width_scales` [M]), placed among `width_bin_edges` [G - 1] (no edges: one group). It moves by that
+    group's offsets [M, K] (`offsets` [G, M, K]): what split conformal calibration fitted on held-out ratings.
     """
     offsets = quantiles.new_tensor(calibration["offsets"])  # [G, M, K]
-    edges = quantiles.new_tensor(calibration["width_bin_edges"]).reshape(quantiles.shape[1], -1)  # [M, G-1]
+    edges = quantiles.new_tensor(calibration["width_bin_edges"])  # [G - 1]
     low, high = calibration["width_level_indices"]
-    width = (quantiles[..., high] - quantiles[..., low]).T.contiguous()  # [M, B]
-    groups = torch.searchsorted(edges, width, right=True).T  # [B, M] in 0..G-1
-    attributes = torch.arange(quantiles.shape[1], device=quantiles.device)
-    return quantiles + offsets[groups, attributes]
+    width = quantiles[..., high] - quantiles[..., low]  # [B, M]
+    spread = (width / quantiles.new_tensor(calibration["width_scales"])).mean(-1)  # [B]
+    return quantiles + offsets[torch.searchsorted(edges, spread.contiguous(), right=True)]
 
 
 # The tensors of a QRM that a backbone checkpoint lacks: a checkpoint without any of them gives fresh heads.

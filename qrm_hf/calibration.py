@@ -83,14 +83,15 @@ class ConformalQuantileCalibrator:
 
     Args:
         levels: the model's K quantile levels.
-        width_bins: G >= 1 Mondrian groups per attribute: bins of equal calibration count of the model's
-            own predicted `GROUPING_WIDTH` interval width (1: one group, the marginal guarantee).
+        width_bins: G >= 1 Mondrian groups: bins of equal calibration count of each response's predicted
+            spread, the mean over attributes of its `GROUPING_WIDTH` interval width divided by the attribute's
+            median calibration width (1: one group, the marginal guarantee).
 
     `fit(predictions, labels, groups)` takes the model's uncalibrated attribute quantiles of each rating row
     [n, M, K], the ratings [n, M] (NaN where missing) and the response each row rates [n]: the ratings of one
     response are not independent draws, so each response weighs 1 in total, shared among its ratings.
-    Fitted attributes: `offsets_` [G, M, K], `width_bin_edges_` [M, G - 1], `width_level_indices_`,
-    `responses_` and `ratings_` [G, M] (calibration counts per group and attribute).
+    Fitted attributes: `offsets_` [G, M, K], `width_scales_` [M], `width_bin_edges_` [G - 1],
+    `width_level_indices_`, `responses_` and `ratings_` [G, M] (calibration counts per group and attribute).
     """
 
     def __init__(self, levels: Sequence[float], width_bins: int = 1):
@@ -107,20 +108,19 @@ class ConformalQuantileCalibrator:
             raise ValueError(f"The predictions have {predictions.shape[-1]} levels, expected {len(levels)}.")
         self.width_level_indices_ = width_level_indices(levels)
         low, high = self.width_level_indices_
-        widths = predictions[..., high] - predictions[..., low]  # [n, M]; rows of one response share it
-        num_attributes, bins = labels.shape[1], self.width_bins
-        self.width_bin_edges_ = np.zeros((num_attributes, bins - 1))
-        self.offsets_ = np.zeros((bins, num_attributes, len(levels)))
-        self.responses_ = np.zeros((bins, num_attributes), dtype=int)
-        self.ratings_ = np.zeros((bins, num_attributes), dtype=int)
-        for m in range(num_attributes):
-            rated = ~np.isnan(labels[:, m])
-            first = np.unique(response[rated], return_index=True)[1]
-            if len(first):  # no rated response: the group check below refuses the attribute
-                self.width_bin_edges_[m] = np.quantile(widths[rated, m][first], np.arange(1, bins) / bins)
-            group = np.searchsorted(self.width_bin_edges_[m], widths[:, m], side="right")
-            for g in range(bins):
-                self._fit_group(predictions, labels, response, rated & (group == g), m, g)
+        first = np.unique(response, return_index=True)[1]  # one row per response: they share the prediction
+        widths = predictions[first, :, high] - predictions[first, :, low]  # [responses, M]
+        # A model that predicts no width at all still gets a positive scale (its spread is then 0 or huge).
+        self.width_scales_ = np.maximum(np.median(widths, axis=0), 1e-12)
+        spread = (widths / self.width_scales_).mean(-1)
+        self.width_bin_edges_ = np.quantile(spread, np.arange(1, self.width_bins) / self.width_bins)
+        group = np.searchsorted(self.width_bin_edges_, spread, side="right")[response]  # [n]
+        shape = (self.width_bins, labels.shape[1])
+        self.offsets_ = np.zeros((*shape, len(levels)))
+        self.responses_, self.ratings_ = np.zeros(shape, dtype=int), np.zeros(shape, dtype=int)
+        for m in range(labels.shape[1]):
+            for g in range(self.width_bins):
+                self._fit_group(predictions, labels, response, ~np.isnan(labels[:, m]) & (group == g), m, g)
         return self
 
     def _fit_group(self, predictions, labels, response, rows, m: int, g: int) -> None:
@@ -146,6 +146,7 @@ class ConformalQuantileCalibrator:
             "method": "split conformal" + (" (Mondrian by predicted width)" if self.width_bins > 1 else ""),
             "offsets": self.offsets_.tolist(),
             "width_bin_edges": self.width_bin_edges_.tolist(),
+            "width_scales": self.width_scales_.tolist(),
             "width_level_indices": list(self.width_level_indices_),
             "calibration_responses": self.responses_.tolist(),
             "calibration_ratings": self.ratings_.tolist(),
@@ -275,6 +276,15 @@ def format_coverage_report(report: dict) -> str:
                 f"{report['before'][kind][c][m]:>20.3f}{report['after'][kind][c][m]:>8.3f}" for c in columns
             )
             lines.append(f"  {attribute:<16} {kind:<14}" + cells)
+    mean = {
+        stage: {c: np.mean(report[stage]["all"][c]) for c in ("pinball", "crps")}
+        for stage in ("before", "after")
+    }
+    lines.append(
+        "  mean over attributes: "
+        + ", ".join(f"{c} {mean['before'][c]:.4f} -> {mean['after'][c]:.4f}" for c in ("pinball", "crps"))
+        + f" ({100 * (mean['after']['pinball'] / mean['before']['pinball'] - 1):+.1f} % pinball)"
+    )
     return "\n".join(lines)
 
 

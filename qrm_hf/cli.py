@@ -280,6 +280,43 @@ def _add_distribution_table_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_calibrate_command(commands) -> None:
+    """Add ``qrm calibrate MODEL --ratings FILE --output-dir DIR [--heldout FILE] [--width-bins G]``."""
+    from .training.settings import AssembleSettings, add_settings_arguments
+
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="conformal calibration of the quantiles on held-out ratings, stored in a copy of the model",
+        description="Fit split conformal offsets for every attribute and quantile level on rating rows (the "
+        "format of `qrm evaluate --ratings`; the ratings of one response count as one response) and write a "
+        "copy of the model that applies them: every consumer of the saved model reads calibrated quantiles.",
+    )
+    _add_model_arguments(calibrate)
+    calibrate.add_argument("--ratings", required=True, help="JSON Lines calibration rating rows")
+    calibrate.add_argument("--output-dir", required=True, help="where the calibrated model goes")
+    calibrate.add_argument(
+        "--heldout", help="JSON Lines rating rows (not the calibration ones) to measure coverage on"
+    )
+    calibrate.add_argument(
+        "--width-bins",
+        type=positive_int,
+        default=1,
+        help="Mondrian groups: calibrate separately within G bins of each response's predicted 80 %% width "
+        "(averaged over attributes, each in units of its median width; default 1: one offset per attribute "
+        "and level)",
+    )
+    calibrate.add_argument(
+        "--label-range",
+        nargs=2,
+        type=float,
+        default=RATING_LABEL_RANGE,
+        metavar=("LOW", "HIGH"),
+        help="range of the rating labels, mapped to [0, 1] (default 0 4)",
+    )
+    add_settings_arguments(calibrate, AssembleSettings, names=["homepage"])
+    calibrate.set_defaults(handler=_calibrate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qrm",
@@ -376,36 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", metavar="FILE", help="write every number to this JSON file")
     evaluate.set_defaults(handler=_evaluate)
 
-    calibrate = commands.add_parser(
-        "calibrate",
-        help="conformal calibration of the quantiles on held-out ratings, stored in a copy of the model",
-        description="Fit split conformal offsets for every attribute and quantile level on rating rows (the "
-        "format of `qrm evaluate --ratings`; the ratings of one response count as one response) and write a "
-        "copy of the model that applies them: every consumer of the saved model reads calibrated quantiles.",
-    )
-    _add_model_arguments(calibrate)
-    calibrate.add_argument("--ratings", required=True, help="JSON Lines calibration rating rows")
-    calibrate.add_argument("--output-dir", required=True, help="where the calibrated model goes")
-    calibrate.add_argument(
-        "--heldout", help="JSON Lines rating rows (not the calibration ones) to measure coverage on"
-    )
-    calibrate.add_argument(
-        "--width-bins",
-        type=positive_int,
-        default=1,
-        help="Mondrian groups: calibrate separately within G bins of the model's own predicted 80 %% width "
-        "(default 1: one offset per attribute and level)",
-    )
-    calibrate.add_argument(
-        "--label-range",
-        nargs=2,
-        type=float,
-        default=RATING_LABEL_RANGE,
-        metavar=("LOW", "HIGH"),
-        help="range of the rating labels, mapped to [0, 1] (default 0 4)",
-    )
-    add_settings_arguments(calibrate, AssembleSettings, names=["homepage"])
-    calibrate.set_defaults(handler=_calibrate)
+    _add_calibrate_command(commands)
 
     from .cli_pipeline import add_pipeline_commands
     from .cli_preference import add_preference_commands

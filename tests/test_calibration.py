@@ -234,22 +234,29 @@ def test_a_checkpoint_saved_before_calibration_existed_loads_unchanged(tmp_path)
     )
 
 
+FITTING = {
+    "offsets": [[[0.0] * 5] * 3],
+    "width_bin_edges": [],
+    "width_scales": [1.0] * 3,
+    "width_level_indices": [0, 4],
+}
+
+
 @pytest.mark.parametrize(
-    "calibration",
+    "change",
     [
-        {"offsets": [[[0.0] * 5] * 3], "width_bin_edges": [[]] * 3},  # no width_level_indices
-        {"offsets": [[[0.0] * 4] * 3], "width_bin_edges": [[]] * 3, "width_level_indices": [0, 3]},  # K = 4
-        {"offsets": [[[float("nan")] * 5] * 3], "width_bin_edges": [[]] * 3, "width_level_indices": [0, 4]},
-        {
-            "offsets": [[[0.0] * 5] * 3] * 2,
-            "width_bin_edges": [[]] * 3,
-            "width_level_indices": [0, 4],
-        },  # G = 2
-        {"offsets": [[[0.0] * 5] * 3], "width_bin_edges": [[]] * 3, "width_level_indices": [4, 0]},
+        {"width_level_indices": None},  # missing
+        {"offsets": [[[0.0] * 4] * 3]},  # K = 4, the model has 5 levels
+        {"offsets": [[[float("nan")] * 5] * 3]},
+        {"offsets": [[[0.0] * 5] * 3] * 2},  # two groups need one bin edge
+        {"width_scales": [1.0, 0.0, 1.0]},
+        {"width_level_indices": [4, 0]},
     ],
 )
-def test_a_calibration_that_does_not_fit_the_model_is_refused(calibration):
+def test_a_calibration_that_does_not_fit_the_model_is_refused(change):
     config = make_qrm().config.to_dict()
+    assert QRMConfig.from_dict(config, calibration=FITTING).calibration == FITTING
+    calibration = {name: value for name, value in {**FITTING, **change}.items() if value is not None}
     with pytest.raises(ValueError, match="`calibration`"):
         QRMConfig.from_dict(config, calibration=calibration)
 

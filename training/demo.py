@@ -119,16 +119,15 @@ def run_demo(config: TrainConfig | None = None, data_dir: Path = DEMO_DATA) -> P
 
 def split_by_prompt(rows) -> tuple[list[dict], list[dict]]:
     """(calibration, test) halves of rating rows, whole prompts to each side (the responses to one prompt are
-    not independent of each other): prompts with controversial responses alternate between the halves,
-    then the others, each in sorted order, so both halves hold both kinds."""
+    not independent of each other). Prompts with controversial responses alternate between the halves, then
+    the others, each in sorted order, the test half first: it gets the larger share of the controversial
+    prompts, the scarce rows whose coverage is measured (the width groups of the calibration need no kind)."""
     controversial = {row["prompt"] for row in rows if row.get("kind") == "controversial"}
     prompts = sorted(
         {row["prompt"] for row in rows}, key=lambda prompt: (prompt not in controversial, prompt)
     )
-    calibration = set(prompts[::2])
-    return [row for row in rows if row["prompt"] in calibration], [
-        row for row in rows if row["prompt"] not in calibration
-    ]
+    test = set(prompts[::2])
+    return [row for row in rows if row["prompt"] not in test], [row for row in rows if row["prompt"] in test]
 
 
 def calibrate_on_heldout_half(model_dir: Path, ratings: Path, output_dir: Path) -> Path:
