@@ -252,8 +252,8 @@ def coverage_report(model, tokenizer, rows, label_range, batch_size: int = 8, ma
     levels = model.config.quantile_levels
     report = {
         stage: {
-            name: distribution_measures(labels[rows], values[rows], levels, response[rows])
-            for name, rows in selections.items()
+            name: distribution_measures(labels[selected], values[selected], levels, response[selected])
+            for name, selected in selections.items()
         }
         for stage, values in predictions.items()
     }
