@@ -54,9 +54,55 @@ QRM_FIELDS = (
     "gating_fallback",
     "quantile_mixing",
     "monotone_quantiles",
+    "calibration",
 )
 GATING_FALLBACKS = ("error", "last_token")
 QUANTILE_MIXINGS = ("average", "mixture")
+
+
+def check_calibration(calibration, num_attributes: int, num_levels: int):
+    """`calibration` (None, or the dict `qrm calibrate` writes) if it fits M attributes and K levels, else a
+    ValueError. The model reads four fields: `offsets` [G, M, K] (finite), `width_bin_edges` [G - 1] (sorted),
+    `width_scales` [M] (> 0) and `width_level_indices` [low, high] (the levels whose gap is a width); the
+    other fields (method, calibration size) only describe the fit."""
+    if calibration is None:
+        return None
+    fields = ("offsets", "width_bin_edges", "width_scales", "width_level_indices")
+    if not isinstance(calibration, dict) or any(name not in calibration for name in fields):
+        raise ValueError(f"`calibration` must be None or a dict with {', '.join(fields)}.")
+
+    def finite_list(values, count):
+        fits = isinstance(values, (list, tuple)) and len(values) == count
+        return fits and all(isinstance(v, numbers.Real) and math.isfinite(v) for v in values)
+
+    offsets, edges, scales = (
+        calibration["offsets"],
+        calibration["width_bin_edges"],
+        calibration["width_scales"],
+    )
+    groups = len(offsets) if isinstance(offsets, (list, tuple)) else 0
+    offsets_fit = groups > 0 and all(
+        isinstance(group, (list, tuple))
+        and len(group) == num_attributes
+        and all(finite_list(row, num_levels) for row in group)
+        for group in offsets
+    )
+    edges_fit = finite_list(edges, groups - 1) and list(edges) == sorted(edges)
+    scales_fit = finite_list(scales, num_attributes) and all(scale > 0 for scale in scales)
+    low_high = calibration["width_level_indices"]
+    indices_fit = (
+        isinstance(low_high, (list, tuple))
+        and len(low_high) == 2
+        and all(isinstance(k, int) and not isinstance(k, bool) for k in low_high)
+        and 0 <= low_high[0] < low_high[1] < num_levels
+    )
+    if not (offsets_fit and edges_fit and scales_fit and indices_fit):
+        raise ValueError(
+            f"`calibration` does not fit a model of {num_attributes} attributes and {num_levels} levels: it needs "
+            f"finite offsets [G][{num_attributes}][{num_levels}], sorted width_bin_edges [G - 1], width_scales "
+            f"[{num_attributes}] > 0 and two width_level_indices 0 <= low < high < {num_levels}."
+        )
+    return dict(calibration)
 
 
 class QRMConfig(PretrainedConfig):
@@ -88,6 +134,9 @@ class QRMConfig(PretrainedConfig):
             mixture distribution sum_m g_m F_m.
         monotone_quantiles (`bool`, defaults to `True`):
             Sort each attribute's K quantiles so that they never cross (does not change any mean).
+        calibration (`dict`, *optional*):
+            Conformal offsets added to the attribute quantiles (written by `qrm calibrate`; see
+            `check_calibration`). `None`: the quantiles as the heads predict them.
     """
 
     model_type = "qrm"
@@ -107,6 +156,7 @@ class QRMConfig(PretrainedConfig):
         gating_fallback="error",
         quantile_mixing="average",
         monotone_quantiles=True,
+        calibration=None,
         pad_token_id=None,
         **kwargs,
     ):
@@ -192,6 +242,9 @@ class QRMConfig(PretrainedConfig):
         self.gating_fallback = gating_fallback
         self.quantile_mixing = quantile_mixing
         self.monotone_quantiles = monotone_quantiles
+        self.calibration = check_calibration(
+            calibration, len(self.attribute_names), len(self.quantile_levels)
+        )
         if pad_token_id is None:
             pad_token_id = getattr(backbone_config, "pad_token_id", None)
         kwargs.setdefault("num_labels", 1)
@@ -264,4 +317,4 @@ class QRMConfig(PretrainedConfig):
         return self.backbone_config.hidden_size
 
 
-__all__ = ["QRMConfig", "DEFAULT_ATTRIBUTE_NAMES", "DEFAULT_QUANTILE_LEVELS"]
+__all__ = ["QRMConfig", "DEFAULT_ATTRIBUTE_NAMES", "DEFAULT_QUANTILE_LEVELS", "check_calibration"]

@@ -10,6 +10,7 @@ Shapes: B batch, T tokens, H hidden size, M attributes, K quantile levels.
     prompt_embedding   = hidden[start of the assistant turn (gating position)]
     Q = regression_layer(response_embedding)              # [B, M, K]  quantiles of each attribute
     Q = reward_transform(Q) = Q^T . T per level, sorted   # [B, M, K]
+    Q = Q + conformal offsets (config.calibration)        # [B, M, K]  identity when uncalibrated
     g = softmax(gating(prompt_embedding) / temp) * scale  # [B, M]
     reward_quantiles = sum_m g_m Q_m                      # [B, K]   (paper eq. 3)
     logits = score = sum_m g_m mean_k Q_m                 # [B, 1]   expected reward
@@ -66,7 +67,7 @@ class QRMOutput(ModelOutput):
         reward_quantiles (`torch.FloatTensor` of shape `(batch_size, K)`): mixed reward quantiles at
             `config.quantile_levels`.
         attribute_quantiles (`torch.FloatTensor` of shape `(batch_size, M, K)`): per-attribute quantiles
-            after the reward transform.
+            after the reward transform (and the conformal offsets of `config.calibration`, when set).
         rewards (`torch.FloatTensor` of shape `(batch_size, M)`): per-attribute expectations.
         gating_output (`torch.FloatTensor` of shape `(batch_size, M)`): gating weights (times `logit_scale`).
         prompt_embedding (`torch.FloatTensor` of shape `(batch_size, H)`): input of the gating network.
@@ -149,6 +150,22 @@ def mixture_quantiles(quantiles: torch.Tensor, weights: torch.Tensor, levels: to
     on_segment = (first > 0) & (target < cdf_first_left)  # tau is reached between two atoms, not by a jump
     result = torch.where(on_segment, x_before + fraction * (x_first - x_before), x_first)
     return result * total
+
+
+def calibrate_quantiles(quantiles: torch.Tensor, calibration: dict) -> torch.Tensor:
+    """Attribute quantiles [B, M, K] plus the conformal offsets of `config.calibration` (`qrm calibrate`).
+
+    Each row falls in the group of its predicted spread: the mean over attributes of the interval width
+    q[:, m, high] - q[:, m, low] (`width_level_indices`) divided by that attribute's typical width
+    (`width_scales` [M]), placed among `width_bin_edges` [G - 1] (no edges: one group). It moves by that
+    group's offsets [M, K] (`offsets` [G, M, K]): what split conformal calibration fitted on held-out ratings.
+    """
+    offsets = quantiles.new_tensor(calibration["offsets"])  # [G, M, K]
+    edges = quantiles.new_tensor(calibration["width_bin_edges"])  # [G - 1]
+    low, high = calibration["width_level_indices"]
+    width = quantiles[..., high] - quantiles[..., low]  # [B, M]
+    spread = (width / quantiles.new_tensor(calibration["width_scales"])).mean(-1)  # [B]
+    return quantiles + offsets[torch.searchsorted(edges, spread.contiguous(), right=True)]
 
 
 # The tensors of a QRM that a backbone checkpoint lacks: a checkpoint without any of them gives fresh heads.
@@ -394,6 +411,10 @@ class QRMForSequenceClassification(PreTrainedModel):
         attribute_quantiles = self.reward_transform(raw).float()
         if self.config.monotone_quantiles:
             attribute_quantiles = attribute_quantiles.sort(-1).values
+        if self.config.calibration is not None:  # before every output below reads the quantiles
+            attribute_quantiles = calibrate_quantiles(attribute_quantiles, self.config.calibration)
+            if self.config.monotone_quantiles:  # offsets of neighbouring levels may cross
+                attribute_quantiles = attribute_quantiles.sort(-1).values
         rewards = attribute_quantiles.mean(-1)  # [B, M]
         gating_output = self.gating(prompt_embedding).float()  # [B, M]
         if self.config.quantile_mixing == "mixture":
@@ -583,6 +604,7 @@ __all__ = [
     "QRMGatingSizes",
     "QRMOutput",
     "QRMRewardTransform",
+    "calibrate_quantiles",
     "find_last_pattern",
     "mixture_quantiles",
     "pinball_loss",

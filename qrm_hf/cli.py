@@ -10,6 +10,9 @@ import sys
 import warnings
 from pathlib import Path
 
+# The label range of rating rows by default (`qrm evaluate`, `qrm calibrate`): the demo's 0-4 scale.
+RATING_LABEL_RANGE = (0.0, 4.0)
+
 
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (batch sizes, lengths), else a one-line usage error."""
@@ -247,6 +250,23 @@ def _evaluate_pairs(args, model, tokenizer, rows, lengths) -> dict:
     return pairs
 
 
+def _calibrate(args):
+    from .calibration import calibrate_model, coverage_report, format_coverage_report, save_calibrated
+    from .data import read_jsonl
+
+    ratings = read_jsonl(args.ratings)
+    heldout = read_jsonl(args.heldout) if args.heldout else None
+    model, tokenizer = _load_model(args.model, args.revision, args.trust_remote_code)
+    lengths = {"batch_size": args.batch_size, "max_length": args.max_length}
+    calibrator = calibrate_model(model, tokenizer, ratings, args.label_range, args.width_bins, **lengths)
+    print(f"Calibrated on {calibrator.responses_.sum(0).min()} responses ({args.ratings})")
+    report = coverage_report(model, tokenizer, heldout, args.label_range, **lengths) if heldout else None
+    if report:
+        print(f"Held-out ({args.heldout}), before and after calibration:\n{format_coverage_report(report)}")
+    written = save_calibrated(model, tokenizer, args.model, args.output_dir, report, homepage=args.homepage)
+    print(f"Calibrated model written to {written}")
+
+
 def _skipped_note(report: dict) -> str:
     skipped = report.get("skipped_too_long", 0)
     return f"; {skipped} row(s) longer than max_length left out" if skipped else ""
@@ -283,6 +303,43 @@ def _add_distribution_table_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--alpha", type=risk_parameter("alpha"), default=0.1, help="tail fraction of the CVaR, in (0, 1]"
     )
+
+
+def _add_calibrate_command(commands) -> None:
+    """Add ``qrm calibrate MODEL --ratings FILE --output-dir DIR [--heldout FILE] [--width-bins G]``."""
+    from .training.settings import AssembleSettings, add_settings_arguments
+
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="conformal calibration of the quantiles on held-out ratings, stored in a copy of the model",
+        description="Fit split conformal offsets for every attribute and quantile level on rating rows (the "
+        "format of `qrm evaluate --ratings`; the ratings of one response count as one response) and write a "
+        "copy of the model that applies them: every consumer of the saved model reads calibrated quantiles.",
+    )
+    _add_model_arguments(calibrate)
+    calibrate.add_argument("--ratings", required=True, help="JSON Lines calibration rating rows")
+    calibrate.add_argument("--output-dir", required=True, help="where the calibrated model goes")
+    calibrate.add_argument(
+        "--heldout", help="JSON Lines rating rows (not the calibration ones) to measure coverage on"
+    )
+    calibrate.add_argument(
+        "--width-bins",
+        type=positive_int,
+        default=1,
+        help="Mondrian groups: calibrate separately within G bins of each response's predicted 80 %% width "
+        "(averaged over attributes, each in units of its median width; default 1: one offset per attribute "
+        "and level)",
+    )
+    calibrate.add_argument(
+        "--label-range",
+        nargs=2,
+        type=float,
+        default=RATING_LABEL_RANGE,
+        metavar=("LOW", "HIGH"),
+        help="range of the rating labels, mapped to [0, 1] (default 0 4)",
+    )
+    add_settings_arguments(calibrate, AssembleSettings, names=["homepage"])
+    calibrate.set_defaults(handler=_calibrate)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -356,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--label-range",
         nargs=2,
         type=float,
-        default=(0.0, 4.0),
+        default=RATING_LABEL_RANGE,
         metavar=("LOW", "HIGH"),
         help="range of the rating labels, mapped to [0, 1] (default 0 4)",
     )
@@ -403,6 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--output", metavar="FILE", help="write every number to this JSON file")
     evaluate.set_defaults(handler=_evaluate)
+
+    _add_calibrate_command(commands)
 
     from .cli_pipeline import add_pipeline_commands
     from .cli_preference import add_preference_commands

@@ -56,6 +56,7 @@ PATH_ARGUMENTS: dict[str, dict[str, str]] = {
         "plot": OUTPUT_FILE,
     },
     "push": {"model_dir": INPUT, "results": INPUT},
+    "calibrate": {**_MODEL, "ratings": INPUT, "heldout": INPUT, "output_dir": OUTPUT_DIR},
 }
 
 # Inputs that may name a Hub repo or a dataset (by name or preset) instead of a local path. Every other input

@@ -126,6 +126,7 @@ TEMPLATES = {
         p["output_file"],
     ],
     "push": lambda p: ["push", p["model"], "someone/qrm", "--token", "hf_not_a_token"],
+    "calibrate": lambda p: ["calibrate", p["model"], "--ratings", p["rows"], "--output-dir", p["output_dir"]],
 }
 OUTPUTS = ("output_dir", "output_file")
 MODELS = ("model",)  # inputs that are QRMs

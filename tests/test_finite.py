@@ -273,6 +273,9 @@ def _command_cases(tmp_path: Path, poisoned, clean) -> dict[str, list[tuple[list
         ],
         "rewardbench": [(["--data", rewardbench], [f"{rewardbench} line 2 (subset 'hep-go', id 11)"])],
         "preference-strength": [(["--pairs", pairs], [f"{pairs} line 5 (rejected)"])],
+        "calibrate": [
+            (["--ratings", ratings, "--output-dir", tmp_path / "calibrated"], [f"{ratings} line 5"])
+        ],
     }
 
 
