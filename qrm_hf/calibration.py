@@ -189,7 +189,7 @@ def rating_predictions(
     model as it is (use `uncalibrated` for the heads' own quantiles). Over-long conversations are refused."""
     from .data import row_location
     from .evaluation import unique_conversations
-    from .presets import DatasetPreset, attribute_examples
+    from .dataset_loading import DatasetPreset, attribute_examples
     from .scoring import names_of_distinct, score_conversations
 
     preset = DatasetPreset.custom(
