@@ -10,73 +10,9 @@ import sys
 import warnings
 from pathlib import Path
 
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (batch sizes, lengths), else a one-line usage error."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def risk_spec(spec: str) -> str:
-    """argparse type: a `qrm_hf.risk` measure spec (`exp_utility`, `quantile:0.05`, ...), checked by the registry."""
-    from . import risk
-
-    try:
-        risk.parse(spec)
-    except (ValueError, TypeError) as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return spec
-
-
-def risk_parameter(name: str):
-    """argparse type: a value of the `qrm_hf.risk` parameter `name` (``lam`` > 0, ``alpha`` in (0, 1]),
-    checked by the risk registry."""
-    from . import risk
-
-    parameter = risk.RISK_PARAMETERS[name]
-
-    def parse(text: str) -> float:
-        try:
-            return parameter.check(float(text))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must {parameter.domain}, got {text}") from None
-
-    parse.__name__ = name  # argparse names the type in its messages
-    return parse
-
-
-def check_writable(path: str | Path | None, what: str) -> None:
-    """Fail now, not after the work, when the output file `path` cannot be written (the file is not created)."""
-    if path is None:
-        return
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"The {what} path {path} is a directory; give a file name.")
-    existed = path.exists()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a"):
-            pass
-    except OSError as error:
-        raise OSError(f"Cannot write the {what} to {path}: {error.strerror or error}.") from error
-    if not existed:
-        path.unlink()
-
-
-def _load_model(path: str, revision: str | None = None, trust_remote_code: bool = False):
-    from .hub import load_qrm
-
-    model, tokenizer = load_qrm(path, revision=revision, trust_remote_code=trust_remote_code)
-    if not hasattr(model.config, "quantile_levels"):
-        raise ValueError(
-            f"{path} is not a QRM (its config has no quantile_levels); convert it with `qrm convert`."
-        )
-    return model, tokenizer
+from .arguments import positive_int, risk_parameter
+from .cli_model import add_model_arguments, load_model
+from .cli_paths import check_paths, check_writable
 
 
 def _demo(args):
@@ -138,7 +74,7 @@ def _score(args):
     else:
         raise ValueError("Give --prompt and --response, or --file with prompt/response rows.")
     check_writable(args.plot, "plot")
-    model, tokenizer = _load_model(args.model, args.revision, args.trust_remote_code)
+    model, tokenizer = load_model(args.model, args.revision, args.trust_remote_code)
     _print_scores(
         model,
         tokenizer,
@@ -174,7 +110,7 @@ def _evaluate(args):
     check_writable(args.plot, "plot")
     for path in outputs:
         check_writable(path, "JSON report")
-    model, tokenizer = _load_model(args.model, args.revision, args.trust_remote_code)
+    model, tokenizer = load_model(args.model, args.revision, args.trust_remote_code)
     model_class = (
         f"{type(model).__module__}.{type(model).__name__}"  # the code that scores, in the report too
     )
@@ -225,25 +161,6 @@ def _evaluate(args):
 def _skipped_note(report: dict) -> str:
     skipped = report.get("skipped_too_long", 0)
     return f"; {skipped} row(s) longer than max_length left out" if skipped else ""
-
-
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="QRM directory or Hub repo id")
-    parser.add_argument("--revision", help="branch, tag or commit of a Hub model (default: main)")
-    parser.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="run the Python code that comes with the model (never needed for a qrm-hf QRM with qrm-hf "
-        "installed; only for models of another type, e.g. released checkpoints with their own code). Read "
-        "that code first: it runs with your rights.",
-    )
-    parser.add_argument("--batch-size", type=positive_int, default=8, help="conversations per forward pass")
-    parser.add_argument(
-        "--max-length",
-        type=positive_int,
-        help="longest conversation in tokens (default: the backbone's max_position_embeddings); longer ones "
-        "are refused (score) or left out and counted (evaluate), never truncated",
-    )
 
 
 def _add_distribution_table_arguments(parser: argparse.ArgumentParser) -> None:
@@ -304,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         "of the exponential utility E[-exp(-lam r)] (paper eq. 4): the same ranking, in reward units, "
         "computed without overflow.",
     )
-    _add_model_arguments(score)
+    add_model_arguments(score)
     score.add_argument("--prompt", help="the user's message")
     score.add_argument("--response", help="the assistant's answer")
     score.add_argument("--file", help="JSON Lines file with prompt/response (and optional name) per row")
@@ -319,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         "next to the annotators' own spread ratio, optionally next to ridge and Gaussian baselines) and on "
         "preference pairs (accuracy).",
     )
-    _add_model_arguments(evaluate)
+    add_model_arguments(evaluate)
     evaluate.add_argument(
         "--ratings", help="JSON Lines rating rows: prompt, response, one column per attribute"
     )
@@ -358,9 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .cli_pipeline import add_pipeline_commands
     from .cli_preference import add_preference_commands
+    from .cli_push import add_push_command
     from .cli_rewardbench import add_rewardbench_command
     from .cli_rlhf import add_rlhf_commands
-    from .hub import add_push_command
 
     add_pipeline_commands(commands)
     add_rlhf_commands(commands)
@@ -458,8 +375,6 @@ def main(argv=None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        from .cli_paths import check_paths
-
         check_paths(args)  # outputs that are inputs, directories of someone else's files: refused first
         if args.debug:
             args.handler(args)

@@ -111,7 +111,8 @@ def _preference_strength(args) -> None:
     import numpy as np
     import torch
 
-    from .cli import _load_model, check_writable
+    from .cli_model import load_model
+    from .cli_paths import check_writable
     from .data import read_jsonl, row_location
     from .evaluation import unique_conversations
     from .preference import preference_strength
@@ -126,7 +127,7 @@ def _preference_strength(args) -> None:
         )
     check_writable(args.output, "output")
     check_writable(args.plot, "plot")
-    model, tokenizer = _load_model(args.model, args.revision, args.trust_remote_code)
+    model, tokenizer = load_model(args.model, args.revision, args.trust_remote_code)
     attribute_dirs = preference_dirs = None
     if args.features:
         attribute_dirs, preference_dirs = _feature_dirs(model, args.features)
@@ -264,9 +265,9 @@ def add_preference_commands(commands) -> None:
         "(attribute features refit the heads; preference features, if given, the gating network too).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    from .cli import _add_model_arguments
+    from .cli_model import add_model_arguments
 
-    _add_model_arguments(parser)
+    add_model_arguments(parser)
     parser.add_argument(
         "--pairs", required=True, help="JSON Lines file: prompt, chosen, rejected (optional id)"
     )

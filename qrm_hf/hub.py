@@ -4,8 +4,8 @@ A QRM on the Hub is a normal transformers repository: safetensors weights (one f
 index), ``config.json`` with ``auto_map``, the two ``modeling/`` files (``configuration_qrm.py``,
 ``modeling_qrm.py``) that ``trust_remote_code=True`` runs, the tokenizer files and a model card
 (``README.md``). `qrm_hf.training.assemble.save_qrm` writes such a directory; `push_model_dir` (CLI:
-``qrm push MODEL_DIR REPO_ID``) checks it is complete and uploads it in one commit with huggingface_hub;
-`push_qrm` does both for a model in memory. ``model.push_to_hub(repo_id)`` (inherited from transformers)
+``qrm push MODEL_DIR REPO_ID``, `qrm_hf.cli_push`) checks it is complete and uploads it in one commit with
+huggingface_hub; `qrm_hf.training.assemble.push_qrm` does both for a model in memory. ``model.push_to_hub(repo_id)`` (inherited from transformers)
 also works: it uploads weights, config and the code files, and keeps the model card already in the repo
 (else transformers writes its generic card), but not the tokenizer.
 
@@ -19,13 +19,11 @@ of type ``"qrm"``, and only with ``trust_remote_code=True`` (CLI ``--trust-remot
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fnmatch
 import json
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -297,51 +295,6 @@ def push_model_dir(
     )
 
 
-def push_qrm(
-    model,
-    repo_id: str,
-    tokenizer,
-    *,
-    base_model: str | None = None,
-    datasets: Sequence[str] = (),
-    training_summary: str = "",
-    evaluation: list[dict] | None = None,
-    license: str = "apache-2.0",
-    private: bool = False,
-    revision: str | None = None,
-    commit_message: str | None = None,
-    max_shard_size: int | str = "5GB",
-    token: str | None = None,
-    homepage: str | None = None,
-):
-    """Save `model` (a `QRMForSequenceClassification`), its tokenizer and a model card, and push them.
-
-    Weights are sharded past `max_shard_size`; the card is rendered for `repo_id` (see `render_model_card`
-    for `base_model`, `datasets`, `training_summary`, `evaluation`, `homepage`). Returns the `CommitInfo`.
-    """
-    from .training.assemble import save_qrm
-
-    if tokenizer is None:
-        raise ValueError("push_qrm needs the tokenizer: a QRM on the Hub is loaded with its own tokenizer.")
-    with tempfile.TemporaryDirectory(prefix="qrm-push-") as tmp:
-        save_qrm(
-            model,
-            tmp,
-            tokenizer=tokenizer,
-            backbone_name=base_model,
-            datasets=datasets,
-            training_summary=training_summary,
-            evaluation=evaluation,
-            repo_id=repo_id,
-            license=license,
-            max_shard_size=max_shard_size,
-            homepage=homepage,
-        )
-        return push_model_dir(
-            tmp, repo_id, private=private, revision=revision, commit_message=commit_message, token=token
-        )
-
-
 def _looks_like_a_path(name: str) -> bool:
     """True for names that can only be local paths (not a Hub repo id 'name' or 'namespace/name')."""
     if name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1:
@@ -592,85 +545,8 @@ def check_finite_weights(model, name: str) -> None:
         raise ValueError(f"{name} has NaN or infinite values in {len(bad)} tensor(s): {listed}.")
 
 
-def _push_command(args) -> None:
-    info = push_model_dir(
-        args.model_dir,
-        args.repo_id,
-        private=args.private,
-        revision=args.revision,
-        commit_message=args.commit_message,
-        token=args.token,
-        results=args.results or (),
-        homepage=args.homepage,
-    )
-    print(f"Pushed {args.model_dir} to {args.repo_id} (branch {args.revision or 'main'}), commit {info.oid}")
-    print(f"  {info.commit_url}")
-    print(
-        "  Load it with AutoModelForSequenceClassification.from_pretrained("
-        f"{args.repo_id!r}, trust_remote_code=True, revision={info.oid!r})"
-    )
-
-
-def add_push_command(subparsers) -> argparse.ArgumentParser:
-    """Add ``qrm push MODEL_DIR REPO_ID [--private] [--revision BRANCH] [--commit-message ...]``."""
-    push = subparsers.add_parser(
-        "push",
-        help="upload a saved QRM directory to the Hugging Face Hub",
-        description=(
-            "Upload a QRM directory (as written by save_qrm or `qrm demo`) to a Hub model repo in one\n"
-            "commit: safetensors weights, config.json with auto_map, configuration_qrm.py and\n"
-            "modeling_qrm.py (the code that trust_remote_code=True runs), the tokenizer and the model card.\n"
-            "The directory is checked first: a missing file, or a symbolic link that leads out of the\n"
-            "directory, is named and nothing is uploaded. The repo and\n"
-            "the branch are created if needed; weight, config, code and tokenizer files of an earlier upload\n"
-            "that the directory does not have are deleted in the same commit.\n"
-            "Authenticate with `hf auth login` or HF_TOKEN."
-        ),
-        epilog=(
-            "examples:\n"
-            "  qrm push outputs/demo/model my-org/qrm-smollm2-demo\n"
-            "  qrm push outputs/demo/model my-org/qrm-smollm2-demo --private --revision v0.1 \\\n"
-            "      --commit-message 'Refit gating'\n"
-            "then load it anywhere, without qrm-hf:\n"
-            "  AutoModelForSequenceClassification.from_pretrained(\n"
-            "      'my-org/qrm-smollm2-demo', trust_remote_code=True, revision=COMMIT)"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    push.add_argument("model_dir", metavar="MODEL_DIR", help="the saved QRM directory")
-    push.add_argument(
-        "repo_id", metavar="REPO_ID", help="Hub repo id, 'namespace/name' (created if it does not exist)"
-    )
-    push.add_argument(
-        "--private", action="store_true", help="create the repo as private (no effect on an existing repo)"
-    )
-    push.add_argument(
-        "--revision",
-        metavar="BRANCH",
-        help="branch to commit to, created from main if missing (default: main)",
-    )
-    push.add_argument(
-        "--commit-message", metavar="MESSAGE", help="message of the commit (default: 'Upload QRM')"
-    )
-    push.add_argument(
-        "--token", metavar="TOKEN", help="Hub token (default: HF_TOKEN or the token saved by `hf auth login`)"
-    )
-    push.add_argument(
-        "--results",
-        nargs="+",
-        metavar="FILE",
-        help="`qrm rewardbench --output` files: their scores go into the uploaded card's model-index",
-    )
-    from .training.settings import AssembleSettings, add_settings_arguments
-
-    add_settings_arguments(push, AssembleSettings, names=["homepage"])
-    push.set_defaults(handler=_push_command)
-    return push
-
-
 __all__ = [
     "IncompleteModelDirError",
-    "add_push_command",
     "check_model_dir",
     "check_repo_id",
     "check_tokenizer_files",
@@ -679,5 +555,4 @@ __all__ = [
     "model_location",
     "push_model_dir",
     "read_model_config",
-    "push_qrm",
 ]

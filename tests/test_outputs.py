@@ -348,7 +348,7 @@ DESTRUCTIVE = {"rmtree", "move", "rename", "remove", "unlink", "rmdir", "removed
 # Deletions and renames outside qrm_hf/io.py, each of a file that the same function created.
 ALLOWED_DESTRUCTIVE = {
     ("qrm_hf/locking.py", "unlink"),  # the lock's own owner file
-    ("qrm_hf/cli.py", "unlink"),  # check_writable's probe file, when it did not exist before
+    ("qrm_hf/cli_paths.py", "unlink"),  # check_writable's probe file, when it did not exist before
 }
 WRITERS = {"save_pretrained", "save_file", "savefig", "write_text", "write_bytes", "save", "dump"}
 # Functions that write into a directory their caller prepared (a replace_directory temporary, a claimed
