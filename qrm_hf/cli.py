@@ -118,13 +118,14 @@ def _evaluate(args):
     report = {"model_class": model_class}
     lengths = {"batch_size": args.batch_size, "max_length": args.max_length}
     if ratings:
+        baselines, members = _rating_comparisons(model, args)
         report["ratings"] = evaluate_ratings(
             model,
             tokenizer,
             ratings,
             tuple(args.label_range),
-            baseline_features=args.baselines or (),
-            bootstrap=args.bootstrap or 0,
+            baselines=baselines,
+            members=members,
             **lengths,
         )
         ratings = report["ratings"]
@@ -156,6 +157,19 @@ def _evaluate(args):
 
     for path in outputs:
         write_json_atomic(Path(path), report)
+
+
+def _rating_comparisons(model, args) -> tuple[dict, object]:
+    """(baselines, bootstrap members) of `--baselines` and `--bootstrap`, fitted on the training features."""
+    if not args.baselines:
+        return {}, None
+    from .training.baselines import fit_baselines, fit_bootstrap_members
+    from .training.features import check_features_fit_model
+
+    check_features_fit_model(model, args.baselines)  # not the heads check: a poor model is measured
+    levels, attributes = model.config.quantile_levels, model.config.attribute_names
+    baselines = fit_baselines(args.baselines, attributes, levels, tuple(args.label_range))
+    return baselines, fit_bootstrap_members(model, args.baselines, args.bootstrap) if args.bootstrap else None
 
 
 def _skipped_note(report: dict) -> str:

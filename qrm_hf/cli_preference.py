@@ -34,7 +34,7 @@ def check_pair_rows(rows: list[dict], path: str) -> None:
 
 def _feature_dirs(model, directories):
     """Split `--features` into attribute and preference directories, checked against the model's backbone."""
-    from .evaluation import check_features_fit_model
+    from .training.features import check_features_fit_model
 
     settings = check_features_fit_model(model, directories)
     attribute = [d for d in directories if settings[str(d)]["kind"] == "attribute"]

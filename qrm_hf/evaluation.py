@@ -7,8 +7,9 @@ with a ValueError naming its rows, as `qrm_hf.scoring` refuses such model output
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 
@@ -446,59 +447,6 @@ def _model_report(labels, predictions, levels, attributes, kinds, groups) -> dic
     return report
 
 
-def check_features_fit_model(model, directories) -> dict[str, dict]:
-    """Refuse feature directories of `qrm extract` that do not come from the model's backbone; returns
-    their settings by directory.
-
-    The manifests must agree with each other and with the model on the hidden size and the prompt-end
-    pattern (tokenizer and chat template). Features of another backbone with the same size and template
-    pass that (`qrm preference-strength` also checks that the model's heads fit their ratings).
-    """
-    from .training.features import check_same_backbone, read_manifest
-
-    settings = {str(d): read_manifest(d)["settings"] for d in directories}
-    check_same_backbone(settings)
-    for name, values in settings.items():
-        if values.get("hidden_size") != model.config.hidden_size:
-            raise ValueError(
-                f"{name} holds features of a backbone with hidden size {values.get('hidden_size')}, the model's "
-                f"has {model.config.hidden_size}: they come from another backbone."
-            )
-        pattern = list(model.config.prompt_end_pattern or [])
-        if pattern and values.get("prompt_end_pattern") != pattern:
-            raise ValueError(
-                f"{name} was extracted with the prompt-end pattern {values.get('prompt_end_pattern')}, the model "
-                f"uses {pattern}: the features come from another backbone or tokenizer."
-            )
-    return settings
-
-
-def fit_baselines(feature_dirs, attributes, levels, label_range=None) -> dict:
-    """The ridge + cross-validated residual quantiles and the heteroscedastic Gaussian baselines, fitted
-    on attribute features of `qrm extract` (labels already in [0, 1]). Returns {name: estimator}; the
-    features' attributes must be `attributes`, and their label ranges `label_range` when given."""
-    from .training.features import load_labelled, read_manifest
-    from .training.quantile_regression import HeteroscedasticGaussian, RidgeResidualQuantiles
-
-    for directory in feature_dirs:
-        settings = read_manifest(directory, kind="attribute")["settings"]
-        missing = [name for name in attributes if name not in settings["attributes"]]
-        if missing:
-            raise ValueError(f"The features in {directory} have no labels for {missing}.")
-        ranges = {name: tuple(value) for name, value in settings.get("label_ranges", {}).items()}
-        if label_range is not None and any(
-            ranges.get(name, tuple(label_range)) != tuple(label_range) for name in attributes
-        ):
-            raise ValueError(
-                f"The features in {directory} were normalised with the label ranges {ranges}, not {tuple(label_range)}."
-            )
-    X, Y = load_labelled(feature_dirs, list(attributes))
-    return {
-        "ridge": RidgeResidualQuantiles(list(levels)).fit(X, Y),
-        "gaussian": HeteroscedasticGaussian(list(levels)).fit(X, Y),
-    }
-
-
 def evaluate_ratings(
     model,
     tokenizer,
@@ -507,22 +455,24 @@ def evaluate_ratings(
     attributes=None,
     batch_size: int = 8,
     max_length: int | None = None,
-    baseline_features=(),
-    bootstrap: int = 0,
+    baselines: Mapping[str, Any] | None = None,
+    members=None,
 ) -> dict:
     """Pinball loss and the distribution measures of the model's attribute quantiles on rating rows.
 
     Rows are docs/design.md §6 rating rows (prompt, response, one column per attribute; optional ``kind`` and
     ``conversation_id``; one row per annotator rating). Returns ``pinball`` (mean over attributes and
     levels), ``pinball_per_attribute``, ``calibration_error``, ``pinball_by_kind`` (with kinds), and
-    ``models``: {``qrm``, and with `baseline_features` (training feature directories) ``ridge`` and
-    ``gaussian`` fitted on them}, each with per-attribute, overall and per-kind `distribution_measures`,
+    ``models``: {``qrm``, and each of `baselines` (name -> a fitted estimator whose ``predict`` maps the
+    backbone's response embeddings [n, H] to quantiles [n, M, K], e.g. `qrm_hf.training.baselines.fit_baselines`)},
+    each with per-attribute, overall and per-kind `distribution_measures`,
     the controversial / clear 90 % width ratio, reliability and PIT data; ``annotator_spread`` (per kind)
     and ``annotator_spread_ratio`` (controversial / clear) of the annotators' own labels; and
     ``skipped_too_long``, the rows longer than `max_length` tokens (default the backbone's positions), left out.
 
-    With `bootstrap` = E >= 2 (needs `baseline_features`), the quantile heads are also refitted E times on
-    bootstrap resamples of the training responses (the paper's penalty, fast solver): ``own_uncertainty``
+    With `members`, quantile heads refitted E >= 2 times on bootstrap resamples of the training responses
+    (``attribute_quantiles`` maps embeddings [n, H] to [E, n, M, K];
+    `qrm_hf.training.baselines.fit_bootstrap_members`): ``own_uncertainty``
     holds, overall and per kind, the mean :func:`median_spread` of the held-out responses, the part of a
     90 % width that is the heads' own uncertainty about where the distribution lies rather than the
     annotators' disagreement (a lower bound: resampling the training responses does not show what no
@@ -531,8 +481,7 @@ def evaluate_ratings(
     A NaN or infinite model output is refused (`qrm_hf.scoring.NonFiniteOutputError`), naming the rows
     (`qrm_hf.data.row_location`: the file line of rows read by `read_jsonl`).
     """
-    if bootstrap and (bootstrap < 2 or not baseline_features):
-        raise ValueError("bootstrap needs at least 2 members and the training features (baseline_features).")
+    baselines = dict(baselines or {})
     from .data import row_location
     from .presets import DatasetPreset, attribute_examples
 
@@ -555,10 +504,9 @@ def evaluate_ratings(
     labels, index = labels[~too_long], index[~too_long]
     predictions = {"qrm": outputs["attribute_quantiles"].double().numpy()[index]}  # [n, M, K]
     levels = model.config.quantile_levels
-    if baseline_features:
+    if baselines or members is not None:
         from .scoring import conversation_embeddings
 
-        check_features_fit_model(model, baseline_features)  # not the heads check: a poor model is measured
         used = np.unique(index)  # the distinct responses of the rows kept
         distinct = (
             conversation_embeddings(
@@ -574,20 +522,13 @@ def evaluate_ratings(
             .numpy()
         )
         row_of = np.searchsorted(used, index)  # the distinct response of each row
-        for name, baseline in fit_baselines(baseline_features, attributes, levels, label_range).items():
+        for name, baseline in baselines.items():
             predictions[name] = baseline.predict(distinct)[row_of]
-        if bootstrap:
+        if members is not None:
             import torch
 
-            from .training.bootstrap import fit_bootstrap_heads
-            from .training.quantile_regression import MultiQuantileRegressor
-
-            ensemble = fit_bootstrap_heads(
-                baseline_features, bootstrap, estimator=MultiQuantileRegressor(levels), attribute_names=attributes,
-                gating_network=model.gating,
-            )  # fmt: skip
-            members = ensemble.attribute_quantiles(torch.from_numpy(distinct)).numpy()  # [E, responses, M, K]
-            spread = median_spread(members, levels)[row_of]
+            member_quantiles = members.attribute_quantiles(torch.from_numpy(distinct)).numpy()  # [E, n, M, K]
+            spread = median_spread(member_quantiles, levels)[row_of]
     loss = pinball_loss(labels, predictions["qrm"], levels)
     report = {
         "pinball": float(loss.mean()),
@@ -602,12 +543,12 @@ def evaluate_ratings(
             for kind in dict.fromkeys(kinds)
         }
     groups = index  # the response of each row
-    if bootstrap:
+    if members is not None:
         first = np.unique(groups, return_index=True)[1]  # one row per distinct response
         selections = {"all": np.ones(len(groups), dtype=bool)}
         selections.update({kind: kinds == kind for kind in dict.fromkeys(kinds)} if kinds is not None else {})
         report["own_uncertainty"] = {
-            "members": bootstrap,
+            "members": len(member_quantiles),
             "median_spread_90": {
                 name: dict(zip(attributes, spread[first[rows[first]]].mean(0).tolist(), strict=True))
                 for name, rows in selections.items()

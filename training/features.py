@@ -355,6 +355,31 @@ def check_same_backbone(named_settings: dict[str, dict]) -> dict:
     return first
 
 
+def check_features_fit_model(model, directories) -> dict[str, dict]:
+    """Refuse feature directories of `qrm extract` that do not come from the model's backbone; returns
+    their settings by directory.
+
+    The manifests must agree with each other and with the model on the hidden size and the prompt-end
+    pattern (tokenizer and chat template). Features of another backbone with the same size and template
+    pass that (`qrm preference-strength` also checks that the model's heads fit their ratings).
+    """
+    settings = {str(d): read_manifest(d)["settings"] for d in directories}
+    check_same_backbone(settings)
+    for name, values in settings.items():
+        if values.get("hidden_size") != model.config.hidden_size:
+            raise ValueError(
+                f"{name} holds features of a backbone with hidden size {values.get('hidden_size')}, the model's "
+                f"has {model.config.hidden_size}: they come from another backbone."
+            )
+        pattern = list(model.config.prompt_end_pattern or [])
+        if pattern and values.get("prompt_end_pattern") != pattern:
+            raise ValueError(
+                f"{name} was extracted with the prompt-end pattern {values.get('prompt_end_pattern')}, the model "
+                f"uses {pattern}: the features come from another backbone or tokenizer."
+            )
+    return settings
+
+
 def load_features(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """All shards of a feature directory concatenated, and the settings they were extracted with."""
     directory = Path(directory)

@@ -482,13 +482,6 @@ def load_transform(directory: str | Path | None, attribute_names: Sequence[str])
 # ------------------------------------------------------------------------------------------- 4. gating
 
 
-def _gating_config(attribute_names: Sequence[str], hidden_size: int, gating: GatingSettings):
-    """The sizes of the gating network of `gating` (`BradleyTerryGating` builds it from them)."""
-    from ..modeling.modeling_qrm import QRMGatingSizes
-
-    return QRMGatingSizes(hidden_size, len(attribute_names), **gating.config_kwargs())
-
-
 def fit_gating(
     heads_dir: str | Path,
     pair_dirs: Sequence[str | Path],
@@ -595,7 +588,7 @@ def gating_diagnostics(network, prompt_embeddings, chosen_rewards, rejected_rewa
 
 def _bradley_terry(names, hidden_size: int, settings: GatingSettings, plain: bool = False):
     """The `BradleyTerryGating` of `settings` (`plain`: without the noisy-label remedies)."""
-    from .gating import BradleyTerryGating
+    from .gating import BradleyTerryGating, gating_sizes
 
     remedies = {} if plain else {
         "label_smoothing": settings.label_smoothing,
@@ -604,7 +597,7 @@ def _bradley_terry(names, hidden_size: int, settings: GatingSettings, plain: boo
         "drop_below": settings.drop_below,
     }  # fmt: skip
     return BradleyTerryGating(
-        _gating_config(names, hidden_size, settings),
+        gating_sizes(names, hidden_size, settings),
         learning_rate=settings.learning_rate,
         batch_size=settings.batch_size,
         epochs=settings.epochs,
@@ -765,7 +758,8 @@ def assemble_model(
 
 def _gating_network(names, hidden_size, gating: GatingSettings, state_dict):
     from ..modeling.modeling_qrm import QRMGatingNetwork
+    from .gating import gating_sizes
 
-    network = QRMGatingNetwork(_gating_config(names, hidden_size, gating))
+    network = QRMGatingNetwork(gating_sizes(names, hidden_size, gating))
     network.load_state_dict(state_dict)
     return network.eval()
