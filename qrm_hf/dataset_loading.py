@@ -380,8 +380,9 @@ def _messages(value: Any, default_role: str, where: str) -> Conversation:
     return result
 
 
-def _conversation(prompt: Any, response: Any, system: Any, where: str) -> Conversation:
-    """The full conversation of a prompt and a response (or of a response that is already one)."""
+def build_conversation(prompt: Any, response: Any, system: Any, where: str) -> Conversation:
+    """The full conversation of a prompt and a response (or of a response that is already one), with the
+    `system` prompt first when given; `where` names the row in errors."""
     if response is None:
         raise ValueError(f"{where}: the response is missing (null).")
     turns = _messages(response, "assistant", where)
@@ -499,7 +500,7 @@ def attribute_examples(
         where = row_location(dataset, row_index, f"Preset {preset.name!r}")
         for flat in _flat_rows(preset, row, where):
             response = _get(flat, preset.messages or preset.response)
-            conversation = _conversation(
+            conversation = build_conversation(
                 _get(flat, preset.prompt), response, _get(flat, preset.system), where
             )
             values = []
@@ -551,7 +552,7 @@ def response_conversations(
             )
         if response not in row:
             raise ValueError(f"{where} has no {response!r} column (it has {sorted(row)}).")
-        conversations.append(_conversation(row.get(prompt), row[response], None, where))
+        conversations.append(build_conversation(row.get(prompt), row[response], None, where))
     if not conversations:
         raise ValueError(f"{name}: no conversation to score.")
     return conversations
@@ -570,8 +571,8 @@ def preference_examples(dataset, preset: str | DatasetPreset, *, with_index: boo
         where = row_location(dataset, row_index, f"Preset {preset.name!r}")
         for flat in _flat_rows(preset, row, where):
             prompt, system = _get(flat, preset.prompt), _get(flat, preset.system)
-            chosen = _conversation(prompt, flat.get(preset.chosen), system, f"{where} (chosen)")
-            rejected = _conversation(prompt, flat.get(preset.rejected), system, f"{where} (rejected)")
+            chosen = build_conversation(prompt, flat.get(preset.chosen), system, f"{where} (chosen)")
+            rejected = build_conversation(prompt, flat.get(preset.rejected), system, f"{where} (rejected)")
             pairs.append((chosen, rejected))
             index.append(row_index)
     if not pairs:
