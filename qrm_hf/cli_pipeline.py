@@ -12,7 +12,7 @@ import dataclasses
 
 def _locked(output_dir):
     """Hold the lock of a stage's output directory for the whole command (one writer at a time)."""
-    from .locking import directory_lock
+    from .io import directory_lock
 
     return directory_lock(output_dir)
 

@@ -31,11 +31,11 @@ from ..chat import check_max_length, check_token_ids, split_by_length
 from ..io import (
     check_output_directory,
     claim_directory,
+    directory_lock,
     interrupted_replacement_note,
     write_bytes_atomic,
     write_json_atomic,
 )
-from ..locking import directory_lock
 from ..scoring import BackboneEncoder, check_finite_rows
 
 MANIFEST = "manifest.json"

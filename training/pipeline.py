@@ -34,12 +34,12 @@ from typing import Any
 from ..io import (
     check_outputs_apart_from_inputs,
     claim_directory,
+    directory_lock,
     output_id,
     remove_output,
     restore_interrupted_replacement,
     write_json_atomic,
 )
-from ..locking import directory_lock
 from ..presets import looks_like_local_path
 from .features import EXTRACT_COMMAND, content_signature, damaged_shards
 from .quantile_regression import MultiQuantileRegressor
