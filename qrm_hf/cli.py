@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .arguments import positive_int, risk_parameter
 from .cli_model import add_model_arguments, load_model
-from .cli_paths import check_paths, check_writable
+from .cli_paths import check_writable
 
 
 def _demo(args):
@@ -389,6 +389,8 @@ def main(argv=None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from .cli_paths import check_paths
+
         check_paths(args)  # outputs that are inputs, directories of someone else's files: refused first
         if args.debug:
             args.handler(args)
