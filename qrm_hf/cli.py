@@ -50,7 +50,7 @@ def _print_scores(model, tokenizer, rows, lam, alpha, plot=None, batch_size=8, m
 def _scoring_rows(path: str):
     """(conversations, names, locations) of a JSON Lines file of prompt/response rows, every row checked."""
     from .data import read_jsonl
-    from .presets import response_conversations
+    from .dataset_loading import response_conversations
 
     rows = read_jsonl(path)
     conversations = response_conversations(rows, name=str(path))
@@ -58,7 +58,7 @@ def _scoring_rows(path: str):
 
 
 def _score(args):
-    from .presets import response_conversations
+    from .dataset_loading import response_conversations
 
     if args.file:
         if args.prompt is not None or args.response is not None:

@@ -1,6 +1,6 @@
 """Training data on Hugging Face `datasets`: the loader, the dataset description and the converters to
 the two kinds of examples of docs/design.md §6 (the named presets of the paper's datasets are in
-`qrm_hf.presets`, which re-exports everything here).
+`qrm_hf.presets`).
 
 - :func:`load_rows` loads a Hub dataset or a local json/jsonl/parquet/arrow file, a directory of such
   files, or a directory written by ``Dataset.save_to_disk``.

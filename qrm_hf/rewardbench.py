@@ -1,7 +1,7 @@
 """RewardBench and RewardBench 2 scores of a reward model (`qrm rewardbench`).
 
 Both official formats are read (a Hub dataset id or a local file / directory, through
-`qrm_hf.presets.load_rows`):
+`qrm_hf.dataset_loading.load_rows`):
 
 - **RewardBench** (v1, the ``filtered`` split of ``allenai/reward-bench``): rows ``prompt``, ``chosen``,
   ``rejected`` (strings), ``subset`` (and ``id``). A pair is correct when the chosen response scores
@@ -413,7 +413,7 @@ def load_rewardbench_rows(
     file is its own single split). `limit` keeps the first `limit` rows of each subset.
     """
     from .data import JsonlRows
-    from .presets import load_rows
+    from .dataset_loading import load_rows
 
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}.")

@@ -24,9 +24,9 @@ from qrm_hf.cli import main
 from qrm_hf.training.features import load_features, load_labelled
 from qrm_hf.training.pipeline import TrainConfig, build_plan, run_training
 from qrm_hf.training.quantile_regression import MultiQuantileRegressor
+from qrm_hf.training.settings import GatingSettings
 from qrm_hf.training.stages import (
     DatasetSpec,
-    GatingSettings,
     extract_features,
     fit_gating,
     fit_quantile_heads,

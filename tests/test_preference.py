@@ -17,7 +17,8 @@ from qrm_hf.training.bootstrap import HeadEnsemble, PairFeatures, fit_bootstrap_
 from qrm_hf.training.gating import BradleyTerryGating
 from qrm_hf.training.pipeline import TrainConfig, build_plan
 from qrm_hf.training.quantile_regression import MultiQuantileRegressor, quantile_objective
-from qrm_hf.training.stages import GatingSettings, _gating_config, fit_gating, pair_strength
+from qrm_hf.training.settings import GatingSettings
+from qrm_hf.training.stages import _gating_config, fit_gating, pair_strength
 
 # ------------------------------------------------------------------------------ preference_probability
 

@@ -1,4 +1,4 @@
-"""Dataset presets and loaders (qrm_hf.presets) on small fixtures with the real datasets' schemas.
+"""Dataset presets (qrm_hf.presets) and loaders (qrm_hf.dataset_loading) on small fixtures with the real datasets' schemas.
 
 The fixtures are written by tests/fixtures/datasets/make_fixtures.py; the expected values below are
 computed by hand from them.
@@ -14,18 +14,16 @@ import pytest
 
 datasets = pytest.importorskip("datasets")
 
-from qrm_hf import presets  # noqa: E402
-from qrm_hf.presets import (  # noqa: E402
-    PAPER_ATTRIBUTES,
-    PRESETS,
+from qrm_hf import dataset_loading  # noqa: E402
+from qrm_hf.dataset_loading import (  # noqa: E402
     DatasetPreset,
     attribute_examples,
     get_preset,
     load_preset,
     load_rows,
-    parse_hh_transcript,
     preference_examples,
 )
+from qrm_hf.presets import PAPER_ATTRIBUTES, PRESETS, parse_hh_transcript  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
 
@@ -691,5 +689,5 @@ def test_hub_ids_go_to_load_dataset(monkeypatch):
 
 
 def test_module_stays_light():
-    assert "datasets" not in presets.__dict__  # imported inside load_rows only
-    assert math.isclose(presets.PRESETS["ultrafeedback"].label_ranges["ultrafeedback-overall_score"][1], 10)
+    assert "datasets" not in dataset_loading.__dict__  # imported inside load_rows only
+    assert math.isclose(PRESETS["ultrafeedback"].label_ranges["ultrafeedback-overall_score"][1], 10)

@@ -28,7 +28,8 @@ from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from qrm_hf import QRMForSequenceClassification, risk
 from qrm_hf.modeling.modeling_qrm import find_last_pattern
-from qrm_hf.training.rloo import RiskAwareRLOOConfig, RiskAwareRLOOTrainer, level_name
+from qrm_hf.training.risk_rewards import level_name
+from qrm_hf.training.rloo import RiskAwareRLOOConfig, RiskAwareRLOOTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAT_COMPLETIONS = [

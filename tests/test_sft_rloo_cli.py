@@ -26,9 +26,9 @@ from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from qrm_hf.cli import main
 from qrm_hf.cli_rlhf import add_rlhf_commands
-from qrm_hf.presets import load_rows
+from qrm_hf.dataset_loading import load_rows
+from qrm_hf.risk import RISK_MEASURES
 from qrm_hf.training.rlhf_data import chosen_completions, rloo_prompts
-from qrm_hf.training.rloo import RISK_MEASURES
 from qrm_hf.training.rloo_pipeline import PAPER_MAX_PROMPT_LENGTH, PaperRLOOConfig
 from qrm_hf.training.sft import PaperSFTConfig, paper_lora_config
 

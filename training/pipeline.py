@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..dataset_loading import looks_like_local_path
 from ..io import (
     check_outputs_apart_from_inputs,
     claim_directory,
@@ -40,7 +41,6 @@ from ..io import (
     restore_interrupted_replacement,
     write_json_atomic,
 )
-from ..presets import looks_like_local_path
 from .features import EXTRACT_COMMAND, content_signature, damaged_shards
 from .quantile_regression import MultiQuantileRegressor
 from .settings import (

@@ -28,9 +28,9 @@ import torch
 from peft import LoraConfig
 from transformers import AutoTokenizer
 
+from ..dataset_loading import DatasetPreset, load_rows
 from ..hub import reading_model_files, refusing_model_code
 from ..io import claim_directory
-from ..presets import DatasetPreset, load_rows
 from . import paper_rlhf as paper
 from .grpo import RiskAwareGRPOConfig, RiskAwareGRPOTrainer
 from .risk_rewards import RiskAwareRewardsArguments, quantile_levels_of

@@ -27,9 +27,9 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
 from ..chat import check_max_length
+from ..dataset_loading import DatasetPreset, load_rows
 from ..hub import reading_model_files, refusing_model_code
 from ..io import check_output_directory, claim_directory, files_into
-from ..presets import DatasetPreset, load_rows
 from . import paper_rlhf as paper
 from .rlhf_data import chosen_completions
 
@@ -247,7 +247,7 @@ def run_sft(
 
     Args:
         model: base model (Hub id or directory) with its tokenizer.
-        data: a Hub dataset id or a local json/jsonl/parquet file or directory (see `qrm_hf.presets.load_rows`)
+        data: a Hub dataset id or a local json/jsonl/parquet file or directory (see `qrm_hf.dataset_loading.load_rows`)
             of preference pairs: HH-RLHF transcripts, or ``chosen`` / ``rejected`` message lists (see
             `qrm_hf.training.rlhf_data.preference_preset`); `preset` names another column mapping.
         args: the trainer configuration; `args.output_dir` receives the merged model: absent, empty or an

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..dataset_loading import DatasetPreset, attribute_examples, get_preset, load_preset, preference_examples
 from ..evaluation import gating_report, gating_warnings, pinball_loss
 from ..io import check_output_directory, replace_directory
-from ..presets import DatasetPreset, attribute_examples, get_preset, load_preset, preference_examples
 from .features import (
     EXTRACT_COMMAND,
     BackboneEncoder,
@@ -42,12 +42,9 @@ from .features import (
     read_manifest,
 )
 from .outputs import GatingOutput, QuantileHeadsOutput, TransformOutput
-from .settings import (  # the settings of each stage, re-exported with the stages that take them
-    NOISE_SETTINGS,  # noqa: F401
-    PAPER_LEVELS,  # noqa: F401
+from .settings import (
     AssembleSettings,
     DebiasSettings,
-    ExtractionSettings,  # noqa: F401
     GatingSettings,
     HeadsSettings,
     settings_from_mapping,
