@@ -114,7 +114,8 @@ def _preference_strength(args) -> None:
     from .cli_model import load_model
     from .cli_paths import check_writable
     from .data import read_jsonl, row_location
-    from .dataset_loading import DatasetPreset, preference_examples
+    from .dataset_loading import preference_examples
+    from .dataset_preset import DatasetPreset
     from .evaluation import unique_conversations
     from .preference import preference_strength
     from .scoring import conversation_embeddings, names_of_distinct, score_embeddings

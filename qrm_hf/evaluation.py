@@ -483,7 +483,8 @@ def evaluate_ratings(
     """
     baselines = dict(baselines or {})
     from .data import row_location
-    from .dataset_loading import DatasetPreset, attribute_examples
+    from .dataset_loading import attribute_examples
+    from .dataset_preset import DatasetPreset
 
     attributes = list(attributes or model.config.attribute_names)
     if attributes != list(model.config.attribute_names):
@@ -667,7 +668,8 @@ def evaluate_pairs(model, tokenizer, rows, batch_size: int = 8, max_length: int 
     prompt, the accuracy of the fixed mixes of its attribute rewards next to its own), with the mean
     weights by `category` when the rows have one."""
     from .data import row_location
-    from .dataset_loading import DatasetPreset, preference_examples
+    from .dataset_loading import preference_examples
+    from .dataset_preset import DatasetPreset
 
     preset = DatasetPreset.custom(
         "preference", prompt="prompt", chosen="chosen", rejected="rejected", name="preference rows"

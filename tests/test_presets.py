@@ -16,13 +16,13 @@ datasets = pytest.importorskip("datasets")
 
 from qrm_hf import dataset_loading  # noqa: E402
 from qrm_hf.dataset_loading import (  # noqa: E402
-    DatasetPreset,
     attribute_examples,
     get_preset,
     load_preset,
     load_rows,
     preference_examples,
 )
+from qrm_hf.dataset_preset import DatasetPreset  # noqa: E402
 from qrm_hf.presets import PAPER_ATTRIBUTES, PRESETS, parse_hh_transcript  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "datasets"

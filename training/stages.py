@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..dataset_loading import DatasetPreset, attribute_examples, get_preset, load_preset, preference_examples
+from ..dataset_loading import attribute_examples, get_preset, load_preset, preference_examples
+from ..dataset_preset import DatasetPreset
 from ..evaluation import gating_report, gating_warnings, pinball_loss
 from ..io import check_output_directory, replace_directory
 from .features import (
