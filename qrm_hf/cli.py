@@ -191,16 +191,8 @@ def _add_distribution_table_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="qrm",
-        description="Quantile Reward Models: train, convert, score. A mistake in the input (a file, an "
-        "argument, a model that is not a QRM) is reported in one line with exit status 2; --debug shows "
-        "the traceback.",
-    )
-    parser.add_argument("--debug", action="store_true", help="show the traceback of every error")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_demo_command(commands) -> None:
+    """Add `qrm demo`: the whole pipeline on the shipped demo data."""
     from .training.settings import AssembleSettings, add_settings_arguments
 
     demo = commands.add_parser(
@@ -215,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_arguments(demo, AssembleSettings, names=["homepage"])
     demo.set_defaults(handler=_demo)
 
+
+def _add_convert_command(commands) -> None:
+    """Add `qrm convert SOURCE DESTINATION`: a released checkpoint into a qrm-hf model."""
     convert = commands.add_parser(
         "convert",
         help="convert a released QRM checkpoint into a qrm-hf model",
@@ -227,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--attribute-names", nargs="+", help="names of the M attributes, in head order")
     convert.set_defaults(handler=_convert)
 
+
+def _add_score_command(commands) -> None:
+    """Add `qrm score MODEL`: the reward distributions of conversations."""
     score = commands.add_parser(
         "score",
         help="score conversations and print reward distributions",
@@ -242,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_distribution_table_arguments(score)
     score.set_defaults(handler=_score)
 
+
+def _add_evaluate_command(commands) -> None:
+    """Add `qrm evaluate MODEL`: held-out measures on ratings and pairs, next to baselines."""
     evaluate = commands.add_parser(
         "evaluate",
         help="held-out pinball, CRPS, interval coverage and width, calibration plots, pairwise accuracy",
@@ -287,17 +288,35 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", metavar="FILE", help="write every number to this JSON file")
     evaluate.set_defaults(handler=_evaluate)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `qrm` parser: every command, each with its handler (`args.handler`) and `--debug`."""
+    parser = argparse.ArgumentParser(
+        prog="qrm",
+        description="Quantile Reward Models: train, convert, score. A mistake in the input (a file, an "
+        "argument, a model that is not a QRM) is reported in one line with exit status 2; --debug shows "
+        "the traceback.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of every error")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from .cli_pipeline import add_pipeline_commands
     from .cli_preference import add_preference_commands
     from .cli_push import add_push_command
     from .cli_rewardbench import add_rewardbench_command
     from .cli_rlhf import add_rlhf_commands
 
-    add_pipeline_commands(commands)
-    add_rlhf_commands(commands)
-    add_rewardbench_command(commands)
-    add_preference_commands(commands)
-    add_push_command(commands)
+    for add_commands in (
+        _add_demo_command,
+        _add_convert_command,
+        _add_score_command,
+        _add_evaluate_command,
+        add_pipeline_commands,
+        add_rlhf_commands,
+        add_rewardbench_command,
+        add_preference_commands,
+        add_push_command,
+    ):  # in the order of `qrm --help`
+        add_commands(commands)
     for command in commands.choices.values():  # `qrm COMMAND ... --debug` works too
         command.add_argument(
             "--debug",
