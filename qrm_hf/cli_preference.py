@@ -97,14 +97,9 @@ def _plot(path, probability, ensemble_mean=None):
             ylabel="pairs",
             title="Ensemble preference strength",
         )
-    fig.tight_layout()
-    from .io import atomic_file
+    from .io import save_figure
 
-    path = Path(path)
-    with atomic_file(path) as temporary:
-        fig.savefig(temporary, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def _preference_strength(args) -> None:

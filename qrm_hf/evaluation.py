@@ -626,7 +626,7 @@ def plot_calibration(report: dict, directory) -> list:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io import atomic_file, claim_directory
+    from .io import claim_directory, save_figure
 
     directory = claim_directory(directory, "qrm evaluate")  # refuses a directory of someone else's files
     models = report["models"]
@@ -638,11 +638,7 @@ def plot_calibration(report: dict, directory) -> list:
     axis.set(xlabel="nominal level tau", ylabel="fraction of labels <= predicted tau-quantile",
              title="Reliability diagram (held-out ratings)", xlim=(0, 1), ylim=(0, 1))  # fmt: skip
     axis.legend()
-    fig.tight_layout()
-    paths = [directory / "reliability.png"]
-    with atomic_file(paths[0]) as temporary:
-        fig.savefig(temporary, dpi=120)
-    plt.close(fig)
+    paths = [save_figure(fig, directory / "reliability.png")]
     fig, axis = plt.subplots(figsize=(6, 4))
     edges = np.linspace(0, 1, PIT_BINS + 1)
     for name, model_report in models.items():
@@ -650,11 +646,7 @@ def plot_calibration(report: dict, directory) -> list:
     axis.axhline(1.0, color="grey", linestyle="--", label="calibrated")
     axis.set(xlabel="PIT value F(label)", ylabel="density", title="PIT histogram (held-out ratings)")
     axis.legend()
-    fig.tight_layout()
-    paths.append(directory / "pit.png")
-    with atomic_file(paths[1]) as temporary:
-        fig.savefig(temporary, dpi=120)
-    plt.close(fig)
+    paths.append(save_figure(fig, directory / "pit.png"))
     return paths
 
 

@@ -95,6 +95,19 @@ def write_json_atomic(path: str | os.PathLike, payload) -> None:
     write_text_atomic(path, json.dumps(finite_or_null(payload), indent=2, allow_nan=False))
 
 
+def save_figure(figure, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Lay out a matplotlib `figure`, write it (PNG unless `path` says otherwise) through `atomic_file`,
+    close it and return `path`."""
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    path = Path(path)
+    with atomic_file(path) as temporary:
+        figure.savefig(temporary, dpi=dpi)
+    plt.close(figure)
+    return path
+
+
 # ------------------------------------------------------------------------------------------- locks
 
 
@@ -447,6 +460,7 @@ __all__ = [
     "remove_output",
     "replace_directory",
     "restore_interrupted_replacement",
+    "save_figure",
     "write_bytes_atomic",
     "write_json_atomic",
     "write_text_atomic",

@@ -389,11 +389,6 @@ def plot_reward_distributions(
     cdf_axis.set(xlabel="reward", ylabel="quantile level (CDF)", title="Predicted reward quantiles")
     density_axis.set(xlabel="reward", ylabel="density", title="Reward density (smoothed quantile atoms)")
     cdf_axis.legend()
-    fig.tight_layout()
-    from .io import atomic_file
+    from .io import save_figure
 
-    path = Path(path)
-    with atomic_file(path) as temporary:
-        fig.savefig(temporary, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -14,6 +14,16 @@ PAD, BOS = 0, 1
 PATTERN = [7, 8, 9]  # stands for the tokens that open the assistant turn
 
 
+# Llama-3-8B-Instruct's chat template, verbatim (contents are trimmed; every turn ends with <|eot_id|>).
+LLAMA3_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+    "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + "
+    "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+    "{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+
 def tiny_backbone_config(**overrides) -> LlamaConfig:
     values = dict(
         hidden_size=32,
@@ -73,6 +83,15 @@ def pad_batch(rows: list[list[int]], side: str = "right"):
         ids[i, span] = torch.tensor(row)
         mask[i, span] = 1
     return ids, mask
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run much faster on one thread (and do not fight over two busy cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from conftest import LLAMA3_TEMPLATE
 from qrm_hf.chat import (
     conversation_messages,
     derive_prompt_end_pattern,
@@ -30,14 +31,6 @@ CORPUS = [
     "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n",
 ] * 20
 
-# Llama-3-8B-Instruct's chat template, verbatim.
-LLAMA3_TEMPLATE = (
-    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
-    "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + "
-    "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
-    "{{ content }}{% endfor %}{% if add_generation_prompt %}"
-    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
-)
 # Llama-3.1's template without the tool-calling branches (system header with the knowledge dates).
 LLAMA31_TEMPLATE = """{{- bos_token }}
 {%- if not date_string is defined %}{%- set date_string = "26 Jul 2024" %}{%- endif %}
