@@ -155,6 +155,13 @@ def check_model_dir(model_dir: str | Path) -> Path:
             "qrm_hf.training.assemble.save_qrm."
         )
     files = set(_local_files(model_dir))
+    _refuse_missing_files(model_dir, files)
+    _refuse_wrong_files(model_dir, files)
+    return model_dir
+
+
+def _refuse_missing_files(model_dir: Path, files: set[str]) -> None:
+    """`IncompleteModelDirError` naming every file a QRM on the Hub needs that `files` lacks."""
     missing = [name for name in ("config.json", *CODE_FILES, TOKENIZER_CONFIG, CARD) if name not in files]
     if TOKENIZER_CONFIG not in missing and not files.intersection(TOKENIZER_VOCABULARIES):
         missing.append(" or ".join(TOKENIZER_VOCABULARIES) + " (the tokenizer's vocabulary)")
@@ -175,6 +182,10 @@ def check_model_dir(model_dir: str | Path) -> Path:
             "(or `import qrm_hf` before model.save_pretrained, plus tokenizer.save_pretrained and a card from "
             "qrm_hf.model_cards.render_model_card)."
         )
+
+
+def _refuse_wrong_files(model_dir: Path, files: set[str]) -> None:
+    """ValueError for pickle files, a config that is not a QRM's or lacks ``auto_map``, a card without metadata."""
     pickles = sorted(name for name in files if name.endswith(PICKLE_SUFFIXES))
     if pickles:
         raise ValueError(
@@ -205,7 +216,6 @@ def check_model_dir(model_dir: str | Path) -> Path:
             f"{model_dir / CARD} has no metadata block (library_name, pipeline_tag, tags); render the card with "
             "qrm_hf.model_cards.render_model_card."
         )
-    return model_dir
 
 
 def _stale_files(api: HfApi, repo_id: str, revision: str | None, keep: set[str]) -> list[str]:
@@ -218,6 +228,26 @@ def _stale_files(api: HfApi, repo_id: str, revision: str | None, keep: set[str])
         for path in remote
         if path not in keep and any(fnmatch.fnmatch(path, pattern) for pattern in STALE_PATTERNS)
     )
+
+
+def _card_to_upload(
+    model_dir: Path, repo_id: str, results: Sequence[str | Path], homepage: str | None
+) -> str:
+    """The model card as uploaded: with the scores of the `results` files, the `homepage` link, and
+    `repo_id` in its snippets when it was rendered without one (the local card is left as it is)."""
+    card_text = (model_dir / CARD).read_text(encoding="utf-8")
+    if results:
+        from .model_cards import add_evaluation_to_card
+        from .rewardbench import results_file_entries
+
+        card_text = str(
+            add_evaluation_to_card(card_text, results_file_entries([str(path) for path in results]))
+        )
+    if homepage:
+        card_text = str(set_card_homepage(card_text, homepage))
+    if PLACEHOLDER_REPO_ID in card_text:  # rendered without a repo id: name this repo in the snippets
+        card_text = str(retarget_model_card(card_text, repo_id))
+    return card_text
 
 
 def push_model_dir(
@@ -265,24 +295,11 @@ def push_model_dir(
     if revision is not None and not revision.startswith("refs/pr/"):
         api.create_branch(repo_id, branch=revision, exist_ok=True)
     files = _local_files(model_dir)
+    card = _card_to_upload(model_dir, repo_id, results, homepage).encode("utf-8")
     operations = [
-        CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(model_dir / name)) for name in files
+        CommitOperationAdd(path_in_repo=name, path_or_fileobj=card if name == CARD else str(model_dir / name))
+        for name in files
     ]
-    card_text = (model_dir / CARD).read_text(encoding="utf-8")
-    if results:
-        from .model_cards import add_evaluation_to_card
-        from .rewardbench import results_file_entries
-
-        card_text = str(
-            add_evaluation_to_card(card_text, results_file_entries([str(path) for path in results]))
-        )
-    if homepage:
-        card_text = str(set_card_homepage(card_text, homepage))
-    if PLACEHOLDER_REPO_ID in card_text:  # rendered without a repo id: name this repo in the snippets
-        card_text = str(retarget_model_card(card_text, repo_id))
-    if card_text != (model_dir / CARD).read_text(encoding="utf-8"):
-        operations = [op for op in operations if op.path_in_repo != CARD]
-        operations.append(CommitOperationAdd(path_in_repo=CARD, path_or_fileobj=card_text.encode("utf-8")))
     if delete_stale:
         stale = _stale_files(api, repo_id, revision, set(files))
         operations = [CommitOperationDelete(path_in_repo=path) for path in stale] + operations
@@ -422,16 +439,24 @@ def load_qrm(
     that is not a QRM a `ValueError`, and so are weights holding NaN or infinite values
     (`check_finite_weights`).
     """
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as transformers_logging
-
-    from .modeling.modeling_qrm import QRMForSequenceClassification
-
     name = model_location(repo_id_or_path)
     where = f"the QRM {name!r} at revision {revision or 'main'!r}" + (
         f" (code revision {code_revision!r})" if code_revision else ""
     )
+    model_type = _model_type(name, where, revision, token, trust_remote_code)
+    check_tokenizer_files(name, "QRM")
+    tokenizer = _load_tokenizer(name, where, revision, token)
+    model, info = _load_model_weights(
+        name, where, model_type, revision, code_revision, token, dtype, trust_remote_code
+    )
+    _refuse_incomplete_weights(name, info)
+    check_finite_weights(model, name)
+    return model.eval(), tokenizer
+
+
+def _model_type(name: str, where: str, revision, token, trust_remote_code: bool) -> str | None:
+    """The ``model_type`` of `name`'s config.json; a model that is not a QRM is refused unless
+    `trust_remote_code`."""
     try:
         config = read_model_config(name, revision=revision, token=token)
     except (OSError, HfHubHTTPError, HFValidationError) as error:
@@ -446,11 +471,16 @@ def load_qrm(
             "comes with this model instead, pass --trust-remote-code (Python: trust_remote_code=True) if you "
             "trust its authors."
         )
-    check_tokenizer_files(name, "QRM")
+    return model_type
+
+
+def _load_tokenizer(name: str, where: str, revision, token):
+    """The tokenizer of `name`, never with code of its own: a QRM's tokenizer is its backbone's, a standard one."""
+    from transformers import AutoTokenizer
+
     try:
-        # Never remote code for the tokenizer: a QRM's tokenizer is its backbone's, a standard one.
         with reading_model_files(name, "QRM"):
-            tokenizer = AutoTokenizer.from_pretrained(
+            return AutoTokenizer.from_pretrained(
                 name, trust_remote_code=False, revision=revision, token=token
             )
     except OSError as error:
@@ -463,6 +493,17 @@ def load_qrm(
             "tokenizer class; qrm-hf never runs tokenizer code. Set tokenizer_class in "
             f"{TOKENIZER_CONFIG} to a transformers class (a QRM uses its backbone's tokenizer)."
         ) from error
+
+
+def _load_model_weights(name, where, model_type, revision, code_revision, token, dtype, trust_remote_code):
+    """(model, loading info) from safetensors: with the installed QRM classes, or through the Auto classes
+    and the model's own code for a model of another type (or when `_saved_code_requested`)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as transformers_logging
+
+    from .modeling.modeling_qrm import QRMForSequenceClassification
+
     kwargs = dict(
         revision=revision,
         token=token,
@@ -471,18 +512,15 @@ def load_qrm(
         output_loading_info=True,
     )
     verbosity = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()  # the check below replaces transformers' load report
+    transformers_logging.set_verbosity_error()  # load_qrm's own checks replace transformers' load report
     # a malformed config or weights file (not a safetensors one: worded below) is one line naming the model
     with reading_model_files(name, "QRM"):
         try:
             if model_type != "qrm" or _saved_code_requested(trust_remote_code):
-                model, info = AutoModelForSequenceClassification.from_pretrained(
+                return AutoModelForSequenceClassification.from_pretrained(
                     name, trust_remote_code=trust_remote_code, code_revision=code_revision, **kwargs
                 )
-            else:
-                model, info = QRMForSequenceClassification.from_pretrained(
-                    name, trust_remote_code=False, **kwargs
-                )
+            return QRMForSequenceClassification.from_pretrained(name, trust_remote_code=False, **kwargs)
         except OSError as error:
             raise OSError(f"Cannot load {where}: {error}") from error
         except Exception as error:
@@ -494,9 +532,6 @@ def load_qrm(
             ) from error
         finally:
             transformers_logging.set_verbosity(verbosity)
-    _refuse_incomplete_weights(name, info)
-    check_finite_weights(model, name)
-    return model.eval(), tokenizer
 
 
 def _saved_code_requested(trust_remote_code: bool) -> bool:
