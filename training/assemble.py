@@ -80,8 +80,19 @@ def assemble_qrm(
         regression_bias=head_intercept is not None,
         **config_kwargs,
     )
+    state = _qrm_state_dict(decoder, head_coef, head_intercept, reward_transform, gating_network)
+    model = QRMForSequenceClassification.from_pretrained(
+        None, config=config, state_dict=state, dtype=decoder.dtype, trust_remote_code=False
+    )
+    return model.to(decoder.device).eval()  # where the decoder is (the heads' tensors start on the CPU)
+
+
+def _qrm_state_dict(decoder, head_coef, head_intercept, reward_transform, gating_network) -> dict:
+    """Every tensor of the QRM by its name: the decoder's under ``model.``, the heads [M * K, H] (and bias),
+    T (identity when None) and the gating network's."""
+    num_attributes = head_coef.shape[0]
     state = {f"model.{name}": tensor for name, tensor in decoder.state_dict().items()}
-    state["regression_layer.weight"] = head_coef.reshape(num_attributes * num_levels, -1)
+    state["regression_layer.weight"] = head_coef.reshape(-1, head_coef.shape[-1])
     if head_intercept is not None:
         state["regression_layer.bias"] = torch.as_tensor(
             np.asarray(head_intercept), dtype=torch.float32
@@ -89,10 +100,7 @@ def assemble_qrm(
     transform = torch.eye(num_attributes) if reward_transform is None else np.asarray(reward_transform)
     state["reward_transform_matrix"] = torch.as_tensor(transform, dtype=torch.float32)
     state.update({f"gating.{name}": tensor for name, tensor in gating_network.state_dict().items()})
-    model = QRMForSequenceClassification.from_pretrained(
-        None, config=config, state_dict=state, dtype=decoder.dtype, trust_remote_code=False
-    )
-    return model.to(decoder.device).eval()  # where the decoder is (the heads' tensors start on the CPU)
+    return state
 
 
 def check_reproduces_extraction(
