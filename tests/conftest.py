@@ -5,7 +5,8 @@ import textwrap
 
 import pytest
 import torch
-from transformers import LlamaConfig
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, PreTrainedTokenizerFast
 
 import qrm_hf  # noqa: F401  (registers the Auto classes)
 from qrm_hf import QRMConfig, QRMForSequenceClassification
@@ -22,6 +23,26 @@ LLAMA3_TEMPLATE = (
     "{{ content }}{% endfor %}{% if add_generation_prompt %}"
     "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
 )
+
+
+def bpe_tokenizer(
+    corpus, specials, vocab_size: int, pre_tokenizer=None, **special_tokens
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer of `vocab_size` tokens trained on `corpus`, with `specials` as special tokens
+    (`pre_tokenizer`: byte level without a prefix space unless given)."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = (
+        pre_tokenizer if pre_tokenizer is not None else pre_tokenizers.ByteLevel(add_prefix_space=False)
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **special_tokens)
 
 
 def tiny_backbone_config(**overrides) -> LlamaConfig:

@@ -17,10 +17,9 @@ import textwrap
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from conftest import LLAMA3_TEMPLATE, make_qrm, run_without_qrm_hf, tiny_backbone_config
+from conftest import LLAMA3_TEMPLATE, bpe_tokenizer, make_qrm, run_without_qrm_hf, tiny_backbone_config
 from qrm_hf import QRMForSequenceClassification
 from qrm_hf.chat import derive_prompt_end_pattern
 
@@ -53,18 +52,8 @@ TEXT_PROMPTS = ["What is two plus two?", "Tell me a joke.", "Name a color.", "Sa
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     """Byte-level BPE (300 tokens) trained on a few strings, Llama-3 special tokens and chat template."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS * 10, trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token="<|pad|>"
+    tokenizer = bpe_tokenizer(
+        CORPUS * 10, SPECIALS, 300, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token="<|pad|>"
     )
     tokenizer.chat_template = LLAMA3_TEMPLATE
     return tokenizer
