@@ -34,9 +34,11 @@ demo-data: install
 bench: install
 	$(PY) benchmarks/run_all.py
 
+# ruff, then the import contracts of pyproject [tool.importlinter] (the layers of docs/design.md).
 lint: install
-	$(VENV)/bin/ruff check qrm_hf modeling training tests benchmarks
-	$(VENV)/bin/ruff format --check qrm_hf modeling training tests benchmarks
+	$(VENV)/bin/ruff check qrm_hf modeling training tests benchmarks scripts
+	$(VENV)/bin/ruff format --check qrm_hf modeling training tests benchmarks scripts
+	$(PY) scripts/lint_imports.py
 
 clean:
 	rm -rf outputs .pytest_cache

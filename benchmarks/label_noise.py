@@ -77,13 +77,12 @@ def demo_features(output_dir: Path):
 
 def fit_gating_network(heads, pairs, settings, strength=None):
     """A `BradleyTerryGating` network on all `pairs` (no validation split) with `settings`."""
-    from qrm_hf.training.gating import BradleyTerryGating
+    from qrm_hf.training.gating import BradleyTerryGating, gating_sizes
     from qrm_hf.training.rewards import expected_rewards
-    from qrm_hf.training.stages import _gating_config
 
     coef, intercept, names = heads
     gating = BradleyTerryGating(
-        _gating_config(names, coef.shape[-1], settings),
+        gating_sizes(names, coef.shape[-1], settings),
         learning_rate=settings.learning_rate,
         batch_size=settings.batch_size,
         epochs=settings.epochs,

@@ -188,8 +188,9 @@ def rating_predictions(
     [0, 1] with `label_range`): each distinct response is scored once through `qrm_hf.scoring`, with the
     model as it is (use `uncalibrated` for the heads' own quantiles). Over-long conversations are refused."""
     from .data import row_location
+    from .dataset_loading import attribute_examples
+    from .dataset_preset import DatasetPreset
     from .evaluation import unique_conversations
-    from .dataset_loading import DatasetPreset, attribute_examples
     from .scoring import names_of_distinct, score_conversations
 
     preset = DatasetPreset.custom(

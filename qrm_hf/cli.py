@@ -10,76 +10,12 @@ import sys
 import warnings
 from pathlib import Path
 
+from .arguments import positive_int, risk_parameter
+from .cli_model import add_model_arguments, load_model
+from .cli_paths import check_writable
+
 # The label range of rating rows by default (`qrm evaluate`, `qrm calibrate`): the demo's 0-4 scale.
 RATING_LABEL_RANGE = (0.0, 4.0)
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (batch sizes, lengths), else a one-line usage error."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def risk_spec(spec: str) -> str:
-    """argparse type: a `qrm_hf.risk` measure spec (`exp_utility`, `quantile:0.05`, ...), checked by the registry."""
-    from . import risk
-
-    try:
-        risk.parse(spec)
-    except (ValueError, TypeError) as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return spec
-
-
-def risk_parameter(name: str):
-    """argparse type: a value of the `qrm_hf.risk` parameter `name` (``lam`` > 0, ``alpha`` in (0, 1]),
-    checked by the risk registry."""
-    from . import risk
-
-    parameter = risk.RISK_PARAMETERS[name]
-
-    def parse(text: str) -> float:
-        try:
-            return parameter.check(float(text))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must {parameter.domain}, got {text}") from None
-
-    parse.__name__ = name  # argparse names the type in its messages
-    return parse
-
-
-def check_writable(path: str | Path | None, what: str) -> None:
-    """Fail now, not after the work, when the output file `path` cannot be written (the file is not created)."""
-    if path is None:
-        return
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"The {what} path {path} is a directory; give a file name.")
-    existed = path.exists()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a"):
-            pass
-    except OSError as error:
-        raise OSError(f"Cannot write the {what} to {path}: {error.strerror or error}.") from error
-    if not existed:
-        path.unlink()
-
-
-def _load_model(path: str, revision: str | None = None, trust_remote_code: bool = False):
-    from .hub import load_qrm
-
-    model, tokenizer = load_qrm(path, revision=revision, trust_remote_code=trust_remote_code)
-    if not hasattr(model.config, "quantile_levels"):
-        raise ValueError(
-            f"{path} is not a QRM (its config has no quantile_levels); convert it with `qrm convert`."
-        )
-    return model, tokenizer
 
 
 def _demo(args):
@@ -141,7 +77,7 @@ def _score(args):
     else:
         raise ValueError("Give --prompt and --response, or --file with prompt/response rows.")
     check_writable(args.plot, "plot")
-    model, tokenizer = _load_model(args.model, args.revision, args.trust_remote_code)
+    model, tokenizer = load_model(args.model, args.revision, args.trust_remote_code)
     _print_scores(
         model,
         tokenizer,
@@ -172,7 +108,7 @@ def _evaluate(args):
     check_writable(args.plot, "plot")
     for path in outputs:
         check_writable(path, "JSON report")
-    model, tokenizer = _load_model(args.model, args.revision, args.trust_remote_code)
+    model, tokenizer = load_model(args.model, args.revision, args.trust_remote_code)
     model_class = (
         f"{type(model).__module__}.{type(model).__name__}"  # the code that scores, in the report too
     )
@@ -196,13 +132,14 @@ def _evaluate_ratings(args, model, tokenizer, rows, lengths) -> dict:
     """`qrm evaluate --ratings`: the `evaluate_ratings` report, printed (and plotted with --plots)."""
     from .evaluation import evaluate_ratings, format_ratings_report, plot_calibration
 
+    baselines, members = _rating_comparisons(model, args)
     ratings = evaluate_ratings(
         model,
         tokenizer,
         rows,
         tuple(args.label_range),
-        baseline_features=args.baselines or (),
-        bootstrap=args.bootstrap or 0,
+        baselines=baselines,
+        members=members,
         group_column=args.group_column,
         contrast=tuple(args.contrast) if args.contrast else None,
         **lengths,
@@ -256,7 +193,7 @@ def _calibrate(args):
 
     ratings = read_jsonl(args.ratings)
     heldout = read_jsonl(args.heldout) if args.heldout else None
-    model, tokenizer = _load_model(args.model, args.revision, args.trust_remote_code)
+    model, tokenizer = load_model(args.model, args.revision, args.trust_remote_code)
     lengths = {"batch_size": args.batch_size, "max_length": args.max_length}
     calibrator = calibrate_model(model, tokenizer, ratings, args.label_range, args.width_bins, **lengths)
     print(f"Calibrated on {calibrator.responses_.sum(0).min()} responses ({args.ratings})")
@@ -267,28 +204,22 @@ def _calibrate(args):
     print(f"Calibrated model written to {written}")
 
 
+def _rating_comparisons(model, args) -> tuple[dict, object]:
+    """(baselines, bootstrap members) of `--baselines` and `--bootstrap`, fitted on the training features."""
+    if not args.baselines:
+        return {}, None
+    from .training.baselines import fit_baselines, fit_bootstrap_members
+    from .training.features import check_features_fit_model
+
+    check_features_fit_model(model, args.baselines)  # not the heads check: a poor model is measured
+    levels, attributes = model.config.quantile_levels, model.config.attribute_names
+    baselines = fit_baselines(args.baselines, attributes, levels, tuple(args.label_range))
+    return baselines, fit_bootstrap_members(model, args.baselines, args.bootstrap) if args.bootstrap else None
+
+
 def _skipped_note(report: dict) -> str:
     skipped = report.get("skipped_too_long", 0)
     return f"; {skipped} row(s) longer than max_length left out" if skipped else ""
-
-
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="QRM directory or Hub repo id")
-    parser.add_argument("--revision", help="branch, tag or commit of a Hub model (default: main)")
-    parser.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="run the Python code that comes with the model (never needed for a qrm-hf QRM with qrm-hf "
-        "installed; only for models of another type, e.g. released checkpoints with their own code). Read "
-        "that code first: it runs with your rights.",
-    )
-    parser.add_argument("--batch-size", type=positive_int, default=8, help="conversations per forward pass")
-    parser.add_argument(
-        "--max-length",
-        type=positive_int,
-        help="longest conversation in tokens (default: the backbone's max_position_embeddings); longer ones "
-        "are refused (score) or left out and counted (evaluate), never truncated",
-    )
 
 
 def _add_distribution_table_arguments(parser: argparse.ArgumentParser) -> None:
@@ -316,7 +247,7 @@ def _add_calibrate_command(commands) -> None:
         "format of `qrm evaluate --ratings`; the ratings of one response count as one response) and write a "
         "copy of the model that applies them: every consumer of the saved model reads calibrated quantiles.",
     )
-    _add_model_arguments(calibrate)
+    add_model_arguments(calibrate)
     calibrate.add_argument("--ratings", required=True, help="JSON Lines calibration rating rows")
     calibrate.add_argument("--output-dir", required=True, help="where the calibrated model goes")
     calibrate.add_argument(
@@ -342,16 +273,8 @@ def _add_calibrate_command(commands) -> None:
     calibrate.set_defaults(handler=_calibrate)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="qrm",
-        description="Quantile Reward Models: train, convert, score. A mistake in the input (a file, an "
-        "argument, a model that is not a QRM) is reported in one line with exit status 2; --debug shows "
-        "the traceback.",
-    )
-    parser.add_argument("--debug", action="store_true", help="show the traceback of every error")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_demo_command(commands) -> None:
+    """Add `qrm demo`: the whole pipeline on the shipped demo data."""
     from .training.settings import AssembleSettings, add_settings_arguments
 
     demo = commands.add_parser(
@@ -366,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_arguments(demo, AssembleSettings, names=["homepage"])
     demo.set_defaults(handler=_demo)
 
+
+def _add_convert_command(commands) -> None:
+    """Add `qrm convert SOURCE DESTINATION`: a released checkpoint into a qrm-hf model."""
     convert = commands.add_parser(
         "convert",
         help="convert a released QRM checkpoint into a qrm-hf model",
@@ -378,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--attribute-names", nargs="+", help="names of the M attributes, in head order")
     convert.set_defaults(handler=_convert)
 
+
+def _add_score_command(commands) -> None:
+    """Add `qrm score MODEL`: the reward distributions of conversations."""
     score = commands.add_parser(
         "score",
         help="score conversations and print reward distributions",
@@ -386,13 +315,16 @@ def build_parser() -> argparse.ArgumentParser:
         "of the exponential utility E[-exp(-lam r)] (paper eq. 4): the same ranking, in reward units, "
         "computed without overflow.",
     )
-    _add_model_arguments(score)
+    add_model_arguments(score)
     score.add_argument("--prompt", help="the user's message")
     score.add_argument("--response", help="the assistant's answer")
     score.add_argument("--file", help="JSON Lines file with prompt/response (and optional name) per row")
     _add_distribution_table_arguments(score)
     score.set_defaults(handler=_score)
 
+
+def _add_evaluate_command(commands) -> None:
+    """Add `qrm evaluate MODEL`: held-out measures on ratings and pairs, next to baselines."""
     evaluate = commands.add_parser(
         "evaluate",
         help="held-out pinball, CRPS, interval coverage and width, calibration plots, pairwise accuracy",
@@ -403,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and on preference pairs (accuracy, gating, and the accuracy-coverage curve of each ranking signal: "
         "margin, |P - 1/2|, effect size, the members' spread).",
     )
-    _add_model_arguments(evaluate)
+    add_model_arguments(evaluate)
     from .evaluation import CONTRAST, GROUP_COLUMN
 
     evaluate.add_argument(
@@ -461,19 +393,36 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", metavar="FILE", help="write every number to this JSON file")
     evaluate.set_defaults(handler=_evaluate)
 
-    _add_calibrate_command(commands)
 
+def build_parser() -> argparse.ArgumentParser:
+    """The `qrm` parser: every command, each with its handler (`args.handler`) and `--debug`."""
+    parser = argparse.ArgumentParser(
+        prog="qrm",
+        description="Quantile Reward Models: train, convert, score. A mistake in the input (a file, an "
+        "argument, a model that is not a QRM) is reported in one line with exit status 2; --debug shows "
+        "the traceback.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of every error")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from .cli_pipeline import add_pipeline_commands
     from .cli_preference import add_preference_commands
+    from .cli_push import add_push_command
     from .cli_rewardbench import add_rewardbench_command
     from .cli_rlhf import add_rlhf_commands
-    from .hub import add_push_command
 
-    add_pipeline_commands(commands)
-    add_rlhf_commands(commands)
-    add_rewardbench_command(commands)
-    add_preference_commands(commands)
-    add_push_command(commands)
+    for add_commands in (
+        _add_demo_command,
+        _add_convert_command,
+        _add_score_command,
+        _add_evaluate_command,
+        _add_calibrate_command,
+        add_pipeline_commands,
+        add_rlhf_commands,
+        add_rewardbench_command,
+        add_preference_commands,
+        add_push_command,
+    ):  # in the order of `qrm --help`
+        add_commands(commands)
     for command in commands.choices.values():  # `qrm COMMAND ... --debug` works too
         command.add_argument(
             "--debug",

@@ -102,3 +102,21 @@ def check_paths(args: argparse.Namespace) -> None:
             raise FileNotFoundError(
                 f"{path} does not exist (the {dest.replace('_', ' ')} input){interrupted_replacement_note(path)}."
             )
+
+
+def check_writable(path: str | Path | None, what: str) -> None:
+    """Fail now, not after the work, when the output file `path` cannot be written (the file is not created)."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"The {what} path {path} is a directory; give a file name.")
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a"):
+            pass
+    except OSError as error:
+        raise OSError(f"Cannot write the {what} to {path}: {error.strerror or error}.") from error
+    if not existed:
+        path.unlink()

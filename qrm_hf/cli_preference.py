@@ -34,7 +34,7 @@ def check_pair_rows(rows: list[dict], path: str) -> None:
 
 def _feature_dirs(model, directories):
     """Split `--features` into attribute and preference directories, checked against the model's backbone."""
-    from .evaluation import check_features_fit_model
+    from .training.features import check_features_fit_model
 
     settings = check_features_fit_model(model, directories)
     attribute = [d for d in directories if settings[str(d)]["kind"] == "attribute"]
@@ -97,23 +97,20 @@ def _plot(path, probability, ensemble_mean=None):
             ylabel="pairs",
             title="Ensemble preference strength",
         )
-    fig.tight_layout()
-    from .io import atomic_file
+    from .io import save_figure
 
-    path = Path(path)
-    with atomic_file(path) as temporary:
-        fig.savefig(temporary, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def _preference_strength(args) -> None:
     import numpy as np
     import torch
 
-    from .cli import _load_model, check_writable
+    from .cli_model import load_model
+    from .cli_paths import check_writable
     from .data import read_jsonl, row_location
-    from .dataset_loading import DatasetPreset, preference_examples
+    from .dataset_loading import preference_examples
+    from .dataset_preset import DatasetPreset
     from .evaluation import unique_conversations
     from .preference import preference_strength
     from .scoring import conversation_embeddings, names_of_distinct, score_embeddings
@@ -126,7 +123,7 @@ def _preference_strength(args) -> None:
         )
     check_writable(args.output, "output")
     check_writable(args.plot, "plot")
-    model, tokenizer = _load_model(args.model, args.revision, args.trust_remote_code)
+    model, tokenizer = load_model(args.model, args.revision, args.trust_remote_code)
     attribute_dirs = preference_dirs = None
     if args.features:
         attribute_dirs, preference_dirs = _feature_dirs(model, args.features)
@@ -264,9 +261,9 @@ def add_preference_commands(commands) -> None:
         "(attribute features refit the heads; preference features, if given, the gating network too).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    from .cli import _add_model_arguments
+    from .cli_model import add_model_arguments
 
-    _add_model_arguments(parser)
+    add_model_arguments(parser)
     parser.add_argument(
         "--pairs", required=True, help="JSON Lines file: prompt, chosen, rejected (optional id)"
     )

@@ -7,13 +7,14 @@ from pathlib import Path
 
 
 def _rewardbench(args) -> None:
-    from .cli import _load_model, check_writable
+    from .cli_model import load_model
+    from .cli_paths import check_writable
     from .evaluation import format_ranking_report, plot_accuracy_coverage
     from .io import write_json_atomic
     from .rewardbench import format_report, run_rewardbench
 
     check_writable(args.output, "results")
-    model, tokenizer = _load_model(args.model, args.revision, args.trust_remote_code)
+    model, tokenizer = load_model(args.model, args.revision, args.trust_remote_code)
     report = run_rewardbench(
         model,
         tokenizer,
@@ -58,9 +59,10 @@ def add_rewardbench_command(commands) -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from .cli import _add_model_arguments, positive_int, risk_spec
+    from .arguments import positive_int, risk_spec
+    from .cli_model import add_model_arguments
 
-    _add_model_arguments(parser)
+    add_model_arguments(parser)
     parser.add_argument(
         "--data", required=True, help="Hub dataset id or local file / directory in an official format"
     )

@@ -10,7 +10,7 @@ import argparse
 import os
 
 from . import risk
-from .cli import risk_spec
+from .arguments import risk_spec
 from .training.paper_rlhf import (  # the paper's values (§4.3), also the defaults of the trainer configs
     BATCH_SIZE,
     DATA,

@@ -8,9 +8,10 @@ with a ValueError naming its rows, as `qrm_hf.scoring` refuses such model output
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 
@@ -669,59 +670,6 @@ def _model_report(labels, predictions, levels, attributes, kinds, responses, con
     return report
 
 
-def check_features_fit_model(model, directories) -> dict[str, dict]:
-    """Refuse feature directories of `qrm extract` that do not come from the model's backbone; returns
-    their settings by directory.
-
-    The manifests must agree with each other and with the model on the hidden size and the prompt-end
-    pattern (tokenizer and chat template). Features of another backbone with the same size and template
-    pass that (`qrm preference-strength` also checks that the model's heads fit their ratings).
-    """
-    from .training.features import check_same_backbone, read_manifest
-
-    settings = {str(d): read_manifest(d)["settings"] for d in directories}
-    check_same_backbone(settings)
-    for name, values in settings.items():
-        if values.get("hidden_size") != model.config.hidden_size:
-            raise ValueError(
-                f"{name} holds features of a backbone with hidden size {values.get('hidden_size')}, the model's "
-                f"has {model.config.hidden_size}: they come from another backbone."
-            )
-        pattern = list(model.config.prompt_end_pattern or [])
-        if pattern and values.get("prompt_end_pattern") != pattern:
-            raise ValueError(
-                f"{name} was extracted with the prompt-end pattern {values.get('prompt_end_pattern')}, the model "
-                f"uses {pattern}: the features come from another backbone or tokenizer."
-            )
-    return settings
-
-
-def fit_baselines(feature_dirs, attributes, levels, label_range=None) -> dict:
-    """The ridge + cross-validated residual quantiles and the heteroscedastic Gaussian baselines, fitted
-    on attribute features of `qrm extract` (labels already in [0, 1]). Returns {name: estimator}; the
-    features' attributes must be `attributes`, and their label ranges `label_range` when given."""
-    from .training.features import load_labelled, read_manifest
-    from .training.quantile_regression import HeteroscedasticGaussian, RidgeResidualQuantiles
-
-    for directory in feature_dirs:
-        settings = read_manifest(directory, kind="attribute")["settings"]
-        missing = [name for name in attributes if name not in settings["attributes"]]
-        if missing:
-            raise ValueError(f"The features in {directory} have no labels for {missing}.")
-        ranges = {name: tuple(value) for name, value in settings.get("label_ranges", {}).items()}
-        if label_range is not None and any(
-            ranges.get(name, tuple(label_range)) != tuple(label_range) for name in attributes
-        ):
-            raise ValueError(
-                f"The features in {directory} were normalised with the label ranges {ranges}, not {tuple(label_range)}."
-            )
-    X, Y = load_labelled(feature_dirs, list(attributes))
-    return {
-        "ridge": RidgeResidualQuantiles(list(levels)).fit(X, Y),
-        "gaussian": HeteroscedasticGaussian(list(levels)).fit(X, Y),
-    }
-
-
 GROUP_COLUMN = "kind"  # the rating rows' column whose values the measures are broken down by
 CONTRAST = ("controversial", "clear")  # the two kinds whose 90 % widths (and annotator spreads) are compared
 
@@ -748,7 +696,8 @@ def score_rating_rows(
 ) -> RatedRows:
     """Score docs/design.md §6 rating rows with `model` (each distinct response once) -> `RatedRows`."""
     from .data import row_location
-    from .dataset_loading import DatasetPreset, attribute_examples
+    from .dataset_loading import attribute_examples
+    from .dataset_preset import DatasetPreset
 
     preset = DatasetPreset.custom(
         "attribute", prompt="prompt", response="response", attributes=attributes, label_ranges=label_range,
@@ -765,35 +714,26 @@ def score_rating_rows(
     return RatedRows(kept, labels[~too_long], responses, unique, names, quantiles, int(too_long.sum()))
 
 
-def _baseline_predictions(model, tokenizer, rated: RatedRows, baseline_features, attributes, label_range,
-                          batch_size, max_length, bootstrap) -> tuple[dict, np.ndarray | None]:  # fmt: skip
-    """Predictions [n, M, K] of the `fit_baselines` on the rated rows, and with `bootstrap` members the
-    `median_spread` [n, M] of heads refitted on bootstrap resamples of the training responses (else None)."""
+def _comparison_predictions(model, tokenizer, rated: RatedRows, baselines, members, batch_size, max_length):
+    """Predictions [n, M, K] of each of `baselines` on the rated rows and, with `members` (bootstrap refits
+    of the heads), their `median_spread` [n, M] and their number (else None, 0); from the backbone's
+    embeddings of the responses."""
     from .scoring import conversation_embeddings
 
-    check_features_fit_model(model, baseline_features)  # not the heads check: a poor model is measured
     used = np.unique(rated.responses)  # the distinct responses of the rows kept
     distinct = conversation_embeddings(
         model, tokenizer, [rated.conversations[i] for i in used], batch_size, max_length,
         desc="baseline features", row_names=[rated.names[i] for i in used],
     )[0].double().numpy()  # fmt: skip
     row_of = np.searchsorted(used, rated.responses)  # the distinct response of each row
-    levels = model.config.quantile_levels
-    baselines = fit_baselines(baseline_features, attributes, levels, label_range)
     predictions = {name: baseline.predict(distinct)[row_of] for name, baseline in baselines.items()}
-    if not bootstrap:
-        return predictions, None
+    if members is None:
+        return predictions, None, 0
     import torch
 
-    from .training.bootstrap import fit_bootstrap_heads
-    from .training.quantile_regression import MultiQuantileRegressor
-
-    ensemble = fit_bootstrap_heads(
-        baseline_features, bootstrap, estimator=MultiQuantileRegressor(levels), attribute_names=attributes,
-        gating_network=model.gating,
-    )  # fmt: skip
-    members = ensemble.attribute_quantiles(torch.from_numpy(distinct)).numpy()  # [E, responses, M, K]
-    return predictions, median_spread(members, levels)[row_of]
+    member_quantiles = members.attribute_quantiles(torch.from_numpy(distinct)).numpy()  # [E, responses, M, K]
+    spread = median_spread(member_quantiles, model.config.quantile_levels)[row_of]
+    return predictions, spread, len(member_quantiles)
 
 
 def _kinds(rows, group_column: str | None) -> np.ndarray | None:
@@ -846,8 +786,8 @@ def evaluate_ratings(
     attributes=None,
     batch_size: int = 8,
     max_length: int | None = None,
-    baseline_features=(),
-    bootstrap: int = 0,
+    baselines: Mapping[str, Any] | None = None,
+    members=None,
     group_column: str | None = GROUP_COLUMN,
     contrast: tuple[str, str] | None = CONTRAST,
 ) -> dict:
@@ -857,37 +797,36 @@ def evaluate_ratings(
     annotator rating; optional ``conversation_id`` and `group_column`, whose values are the *kinds*).
     Returns ``pinball`` (mean over attributes and levels; also ``pinball_per_attribute``,
     ``pinball_by_kind``), ``calibration_error``, ``skipped_too_long`` (rows longer than `max_length`
-    tokens, left out), ``models`` ({``qrm``, and with `baseline_features` the ``ridge`` and ``gaussian``
-    baselines fitted on those training features}: `_model_report` each, with ``selective_error``, the
+    tokens, left out), ``models`` ({``qrm``, and each of `baselines`: name -> a fitted estimator whose
+    ``predict`` maps the backbone's response embeddings [n, H] to quantiles [n, M, K], e.g.
+    `qrm_hf.training.baselines.fit_baselines`}: `_model_report` each, with ``selective_error``, the
     MAE@50 / R²@50 of the median ranked by predicted width), and ``annotator_spread`` per kind with its
     `contrast` ratio (first kind / second kind) ``annotator_spread_ratio``.
 
-    With `bootstrap` = E >= 2 (needs `baseline_features`), the quantile heads are also refitted E times on
-    bootstrap resamples of the training responses: ``own_uncertainty`` holds, overall and per kind, the
+    With `members`, quantile heads refitted E >= 2 times on bootstrap resamples of the training responses
+    (``attribute_quantiles`` maps embeddings [n, H] to [E, n, M, K];
+    `qrm_hf.training.baselines.fit_bootstrap_members`): ``own_uncertainty`` holds, overall and per kind, the
     mean :func:`median_spread` of the held-out responses, the part of a 90 % width that is the heads' own
     uncertainty rather than the annotators' disagreement (a lower bound).
 
     A NaN or infinite model output is refused (`qrm_hf.scoring.NonFiniteOutputError`), naming the rows.
     """
-    if bootstrap and (bootstrap < 2 or not baseline_features):
-        raise ValueError("bootstrap needs at least 2 members and the training features (baseline_features).")
     attributes = list(attributes or model.config.attribute_names)
     if attributes != list(model.config.attribute_names):
         raise ValueError(
             f"Rating columns {attributes} differ from the model's attributes {model.config.attribute_names}."
         )
     rated = score_rating_rows(model, tokenizer, rows, attributes, label_range, batch_size, max_length)
-    predictions, heads_spread = {"qrm": rated.quantiles}, None
-    if baseline_features:
-        baselines, heads_spread = _baseline_predictions(
-            model, tokenizer, rated, baseline_features, attributes, label_range, batch_size, max_length, bootstrap
-        )  # fmt: skip
-        predictions.update(baselines)
+    predictions = {"qrm": rated.quantiles}
+    compared, heads_spread, member_count = _comparison_predictions(
+        model, tokenizer, rated, dict(baselines or {}), members, batch_size, max_length
+    ) if baselines or members is not None else ({}, None, 0)  # fmt: skip
+    predictions.update(compared)
     report = _qrm_measures(rated, attributes, model.config.quantile_levels, group_column, contrast)
     kinds = _kinds(rated.rows, group_column)
     if heads_spread is not None:
         report["own_uncertainty"] = _own_uncertainty(
-            heads_spread, rated.responses, kinds, attributes, bootstrap
+            heads_spread, rated.responses, kinds, attributes, member_count
         )
     report["models"] = {
         name: _model_report(
@@ -979,23 +918,12 @@ def _pyplot():
     return plt
 
 
-def _save_figure(fig, path):
-    """Write `fig` to `path` whole (`qrm_hf.io.atomic_file`) and free it; returns the path."""
-    from .io import atomic_file
-
-    fig.tight_layout()
-    with atomic_file(path) as temporary:
-        fig.savefig(temporary, dpi=120)
-    _pyplot().close(fig)
-    return path
-
-
 def plot_calibration(report: dict, directory) -> list:
     """Draw `reliability.png` (observed vs nominal quantile level, every model), `pit.png` (PIT
     histograms) and `selective_error.png` (MAE@50 by predicted width against a random half, every model)
     of an `evaluate_ratings` report into `directory` (absent, empty or an earlier plot directory of
     `qrm evaluate`: `qrm_hf.io.claim_directory`); returns the paths."""
-    from .io import claim_directory
+    from .io import claim_directory, save_figure
 
     plt = _pyplot()
     directory = claim_directory(directory, "qrm evaluate")  # refuses a directory of someone else's files
@@ -1008,7 +936,7 @@ def plot_calibration(report: dict, directory) -> list:
     axis.set(xlabel="nominal level tau", ylabel="fraction of labels <= predicted tau-quantile",
              title="Reliability diagram (held-out ratings)", xlim=(0, 1), ylim=(0, 1))  # fmt: skip
     axis.legend()
-    paths = [_save_figure(fig, directory / "reliability.png")]
+    paths = [save_figure(fig, directory / "reliability.png")]
     fig, axis = plt.subplots(figsize=(6, 4))
     edges = np.linspace(0, 1, PIT_BINS + 1)
     for name, model_report in models.items():
@@ -1016,7 +944,7 @@ def plot_calibration(report: dict, directory) -> list:
     axis.axhline(1.0, color="grey", linestyle="--", label="calibrated")
     axis.set(xlabel="PIT value F(label)", ylabel="density", title="PIT histogram (held-out ratings)")
     axis.legend()
-    paths.append(_save_figure(fig, directory / "pit.png"))
+    paths.append(save_figure(fig, directory / "pit.png"))
     paths.append(_plot_selective_error(models, directory / "selective_error.png"))
     return paths
 
@@ -1024,6 +952,8 @@ def plot_calibration(report: dict, directory) -> list:
 def _plot_selective_error(models: dict, path):
     """Bars of MAE@50 (surer half by predicted width, solid) and a random half (hatched) per attribute
     and model."""
+    from .io import save_figure
+
     plt = _pyplot()
     attributes = list(next(iter(models.values()))["selective_error"])
     fig, axis = plt.subplots(figsize=(1.5 + 1.2 * len(attributes) * len(models) / 2, 4))
@@ -1039,7 +969,7 @@ def _plot_selective_error(models: dict, path):
     axis.set(ylabel="mean absolute error of the median",
              title="Error on the half with the narrowest intervals (held-out ratings)")  # fmt: skip
     axis.legend(fontsize="small")
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_accuracy_coverage(report: dict, directory, command: str = "qrm evaluate") -> list:
@@ -1047,7 +977,7 @@ def plot_accuracy_coverage(report: dict, directory, command: str = "qrm evaluate
     plot directory of `command`: `qrm_hf.io.claim_directory`): the accuracy on the surest fraction of the
     pairs against that fraction, one curve per signal, the overall accuracy (a signal that knows nothing)
     dashed; returns the paths."""
-    from .io import claim_directory
+    from .io import claim_directory, save_figure
 
     plt = _pyplot()
     directory = claim_directory(directory, command)
@@ -1059,7 +989,7 @@ def plot_accuracy_coverage(report: dict, directory, command: str = "qrm evaluate
     axis.set(xlabel="fraction of the pairs kept (surest first)", ylabel="pairwise accuracy",
              title=f"Accuracy-coverage ({report['pairs']} pairs)", xlim=(0, 1))  # fmt: skip
     axis.legend(fontsize="small")
-    return [_save_figure(fig, directory / "accuracy_coverage.png")]
+    return [save_figure(fig, directory / "accuracy_coverage.png")]
 
 
 def evaluate_pairs(
@@ -1081,7 +1011,8 @@ def evaluate_pairs(
     weights by `category` when the rows have one. `ranking` is the `pair_ranking_report`: the
     accuracy-coverage curve and its area for each signal of `pair_ranking_signals`."""
     from .data import row_location
-    from .dataset_loading import DatasetPreset, preference_examples
+    from .dataset_loading import preference_examples
+    from .dataset_preset import DatasetPreset
 
     preset = DatasetPreset.custom(
         "preference", prompt="prompt", chosen="chosen", rejected="rejected", name="preference rows"

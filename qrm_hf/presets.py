@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 
-from .dataset_loading import Conversation, DatasetPreset
+from .dataset_preset import Conversation, DatasetPreset
 from .modeling.configuration_qrm import DEFAULT_ATTRIBUTE_NAMES
 
 PAPER_ATTRIBUTES: tuple[str, ...] = tuple(DEFAULT_ATTRIBUTE_NAMES)  # the paper's 19, checkpoint order

@@ -168,9 +168,9 @@ def model_scorer(
 
 
 def _conversation(prompt, response, where: str) -> Conversation:
-    from .dataset_loading import _conversation as conversation
+    from .dataset_loading import build_conversation
 
-    return conversation(prompt, response, None, where)
+    return build_conversation(prompt, response, None, where)
 
 
 def benchmark_of(rows: Sequence[dict]) -> str:

@@ -96,26 +96,19 @@ TEMPLATES = {
         p["output_dir"],
         *QUICK_TRAINING,
     ],
-    "rloo": lambda p: [
-        "rloo",
-        p["policy"],
-        p["model"],
-        "--data",
-        p["pairs"],
-        "--output-dir",
-        p["output_dir"],
-        *QUICK_TRAINING,
-    ],
-    "grpo": lambda p: [
-        "grpo",
-        p["policy"],
-        p["model"],
-        "--data",
-        p["pairs"],
-        "--output-dir",
-        p["output_dir"],
-        *QUICK_TRAINING,
-    ],
+    **{  # the two RL commands take the same arguments
+        command: lambda p, command=command: [
+            command,
+            p["policy"],
+            p["model"],
+            "--data",
+            p["pairs"],
+            "--output-dir",
+            p["output_dir"],
+            *QUICK_TRAINING,
+        ]
+        for command in ("rloo", "grpo")
+    },  # fmt: skip
     "rewardbench": lambda p: ["rewardbench", p["model"], "--data", p["bench"], "--output", p["output_file"]],
     "preference-strength": lambda p: [
         "preference-strength",

@@ -110,7 +110,7 @@ def test_a_second_run_on_the_same_output_directory_is_refused_naming_the_first(c
         [sys.executable, "-c", textwrap.dedent(
             f"""
             import time
-            from qrm_hf.locking import directory_lock
+            from qrm_hf.io import directory_lock
             with directory_lock({str(copy)!r}), directory_lock({str(copy / "gating")!r}):
                 print("locked", flush=True)
                 time.sleep(120)

@@ -14,11 +14,11 @@ from conftest import make_qrm
 from qrm_hf.cli import main
 from qrm_hf.preference import preference_probability, preference_strength
 from qrm_hf.training.bootstrap import HeadEnsemble, PairFeatures, fit_bootstrap_heads
-from qrm_hf.training.gating import BradleyTerryGating
+from qrm_hf.training.gating import BradleyTerryGating, gating_sizes
 from qrm_hf.training.pipeline import TrainConfig, build_plan
 from qrm_hf.training.quantile_regression import MultiQuantileRegressor, quantile_objective
 from qrm_hf.training.settings import GatingSettings
-from qrm_hf.training.stages import _gating_config, fit_gating, pair_strength
+from qrm_hf.training.stages import fit_gating, pair_strength
 
 # ------------------------------------------------------------------------------ preference_probability
 
@@ -238,7 +238,7 @@ def _gating_problem(n=60, seed=0):
 def _bradley_terry(**remedies):
     settings = GatingSettings(hidden_dim=16, n_hidden=2, batch_size=8, epochs=3, learning_rate=1e-3)
     return BradleyTerryGating(
-        _gating_config(["a", "b", "c"], 32, settings), batch_size=8, epochs=3, learning_rate=1e-3,
+        gating_sizes(["a", "b", "c"], 32, settings), batch_size=8, epochs=3, learning_rate=1e-3,
         validation_fraction=0.0, **remedies,
     )  # fmt: skip
 

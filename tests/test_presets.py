@@ -17,17 +17,26 @@ datasets = pytest.importorskip("datasets")
 
 from qrm_hf import dataset_loading  # noqa: E402
 from qrm_hf.dataset_loading import (  # noqa: E402
-    DatasetPreset,
     attribute_examples,
     get_preset,
     load_preset,
     load_rows,
     preference_examples,
 )
+from qrm_hf.dataset_preset import DatasetPreset  # noqa: E402
 from qrm_hf.presets import PAPER_ATTRIBUTES, PRESETS, parse_hh_transcript  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
 
+# Argilla's rated data sets: the attribute preset and the pairs preset of each read the same file.
+CAPYBARA = (
+    "argilla_capybara.parquet",
+    ["source", "chosen", "chosen_rating", "chosen_model", "rejected", "rejected_rating", "rejected_model"],
+)
+MATH = (
+    "argilla_math.parquet",
+    ["metadata", "instruction", "chosen_response", "chosen_rating", "rejected_response", "rejected_rating"],
+)
 # preset -> (fixture, its columns exactly as on the dataset card)
 FIXTURE_OF = {
     "helpsteer": (
@@ -63,18 +72,7 @@ FIXTURE_OF = {
             "input",
         ],
     ),
-    "argilla-capybara": (
-        "argilla_capybara.parquet",
-        [
-            "source",
-            "chosen",
-            "chosen_rating",
-            "chosen_model",
-            "rejected",
-            "rejected_rating",
-            "rejected_model",
-        ],
-    ),
+    "argilla-capybara": CAPYBARA,
     "argilla-orca": (
         "argilla_orca.parquet",
         [
@@ -96,17 +94,7 @@ FIXTURE_OF = {
             "in_gsm8k_train",
         ],
     ),
-    "argilla-math": (
-        "argilla_math.parquet",
-        [
-            "metadata",
-            "instruction",
-            "chosen_response",
-            "chosen_rating",
-            "rejected_response",
-            "rejected_rating",
-        ],
-    ),
+    "argilla-math": MATH,
     "skywork-preference": ("skywork_preference.parquet", ["chosen", "rejected", "source"]),
     **{
         name: ("rlhflow_standard.parquet", ["chosen", "rejected", "chosen_score", "rejected_score"])
@@ -135,29 +123,8 @@ FIXTURE_OF = {
             "rejected-model",
         ],
     ),
-    "argilla-capybara-pairs": (
-        "argilla_capybara.parquet",
-        [
-            "source",
-            "chosen",
-            "chosen_rating",
-            "chosen_model",
-            "rejected",
-            "rejected_rating",
-            "rejected_model",
-        ],
-    ),
-    "argilla-math-pairs": (
-        "argilla_math.parquet",
-        [
-            "metadata",
-            "instruction",
-            "chosen_response",
-            "chosen_rating",
-            "rejected_response",
-            "rejected_rating",
-        ],
-    ),
+    "argilla-capybara-pairs": CAPYBARA,
+    "argilla-math-pairs": MATH,
 }
 
 

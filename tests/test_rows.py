@@ -19,7 +19,8 @@ from transformers import LlamaForCausalLM
 from conftest import run_cli, tiny_backbone_config
 from qrm_hf.cli import build_parser
 from qrm_hf.data import read_jsonl
-from qrm_hf.dataset_loading import DatasetPreset, attribute_examples, load_rows, response_conversations
+from qrm_hf.dataset_loading import attribute_examples, load_rows, response_conversations
+from qrm_hf.dataset_preset import DatasetPreset
 
 LONG = " ".join(["w20"] * 140)  # more tokens than the tiny models' 128 positions
 NULL_ASSISTANT = [{"role": "assistant", "content": None}]

@@ -168,9 +168,9 @@ def fit_bootstrap_heads(
         transform: the reward transform T [M, M] (default identity), shared.
     """
     from .features import attribute_names_of, feature_settings, load_labelled
+    from .gating import gating_sizes
     from .quantile_regression import MultiQuantileRegressor, identical_row_groups
     from .settings import PAPER_LEVELS, GatingSettings
-    from .stages import _gating_config
 
     if n_models < 1:
         raise ValueError(f"n_models must be >= 1, got {n_models}.")
@@ -211,7 +211,7 @@ def fit_bootstrap_heads(
         intercepts.append(torch.tensor(heads.intercept_, dtype=torch.float32))
         if pair_features is not None:
             resample = torch.as_tensor(rng.integers(0, len(pair_features), len(pair_features)))
-            config = _gating_config(names, X.shape[1], gating_settings)
+            config = gating_sizes(names, X.shape[1], gating_settings)
             networks.append(
                 _fit_member_gating(
                     coefs[-1],

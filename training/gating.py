@@ -41,6 +41,12 @@ from ..modeling.configuration_qrm import QRMConfig
 from ..modeling.modeling_qrm import QRMGatingNetwork, QRMGatingSizes
 
 
+def gating_sizes(attribute_names, hidden_size: int, settings) -> QRMGatingSizes:
+    """The sizes of the gating network that `settings` (a `GatingSettings`) asks for over `attribute_names`
+    and embeddings of `hidden_size` (`BradleyTerryGating` builds the network from them)."""
+    return QRMGatingSizes(hidden_size, len(attribute_names), **settings.config_kwargs())
+
+
 class BradleyTerryGating:
     """Fits a `QRMGatingNetwork` on preference pairs, scikit-learn style.
 

@@ -36,12 +36,12 @@ from ..dataset_loading import looks_like_local_path
 from ..io import (
     check_outputs_apart_from_inputs,
     claim_directory,
+    directory_lock,
     output_id,
     remove_output,
     restore_interrupted_replacement,
     write_json_atomic,
 )
-from ..locking import directory_lock
 from .features import EXTRACT_COMMAND, content_signature, damaged_shards
 from .quantile_regression import MultiQuantileRegressor
 from .settings import (

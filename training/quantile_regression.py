@@ -338,7 +338,7 @@ def fit_quantiles_ipm(
     return w.T.cpu().numpy(), intercept.cpu().numpy(), n_iter, gap
 
 
-def _as_float64(array, name: str = "input") -> np.ndarray:
+def as_float64(array, name: str = "input") -> np.ndarray:
     """A numpy float64 array of an array-like or a tensor of any dtype and device (bfloat16 included)."""
     if sparse.issparse(array):  # np.asarray would make a 0-d object array of it
         raise TypeError(
@@ -353,7 +353,7 @@ def _as_features(X):
     """X as a float64 numpy array, or, for a scipy sparse matrix, a float64 CSR matrix (kept sparse)."""
     if sparse.issparse(X):
         return X.tocsr().astype(np.float64)
-    return _as_float64(X, "features")
+    return as_float64(X, "features")
 
 
 def _dense(X) -> np.ndarray:
@@ -506,7 +506,7 @@ class MultiQuantileRegressor(RegressorMixin, BaseEstimator):
 
     @staticmethod
     def _validate_labels(Y) -> np.ndarray:
-        Y = _as_float64(Y, "labels")
+        Y = as_float64(Y, "labels")
         Y = Y[:, None] if Y.ndim == 1 else Y
         if Y.ndim != 2:
             raise ValueError(f"Expected labels Y [n] or [n, M], got shape {Y.shape}.")
@@ -520,7 +520,7 @@ class MultiQuantileRegressor(RegressorMixin, BaseEstimator):
     def _validate(self, X, Y):
         levels = self._validate_settings()
         X = _as_features(X)
-        Y = _as_float64(Y, "labels")
+        Y = as_float64(Y, "labels")
         if Y.ndim == 1:
             Y = Y[:, None]
         if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
@@ -554,7 +554,7 @@ class MultiQuantileRegressor(RegressorMixin, BaseEstimator):
         """
         levels, X, Y = self._validate(X, Y)
         if sample_weight is not None:
-            sample_weight = _as_float64(sample_weight, "sample_weight")
+            sample_weight = as_float64(sample_weight, "sample_weight")
             if sample_weight.shape != (X.shape[0],):
                 raise ValueError(f"sample_weight must have shape ({X.shape[0]},), got {sample_weight.shape}.")
             if not np.isfinite(sample_weight).all() or (sample_weight < 0).any():
@@ -664,7 +664,7 @@ class MultiQuantileRegressor(RegressorMixin, BaseEstimator):
 
     def score(self, X, Y) -> float:
         """Negative mean pinball loss over attributes and levels (higher is better)."""
-        Y = _as_float64(Y, "labels")
+        Y = as_float64(Y, "labels")
         Y = Y[:, None] if Y.ndim == 1 else Y
         return -float(np.mean(pinball_loss(Y, self.predict(X), self.quantile_levels)))
 

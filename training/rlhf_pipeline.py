@@ -28,7 +28,8 @@ import torch
 from peft import LoraConfig
 from transformers import AutoTokenizer
 
-from ..dataset_loading import DatasetPreset, load_rows
+from ..dataset_loading import load_rows
+from ..dataset_preset import DatasetPreset
 from ..hub import reading_model_files, refusing_model_code
 from ..io import claim_directory
 from . import paper_rlhf as paper

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
-from ..cli import positive_int
+from ..arguments import positive_int
 
 # The paper's 19 levels 0.05 ... 0.95, the default of QRMConfig.quantile_levels too. Spelled out here rather
 # than imported from modeling/configuration_qrm.py, which imports transformers (tests check they are equal).

@@ -27,7 +27,8 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
 from ..chat import check_max_length
-from ..dataset_loading import DatasetPreset, load_rows
+from ..dataset_loading import load_rows
+from ..dataset_preset import DatasetPreset
 from ..hub import reading_model_files, refusing_model_code
 from ..io import check_output_directory, claim_directory, files_into
 from . import paper_rlhf as paper

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..dataset_loading import DatasetPreset, attribute_examples, get_preset, load_preset, preference_examples
+from ..dataset_loading import attribute_examples, get_preset, load_preset, preference_examples
+from ..dataset_preset import DatasetPreset
 from ..evaluation import gating_report, gating_warnings, pinball_loss
 from ..io import check_output_directory, replace_directory
 from .features import (
@@ -479,13 +480,6 @@ def load_transform(directory: str | Path | None, attribute_names: Sequence[str])
 # ------------------------------------------------------------------------------------------- 4. gating
 
 
-def _gating_config(attribute_names: Sequence[str], hidden_size: int, gating: GatingSettings):
-    """The sizes of the gating network of `gating` (`BradleyTerryGating` builds it from them)."""
-    from ..modeling.modeling_qrm import QRMGatingSizes
-
-    return QRMGatingSizes(hidden_size, len(attribute_names), **gating.config_kwargs())
-
-
 def fit_gating(
     heads_dir: str | Path,
     pair_dirs: Sequence[str | Path],
@@ -592,7 +586,7 @@ def gating_diagnostics(network, prompt_embeddings, chosen_rewards, rejected_rewa
 
 def _bradley_terry(names, hidden_size: int, settings: GatingSettings, plain: bool = False):
     """The `BradleyTerryGating` of `settings` (`plain`: without the noisy-label remedies)."""
-    from .gating import BradleyTerryGating
+    from .gating import BradleyTerryGating, gating_sizes
 
     remedies = {} if plain else {
         "label_smoothing": settings.label_smoothing,
@@ -601,7 +595,7 @@ def _bradley_terry(names, hidden_size: int, settings: GatingSettings, plain: boo
         "drop_below": settings.drop_below,
     }  # fmt: skip
     return BradleyTerryGating(
-        _gating_config(names, hidden_size, settings),
+        gating_sizes(names, hidden_size, settings),
         learning_rate=settings.learning_rate,
         batch_size=settings.batch_size,
         epochs=settings.epochs,
@@ -689,19 +683,10 @@ def assemble_model(
     check_output_directory(output_dir, "qrm assemble")  # before the work, not after it
     settings = settings or AssembleSettings()
     location, name = resolve_backbone(backbone)
-    heads = QuantileHeadsOutput.load(heads_dir)
-    coef, intercept, heads_info, names = heads.coef, heads.intercept, heads.info, heads.attribute_names
-    transform = load_transform(transform_dir, names)
-    fitted_gating = GatingOutput.load(gating_dir)
-    fitted_gating.check_fits(heads, gating_dir)
-    gating_tensors, gating_info = fitted_gating.state_dict, fitted_gating.info
-    if name != heads_info["backbone"]:
-        raise ValueError(
-            f"The quantile heads were fitted on features of {heads_info['backbone']}, not of {name}: "
-            "assemble them with the backbone they were fitted on."
-        )
-    gating_settings = GatingSettings(**gating_info["settings"])
-    network = _gating_network(names, heads_info["hidden_size"], gating_settings, gating_tensors)
+    heads, transform, gating = _fitted_parts(heads_dir, gating_dir, transform_dir, name)
+    heads_info, names, intercept = heads.info, heads.attribute_names, heads.intercept
+    gating_settings = GatingSettings(**gating.info["settings"])
+    network = _gating_network(names, heads_info["hidden_size"], gating_settings, gating.state_dict)
     loaded = load_extraction_backbone(backbone, revision)
     probe = encode_conversation(loaded.tokenizer, messages=PROBE_CONVERSATION)
     (probe_response,), (probe_prompt,) = loaded.encoder.encode([probe], desc="probe conversation")
@@ -709,7 +694,7 @@ def assemble_model(
         loaded.encoder.backbone,
         names,
         heads_info["quantile_levels"],
-        coef,
+        heads.coef,
         network,
         heads_info["prompt_end_pattern"],
         head_intercept=intercept if intercept.abs().max() > 0 else None,
@@ -719,16 +704,56 @@ def assemble_model(
         **gating_settings.config_kwargs(),
     )
     check_reproduces_extraction(model, probe, probe_response, probe_prompt)
-    validation = heads_info.get("validation", {})
-    summary = (
+    with replace_directory(output_dir, "qrm assemble") as directory:
+        save_qrm(
+            model,
+            directory,
+            tokenizer=location,
+            backbone_name=name,
+            datasets=settings.datasets,
+            training_summary=_training_summary(
+                heads_info, gating.info, gating_settings, transform_dir is not None
+            ),
+            evaluation=_card_evaluation(heads_info, settings),
+            homepage=settings.homepage,
+        )
+    if settings.push_to_hub:
+        from ..hub import push_model_dir
+
+        push_model_dir(output_dir, settings.push_to_hub)
+    return Path(output_dir)
+
+
+def _fitted_parts(heads_dir, gating_dir, transform_dir, backbone_name: str):
+    """(heads, transform T, gating) of the stage outputs, checked to fit each other and the backbone."""
+    heads = QuantileHeadsOutput.load(heads_dir)
+    if backbone_name != heads.info["backbone"]:
+        raise ValueError(
+            f"The quantile heads were fitted on features of {heads.info['backbone']}, not of {backbone_name}: "
+            "assemble them with the backbone they were fitted on."
+        )
+    transform = load_transform(transform_dir, heads.attribute_names)
+    gating = GatingOutput.load(gating_dir)
+    gating.check_fits(heads, gating_dir)
+    return heads, transform, gating
+
+
+def _training_summary(heads_info: dict, gating_info: dict, gating: GatingSettings, debiased: bool) -> str:
+    """How the parts of an assembled QRM were fitted, in a few sentences for its model card."""
+    return (
         f"Quantile heads: {heads_info['solver']} solver, alpha {_alpha_summary(heads_info)}, at most "
         f"{heads_info['max_samples_per_attribute']} samples per attribute ({heads_info['samples_per_attribute']}). "
-        f"Reward transform: {'verbosity debiasing' if transform_dir else 'identity'}. Gating: Bradley-Terry on "
-        f"{gating_info['pairs']} preference pairs, {gating_settings.epochs} epochs, validation accuracy "
+        f"Reward transform: {'verbosity debiasing' if debiased else 'identity'}. Gating: Bradley-Terry on "
+        f"{gating_info['pairs']} preference pairs, {gating.epochs} epochs, validation accuracy "
         f"{selected_epoch(gating_info).get('validation_accuracy', float('nan')):.3f} (epoch "
-        f"{gating_info.get('selected_epoch', gating_settings.epochs)})."
+        f"{gating_info.get('selected_epoch', gating.epochs)})."
     )
+
+
+def _card_evaluation(heads_info: dict, settings: AssembleSettings) -> list[dict]:
+    """The model card's evaluation entries: the heads' held-out pinball loss and the `settings.results` files."""
     evaluation = []
+    validation = heads_info.get("validation", {})
     if "pinball_loss" in validation:
         evaluation.append(
             {
@@ -742,27 +767,13 @@ def assemble_model(
         from ..rewardbench import results_file_entries
 
         evaluation += results_file_entries(settings.results)
-    with replace_directory(output_dir, "qrm assemble") as directory:
-        save_qrm(
-            model,
-            directory,
-            tokenizer=location,
-            backbone_name=name,
-            datasets=settings.datasets,
-            training_summary=summary,
-            evaluation=evaluation,
-            homepage=settings.homepage,
-        )
-    if settings.push_to_hub:
-        from ..hub import push_model_dir
-
-        push_model_dir(output_dir, settings.push_to_hub)
-    return Path(output_dir)
+    return evaluation
 
 
 def _gating_network(names, hidden_size, gating: GatingSettings, state_dict):
     from ..modeling.modeling_qrm import QRMGatingNetwork
+    from .gating import gating_sizes
 
-    network = QRMGatingNetwork(_gating_config(names, hidden_size, gating))
+    network = QRMGatingNetwork(gating_sizes(names, hidden_size, gating))
     network.load_state_dict(state_dict)
     return network.eval()
