@@ -36,7 +36,12 @@ def models(tmp_path_factory):
     tokenizer.save_pretrained(backbone)
     base = root / "base"
     save_tiny_policy(base, tiny_tokenizer())
-    return {"qrm": qrm, "backbone": backbone, "base": base}
+    calibration = write_lines(root / "calibration.jsonl", [
+        json.dumps({"prompt": "w11", "response": f"w{20 + i} w{30 + i % 7}", "helpfulness": i % 5,
+                    "correctness": (i * 3) % 5, "safety": (i * 7) % 5})
+        for i in range(30)
+    ])  # fmt: skip
+    return {"qrm": qrm, "backbone": backbone, "base": base, "calibration": calibration}
 
 
 def one_line_error(code: int, err: str) -> str:
@@ -73,6 +78,9 @@ OUT = "{out}"
 READERS = {
     ("score", "--file"): ("response", ["score", "{qrm}", "--file", "{file}"]),
     ("evaluate", "--ratings"): ("response", ["evaluate", "{qrm}", "--ratings", "{file}"]),
+    ("calibrate", "--ratings"): ("response", ["calibrate", "{qrm}", "--ratings", "{file}", "--output-dir", OUT]),
+    ("calibrate", "--heldout"): ("response", [
+        "calibrate", "{qrm}", "--ratings", "{calibration}", "--heldout", "{file}", "--output-dir", OUT]),
     ("evaluate", "--pairs"): ("pair", ["evaluate", "{qrm}", "--pairs", "{file}"]),
     ("evaluate", "--showcase"): ("response", ["evaluate", "{qrm}", "--showcase", "{file}"]),
     ("preference-strength", "--pairs"): ("pair", ["preference-strength", "{qrm}", "--pairs", "{file}"]),
