@@ -256,6 +256,7 @@ def test_over_long_conversations_are_named_by_their_line(models, tmp_path, capsy
 MAX_LENGTH_COMMANDS = {
     "score": ["score", "{qrm}", "--prompt", "w11", "--response", "w20"],
     "evaluate": ["evaluate", "{qrm}", "--showcase", "{file}"],
+    "calibrate": ["calibrate", "{qrm}", "--ratings", "{calibration}", "--output-dir", "{out}"],
     "preference-strength": ["preference-strength", "{qrm}", "--pairs", "{pairs}"],
     "rewardbench": ["rewardbench", "{qrm}", "--data", "{rewardbench}"],
     "extract": READERS["extract", "--source"][1],
