@@ -50,6 +50,18 @@ def risk_parameter(name: str):
     return parse
 
 
+def risk_spec_forms() -> str:
+    """The spec of every registered risk measure with its parameter's default, for help texts:
+    "expectation, exp_utility[:LAM] (1.0), ..., cvar[:ALPHA] (0.1), ..."."""
+    from . import risk
+
+    forms = []
+    for name, measure in risk.RISK_MEASURES.items():
+        parameters = "".join(f"[:{p.name.upper()}] ({p.default})" for p in measure.parameters)
+        forms.append(name + parameters)
+    return ", ".join(forms)
+
+
 def check_writable(path: str | Path | None, what: str) -> None:
     """Fail now, not after the work, when the output file `path` cannot be written (the file is not created)."""
     if path is None:
@@ -249,14 +261,19 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_distribution_table_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of the printed reward-distribution table and its plot (`qrm score`, `qrm evaluate --showcase`)."""
     parser.add_argument("--plot", help="write a PNG of the reward distributions here")
+    from . import risk
+
     parser.add_argument(
         "--lam",
         type=risk_parameter("lam"),
-        default=1.0,
+        default=risk.RISK_PARAMETERS["lam"].default,
         help="risk aversion of the certainty equivalent (> 0)",
     )
     parser.add_argument(
-        "--alpha", type=risk_parameter("alpha"), default=0.1, help="tail fraction of the CVaR, in (0, 1]"
+        "--alpha",
+        type=risk_parameter("alpha"),
+        default=risk.RISK_PARAMETERS["alpha"].default,
+        help="tail fraction of the CVaR, in (0, 1]",
     )
 
 

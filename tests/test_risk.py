@@ -386,7 +386,7 @@ def test_bad_quantile_tensors_raise():
         ("exp_utility", lambda q: -torch.exp(-q).mean(-1)),
         ("exp_utility:2", lambda q: -torch.exp(-2 * q).mean(-1)),
         (" certainty_equivalent : 0.5 ", lambda q: -2 * torch.log(torch.exp(-0.5 * q).mean(-1))),
-        ("cvar", None),  # alpha 0.25: 0.25 * 19 = 4.75 atoms, below
+        ("cvar", None),  # alpha 0.1: 0.1 * 19 = 1.9 atoms, below
         ("cvar:0.2", None),  # 0.2 * 19 = 3.8 atoms, below
         ("quantile", lambda q: q.sort(-1).values[..., 1]),  # tau 0.1 is the second level
         ("quantile:0.125", lambda q: q.sort(-1).values[..., 1:3].mean(-1)),  # half way from 0.10 to 0.15
@@ -395,8 +395,8 @@ def test_bad_quantile_tensors_raise():
 def test_resolve_gives_the_measure_of_a_spec(spec, direct):
     q = random_quantiles(5, K)
     sorted_q = q.sort(-1).values
-    if spec == "cvar":  # four whole atoms and 0.75 of the fifth
-        expected = (sorted_q[..., :4].sum(-1) + 0.75 * sorted_q[..., 4]) / 4.75
+    if spec == "cvar":  # one whole atom and 0.9 of the second
+        expected = (sorted_q[..., 0] + 0.9 * sorted_q[..., 1]) / 1.9
     elif spec == "cvar:0.2":  # three whole atoms and 0.8 of the fourth
         expected = (sorted_q[..., :3].sum(-1) + 0.8 * sorted_q[..., 3]) / 3.8
     else:

@@ -1,0 +1,53 @@
+"""Every default is defined once: the same setting has the same value whichever entry point reads it.
+
+The command-line checks walk every `qrm` subcommand (`qrm_hf.cli.build_parser`), so an option added later
+with its own copy of a default fails here.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from qrm_hf import risk
+from qrm_hf.cli import build_parser
+from qrm_hf.rewardbench import parse_rank_by
+from qrm_hf.scoring import risk_summary
+
+CVAR_ALPHA = risk.RISK_PARAMETERS["alpha"].default
+LEVELS = [round(0.05 * k, 2) for k in range(1, 20)]
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def cvar_tail_options() -> dict[str, argparse.Action]:
+    """Every option of every `qrm` command that sets the tail mass of the CVaR (its help says so)."""
+    found = {}
+    for name, parser in subcommands().items():
+        for action in parser._actions:
+            if "alpha" in action.dest and "cvar" in (action.help or "").lower():
+                found[f"qrm {name} {action.option_strings[0]}"] = action
+    return found
+
+
+def test_the_cvar_tail_mass_has_one_default_at_every_entry_point():
+    options = cvar_tail_options()
+    assert {"qrm score --alpha", "qrm evaluate --alpha"} <= set(options), sorted(options)
+    assert {name: action.default for name, action in options.items()} == dict.fromkeys(options, CVAR_ALPHA)
+    # the library: the printed table of `qrm score` / `qrm evaluate` and the ranking of `qrm rewardbench`
+    q = torch.randn(4, len(LEVELS)).sort(-1).values
+    expected = risk.cvar(q, LEVELS, CVAR_ALPHA)
+    table = risk_summary(q, LEVELS)
+    torch.testing.assert_close(torch.tensor([row["cvar"] for row in table]), expected.float())
+    measure, values = parse_rank_by("cvar")
+    assert measure.name == "cvar" and values == {"alpha": CVAR_ALPHA}
+    # the risk-aware trainers (their config field, and a spec without a value)
+    from qrm_hf.training.risk_rewards import RiskAwareRewardsArguments
+
+    assert RiskAwareRewardsArguments.__dataclass_fields__["risk_alpha"].default == CVAR_ALPHA
+    torch.testing.assert_close(risk.resolve("cvar", LEVELS)(q), expected)
