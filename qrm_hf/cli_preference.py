@@ -292,6 +292,42 @@ def _write_outputs(args, records: list[dict], pairs: dict, ensemble) -> None:
         print(f"Histogram of the strengths drawn to {path}")
 
 
+def _add_ensemble_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the bootstrap ensemble (with --features): its size and seed, and how its heads and
+    gating networks are refitted (the defaults of `qrm fit-quantiles` and `qrm fit-gating`, read from there)."""
+    parser.add_argument(
+        "--ensemble",
+        type=int,
+        metavar="N",
+        help="ensemble size with --features (default: --ensemble-size of `qrm fit-gating`)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
+    from .training.settings import GatingSettings, HeadsSettings
+
+    parser.add_argument(
+        "--alpha", type=float, default=HeadsSettings.alpha, help="L1 penalty of the refitted heads"
+    )
+    parser.add_argument(
+        "--solver",
+        choices=HeadsSettings.__dataclass_fields__["solver"].metadata["cli"]["choices"],
+        default=HeadsSettings.solver,
+        help="solver of the refitted heads",
+    )
+    # a few hundred pairs: more epochs and smaller batches than `qrm fit-gating`'s defaults for the paper's data
+    parser.add_argument(
+        "--gating-epochs", type=int, default=40, help="epochs of each refitted gating network"
+    )
+    parser.add_argument(
+        "--gating-batch-size", type=int, default=32, help="pairs per step of each refitted gating network"
+    )
+    parser.add_argument(
+        "--gating-learning-rate",
+        type=float,
+        default=GatingSettings.learning_rate,
+        help="AdamW learning rate of each refitted gating network",
+    )
+
+
 def add_preference_commands(commands) -> None:
     """Add `qrm preference-strength` to the `qrm` parser's subparsers."""
     parser = commands.add_parser(
@@ -315,38 +351,7 @@ def add_preference_commands(commands) -> None:
         metavar="DIR",
         help="feature directories of qrm extract (the model's backbone)",
     )
-    parser.add_argument(
-        "--ensemble",
-        type=int,
-        metavar="N",
-        help="ensemble size with --features (default: --ensemble-size of `qrm fit-gating`)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
-    from .training.settings import GatingSettings, HeadsSettings
-
-    # the refitted heads and gating networks take the defaults of `qrm fit-quantiles` and `qrm fit-gating`
-    parser.add_argument(
-        "--alpha", type=float, default=HeadsSettings.alpha, help="L1 penalty of the refitted heads"
-    )
-    parser.add_argument(
-        "--solver",
-        choices=HeadsSettings.__dataclass_fields__["solver"].metadata["cli"]["choices"],
-        default=HeadsSettings.solver,
-        help="solver of the refitted heads",
-    )
-    # a few hundred pairs: more epochs and smaller batches than `qrm fit-gating`'s defaults for the paper's data
-    parser.add_argument(
-        "--gating-epochs", type=int, default=40, help="epochs of each refitted gating network"
-    )
-    parser.add_argument(
-        "--gating-batch-size", type=int, default=32, help="pairs per step of each refitted gating network"
-    )
-    parser.add_argument(
-        "--gating-learning-rate",
-        type=float,
-        default=GatingSettings.learning_rate,
-        help="AdamW learning rate of each refitted gating network",
-    )
+    _add_ensemble_arguments(parser)
     parser.add_argument(
         "--ambiguous-within",
         type=float,
