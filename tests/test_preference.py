@@ -320,12 +320,12 @@ def test_flag_pairs_marks_reversed_pairs_mislabelled_and_close_ones_ambiguous():
     """Without an ensemble: a negative margin is likely mislabelled, P within AMBIGUOUS_WITHIN of 0.5
     ambiguous; with one, |mean| < std is; an identical pair is ambiguous and never mislabelled."""
     margin = np.array([0.5, -0.4, 0.01, 0.0, -0.02])
-    probability = np.array([0.9, 0.1, 0.5 + AMBIGUOUS_WITHIN / 2, 0.5, 0.45])
+    probability = np.array([0.9, 0.1, 0.5 + AMBIGUOUS_WITHIN / 2, 0.5, 0.5 - 1.5 * AMBIGUOUS_WITHIN])
     identical = np.array([False, False, False, True, False])
     flags = flag_pairs(margin, probability, identical)
     assert flags.likely_mislabelled.tolist() == [False, True, False, False, True]
     assert flags.ambiguous.tolist() == [False, False, True, True, False]
-    assert flag_pairs(margin, probability, identical, ambiguous_within=0.06).ambiguous[4]
+    assert flag_pairs(margin, probability, identical, ambiguous_within=2 * AMBIGUOUS_WITHIN).ambiguous[4]
     mean, std = np.array([0.5, -0.4, 0.3, 0.0, -0.02]), np.array([0.1, 0.1, 0.5, 0.0, 0.01])
     flags = flag_pairs(margin, probability, identical, ensemble_mean=mean, ensemble_std=std)
     assert flags.score.tolist() == mean.tolist() and flags.ambiguous_within is None
