@@ -51,3 +51,25 @@ def test_the_cvar_tail_mass_has_one_default_at_every_entry_point():
 
     assert RiskAwareRewardsArguments.__dataclass_fields__["risk_alpha"].default == CVAR_ALPHA
     torch.testing.assert_close(risk.resolve("cvar", LEVELS)(q), expected)
+
+
+def test_every_stage_takes_its_settings_as_one_dataclass():
+    """A stage function (and the backbone loader of the extraction) takes `settings`, never one of its fields
+    with a default of its own: the dataclass is the only place of a stage's defaults."""
+    import inspect
+    from dataclasses import fields
+
+    from qrm_hf.training import settings, stages
+
+    for function, cls in [
+        (stages.load_extraction_backbone, settings.ExtractionSettings),
+        (stages.extract_features, settings.ExtractionSettings),
+        (stages.fit_quantile_heads, settings.HeadsSettings),
+        (stages.fit_debias, settings.DebiasSettings),
+        (stages.fit_gating, settings.GatingSettings),
+        (stages.assemble_model, settings.AssembleSettings),
+    ]:
+        parameters = inspect.signature(function).parameters
+        assert "settings" in parameters, function.__name__
+        repeated = set(parameters) & {f.name for f in fields(cls)}
+        assert not repeated, f"{function.__name__} takes {sorted(repeated)} besides its {cls.__name__}"
