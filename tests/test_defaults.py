@@ -73,3 +73,28 @@ def test_every_stage_takes_its_settings_as_one_dataclass():
         assert "settings" in parameters, function.__name__
         repeated = set(parameters) & {f.name for f in fields(cls)}
         assert not repeated, f"{function.__name__} takes {sorted(repeated)} besides its {cls.__name__}"
+
+
+def test_the_gating_network_defaults_are_the_model_configs():
+    """The sizes of the gating network are defined once, in modeling/configuration_qrm.py: the config, the
+    network built without a config, the training settings and `qrm fit-gating` all take them from there."""
+    import inspect
+
+    from conftest import tiny_backbone_config
+    from qrm_hf.modeling.configuration_qrm import GATING_DEFAULTS, QRMConfig
+    from qrm_hf.modeling.modeling_qrm import QRMGatingSizes
+    from qrm_hf.training.gating import BradleyTerryGating
+    from qrm_hf.training.settings import GatingSettings, settings_from_args
+
+    config = QRMConfig(backbone_config=tiny_backbone_config())
+    assert {name: getattr(config, name) for name in GATING_DEFAULTS} == GATING_DEFAULTS
+    sizes = QRMGatingSizes(hidden_size=8, num_attributes=2)
+    assert {name: getattr(sizes, name) for name in GATING_DEFAULTS} == GATING_DEFAULTS
+    assert GatingSettings().config_kwargs() == GATING_DEFAULTS
+    args = subcommands()["fit-gating"].parse_args(["heads", "pairs", "--output-dir", "out"])
+    assert settings_from_args(GatingSettings, args).config_kwargs() == GATING_DEFAULTS
+    # the fit's own defaults are GatingSettings'
+    settings = GatingSettings()
+    for name, parameter in inspect.signature(BradleyTerryGating).parameters.items():
+        if name != "config":
+            assert parameter.default == getattr(settings, name), name

@@ -5,7 +5,8 @@ per-attribute expected rewards of its two responses; the gating network g then o
 
     P(chosen > rejected) = sigmoid(g(prompt) . r_chosen - g(prompt) . r_rejected)
 
-large. Paper defaults: AdamW, lr 3e-4, batch 1024, cosine decay, weight decay 1e-3, 3 epochs.
+large. Paper defaults (`GatingSettings`): AdamW, lr 3e-4, batch 1024, cosine decay, weight decay 1e-3,
+3 epochs.
 
 Noisy labels (Secrets of RLHF II, Wang et al. 2024), all off by default: with the Bradley-Terry logit
 z = g . (r_chosen - r_rejected) and a measured strength s in [0, 1] per pair (P(chosen > rejected),
@@ -39,12 +40,13 @@ from tqdm.auto import tqdm
 
 from ..modeling.configuration_qrm import QRMConfig
 from ..modeling.modeling_qrm import QRMGatingNetwork, QRMGatingSizes
+from .settings import GatingSettings
 
 
 class BradleyTerryGating:
     """Fits a `QRMGatingNetwork` on preference pairs, scikit-learn style.
 
-    Parameters follow the paper; `validation_fraction` of the pairs (seeded; with `restore_best_epoch`, of
+    Parameters and their defaults are those of `GatingSettings` (the paper's); `validation_fraction` of the pairs (seeded; with `restore_best_epoch`, of
     the prompts) are held out and the validation loss and accuracy are logged after every epoch in
     `history_`; `best_epoch_` is the epoch whose network `network_` is (the last unless `restore_best_epoch`).
     """
@@ -52,19 +54,19 @@ class BradleyTerryGating:
     def __init__(
         self,
         config: QRMGatingSizes | QRMConfig,
-        learning_rate: float = 3e-4,
-        batch_size: int = 1024,
-        epochs: int = 3,
-        weight_decay: float = 1e-3,
-        validation_fraction: float = 0.1,
-        seed: int = 0,
-        label_smoothing: float = 0.0,
-        adaptive_margin: float = 0.0,
-        flip_below: float | None = None,
-        drop_below: float | None = None,
-        standardize_prompts: bool = False,
-        restore_best_epoch: bool = False,
-        fit_loss_scale: bool = False,
+        learning_rate: float = GatingSettings.learning_rate,
+        batch_size: int = GatingSettings.batch_size,
+        epochs: int = GatingSettings.epochs,
+        weight_decay: float = GatingSettings.weight_decay,
+        validation_fraction: float = GatingSettings.validation_fraction,
+        seed: int = GatingSettings.seed,
+        label_smoothing: float = GatingSettings.label_smoothing,
+        adaptive_margin: float = GatingSettings.adaptive_margin,
+        flip_below: float | None = GatingSettings.flip_below,
+        drop_below: float | None = GatingSettings.drop_below,
+        standardize_prompts: bool = GatingSettings.standardize_prompts,
+        restore_best_epoch: bool = GatingSettings.restore_best_epoch,
+        fit_loss_scale: bool = GatingSettings.fit_loss_scale,
     ):
         self.config = config
         self.learning_rate = learning_rate
