@@ -469,11 +469,23 @@ def quiet_libraries():
         yield
 
 
+def parse_arguments(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """`parser.parse_args(argv)`, except that the options a command leaves to its trainer config (the
+    commands with a `trainer_argv` default: `qrm sft`, `rloo`, `grpo`, `qrm_hf.cli_rlhf`) are kept for it
+    in `args.trainer_argv`; any other unknown option is argparse's usual error."""
+    args, rest = parser.parse_known_args(argv)
+    if rest:
+        if "trainer_argv" not in vars(args):
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        args.trainer_argv = rest
+    return args
+
+
 def main(argv=None) -> None:
     """Run `qrm ARGV`. A user error (`user_error_message`) ends in one line on stderr and exit status 2, Ctrl-C
     in one line and exit status 130 (with --debug: its traceback, and the libraries' own logging)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
     try:
         from .cli_paths import check_paths
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig
 from transformers import AutoTokenizer
+from trl import RLOOConfig
 
 from ..hub import reading_model_files, refusing_model_code
 from ..io import claim_directory
@@ -36,7 +37,7 @@ from .grpo import RiskAwareGRPOConfig, RiskAwareGRPOTrainer
 from .risk_rewards import RiskAwareRewardsArguments, quantile_levels_of
 from .rlhf_data import filter_prompts_by_length, rloo_prompts
 from .rloo import RiskAwareRLOOConfig, RiskAwareRLOOTrainer
-from .sft import SAVE_DTYPES, finish_lora_training, last_checkpoint, paper_lora_config
+from .sft import SAVE_DTYPES, finish_lora_training, last_checkpoint, paper_lora_config, with_option_names
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class _PaperRLValues:
         lr_scheduler_type (`str`, *optional*, defaults to `"constant"`): paper value ("a fixed learning rate").
         num_generations (`int`, *optional*, defaults to `2`): k of RLOO, paper value.
         max_completion_length (`int`, *optional*, defaults to `512`): paper value.
+        num_train_epochs (`float`, *optional*, defaults to `1.0`): one pass over the prompts (TRL: 3).
+        beta (`float`, *optional*, defaults to `0.05`): TRL's RLOO default, for GRPO too (TRL's GRPO: 0).
     """
 
     learning_rate: float = field(
@@ -66,6 +69,17 @@ class _PaperRLValues:
     )
     max_completion_length: int | None = field(
         default=paper.MAX_COMPLETION_LENGTH, metadata={"help": "Longest completion, in tokens."}
+    )
+    num_train_epochs: float = with_option_names(
+        RLOOConfig, "num_train_epochs", "--epochs", default=paper.RLOO_EPOCHS, help="Passes over the prompts."
+    )
+    per_device_train_batch_size: int = with_option_names(
+        RLOOConfig, "per_device_train_batch_size", "--per-device-batch-size"
+    )
+    beta: float = with_option_names(
+        RLOOConfig,
+        "beta",
+        help="KL penalty coefficient: TRL's RLOO default for GRPO too (the paper gives none).",
     )
 
 

@@ -19,6 +19,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from datasets import Dataset
 from peft import LoraConfig
@@ -71,6 +72,17 @@ def gradient_accumulation_for(
     return batch_size // per_step
 
 
+def with_option_names(config_cls, name: str, *option_names: str, **changes) -> Any:
+    """The field `name` of the dataclass `config_cls` (its default and help, or `changes` to them) with
+    other option names for the command line (`TrlParser` reads them from `metadata["aliases"]`), so that
+    the names `qrm sft` / `qrm rloo` had before their options were TRL's keep working."""
+    inherited = config_cls.__dataclass_fields__[name]
+    metadata = {**inherited.metadata, "aliases": list(option_names)}
+    if "help" in changes:
+        metadata["help"] = changes.pop("help")
+    return field(default=changes.pop("default", inherited.default), metadata=metadata)
+
+
 @dataclass
 class PaperSFTConfig(SFTConfig):
     r"""[`~trl.SFTConfig`] with the paper's SFT values as defaults, and over-long examples dropped.
@@ -93,8 +105,11 @@ class PaperSFTConfig(SFTConfig):
     lr_scheduler_type: str = field(
         default=paper.SFT_LR_SCHEDULER, metadata={"help": "The learning rate schedule."}
     )
-    num_train_epochs: float = field(
-        default=paper.SFT_EPOCHS, metadata={"help": "Total number of training epochs."}
+    num_train_epochs: float = with_option_names(
+        SFTConfig, "num_train_epochs", "--epochs", default=paper.SFT_EPOCHS, help="Passes over the data."
+    )
+    per_device_train_batch_size: int = with_option_names(
+        SFTConfig, "per_device_train_batch_size", "--per-device-batch-size"
     )
     max_length: int | None = field(
         default=paper.SFT_MAX_LENGTH, metadata={"help": "Longest tokenized example, in tokens."}
@@ -310,4 +325,5 @@ __all__ = [
     "merge_adapter",
     "paper_lora_config",
     "run_sft",
+    "with_option_names",
 ]
