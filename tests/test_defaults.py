@@ -25,10 +25,22 @@ def subcommands() -> dict[str, argparse.ArgumentParser]:
     return dict(action.choices)
 
 
+def every_command_parser() -> dict[str, argparse.ArgumentParser]:
+    """The parser of each `qrm` command and, for the commands whose other options are a TRL config's fields
+    (`qrm sft`, `rloo`, `grpo`), the `TrlParser` of that config too."""
+    from trl import TrlParser
+
+    from qrm_hf.cli_rlhf import COMMANDS, trainer_config_class
+
+    parsers = subcommands()
+    parsers.update({f"{name} (trainer)": TrlParser((trainer_config_class(name),)) for name in COMMANDS})
+    return parsers
+
+
 def cvar_tail_options() -> dict[str, argparse.Action]:
     """Every option of every `qrm` command that sets the tail mass of the CVaR (its help says so)."""
     found = {}
-    for name, parser in subcommands().items():
+    for name, parser in every_command_parser().items():
         for action in parser._actions:
             if "alpha" in action.dest and "cvar" in (action.help or "").lower():
                 found[f"qrm {name} {action.option_strings[0]}"] = action
@@ -37,7 +49,12 @@ def cvar_tail_options() -> dict[str, argparse.Action]:
 
 def test_the_cvar_tail_mass_has_one_default_at_every_entry_point():
     options = cvar_tail_options()
-    assert {"qrm score --alpha", "qrm evaluate --alpha"} <= set(options), sorted(options)
+    expected = {
+        "qrm score --alpha",
+        "qrm evaluate --alpha",
+        *(f"qrm {c} (trainer) --risk_alpha" for c in ("rloo", "grpo")),
+    }
+    assert expected <= set(options), sorted(options)
     assert {name: action.default for name, action in options.items()} == dict.fromkeys(options, CVAR_ALPHA)
     # the library: the printed table of `qrm score` / `qrm evaluate` and the ranking of `qrm rewardbench`
     q = torch.randn(4, len(LEVELS)).sort(-1).values
