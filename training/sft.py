@@ -245,6 +245,25 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
     return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
 
 
+def _base_tokenizer(model: str | Path, args: PaperSFTConfig, chat_template: str | Path | None):
+    """The tokenizer of the base model, with the chat template of the file `chat_template` when given.
+    ValueError without a chat template, or for an `args.max_length` beyond the model's positions."""
+    # The same consent as the trainer's own loads of `model` (TRL's `trust_remote_code`, False by default).
+    with refusing_model_code(model, "base model"), reading_model_files(model, "base model"):
+        tokenizer = AutoTokenizer.from_pretrained(str(model), trust_remote_code=args.trust_remote_code)
+        config = AutoConfig.from_pretrained(str(model), trust_remote_code=args.trust_remote_code)
+    if chat_template is not None:
+        tokenizer.chat_template = Path(chat_template).read_text()
+    # --max-length above the model's positions would train on positions it has no embedding for
+    check_max_length(args.max_length, config)
+    if not tokenizer.chat_template:
+        raise ValueError(
+            f"The tokenizer of {model} has no chat template: pass one (a Jinja file, e.g. the template of the "
+            "model's instruct version) with --chat-template."
+        )
+    return tokenizer
+
+
 def run_sft(
     model: str | Path,
     data: str | Path,
@@ -284,19 +303,7 @@ def run_sft(
         raise ValueError(f"save_dtype must be one of {SAVE_DTYPES}, got {save_dtype!r}.")
     # Before any work: the trainer writes checkpoints and the merged model into the directory.
     check_output_directory(args.output_dir, "qrm sft")
-    # The same consent as the trainer's own loads of `model` (TRL's `trust_remote_code`, False by default).
-    with refusing_model_code(model, "base model"), reading_model_files(model, "base model"):
-        tokenizer = AutoTokenizer.from_pretrained(str(model), trust_remote_code=args.trust_remote_code)
-        config = AutoConfig.from_pretrained(str(model), trust_remote_code=args.trust_remote_code)
-    if chat_template is not None:
-        tokenizer.chat_template = Path(chat_template).read_text()
-    # --max-length above the model's positions would train on positions it has no embedding for
-    check_max_length(args.max_length, config)
-    if not tokenizer.chat_template:
-        raise ValueError(
-            f"The tokenizer of {model} has no chat template: pass one (a Jinja file, e.g. the template of the "
-            "model's instruct version) with --chat-template."
-        )
+    tokenizer = _base_tokenizer(model, args, chat_template)
     examples = chosen_completions(load_rows(data, split=split, limit=limit), preset)
     claim_directory(args.output_dir, "qrm sft")
     trainer = PaperSFTTrainer(
