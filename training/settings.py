@@ -228,6 +228,12 @@ class GatingSettings:
     )
 
     def __post_init__(self):
+        if self.rewards not in ("transformed", "untransformed"):
+            raise ValueError(
+                f"gating rewards must be 'transformed' or 'untransformed', got {self.rewards!r}."
+            )
+        if self.strength not in ("probability", "ensemble"):
+            raise ValueError(f"gating strength must be 'probability' or 'ensemble', got {self.strength!r}.")
         resolve_model_defaults(self)
 
     def noise_settings(self) -> dict:

@@ -510,34 +510,19 @@ def fit_gating(
     With noisy-label settings (`GatingSettings.noise_settings`) that need them, each pair's strength is
     measured first (`pair_strength`) and the pairs flipped and dropped are counted in `gating.json`.
     """
-    from .rewards import expected_rewards
-
     check_output_directory(output_dir, "qrm fit-gating")  # before the work, not after it
     settings = settings or GatingSettings()
-    if settings.rewards not in ("transformed", "untransformed"):
-        raise ValueError(
-            f"gating rewards must be 'transformed' or 'untransformed', got {settings.rewards!r}."
-        )
-    if settings.strength not in ("probability", "ensemble"):
-        raise ValueError(f"gating strength must be 'probability' or 'ensemble', got {settings.strength!r}.")
-    coef, intercept, heads_info = load_heads(heads_dir)
+    heads_info = load_heads(heads_dir)[2]
     names = heads_info["attribute_names"]
     transform = load_transform(transform_dir, names)
     if settings.rewards == "untransformed":
         transform = torch.eye(len(names))
     _check_features_fit_heads(heads_info, feature_settings(pair_dirs, "preference"))
-    prompts, rewards = [], []
-    for shard in iter_shards(
-        pair_dirs, ["embeddings", "prompt_embeddings"], "rewards of the preference pairs"
-    ):
-        prompts.append(shard["prompt_embeddings"][:, 0].float())  # chosen and rejected share the prompt
-        rewards.append(expected_rewards(coef, transform, shard["embeddings"], intercept))  # [n, 2, M]
-    rewards = torch.cat(rewards)
+    prompts, rewards = _pair_rewards(heads_dir, pair_dirs, transform)
     gating = _bradley_terry(names, heads_info["hidden_size"], settings)
     strength = None
     if gating.needs_strength:
         strength = pair_strength(heads_dir, pair_dirs, transform, settings)
-    prompts = torch.cat(prompts)
     gating.fit(prompts, rewards[:, 0], rewards[:, 1], strength)
     diagnostics = gating_diagnostics(gating.network_, prompts, rewards[:, 0], rewards[:, 1], names)
     for problem in gating_warnings(diagnostics):
@@ -566,6 +551,21 @@ def fit_gating(
     with replace_directory(output_dir, "qrm fit-gating") as directory:
         output.save(directory)
     return Path(output_dir)
+
+
+def _pair_rewards(heads_dir, pair_dirs, transform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prompt embeddings [N, H], expected rewards per attribute [N, 2, M] of chosen and rejected) of the
+    preference pairs in `pair_dirs`, under the heads of `heads_dir` and the reward transform."""
+    from .rewards import expected_rewards
+
+    coef, intercept, _ = load_heads(heads_dir)
+    prompts, rewards = [], []
+    for shard in iter_shards(
+        pair_dirs, ["embeddings", "prompt_embeddings"], "rewards of the preference pairs"
+    ):
+        prompts.append(shard["prompt_embeddings"][:, 0].float())  # chosen and rejected share the prompt
+        rewards.append(expected_rewards(coef, transform, shard["embeddings"], intercept))  # [n, 2, M]
+    return torch.cat(prompts), torch.cat(rewards)
 
 
 def selected_epoch(gating_info: dict) -> dict:
