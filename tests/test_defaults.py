@@ -115,3 +115,30 @@ def test_the_gating_network_defaults_are_the_model_configs():
     for name, parameter in inspect.signature(BradleyTerryGating).parameters.items():
         if name != "config":
             assert parameter.default == getattr(settings, name), name
+
+
+def test_every_setting_of_the_saved_model_takes_the_model_configs_default():
+    """A stage setting that is a `QRMConfig` field (`quantile_mixing`, `hidden_dim` = `gating_hidden_dim`,
+    ...) is a `model_setting`: its default is the config's, read from modeling/configuration_qrm.py."""
+    import dataclasses
+    import inspect
+
+    from conftest import tiny_backbone_config
+    from qrm_hf.modeling.configuration_qrm import QRMConfig
+    from qrm_hf.training import settings
+
+    config = QRMConfig(backbone_config=tiny_backbone_config())
+    config_fields = set(inspect.signature(QRMConfig.__init__).parameters) - {"self", "kwargs"}
+    stage_settings = [cls for cls in vars(settings).values() if dataclasses.is_dataclass(cls)]
+    checked = 0
+    for cls in stage_settings:
+        made = cls()
+        for f in dataclasses.fields(cls):
+            names = {f.name, f"gating_{f.name}"} & config_fields
+            if cls is settings.HeadsSettings and f.name == "quantile_levels":
+                continue  # PAPER_LEVELS, test_settings checks it against DEFAULT_QUANTILE_LEVELS
+            if names:
+                assert f.metadata.get("config_field") in names, f"{cls.__name__}.{f.name}: use model_setting"
+                assert getattr(made, f.name) == getattr(config, f.metadata["config_field"])
+                checked += 1
+    assert checked >= 6  # the gating sizes, the mixing and the fallback

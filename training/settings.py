@@ -55,13 +55,16 @@ def model_setting(config_field: str, *, help: str, cli: dict) -> Any:
 
 
 def resolve_model_defaults(settings) -> None:
-    """Set the `model_setting` fields of `settings` left None to the model's defaults (imports transformers,
-    so it runs when settings are made, not when the `qrm` parser is built)."""
-    from ..modeling.configuration_qrm import GATING_DEFAULTS
+    """Set the `model_setting` fields of `settings` left None to the defaults of `QRMConfig` (imports
+    transformers, so it runs when settings are made, not when the `qrm` parser is built)."""
+    import inspect
 
+    from ..modeling.configuration_qrm import QRMConfig
+
+    defaults = inspect.signature(QRMConfig.__init__).parameters
     for f in fields(settings):
         if "config_field" in f.metadata and getattr(settings, f.name) is None:
-            setattr(settings, f.name, GATING_DEFAULTS[f.metadata["config_field"]])
+            setattr(settings, f.name, defaults[f.metadata["config_field"]].default)
 
 
 # ------------------------------------------------------------------------------------------- the stages
@@ -268,13 +271,15 @@ class GatingSettings:
 class AssembleSettings:
     """Stage 5, `qrm assemble`: extra settings of the saved model."""
 
-    quantile_mixing: str = setting(
-        "average", help="how the attributes' quantiles are mixed", cli={"choices": ["average", "mixture"]}
+    quantile_mixing: str = model_setting(
+        "quantile_mixing",
+        help="how the attributes' quantiles are mixed",
+        cli={"choices": ["average", "mixture"], "type": str},
     )
-    gating_fallback: str = setting(
-        "error",
+    gating_fallback: str = model_setting(
+        "gating_fallback",
         help="without the prompt-end pattern: an error, or gate on the last token",
-        cli={"choices": ["error", "last_token"]},
+        cli={"choices": ["error", "last_token"], "type": str},
     )
     datasets: list[str] = setting([], help="Hub dataset ids to list in the model card", cli={"nargs": "+"})
     homepage: str | None = setting(
@@ -292,6 +297,7 @@ class AssembleSettings:
     )
 
     def __post_init__(self):
+        resolve_model_defaults(self)
         if self.homepage:  # a bad URL fails before any stage runs, not when the card is written
             from ..model_cards import check_homepage
 
