@@ -449,7 +449,8 @@ def test_a_new_measure_is_one_function_and_one_registry_line(monkeypatch, tmp_pa
     """Registered once, a measure reaches specs, the trainer configs and the RLHF commands' --risk-measure."""
     import argparse
 
-    from qrm_hf.cli_rlhf import add_rlhf_commands
+    from qrm_hf.cli import parse_arguments
+    from qrm_hf.cli_rlhf import add_rlhf_commands, trainer_config
     from qrm_hf.training.rloo import RiskAwareRLOOConfig
 
     def mean_minus_std(q, k):
@@ -466,5 +467,6 @@ def test_a_new_measure_is_one_function_and_one_registry_line(monkeypatch, tmp_pa
     assert config.parse_risk_measure()[1] == {"k": 2.0}
     parser = argparse.ArgumentParser()
     add_rlhf_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["grpo", "sft", "qrm", "--risk-measure", "mean_minus_std:2"])
-    assert args.risk_measure == "mean_minus_std:2" and args.algorithm == "grpo"
+    args = parse_arguments(parser, ["grpo", "sft", "qrm", "--risk-measure", "mean_minus_std:2"])
+    config = trainer_config(args)
+    assert type(config).__name__ == "PaperGRPOConfig" and config.parse_risk_measure()[1] == {"k": 2.0}
