@@ -21,6 +21,8 @@ from .training.paper_rlhf import (  # the paper's values (§4.3) of the qrm opti
     LORA_R,
     LORA_TARGETS,
     MAX_PROMPT_LENGTH,
+    PRECISIONS,
+    SAVE_DTYPES,
 )
 
 SFT_DESCRIPTION = """\
@@ -190,7 +192,7 @@ def _add_training_arguments(parser: argparse.ArgumentParser, command: str) -> No
     )
     group.add_argument(
         "--precision",
-        choices=("auto", "bf16", "fp16", "fp32"),
+        choices=PRECISIONS,
         default="auto",
         help="mixed precision, unless --bf16 / --fp16 are given; auto = bf16 on a GPU that supports it, else fp32",
     )
@@ -199,7 +201,7 @@ def _add_training_arguments(parser: argparse.ArgumentParser, command: str) -> No
     )
     group.add_argument(
         "--save-dtype",
-        choices=("auto", "bfloat16", "float16", "float32"),
+        choices=SAVE_DTYPES,
         default="auto",
         help="dtype of the saved merged model; auto keeps the dtype of the starting checkpoint",
     )

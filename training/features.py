@@ -68,7 +68,7 @@ class BackboneEncoder:
         backbone,
         prompt_end_pattern: Sequence[int],
         pad_token_id: int,
-        batch_size: int = 16,
+        batch_size: int = ExtractionSettings.batch_size,
         remember: bool = False,
         max_tokens_per_batch: int | None = None,
     ):

@@ -17,3 +17,8 @@ RLOO_EPOCHS = 1.0  # not given by the paper: one pass over the prompts, as in th
 NUM_GENERATIONS = 2  # k of RLOO
 MAX_PROMPT_LENGTH = 347  # "prompts with fewer than 348 tokens"
 MAX_COMPLETION_LENGTH = 512
+
+# The choices of the `--precision` and `--save-dtype` options of the commands (not the paper's: read here by
+# the `qrm` parser, which imports nothing heavy, and by the trainer code)
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+SAVE_DTYPES = ("auto", "bfloat16", "float16", "float32")

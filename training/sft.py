@@ -32,11 +32,10 @@ from ..hub import reading_model_files, refusing_model_code
 from ..io import check_output_directory, claim_directory, files_into
 from ..presets import DatasetPreset, load_rows
 from . import paper_rlhf as paper
+from .paper_rlhf import SAVE_DTYPES
 from .rlhf_data import chosen_completions
 
 logger = logging.getLogger(__name__)
-
-SAVE_DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
 def paper_lora_config(**overrides) -> LoraConfig:

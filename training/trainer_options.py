@@ -14,9 +14,8 @@ import argparse
 import torch
 from trl import TrlParser
 
+from .paper_rlhf import PRECISIONS
 from .sft import gradient_accumulation_for
-
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 def precision_flags(precision: str) -> dict[str, bool]:
