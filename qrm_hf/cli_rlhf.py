@@ -142,14 +142,14 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 class _TrainerHelp(argparse.Action):
     """`-h/--help`: the qrm options, then the fields of the trainer config (this part imports TRL)."""
 
-    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
-        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+    def __init__(self, option_strings, command: str, dest=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, help=help)
+        self.command = command
 
     def __call__(self, parser, namespace, values, option_string=None):
         from .training.trainer_options import trainer_options_help
 
-        command = parser.prog.split()[-1]
-        config_cls = trainer_config_class(command)
+        config_cls = trainer_config_class(self.command)
         parser.print_help()
         print(
             f"\ntrainer options: the fields of {config_cls.__name__} (TRL's config, TrainingArguments), also "
@@ -230,7 +230,9 @@ def add_rlhf_commands(subparsers) -> None:
             add_help=False,
             allow_abbrev=False,  # an abbreviation of a trainer option must not match a qrm option
         )
-        command.add_argument("-h", "--help", action=_TrainerHelp, help="show this help message and exit")
+        command.add_argument(
+            "-h", "--help", action=_TrainerHelp, command=name, help="show this help message and exit"
+        )
         if name == "sft":
             _add_sft_arguments(command)
         else:
