@@ -142,3 +142,22 @@ def test_every_setting_of_the_saved_model_takes_the_model_configs_default():
                 assert getattr(made, f.name) == getattr(config, f.metadata["config_field"])
                 checked += 1
     assert checked >= 6  # the gating sizes, the mixing and the fallback
+
+
+def test_the_quantile_heads_estimator_takes_the_defaults_of_fit_quantiles():
+    import inspect
+
+    from qrm_hf.training.quantile_regression import MultiQuantileRegressor
+    from qrm_hf.training.settings import HeadsSettings
+
+    parameters = inspect.signature(MultiQuantileRegressor).parameters
+    settings = HeadsSettings()
+    for parameter, setting in [
+        ("alpha", "alpha"),
+        ("solver", "solver"),
+        ("max_samples_per_attribute", "max_samples_per_attribute"),
+        ("random_state", "seed"),
+        ("n_jobs", "n_jobs"),
+        ("cv", "cv"),
+    ]:
+        assert parameters[parameter].default == getattr(settings, setting), parameter
