@@ -161,3 +161,13 @@ def test_the_quantile_heads_estimator_takes_the_defaults_of_fit_quantiles():
         ("cv", "cv"),
     ]:
         assert parameters[parameter].default == getattr(settings, setting), parameter
+
+
+def test_preference_strength_refits_with_the_defaults_of_the_stages():
+    """`qrm preference-strength` refits heads and gating networks: the penalty and solver of `qrm fit-quantiles`
+    and the learning rate of `qrm fit-gating` (its epochs and batch size are its own: a few hundred pairs)."""
+    from qrm_hf.training.settings import GatingSettings, HeadsSettings
+
+    args = subcommands()["preference-strength"].parse_args(["model", "--pairs", "pairs.jsonl"])
+    assert (args.alpha, args.solver) == (HeadsSettings().alpha, HeadsSettings().solver)
+    assert args.gating_learning_rate == GatingSettings().learning_rate
