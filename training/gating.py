@@ -128,7 +128,7 @@ class BradleyTerryGating:
         if self.fit_loss_scale:
             self.loss_scale_ = bradley_terry_scale(margin[train].mean(-1))
             network.logit_scale.requires_grad_(False)  # weights sum to one: rewards stay on the label scale
-        self._train(network, x, margin, train, validation, labels, generator)
+        self._fit_network(network, x, margin, train, validation, labels, generator)
         if self.standardize_prompts:
             self._fold_standardization(network, mean, std)
         network.eval()
@@ -178,7 +178,7 @@ class BradleyTerryGating:
             raise ValueError(f"drop_below={self.drop_below} leaves no training pair.")
         return train, (sign, target)
 
-    def _train(self, network, x, margin, train, validation, labels, generator) -> None:
+    def _fit_network(self, network, x, margin, train, validation, labels, generator) -> None:
         """AdamW with cosine decay for `epochs`; `history_` and `best_epoch_` (with `restore_best_epoch`, the
         network is put back to the epoch of the lowest validation loss)."""
         optimizer = torch.optim.AdamW(
