@@ -270,7 +270,7 @@ def embed(conversations, cache_dir: Path = ROOT / "outputs" / "ground_truth") ->
     path = cache_dir / f"smollm2-{digest}.safetensors"
     if path.exists():
         return load_file(str(path))["embeddings"].double().numpy()
-    loaded = load_extraction_backbone("embedded:smollm2", batch_size=16)
+    loaded = load_extraction_backbone("embedded:smollm2")
     sequences = [
         encode_conversation(loaded.tokenizer, messages=[{"role": "user", "content": p}, {"role": "assistant", "content": r}])
         for p, r, *_ in conversations

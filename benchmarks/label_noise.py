@@ -47,7 +47,7 @@ def demo_features(output_dir: Path):
     from qrm_hf.training.demo import demo_config
     from qrm_hf.training.demo_data import DEMO_DATA
     from qrm_hf.training.pipeline import _read_state, _write_state, build_plan, stage_status
-    from qrm_hf.training.stages import DatasetSpec, extract_features
+    from qrm_hf.training.stages import DatasetSpec, ExtractionSettings, extract_features
 
     config = demo_config(output_dir)
     state = _read_state(output_dir)
@@ -70,7 +70,8 @@ def demo_features(output_dir: Path):
             name="pairs_heldout", kind="preference", source=str(DEMO_DATA / "pairs_heldout.jsonl"),
             prompt="prompt", chosen="chosen", rejected="rejected",
         )  # fmt: skip
-        extract_features(config.backbone, spec, heldout, max_length=1024, batch_size=8)
+        settings = ExtractionSettings(max_length=1024, batch_size=8)
+        extract_features(config.backbone, spec, heldout, settings=settings)
     features = output_dir / "features"
     return config, features / "attribute" / "ratings_train", features / "preference" / "pairs_train", heldout
 

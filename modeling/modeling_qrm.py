@@ -27,7 +27,7 @@ import torch.nn as nn
 from transformers import AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput, logging
 
-from .configuration_qrm import QRMConfig
+from .configuration_qrm import GATING_DEFAULTS, QRMConfig
 
 logger = logging.get_logger(__name__)
 
@@ -250,10 +250,10 @@ class QRMGatingSizes:
 
     hidden_size: int
     num_attributes: int
-    gating_hidden_dim: int = 1024
-    gating_n_hidden: int = 3
-    gating_temperature: float = 10.0
-    gating_batch_norm: bool = False
+    gating_hidden_dim: int = GATING_DEFAULTS["gating_hidden_dim"]
+    gating_n_hidden: int = GATING_DEFAULTS["gating_n_hidden"]
+    gating_temperature: float = GATING_DEFAULTS["gating_temperature"]
+    gating_batch_norm: bool = GATING_DEFAULTS["gating_batch_norm"]
 
 
 class QRMGatingNetwork(nn.Module):

@@ -46,3 +46,15 @@ def risk_parameter(name: str):
 
     parse.__name__ = name  # argparse names the type in its messages
     return parse
+
+
+def risk_spec_forms() -> str:
+    """The spec of every registered risk measure with its parameter's default, for help texts:
+    "expectation, exp_utility[:LAM] (1.0), ..., cvar[:ALPHA] (0.1), ..."."""
+    from . import risk
+
+    forms = []
+    for name, measure in risk.RISK_MEASURES.items():
+        parameters = "".join(f"[:{p.name.upper()}] ({p.default})" for p in measure.parameters)
+        forms.append(name + parameters)
+    return ", ".join(forms)

@@ -225,14 +225,19 @@ def _skipped_note(report: dict) -> str:
 def _add_distribution_table_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of the printed reward-distribution table and its plot (`qrm score`, `qrm evaluate --showcase`)."""
     parser.add_argument("--plot", help="write a PNG of the reward distributions here")
+    from . import risk
+
     parser.add_argument(
         "--lam",
         type=risk_parameter("lam"),
-        default=1.0,
+        default=risk.RISK_PARAMETERS["lam"].default,
         help="risk aversion of the certainty equivalent (> 0)",
     )
     parser.add_argument(
-        "--alpha", type=risk_parameter("alpha"), default=0.1, help="tail fraction of the CVaR, in (0, 1]"
+        "--alpha",
+        type=risk_parameter("alpha"),
+        default=risk.RISK_PARAMETERS["alpha"].default,
+        help="tail fraction of the CVaR, in (0, 1]",
     )
 
 
@@ -508,11 +513,23 @@ def quiet_libraries():
         yield
 
 
+def parse_arguments(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """`parser.parse_args(argv)`, except that the options a command leaves to its trainer config (the
+    commands with a `trainer_argv` default: `qrm sft`, `rloo`, `grpo`, `qrm_hf.cli_rlhf`) are kept for it
+    in `args.trainer_argv`; any other unknown option is argparse's usual error."""
+    args, rest = parser.parse_known_args(argv)
+    if rest:
+        if "trainer_argv" not in vars(args):
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        args.trainer_argv = rest
+    return args
+
+
 def main(argv=None) -> None:
     """Run `qrm ARGV`. A user error (`user_error_message`) ends in one line on stderr and exit status 2, Ctrl-C
     in one line and exit status 130 (with --debug: its traceback, and the libraries' own logging)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
     try:
         from .cli_paths import check_paths
 

@@ -45,16 +45,12 @@ def _extract(args):
     from .training.settings import ExtractionSettings, settings_from_args
     from .training.stages import extract_features
 
-    settings = settings_from_args(ExtractionSettings, args)
     directory = extract_features(
         args.backbone,
         _dataset_spec(args),
         args.output_dir,
         revision=args.revision,
-        dtype=settings.dtype,
-        max_length=settings.max_length,
-        batch_size=settings.batch_size,
-        shard_size=settings.shard_size,
+        settings=settings_from_args(ExtractionSettings, args),
     )
     print(f"Features written to {directory}")
 

@@ -59,7 +59,7 @@ def add_rewardbench_command(commands) -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from .arguments import positive_int, risk_spec
+    from .arguments import positive_int, risk_spec, risk_spec_forms
     from .cli_model import add_model_arguments
 
     add_model_arguments(parser)
@@ -74,8 +74,8 @@ def add_rewardbench_command(commands) -> argparse.ArgumentParser:
         "--rank-by",
         type=risk_spec,
         default="expectation",
-        help="what ranks responses, a qrm_hf.risk measure spec: expectation (default), cvar[:ALPHA] (0.1), "
-        "exp_utility[:LAMBDA] (1.0), quantile[:TAU] (0.1), certainty_equivalent[:LAMBDA]",
+        help="what ranks responses, a qrm_hf.risk measure spec (a value left out is the default in brackets): "
+        + risk_spec_forms(),
     )
     parser.add_argument("--output", help="write the results to this JSON file")
     parser.add_argument(

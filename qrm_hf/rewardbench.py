@@ -102,16 +102,14 @@ Scorer = Callable[[list[Conversation]], Sequence[float] | dict]
 # ------------------------------------------------------------------------------------------ risk ranking
 
 
-RANK_BY_DEFAULTS = {"alpha": 0.1}  # `cvar` without a value: the worst 10 % of the distribution
-
-
 def parse_rank_by(rank_by: str):
-    """Check a `rank_by` spec: a `qrm_hf.risk` measure spec (``expectation``, ``cvar[:ALPHA]`` (0.1),
-    ``exp_utility[:LAMBDA]``, ``quantile[:TAU]``, ...) -> (measure, its parameter values)."""
+    """Check a `rank_by` spec: a `qrm_hf.risk` measure spec (``expectation``, ``cvar[:ALPHA]``,
+    ``exp_utility[:LAMBDA]``, ``quantile[:TAU]``, ...; a value left out is the registry's default) ->
+    (measure, its parameter values)."""
     from . import risk
 
     try:
-        return risk.parse(rank_by, **RANK_BY_DEFAULTS)
+        return risk.parse(rank_by)
     except (ValueError, TypeError) as error:
         raise ValueError(f"rank_by {rank_by!r}: {error}") from None
 

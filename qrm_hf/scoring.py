@@ -338,16 +338,21 @@ def score_conversations(
 
 
 def risk_summary(
-    reward_quantiles: torch.Tensor, levels: Sequence[float], lam: float = 1.0, alpha: float = 0.1
+    reward_quantiles: torch.Tensor,
+    levels: Sequence[float],
+    lam: float | None = None,
+    alpha: float | None = None,
 ) -> list[dict[str, float]]:
-    """Per conversation: expected reward, q0.05, median, q0.95, certainty equivalent (lam), CVaR (alpha).
+    """Per conversation: expected reward, q0.05, median, q0.95, certainty equivalent (lam), CVaR (alpha);
+    `lam` and `alpha` default to the risk registry's (`qrm_hf.risk.RISK_PARAMETERS`).
 
     The certainty equivalent -1/lam log mean_k exp(-lam q_k) ranks exactly as the paper's exponential utility
     (eq. 4) but is in reward units and computed with log-sum-exp: finite for any lam > 0, where the utility
     itself overflows to -inf once lam * reward < -88 (float32).
     """
+    given = {name: value for name, value in (("lam", lam), ("alpha", alpha)) if value is not None}
     columns = {
-        column: risk.resolve(spec, levels, lam=lam, alpha=alpha)(reward_quantiles)
+        column: risk.resolve(spec, levels, **given)(reward_quantiles)
         for column, spec in SUMMARY_MEASURES.items()
     }
     return [

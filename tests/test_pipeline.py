@@ -24,7 +24,7 @@ from qrm_hf.cli import main
 from qrm_hf.training.features import load_features, load_labelled
 from qrm_hf.training.pipeline import STATE_FORMAT_VERSION, TrainConfig, build_plan, run_training
 from qrm_hf.training.quantile_regression import MultiQuantileRegressor
-from qrm_hf.training.settings import GatingSettings
+from qrm_hf.training.settings import ExtractionSettings, GatingSettings
 from qrm_hf.training.stages import (
     DatasetSpec,
     extract_features,
@@ -378,11 +378,12 @@ def test_bad_input_is_refused_with_a_clear_error_and_leaves_no_output(trained, t
     # Features of another backbone (hidden size 48) cannot be mixed with these, nor meet these heads.
     other = save_backbone(tmp_path / "other", hidden_size=48)
     spec = DatasetSpec(**pairs_spec(data["pairs"]))
-    other_pairs = extract_features(other, spec, tmp_path / "other_pairs", max_length=256, shard_size=64)
+    short = ExtractionSettings(max_length=256, shard_size=64)
+    other_pairs = extract_features(other, spec, tmp_path / "other_pairs", settings=short)
     with pytest.raises(ValueError, match="hidden size 48, the quantile heads 32"):
         fit_gating(out / "heads", [other_pairs], tmp_path / "gating")
     other_ratings = extract_features(
-        other, DatasetSpec(**ratings_spec(data["ratings"])), tmp_path / "other_ratings", max_length=256
+        other, DatasetSpec(**ratings_spec(data["ratings"])), tmp_path / "other_ratings", settings=short
     )
     with pytest.raises(ValueError, match="another backbone"):
         load_labelled([out / "features" / "attribute" / "ratings", other_ratings], ATTRIBUTES)
@@ -414,7 +415,12 @@ def test_bad_datasets_are_named(trained, tmp_path, rows, mapping, match):
     source.write_text("".join(json.dumps(row) + "\n" for row in rows))
     values = {**ratings_spec(source, "bad"), "attributes": ["helpfulness"], **mapping}
     with pytest.raises(ValueError, match=match):
-        extract_features(backbone, DatasetSpec(**values), tmp_path / "features", max_length=256)
+        extract_features(
+            backbone,
+            DatasetSpec(**values),
+            tmp_path / "features",
+            settings=ExtractionSettings(max_length=256),
+        )
     assert not (tmp_path / "features").exists()
 
 

@@ -12,7 +12,7 @@ from test_pipeline import config_values, pairs_spec, save_backbone, write_config
 
 from conftest import make_qrm
 from qrm_hf.cli import main
-from qrm_hf.preference import preference_probability, preference_strength
+from qrm_hf.preference import AMBIGUOUS_WITHIN, flag_pairs, preference_probability, preference_strength
 from qrm_hf.training.bootstrap import HeadEnsemble, PairFeatures, fit_bootstrap_heads
 from qrm_hf.training.gating import BradleyTerryGating, gating_sizes
 from qrm_hf.training.pipeline import TrainConfig, build_plan
@@ -311,6 +311,23 @@ def test_fit_gating_flips_the_pairs_the_measured_strength_puts_below_the_thresho
     ]  # the split BradleyTerryGating makes
     assert info["noisy_labels"]["flipped"] == int((strength[train.numpy()] < 0.5).sum())
     assert info["noisy_labels"]["flip_below"] == 0.5 and info["settings"]["adaptive_margin"] == 0.5
+
+
+def test_flag_pairs_marks_reversed_pairs_mislabelled_and_close_ones_ambiguous():
+    """Without an ensemble: a negative margin is likely mislabelled, P within AMBIGUOUS_WITHIN of 0.5
+    ambiguous; with one, |mean| < std is; an identical pair is ambiguous and never mislabelled."""
+    margin = np.array([0.5, -0.4, 0.01, 0.0, -0.02])
+    probability = np.array([0.9, 0.1, 0.5 + AMBIGUOUS_WITHIN / 2, 0.5, 0.5 - 1.5 * AMBIGUOUS_WITHIN])
+    identical = np.array([False, False, False, True, False])
+    flags = flag_pairs(margin, probability, identical)
+    assert flags.likely_mislabelled.tolist() == [False, True, False, False, True]
+    assert flags.ambiguous.tolist() == [False, False, True, True, False]
+    assert flag_pairs(margin, probability, identical, ambiguous_within=2 * AMBIGUOUS_WITHIN).ambiguous[4]
+    mean, std = np.array([0.5, -0.4, 0.3, 0.0, -0.02]), np.array([0.1, 0.1, 0.5, 0.0, 0.01])
+    flags = flag_pairs(margin, probability, identical, ensemble_mean=mean, ensemble_std=std)
+    assert flags.score.tolist() == mean.tolist() and flags.ambiguous_within is None
+    assert flags.likely_mislabelled.tolist() == [False, True, False, False, True]
+    assert flags.ambiguous.tolist() == [False, False, True, True, False]
 
 
 # ------------------------------------------------------------------------------ qrm preference-strength

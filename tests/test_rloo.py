@@ -127,7 +127,7 @@ def metrics_of(trainer) -> dict:
     return trainer._metrics["train" if trainer.model.training else "eval"]
 
 
-def risk_of(measure, quantiles, expected, levels, lam=1.0, alpha=0.25, tau=0.1):
+def risk_of(measure, quantiles, expected, levels, lam=1.0, alpha=0.1, tau=0.1):
     return {
         "expectation": lambda: expected,
         "exp_utility": lambda: risk.exponential_utility(quantiles, lam),
@@ -167,7 +167,7 @@ def test_config_defaults(tmp_path):
     assert (args.risk_measure, args.risk_lambda, args.risk_alpha, args.risk_tau) == (
         "exp_utility",
         1.0,
-        0.25,
+        0.1,
         0.1,
     )
     assert args.log_quantile_levels == [0.05, 0.10, 0.15, 0.20, 0.25]
@@ -311,7 +311,7 @@ def test_plain_text_prompts_gate_on_the_last_prompt_token(one_thread, assets):
     reference = score_one_by_one(load_qrm(root), tokenizer, TEXT_PROMPTS, TEXT_COMPLETIONS, positions)
     levels = load_qrm(root).config.quantile_levels
     torch.testing.assert_close(
-        rewards, risk.cvar(reference["reward_quantiles"], levels, 0.25), rtol=1e-5, atol=1e-6
+        rewards, risk.cvar(reference["reward_quantiles"], levels, 0.1), rtol=1e-5, atol=1e-6
     )
 
 

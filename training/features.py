@@ -37,6 +37,7 @@ from ..io import (
     write_json_atomic,
 )
 from ..scoring import BackboneEncoder, check_finite_rows
+from .settings import ExtractionSettings
 
 MANIFEST = "manifest.json"
 EXTRACT_COMMAND = "qrm extract"  # the owner of feature directories (`qrm_hf.io` markers)
@@ -124,7 +125,7 @@ def extract_to_shards(
     directory: str | Path,
     manifest: dict,
     labels: torch.Tensor | None = None,
-    shard_size: int = 4096,
+    shard_size: int = ExtractionSettings.shard_size,
     max_length: int | None = None,
     row_index: Sequence[int] | None = None,
     row_names: Sequence[str] | None = None,
@@ -148,26 +149,9 @@ def extract_to_shards(
     from accelerate import PartialState
 
     directory = Path(directory)
-    check_max_length(max_length, getattr(encoder.backbone, "config", None))
-    check_token_ids(sequences, getattr(encoder.backbone, "config", None))
     if len(sequences) == 0:
         raise ValueError(f"No conversations to extract for {directory}: the dataset is empty.")
-    pairs = isinstance(sequences[0], tuple)
-    lengths = [max(map(len, entry)) if pairs else len(entry) for entry in sequences]
-    kept, _ = split_by_length(lengths, max_length)  # never truncated: skipped and counted
-    if not kept:
-        raise ValueError(
-            f"All {len(sequences)} conversations are longer than max_length={max_length} tokens."
-        )
-    settings = {
-        **manifest,
-        "kind": "preference" if pairs else "attribute",
-        "content": content_key(sequences, labels, row_index),
-        "count": len(kept),
-        "skipped_too_long": len(sequences) - len(kept),
-        "max_length": max_length,
-        "shard_size": shard_size,
-    }
+    settings, kept = _shard_settings(encoder, sequences, manifest, labels, shard_size, max_length, row_index)
     check_output_directory(directory, EXTRACT_COMMAND)
     previous = json.loads((directory / MANIFEST).read_text()) if (directory / MANIFEST).exists() else {}
     stale = bool(previous) and previous.get("settings") != settings
@@ -176,11 +160,7 @@ def extract_to_shards(
     with directory_lock(directory) if state.is_main_process else nullcontext():
         if state.is_main_process:
             if stale:
-                changed = sorted(
-                    key
-                    for key in {*settings, *previous.get("settings", {})}
-                    if settings.get(key) != previous.get("settings", {}).get(key)
-                )
+                changed = _changed_keys(settings, previous.get("settings", {}))
                 print(
                     f"{directory} holds features of other data or settings ({', '.join(changed)}): extracting anew"
                 )
@@ -198,6 +178,35 @@ def extract_to_shards(
             state,
             {} if stale else previous,
         )
+
+
+def _changed_keys(settings: dict, previous: dict) -> list[str]:
+    return sorted(key for key in {*settings, *previous} if settings.get(key) != previous.get(key))
+
+
+def _shard_settings(encoder, sequences, manifest, labels, shard_size, max_length, row_index):
+    """(the settings a feature directory records: `manifest` with the kind, content key, counts, lengths;
+    the positions of the sequences kept). Sequences longer than `max_length` are skipped and counted, never
+    truncated; ValueError when none is left, or for a length or token ids the backbone cannot take."""
+    check_max_length(max_length, getattr(encoder.backbone, "config", None))
+    check_token_ids(sequences, getattr(encoder.backbone, "config", None))
+    pairs = isinstance(sequences[0], tuple)
+    lengths = [max(map(len, entry)) if pairs else len(entry) for entry in sequences]
+    kept, _ = split_by_length(lengths, max_length)
+    if not kept:
+        raise ValueError(
+            f"All {len(sequences)} conversations are longer than max_length={max_length} tokens."
+        )
+    settings = {
+        **manifest,
+        "kind": "preference" if pairs else "attribute",
+        "content": content_key(sequences, labels, row_index),
+        "count": len(kept),
+        "skipped_too_long": len(sequences) - len(kept),
+        "max_length": max_length,
+        "shard_size": shard_size,
+    }
+    return settings, kept
 
 
 def _file_digest(path: Path, digest) -> None:

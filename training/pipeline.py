@@ -236,13 +236,8 @@ class _SharedBackbone:
 
     def get(self):
         if self._loaded is None:
-            settings = self.config.extraction
             self._loaded = load_extraction_backbone(
-                self.config.backbone,
-                self.config.backbone_revision,
-                settings.dtype,
-                settings.batch_size,
-                remember=settings.reuse_across_datasets,
+                self.config.backbone, self.config.backbone_revision, self.config.extraction
             )
         return self._loaded
 
@@ -304,10 +299,7 @@ class _Extractions:
                 spec,
                 directory,
                 revision=config.backbone_revision,
-                dtype=settings.dtype,
-                max_length=settings.max_length,
-                batch_size=settings.batch_size,
-                shard_size=settings.shard_size,
+                settings=settings,
                 loaded=self.shared_backbone.get(),
             )
 

@@ -50,6 +50,7 @@ from sklearn.model_selection import GroupKFold, cross_val_predict
 from tqdm.auto import tqdm
 
 from ..evaluation import pinball_loss
+from .settings import HeadsSettings
 
 SOLVERS = ("fast", "sklearn")
 # The penalties `alpha="cv"` chooses from, around the paper's 0.003.
@@ -443,17 +444,17 @@ class MultiQuantileRegressor(RegressorMixin, BaseEstimator):
     def __init__(
         self,
         quantile_levels: Sequence[float],
-        alpha: float | Sequence[float] | str = 0.003,
+        alpha: float | Sequence[float] | str = HeadsSettings.alpha,  # the defaults of `qrm fit-quantiles`
         fit_intercept: bool = False,
-        solver: str = "fast",
-        max_samples_per_attribute: int = 60_000,
-        random_state: int = 0,
-        n_jobs: int = 1,
+        solver: str = HeadsSettings.solver,
+        max_samples_per_attribute: int = HeadsSettings.max_samples_per_attribute,
+        random_state: int = HeadsSettings.seed,
+        n_jobs: int = HeadsSettings.n_jobs,
         highs_solver: str = "highs",
         tol: float = 1e-6,
         max_iter: int = 100,
         device=None,
-        cv: int = 5,
+        cv: int = HeadsSettings.cv,
     ):
         self.quantile_levels = quantile_levels
         self.alpha = alpha

@@ -65,7 +65,7 @@ class RiskAwareRewardsArguments:
             `risk_alpha` tail) or `"quantile"` (the `risk_tau`-quantile).
         risk_lambda (`float`, *optional*, defaults to `1.0`):
             Risk aversion of `exp_utility` and `certainty_equivalent`, > 0.
-        risk_alpha (`float`, *optional*, defaults to `0.25`):
+        risk_alpha (`float`, *optional*, defaults to `0.1`):
             Tail mass of `cvar`, in (0, 1] (1 gives the expectation).
         risk_tau (`float`, *optional*, defaults to `0.1`):
             Level of `quantile`, in (0, 1).

@@ -46,6 +46,7 @@ from .outputs import GatingOutput, QuantileHeadsOutput, TransformOutput
 from .settings import (
     AssembleSettings,
     DebiasSettings,
+    ExtractionSettings,
     GatingSettings,
     HeadsSettings,
     settings_from_mapping,
@@ -176,16 +177,13 @@ class ExtractionBackbone:
 
 
 def load_extraction_backbone(
-    backbone: str | Path,
-    revision: str | None = None,
-    dtype: str = "float32",
-    batch_size: int = 16,
-    remember: bool = False,
+    backbone: str | Path, revision: str | None = None, settings: ExtractionSettings | None = None
 ) -> ExtractionBackbone:
     """Load a decoder and its tokenizer for feature extraction (on this process's device under accelerate).
 
     `backbone` is a Hub id, a local directory or `embedded:smollm2`; the prompt-end pattern comes from the
-    tokenizer's chat template. `remember` keeps embeddings across datasets (see `BackboneEncoder`).
+    tokenizer's chat template. `settings` give the dtype and batch size, and whether embeddings are kept
+    across datasets (`reuse_across_datasets`, see `BackboneEncoder`).
     """
     from accelerate import PartialState
     from transformers import AutoModel, AutoTokenizer
@@ -193,6 +191,7 @@ def load_extraction_backbone(
     from ..chat import derive_prompt_end_pattern
     from ..hub import check_finite_weights, check_tokenizer_files, reading_model_files, refusing_model_code
 
+    settings = settings or ExtractionSettings()
     location, name = resolve_backbone(backbone)
     check_tokenizer_files(location, "backbone")
     # A backbone is a standard transformers model: its own code (auto_map) never runs, and nothing asks on stdin.
@@ -201,7 +200,7 @@ def load_extraction_backbone(
         model, info = AutoModel.from_pretrained(
             location,
             revision=revision,
-            dtype=getattr(torch, dtype),
+            dtype=getattr(torch, settings.dtype),
             trust_remote_code=False,
             use_safetensors=True,  # never unpickle weights (a `pytorch_model.bin`)
             output_loading_info=True,
@@ -219,7 +218,11 @@ def load_extraction_backbone(
     model = model.to(PartialState(cpu=not torch.cuda.is_available()).device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoder = BackboneEncoder(
-        model, derive_prompt_end_pattern(tokenizer), pad, batch_size=batch_size, remember=remember
+        model,
+        derive_prompt_end_pattern(tokenizer),
+        pad,
+        batch_size=settings.batch_size,
+        remember=settings.reuse_across_datasets,
     )
     return ExtractionBackbone(encoder, tokenizer, name, model.config.hidden_size, content_signature(location))
 
@@ -230,50 +233,34 @@ def extract_features(
     output_dir: str | Path,
     *,
     revision: str | None = None,
-    dtype: str = "float32",
-    max_length: int | None = 4096,
-    batch_size: int = 16,
-    shard_size: int = 4096,
+    settings: ExtractionSettings | None = None,
     loaded: ExtractionBackbone | None = None,
 ) -> Path:
     """Stage 1: encode a dataset with the frozen backbone into shards of safetensors + `manifest.json`.
 
     Attribute data gives `embeddings` / `prompt_embeddings` [N, H] and `labels` [N, M] in [0, 1] (NaN
     = missing); preference data gives [N, 2, H] (chosen first). `index` is the dataset row of each
-    example. Resumes an interrupted run into the same directory; refuses a directory holding features
-    of other settings. Run under `accelerate launch --num_processes N` to split the shards across
-    processes. `loaded` (`load_extraction_backbone`) reuses a loaded backbone, as `qrm train` does
-    across datasets; then `backbone`, `revision`, `dtype` and `batch_size` only go to the manifest.
+    example. `settings` (`ExtractionSettings`, its defaults when None) give the dtype, batch size, longest
+    conversation and shard size. Resumes an interrupted run into the same directory; refuses a directory
+    holding features of other settings. Run under `accelerate launch --num_processes N` to split the shards
+    across processes. `loaded` (`load_extraction_backbone`) reuses a loaded backbone, as `qrm train` does
+    across datasets; then `backbone`, `revision` and the dtype only go to the manifest.
     """
-    from ..chat import encode_conversation
     from ..data import row_location
 
+    settings = settings or ExtractionSettings()
     check_output_directory(output_dir, EXTRACT_COMMAND)  # before loading the backbone and the data
     preset = dataset.resolve()
     rows = dataset.load()
-    loaded = loaded or load_extraction_backbone(backbone, revision, dtype, batch_size)
-
-    def encode(messages) -> list[int]:
-        return encode_conversation(loaded.tokenizer, messages=messages)
-
-    labels = None
-    if preset.kind == "attribute":
-        conversations, label_array, index = attribute_examples(rows, preset, with_index=True)
-        sequences = [encode(c) for c in tqdm(conversations, desc=f"tokenizing {dataset.display_name}")]
-        labels = torch.tensor(label_array)
-    else:
-        pairs, index = preference_examples(rows, preset, with_index=True)
-        sequences = [
-            (encode(chosen), encode(rejected))
-            for chosen, rejected in tqdm(pairs, desc=f"tokenizing {dataset.display_name}")
-        ]
+    loaded = loaded or load_extraction_backbone(backbone, revision, settings)
+    sequences, labels, index = _tokenized_examples(loaded.tokenizer, rows, preset, dataset.display_name)
     manifest = {
         "backbone": loaded.name,
         "backbone_content": loaded.content,
         "revision": revision,
         "hidden_size": loaded.hidden_size,
         "prompt_end_pattern": loaded.encoder.prompt_end_pattern,
-        "dtype": dtype,
+        "dtype": settings.dtype,
         "dataset": dataset.describe(),
         "attributes": preset.attribute_names,
         "label_ranges": {key: list(value) for key, value in preset.label_ranges.items()},
@@ -284,11 +271,31 @@ def extract_features(
         output_dir,
         manifest,
         labels=labels,
-        shard_size=shard_size,
-        max_length=max_length,
+        shard_size=settings.shard_size,
+        max_length=settings.max_length,
         row_index=index,
         row_names=[row_location(rows, row, dataset.display_name) for row in index],
     )
+
+
+def _tokenized_examples(tokenizer, rows, preset: DatasetPreset, display_name: str):
+    """(token ids of each conversation, or (chosen, rejected) pairs of them; labels [N, M] of attribute data,
+    else None; the dataset row of each example)."""
+    from ..chat import encode_conversation
+
+    def encode(messages) -> list[int]:
+        return encode_conversation(tokenizer, messages=messages)
+
+    if preset.kind == "attribute":
+        conversations, label_array, index = attribute_examples(rows, preset, with_index=True)
+        sequences = [encode(c) for c in tqdm(conversations, desc=f"tokenizing {display_name}")]
+        return sequences, torch.tensor(label_array), index
+    pairs, index = preference_examples(rows, preset, with_index=True)
+    sequences = [
+        (encode(chosen), encode(rejected))
+        for chosen, rejected in tqdm(pairs, desc=f"tokenizing {display_name}")
+    ]
+    return sequences, None, index
 
 
 # ------------------------------------------------------------------------------------------- 2. heads
@@ -495,34 +502,19 @@ def fit_gating(
     With noisy-label settings (`GatingSettings.noise_settings`) that need them, each pair's strength is
     measured first (`pair_strength`) and the pairs flipped and dropped are counted in `gating.json`.
     """
-    from .rewards import expected_rewards
-
     check_output_directory(output_dir, "qrm fit-gating")  # before the work, not after it
     settings = settings or GatingSettings()
-    if settings.rewards not in ("transformed", "untransformed"):
-        raise ValueError(
-            f"gating rewards must be 'transformed' or 'untransformed', got {settings.rewards!r}."
-        )
-    if settings.strength not in ("probability", "ensemble"):
-        raise ValueError(f"gating strength must be 'probability' or 'ensemble', got {settings.strength!r}.")
-    coef, intercept, heads_info = load_heads(heads_dir)
+    heads_info = load_heads(heads_dir)[2]
     names = heads_info["attribute_names"]
     transform = load_transform(transform_dir, names)
     if settings.rewards == "untransformed":
         transform = torch.eye(len(names))
     _check_features_fit_heads(heads_info, feature_settings(pair_dirs, "preference"))
-    prompts, rewards = [], []
-    for shard in iter_shards(
-        pair_dirs, ["embeddings", "prompt_embeddings"], "rewards of the preference pairs"
-    ):
-        prompts.append(shard["prompt_embeddings"][:, 0].float())  # chosen and rejected share the prompt
-        rewards.append(expected_rewards(coef, transform, shard["embeddings"], intercept))  # [n, 2, M]
-    rewards = torch.cat(rewards)
+    prompts, rewards = _pair_rewards(heads_dir, pair_dirs, transform)
     gating = _bradley_terry(names, heads_info["hidden_size"], settings)
     strength = None
     if gating.needs_strength:
         strength = pair_strength(heads_dir, pair_dirs, transform, settings)
-    prompts = torch.cat(prompts)
     gating.fit(prompts, rewards[:, 0], rewards[:, 1], strength)
     diagnostics = gating_diagnostics(gating.network_, prompts, rewards[:, 0], rewards[:, 1], names)
     for problem in gating_warnings(diagnostics):
@@ -551,6 +543,21 @@ def fit_gating(
     with replace_directory(output_dir, "qrm fit-gating") as directory:
         output.save(directory)
     return Path(output_dir)
+
+
+def _pair_rewards(heads_dir, pair_dirs, transform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prompt embeddings [N, H], expected rewards per attribute [N, 2, M] of chosen and rejected) of the
+    preference pairs in `pair_dirs`, under the heads of `heads_dir` and the reward transform."""
+    from .rewards import expected_rewards
+
+    coef, intercept, _ = load_heads(heads_dir)
+    prompts, rewards = [], []
+    for shard in iter_shards(
+        pair_dirs, ["embeddings", "prompt_embeddings"], "rewards of the preference pairs"
+    ):
+        prompts.append(shard["prompt_embeddings"][:, 0].float())  # chosen and rejected share the prompt
+        rewards.append(expected_rewards(coef, transform, shard["embeddings"], intercept))  # [n, 2, M]
+    return torch.cat(prompts), torch.cat(rewards)
 
 
 def selected_epoch(gating_info: dict) -> dict:
