@@ -144,9 +144,10 @@ def _score_pairs(model, tokenizer, rows: list[dict], args) -> dict:
     import torch
 
     from .data import row_location
+    from .dataset_loading import preference_examples
+    from .dataset_preset import DatasetPreset
     from .evaluation import unique_conversations
     from .preference import preference_strength
-    from .presets import DatasetPreset, preference_examples
     from .scoring import conversation_embeddings, names_of_distinct, score_embeddings
 
     preset = DatasetPreset.custom(

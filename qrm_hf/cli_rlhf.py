@@ -125,7 +125,7 @@ def trainer_config_class(command: str):
         from .training.sft import PaperSFTConfig
 
         return PaperSFTConfig
-    from .training.rloo_pipeline import PaperGRPOConfig, PaperRLOOConfig
+    from .training.rlhf_pipeline import PaperGRPOConfig, PaperRLOOConfig
 
     return PaperGRPOConfig if command == "grpo" else PaperRLOOConfig
 

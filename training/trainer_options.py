@@ -68,7 +68,6 @@ def trainer_options_help(config_cls) -> str:
 
 
 __all__ = [
-    "PRECISIONS",
     "TrainerConfigParser",
     "parse_trainer_config",
     "precision_flags",
