@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast demo bench lint clean
+.PHONY: install test test-fast demo demo-data bench lint clean
 
 install: $(STAMP)
 
@@ -27,12 +27,18 @@ test-fast: install
 demo: install
 	$(VENV)/bin/qrm demo
 
+# data/demo from the hand-written text of data/demo/source (byte-identical on every run)
+demo-data: install
+	$(PY) -m qrm_hf.training.demo_data --out data/demo --seed 0
+
 bench: install
 	$(PY) benchmarks/run_all.py
 
+# ruff, then the import contracts of pyproject [tool.importlinter] (the layers of docs/design.md).
 lint: install
 	$(VENV)/bin/ruff check qrm_hf modeling training tests benchmarks scripts
 	$(VENV)/bin/ruff format --check qrm_hf modeling training tests benchmarks scripts
+	$(PY) scripts/lint_imports.py
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -2,7 +2,7 @@
 
 What is measured (embedded SmolLM2-135M-Instruct, float32, CPU, demo conversations of 42-89 tokens)
     * ``one at a time``: a forward pass per conversation, no padding (how the ArmoRM scripts extract),
-    * ``bucketed``: `qrm_hf.training.features.BackboneEncoder` with its defaults — conversations sorted
+    * ``bucketed``: `qrm_hf.scoring.BackboneEncoder` with its defaults — conversations sorted
       by length and padded on the right in batches of at most 16 conversations and 1024 tokens,
     both on the same distinct conversations, interleaved over rounds (medians), embeddings compared
     (max abs diff, target <= 1e-4).
@@ -36,7 +36,7 @@ from transformers import AutoModel, AutoTokenizer, DynamicCache
 from qrm_hf.backbones import smollm2_backbone_dir
 from qrm_hf.chat import derive_prompt_end_pattern, encode_conversation
 from qrm_hf.modeling.modeling_qrm import find_last_pattern
-from qrm_hf.training.features import BackboneEncoder
+from qrm_hf.scoring import BackboneEncoder
 
 DEMO = Path(__file__).resolve().parent.parent / "data" / "demo"
 

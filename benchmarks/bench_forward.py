@@ -44,6 +44,7 @@ import statistics
 import time
 
 import torch
+from timing import seconds
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from qrm_hf import QRMConfig, QRMForSequenceClassification
@@ -124,12 +125,6 @@ def make_batch(batch_size: int, length: int, seed: int = 0):
     found = find_last_pattern(input_ids, attention_mask.bool(), PATTERN)
     assert torch.equal(found, gating_positions), (found, gating_positions)
     return input_ids, attention_mask, gating_positions
-
-
-def seconds(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def wall_and_cpu_seconds(fn) -> tuple[float, float]:

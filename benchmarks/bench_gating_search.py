@@ -26,9 +26,9 @@ Run alone with ``.venv/bin/python benchmarks/bench_gating_search.py`` or with al
 
 import argparse
 import statistics
-import time
 
 import torch
+from timing import seconds
 
 from qrm_hf.modeling.modeling_qrm import find_last_pattern
 
@@ -77,12 +77,6 @@ def make_batch(batch_size: int, length: int, seed: int = 0) -> tuple[torch.Tenso
         if row == 2 and not left:
             input_ids[row, real : real + width - 2] = torch.tensor(PATTERN[2:])  # padding that completes it
     return input_ids, real_tokens
-
-
-def seconds(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def main() -> None:

@@ -35,11 +35,11 @@ import argparse
 import random
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from datasets import Dataset
+from timing import seconds
 from transformers import AutoConfig, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from transformers.utils import logging
 from trl import RLOOConfig, RLOOTrainer
@@ -170,12 +170,6 @@ def risk_aware_only_work(trainer, tokenizer, prompts, completions, qrm) -> float
     trainer._metrics["train"].clear()
     trainer._metrics["eval"].clear()
     return statistics.median(seconds(work) for _ in range(50))
-
-
-def seconds(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Start-up time of the `qrm` command line vs importing torch and transformers (issue 24).
+"""Start-up time of the `qrm` command line vs importing torch and transformers.
 
 What is measured
     Wall-clock time of three fresh processes, run interleaved for N rounds (default 7) so that changes in

@@ -1,11 +1,11 @@
-"""Ground truth: does a QRM recover reward distributions that are known exactly? (issue 10 §3)
+"""Ground truth: does a QRM recover reward distributions that are known exactly?
 
 Real features of real texts, labels drawn from known distributions, so every prediction can be compared
 with the truth itself rather than with a few noisy labels.
 
 Set-up
     * Texts: the 259 hand-written (prompt, response) conversations of the demo data
-      (``scripts/make_demo_data.py``: 70 prompts in 10 categories), encoded by the embedded
+      (``data/demo/source/prompts.yaml``: 70 prompts in 10 categories), encoded by the embedded
       SmolLM2-135M-Instruct exactly as ``qrm extract`` does (last-token hidden state; cached under
       ``outputs/ground_truth/``).
     * Truth, per response, on a [0, 1] scale, from two things a reader sees in the text: the topic of
@@ -34,7 +34,7 @@ Reported on held-out responses, per shape (mean over responses and repetitions):
       has a clear local minimum: never the case for one hump, whose gaps shrink towards the mode and
       grow after it).
 
-Target (issue 10 §3): the QRM's W1 on two-humped responses at least 25 % below both baselines'.
+Target: the QRM's W1 on two-humped responses at least 25 % below both baselines'.
 
 Epistemic apart from aleatoric (``--members E``, default 10): a region of feature space is left out of
 training (within each shape, the responses beyond the 80th percentile along the features' first principal
@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import time
 from pathlib import Path
 
@@ -69,6 +68,7 @@ from scipy.stats import norm
 from qrm_hf.evaluation import crps, interval_coverage
 from qrm_hf.modeling.modeling_qrm import combine_members, member_spread, mixture_quantiles
 from qrm_hf.training.bootstrap import fit_member_heads
+from qrm_hf.training.demo_data import load_content
 from qrm_hf.training.quantile_regression import (
     HeteroscedasticGaussian,
     MultiQuantileRegressor,
@@ -366,13 +366,10 @@ def epistemic_verdict(aurocs: dict) -> bool:
 
 def demo_conversations():
     """(prompt, response, category, prompt key) of every hand-written demo response."""
-    spec = importlib.util.spec_from_file_location("make_demo_data", ROOT / "scripts" / "make_demo_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     return [
-        (prompt, text, category, key)
-        for key, category, prompt, responses in module.PROMPTS
-        for text, *_ in responses
+        (prompt.text, response.text, prompt.category, prompt.key)
+        for prompt in load_content().prompts
+        for response in prompt.responses
     ]
 
 
@@ -387,7 +384,7 @@ def embed(conversations, cache_dir: Path = ROOT / "outputs" / "ground_truth") ->
     path = cache_dir / f"smollm2-{digest}.safetensors"
     if path.exists():
         return load_file(str(path))["embeddings"].double().numpy()
-    loaded = load_extraction_backbone("embedded:smollm2", batch_size=16)
+    loaded = load_extraction_backbone("embedded:smollm2")
     sequences = [
         encode_conversation(loaded.tokenizer, messages=[{"role": "user", "content": p}, {"role": "assistant", "content": r}])
         for p, r, *_ in conversations

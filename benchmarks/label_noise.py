@@ -1,4 +1,4 @@
-"""Noisy preference labels: finding flipped pairs and training through them (issue 13).
+"""Noisy preference labels: finding flipped pairs and training through them.
 
 On the demo's preference pairs (`qrm demo`'s features of the embedded SmolLM2-135M-Instruct; 245
 training pairs, 65 held-out pairs of unseen prompts), flip a known 20 % of the training labels with a
@@ -44,9 +44,10 @@ REMEDIES = {
 
 def demo_features(output_dir: Path):
     """The demo run's features (extract + heads stages of `qrm train demo.yaml`) and the held-out pairs."""
-    from qrm_hf.training.demo import DEMO_DATA, demo_config
+    from qrm_hf.training.demo import demo_config
+    from qrm_hf.training.demo_data import DEMO_DATA
     from qrm_hf.training.pipeline import _read_state, _write_state, build_plan, stage_status
-    from qrm_hf.training.stages import DatasetSpec, extract_features
+    from qrm_hf.training.stages import DatasetSpec, ExtractionSettings, extract_features
 
     config = demo_config(output_dir)
     state = _read_state(output_dir)
@@ -69,20 +70,20 @@ def demo_features(output_dir: Path):
             name="pairs_heldout", kind="preference", source=str(DEMO_DATA / "pairs_heldout.jsonl"),
             prompt="prompt", chosen="chosen", rejected="rejected",
         )  # fmt: skip
-        extract_features(config.backbone, spec, heldout, max_length=1024, batch_size=8)
+        settings = ExtractionSettings(max_length=1024, batch_size=8)
+        extract_features(config.backbone, spec, heldout, settings=settings)
     features = output_dir / "features"
     return config, features / "attribute" / "ratings_train", features / "preference" / "pairs_train", heldout
 
 
 def fit_gating_network(heads, pairs, settings, strength=None):
     """A `BradleyTerryGating` network on all `pairs` (no validation split) with `settings`."""
-    from qrm_hf.training.gating import BradleyTerryGating
+    from qrm_hf.training.gating import BradleyTerryGating, gating_sizes
     from qrm_hf.training.rewards import expected_rewards
-    from qrm_hf.training.stages import _gating_config
 
     coef, intercept, names = heads
     gating = BradleyTerryGating(
-        _gating_config(names, coef.shape[-1], settings),
+        gating_sizes(names, coef.shape[-1], settings),
         learning_rate=settings.learning_rate,
         batch_size=settings.batch_size,
         epochs=settings.epochs,

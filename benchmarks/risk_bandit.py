@@ -1,5 +1,5 @@
 """Risk bandit: risk-neutral vs risk-aware RLOO (or GRPO) on a two-armed bandit whose reward distributions a
-hand-built QRM knows (issue 4 §3, the mechanism of the paper's §4.3 / Figure 3 in miniature).
+hand-built QRM knows (the mechanism of the paper's §4.3 / Figure 3 in miniature).
 
 Set-up (everything built here, nothing downloaded)
     * Vocabulary of single characters; the prompt is ``"Q:"`` and a completion is one token, ``A`` or

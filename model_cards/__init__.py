@@ -211,6 +211,23 @@ def set_card_homepage(card: ModelCard | str, homepage: str) -> ModelCard:
     return card
 
 
+CALIBRATION_SECTION = re.compile(r"^## Calibration\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
+
+
+def set_card_calibration(card: ModelCard | str, section: str) -> ModelCard:
+    """The card with `section` (markdown without its title) as its `## Calibration` section: an earlier one is
+    replaced, else the section goes before "## Usage" (at the end when the card has none)."""
+    card = ModelCard(card if isinstance(card, str) else str(card), ignore_metadata_errors=True)
+    block = f"## Calibration\n\n{section.strip()}\n\n"
+    if CALIBRATION_SECTION.search(card.text):
+        card.text = CALIBRATION_SECTION.sub(lambda _: block, card.text, count=1)
+    elif "\n## Usage" in card.text:
+        card.text = card.text.replace("\n## Usage", f"\n{block}## Usage", 1)
+    else:
+        card.text = card.text.rstrip("\n") + f"\n\n{block}"
+    return card
+
+
 def retarget_model_card(card: ModelCard | str, repo_id: str) -> ModelCard:
     """The card with `repo_id` in place of the placeholder a card rendered without a repo id names.
 

@@ -11,6 +11,7 @@ Shapes: B batch, T tokens, H hidden size, E members, M attributes, K quantile le
     Q_e = regression_layer(response_embedding)            # [B, E, M, K]  each member's quantiles
     Q_e = reward_transform(Q_e) = Q_e^T . T per level, sorted
     Q = mean_e Q_e                                        # [B, M, K]  level by level (see `combine_members`)
+    Q = Q + conformal offsets (config.calibration)        # [B, M, K]  identity when uncalibrated
     g = softmax(gating(prompt_embedding) / temp) * scale  # [B, M]
     member_rewards = sum_m g_m mean_k Q_e,m               # [B, E]; their std: reward_epistemic_std [B]
     reward_quantiles = sum_m g_m Q_m                      # [B, K]   (paper eq. 3)
@@ -28,7 +29,7 @@ import torch.nn as nn
 from transformers import AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput, logging
 
-from .configuration_qrm import QRMConfig
+from .configuration_qrm import GATING_DEFAULTS, QRMConfig
 
 logger = logging.get_logger(__name__)
 
@@ -68,7 +69,8 @@ class QRMOutput(ModelOutput):
         reward_quantiles (`torch.FloatTensor` of shape `(batch_size, K)`): mixed reward quantiles at
             `config.quantile_levels`.
         attribute_quantiles (`torch.FloatTensor` of shape `(batch_size, M, K)`): per-attribute quantiles
-            after the reward transform, the members combined (`combine_members`).
+            after the reward transform, the members combined (`combine_members`) and the conformal offsets
+            of `config.calibration`, when set.
         rewards (`torch.FloatTensor` of shape `(batch_size, M)`): per-attribute expectations.
         gating_output (`torch.FloatTensor` of shape `(batch_size, M)`): gating weights (times `logit_scale`).
         prompt_embedding (`torch.FloatTensor` of shape `(batch_size, H)`): input of the gating network.
@@ -190,6 +192,22 @@ def member_spread(values: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return values.std(dim, correction=0)
 
 
+def calibrate_quantiles(quantiles: torch.Tensor, calibration: dict) -> torch.Tensor:
+    """Attribute quantiles [B, M, K] plus the conformal offsets of `config.calibration` (`qrm calibrate`).
+
+    Each row falls in the group of its predicted spread: the mean over attributes of the interval width
+    q[:, m, high] - q[:, m, low] (`width_level_indices`) divided by that attribute's typical width
+    (`width_scales` [M]), placed among `width_bin_edges` [G - 1] (no edges: one group). It moves by that
+    group's offsets [M, K] (`offsets` [G, M, K]): what split conformal calibration fitted on held-out ratings.
+    """
+    offsets = quantiles.new_tensor(calibration["offsets"])  # [G, M, K]
+    edges = quantiles.new_tensor(calibration["width_bin_edges"])  # [G - 1]
+    low, high = calibration["width_level_indices"]
+    width = quantiles[..., high] - quantiles[..., low]  # [B, M]
+    spread = (width / quantiles.new_tensor(calibration["width_scales"])).mean(-1)  # [B]
+    return quantiles + offsets[torch.searchsorted(edges, spread.contiguous(), right=True)]
+
+
 # The tensors of a QRM that a backbone checkpoint lacks: a checkpoint without any of them gives fresh heads.
 HEAD_PREFIXES = ("regression_layer.", "reward_transform.", "gating.")
 
@@ -273,10 +291,10 @@ class QRMGatingSizes:
 
     hidden_size: int
     num_attributes: int
-    gating_hidden_dim: int = 1024
-    gating_n_hidden: int = 3
-    gating_temperature: float = 10.0
-    gating_batch_norm: bool = False
+    gating_hidden_dim: int = GATING_DEFAULTS["gating_hidden_dim"]
+    gating_n_hidden: int = GATING_DEFAULTS["gating_n_hidden"]
+    gating_temperature: float = GATING_DEFAULTS["gating_temperature"]
+    gating_batch_norm: bool = GATING_DEFAULTS["gating_batch_norm"]
 
 
 class QRMGatingNetwork(nn.Module):
@@ -434,6 +452,14 @@ class QRMForSequenceClassification(PreTrainedModel):
             raw, config.num_members, config.num_attributes, self.reward_transform, config.monotone_quantiles
         )  # [B, E, M, K]
         attribute_quantiles = combine_members(members)
+        if config.calibration is not None:  # before every output below reads the quantiles
+            calibrated = calibrate_quantiles(attribute_quantiles, config.calibration)
+            if config.monotone_quantiles:  # offsets of neighbouring levels may cross
+                calibrated = calibrated.sort(-1).values
+            # Every member moves with the combined quantiles: their mean stays the calibrated one, their spread
+            # is unchanged (a calibration moves where the distribution lies, not how sure the heads are).
+            members = members + (calibrated - attribute_quantiles).unsqueeze(1)
+            attribute_quantiles = calibrated
         rewards = attribute_quantiles.mean(-1)  # [B, M]
         gating_output = self.gating(prompt_embedding).float()  # [B, M]
         member_attribute_rewards = members.mean(-1)  # [B, E, M]
@@ -629,6 +655,7 @@ __all__ = [
     "QRMOutput",
     "QRMRewardTransform",
     "combine_members",
+    "calibrate_quantiles",
     "find_last_pattern",
     "member_quantiles",
     "member_spread",

@@ -93,7 +93,7 @@ def smollm2_backbone_dir(cache_dir: str | os.PathLike | None = None) -> pathlib.
     if _is_complete(target):
         return target
 
-    from .locking import directory_lock
+    from .io import directory_lock
 
     parent.mkdir(parents=True, exist_ok=True)
     with directory_lock(target, wait=True, what="backbone cache"):

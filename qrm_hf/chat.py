@@ -123,32 +123,46 @@ def derive_prompt_end_pattern(tokenizer) -> list[int]:
     Raises `ValueError` if the tokenizer has no chat template or no pattern can be derived.
     """
     _require_template(tokenizer)
+    pattern = _generation_prompt_pattern(tokenizer) or _separator_pattern(tokenizer)
+    return _head_marking_the_assistant_turn(tokenizer, pattern)
+
+
+def _generation_prompt_pattern(tokenizer) -> list[int]:
+    """The generation prompt of a rendered [user] conversation, extended backwards over whitespace tokens
+    to the special token that closes the user's turn when there is one; [] if the template adds none."""
     user = [{"role": "user", "content": _PROBE_USER}]
     without = _encode(tokenizer, _render(tokenizer, user, add_generation_prompt=False))
     with_prompt = _encode(tokenizer, _render(tokenizer, user, add_generation_prompt=True))
     start = _common_prefix(without, with_prompt)
-    if start < len(with_prompt):
-        # Extend backwards over whitespace tokens to the special token that closes the user's turn.
-        special = _special_ids(tokenizer)
-        k = start - 1
-        while k >= 0 and start - 1 - k < _MAX_SEPARATOR_TOKENS and with_prompt[k] not in special:
-            if tokenizer.decode([with_prompt[k]]).strip():
-                break
-            k -= 1
-        if k >= 0 and with_prompt[k] in special:
-            start = k
-        pattern = with_prompt[start:]
-    else:
-        # No generation prompt: the tokens between the user's and the assistant's contents.
-        ids, _, user_end, assistant_start = _turn_boundaries(tokenizer, _PROBE_RESPONSES[0])
-        pattern = ids[user_end:assistant_start]
-        if not pattern:
-            raise ValueError(
-                "The chat template adds no generation prompt and nothing separates the user's turn from "
-                "the assistant's: cannot derive a prompt_end_pattern. Pass `prompt_end_pattern` explicitly."
-            )
+    if start == len(with_prompt):
+        return []
+    special = _special_ids(tokenizer)
+    k = start - 1
+    while k >= 0 and start - 1 - k < _MAX_SEPARATOR_TOKENS and with_prompt[k] not in special:
+        if tokenizer.decode([with_prompt[k]]).strip():
+            break
+        k -= 1
+    if k >= 0 and with_prompt[k] in special:
+        start = k
+    return with_prompt[start:]
 
-    # Keep the longest head of the pattern that marks the assistant turn in real conversations.
+
+def _separator_pattern(tokenizer) -> list[int]:
+    """For a template without a generation prompt: the tokens between the user's and the assistant's
+    contents of a rendered [user, assistant] conversation."""
+    ids, _, user_end, assistant_start = _turn_boundaries(tokenizer, _PROBE_RESPONSES[0])
+    pattern = ids[user_end:assistant_start]
+    if not pattern:
+        raise ValueError(
+            "The chat template adds no generation prompt and nothing separates the user's turn from "
+            "the assistant's: cannot derive a prompt_end_pattern. Pass `prompt_end_pattern` explicitly."
+        )
+    return pattern
+
+
+def _head_marking_the_assistant_turn(tokenizer, pattern: list[int]) -> list[int]:
+    """The longest head of `pattern` found between the user's and the assistant's contents of every probe
+    conversation (trailing tokens that merge with a response's first characters are dropped)."""
     width = len(pattern)
     for response in _PROBE_RESPONSES:
         ids, user_start, _, assistant_start = _turn_boundaries(tokenizer, response)

@@ -10,85 +10,12 @@ import sys
 import warnings
 from pathlib import Path
 
+from .arguments import positive_int, risk_parameter
+from .cli_model import add_model_arguments, load_model
+from .cli_paths import check_writable
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (batch sizes, lengths), else a one-line usage error."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def risk_spec(spec: str) -> str:
-    """argparse type: a `qrm_hf.risk` measure spec (`exp_utility`, `quantile:0.05`, ...), checked by the registry."""
-    from . import risk
-
-    try:
-        risk.parse(spec)
-    except (ValueError, TypeError) as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return spec
-
-
-def output_risk_spec(spec: str) -> str:
-    """argparse type: a measure of a QRM's whole output (`lcb:1`, `cvar:0.25+lcb:1`, `worst_member`, or any
-    `risk_spec`), checked by `qrm_hf.risk.parse_output`."""
-    from . import risk
-
-    try:
-        risk.parse_output(spec)
-    except (ValueError, TypeError) as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return spec
-
-
-def risk_parameter(name: str):
-    """argparse type: a value of the `qrm_hf.risk` parameter `name` (``lam`` > 0, ``alpha`` in (0, 1]),
-    checked by the risk registry."""
-    from . import risk
-
-    parameter = risk.RISK_PARAMETERS[name]
-
-    def parse(text: str) -> float:
-        try:
-            return parameter.check(float(text))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must {parameter.domain}, got {text}") from None
-
-    parse.__name__ = name  # argparse names the type in its messages
-    return parse
-
-
-def check_writable(path: str | Path | None, what: str) -> None:
-    """Fail now, not after the work, when the output file `path` cannot be written (the file is not created)."""
-    if path is None:
-        return
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"The {what} path {path} is a directory; give a file name.")
-    existed = path.exists()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a"):
-            pass
-    except OSError as error:
-        raise OSError(f"Cannot write the {what} to {path}: {error.strerror or error}.") from error
-    if not existed:
-        path.unlink()
-
-
-def _load_model(path: str, revision: str | None = None, trust_remote_code: bool = False):
-    from .hub import load_qrm
-
-    model, tokenizer = load_qrm(path, revision=revision, trust_remote_code=trust_remote_code)
-    if not hasattr(model.config, "quantile_levels"):
-        raise ValueError(
-            f"{path} is not a QRM (its config has no quantile_levels); convert it with `qrm convert`."
-        )
-    return model, tokenizer
+# The label range of rating rows by default (`qrm evaluate`, `qrm calibrate`): the demo's 0-4 scale.
+RATING_LABEL_RANGE = (0.0, 4.0)
 
 
 def _demo(args):
@@ -126,7 +53,7 @@ def _print_scores(model, tokenizer, rows, lam, alpha, plot=None, batch_size=8, m
 def _scoring_rows(path: str):
     """(conversations, names, locations) of a JSON Lines file of prompt/response rows, every row checked."""
     from .data import read_jsonl
-    from .presets import response_conversations
+    from .dataset_loading import response_conversations
 
     rows = read_jsonl(path)
     conversations = response_conversations(rows, name=str(path))
@@ -134,7 +61,7 @@ def _scoring_rows(path: str):
 
 
 def _score(args):
-    from .presets import response_conversations
+    from .dataset_loading import response_conversations
 
     if args.file:
         if args.prompt is not None or args.response is not None:
@@ -150,7 +77,7 @@ def _score(args):
     else:
         raise ValueError("Give --prompt and --response, or --file with prompt/response rows.")
     check_writable(args.plot, "plot")
-    model, tokenizer = _load_model(args.model, args.revision, args.trust_remote_code)
+    model, tokenizer = load_model(args.model, args.revision, args.trust_remote_code)
     _print_scores(
         model,
         tokenizer,
@@ -164,21 +91,16 @@ def _score(args):
 
 
 def _evaluate(args):
-    from .data import read_jsonl
-    from .evaluation import (
-        evaluate_pairs,
-        evaluate_ratings,
-        format_gating_report,
-        format_ratings_report,
-        plot_calibration,
-    )
-
     if not (args.ratings or args.pairs or args.showcase):
         raise ValueError("Nothing to evaluate: give --ratings, --pairs and/or --showcase.")
-    if (args.baselines or args.plots or args.bootstrap) and not args.ratings:
-        raise ValueError("--baselines, --bootstrap and --plots need --ratings.")
+    if (args.baselines or args.bootstrap) and not args.ratings:
+        raise ValueError("--baselines and --bootstrap need --ratings.")
+    if args.plots and not (args.ratings or args.pairs):
+        raise ValueError("--plots needs --ratings or --pairs.")
     if args.bootstrap and (args.bootstrap < 2 or not args.baselines):
         raise ValueError("--bootstrap needs N >= 2 and --baselines (the training features to refit on).")
+    from .data import read_jsonl
+
     ratings = read_jsonl(args.ratings) if args.ratings else None
     pairs = read_jsonl(args.pairs) if args.pairs else None
     showcase = _scoring_rows(args.showcase) if args.showcase else None
@@ -186,7 +108,7 @@ def _evaluate(args):
     check_writable(args.plot, "plot")
     for path in outputs:
         check_writable(path, "JSON report")
-    model, tokenizer = _load_model(args.model, args.revision, args.trust_remote_code)
+    model, tokenizer = load_model(args.model, args.revision, args.trust_remote_code)
     model_class = (
         f"{type(model).__module__}.{type(model).__name__}"  # the code that scores, in the report too
     )
@@ -194,37 +116,9 @@ def _evaluate(args):
     report = {"model_class": model_class}
     lengths = {"batch_size": args.batch_size, "max_length": args.max_length}
     if ratings:
-        report["ratings"] = evaluate_ratings(
-            model,
-            tokenizer,
-            ratings,
-            tuple(args.label_range),
-            baseline_features=args.baselines or (),
-            bootstrap=args.bootstrap or 0,
-            **lengths,
-        )
-        ratings = report["ratings"]
-        print(format_ratings_report(ratings))
-        if args.plots:
-            paths = plot_calibration(ratings, args.plots)
-            print(f"  Reliability diagram and PIT histogram drawn to {', '.join(map(str, paths))}")
-        by_kind = ratings.get("pinball_by_kind", {})
-        print(
-            f"  Held-out pinball loss of the reloaded model: {ratings['pinball']:.4f} "
-            + " ".join(f"({kind}: {value:.4f})" for kind, value in by_kind.items())
-            + f"; calibration error {ratings['calibration_error']:.3f}"
-            + _skipped_note(ratings)
-        )
+        report["ratings"] = _evaluate_ratings(args, model, tokenizer, ratings, lengths)
     if pairs:
-        report["pairs"] = pairs = evaluate_pairs(model, tokenizer, pairs, **lengths)
-        by_kind = pairs.get("accuracy_by_kind", {})
-        print(
-            f"  Held-out pairwise accuracy: {pairs['accuracy']:.3f} on {pairs['pairs']} pairs "
-            + " ".join(f"({kind}: {value:.3f})" for kind, value in by_kind.items())
-            + _skipped_note(pairs)
-        )
-        if "gating" in pairs:
-            print(format_gating_report(pairs["gating"]))
+        report["pairs"] = _evaluate_pairs(args, model, tokenizer, pairs, lengths)
     if showcase:
         print(f"  Showcase (certainty equivalent with lambda {args.lam}, cvar at alpha {args.alpha}):")
         _print_scores(model, tokenizer, showcase, args.lam, args.alpha, args.plot, **lengths)
@@ -234,54 +128,158 @@ def _evaluate(args):
         write_json_atomic(Path(path), report)
 
 
+def _evaluate_ratings(args, model, tokenizer, rows, lengths) -> dict:
+    """`qrm evaluate --ratings`: the `evaluate_ratings` report, printed (and plotted with --plots)."""
+    from .evaluation import evaluate_ratings, format_ratings_report, plot_calibration
+
+    baselines, members = _rating_comparisons(model, args)
+    ratings = evaluate_ratings(
+        model,
+        tokenizer,
+        rows,
+        tuple(args.label_range),
+        baselines=baselines,
+        members=members,
+        group_column=args.group_column,
+        contrast=tuple(args.contrast) if args.contrast else None,
+        **lengths,
+    )
+    print(format_ratings_report(ratings))
+    if args.plots:
+        paths = plot_calibration(ratings, args.plots)
+        print(
+            f"  Reliability diagram, PIT histogram and selective error drawn to {', '.join(map(str, paths))}"
+        )
+    by_kind = ratings.get("pinball_by_kind", {})
+    print(
+        f"  Held-out pinball loss of the reloaded model: {ratings['pinball']:.4f} "
+        + " ".join(f"({kind}: {value:.4f})" for kind, value in by_kind.items())
+        + f"; calibration error {ratings['calibration_error']:.3f}"
+        + _skipped_note(ratings)
+    )
+    return ratings
+
+
+def _evaluate_pairs(args, model, tokenizer, rows, lengths) -> dict:
+    """`qrm evaluate --pairs`: the `evaluate_pairs` report with its gating and ranking tables, printed
+    (the accuracy-coverage curves plotted with --plots)."""
+    from .evaluation import (
+        evaluate_pairs,
+        format_gating_report,
+        format_ranking_report,
+        plot_accuracy_coverage,
+    )
+
+    pairs = evaluate_pairs(model, tokenizer, rows, group_column=args.group_column, **lengths)
+    by_kind = pairs.get("accuracy_by_kind", {})
+    print(
+        f"  Held-out pairwise accuracy: {pairs['accuracy']:.3f} on {pairs['pairs']} pairs "
+        + " ".join(f"({kind}: {value:.3f})" for kind, value in by_kind.items())
+        + _skipped_note(pairs)
+    )
+    if "gating" in pairs:
+        print(format_gating_report(pairs["gating"]))
+    if "ranking" in pairs:
+        print(format_ranking_report(pairs["ranking"]))
+        if args.plots:
+            paths = plot_accuracy_coverage(pairs["ranking"], args.plots)
+            print(f"  Accuracy-coverage curves drawn to {', '.join(map(str, paths))}")
+    return pairs
+
+
+def _calibrate(args):
+    from .calibration import calibrate_model, coverage_report, format_coverage_report, save_calibrated
+    from .data import read_jsonl
+
+    ratings = read_jsonl(args.ratings)
+    heldout = read_jsonl(args.heldout) if args.heldout else None
+    model, tokenizer = load_model(args.model, args.revision, args.trust_remote_code)
+    lengths = {"batch_size": args.batch_size, "max_length": args.max_length}
+    calibrator = calibrate_model(model, tokenizer, ratings, args.label_range, args.width_bins, **lengths)
+    print(f"Calibrated on {calibrator.responses_.sum(0).min()} responses ({args.ratings})")
+    report = coverage_report(model, tokenizer, heldout, args.label_range, **lengths) if heldout else None
+    if report:
+        print(f"Held-out ({args.heldout}), before and after calibration:\n{format_coverage_report(report)}")
+    written = save_calibrated(model, tokenizer, args.model, args.output_dir, report, homepage=args.homepage)
+    print(f"Calibrated model written to {written}")
+
+
+def _rating_comparisons(model, args) -> tuple[dict, object]:
+    """(baselines, bootstrap members) of `--baselines` and `--bootstrap`, fitted on the training features."""
+    if not args.baselines:
+        return {}, None
+    from .training.baselines import fit_baselines, fit_bootstrap_members
+    from .training.features import check_features_fit_model
+
+    check_features_fit_model(model, args.baselines)  # not the heads check: a poor model is measured
+    levels, attributes = model.config.quantile_levels, model.config.attribute_names
+    baselines = fit_baselines(args.baselines, attributes, levels, tuple(args.label_range))
+    return baselines, fit_bootstrap_members(model, args.baselines, args.bootstrap) if args.bootstrap else None
+
+
 def _skipped_note(report: dict) -> str:
     skipped = report.get("skipped_too_long", 0)
     return f"; {skipped} row(s) longer than max_length left out" if skipped else ""
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="QRM directory or Hub repo id")
-    parser.add_argument("--revision", help="branch, tag or commit of a Hub model (default: main)")
-    parser.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="run the Python code that comes with the model (never needed for a qrm-hf QRM with qrm-hf "
-        "installed; only for models of another type, e.g. released checkpoints with their own code). Read "
-        "that code first: it runs with your rights.",
-    )
-    parser.add_argument("--batch-size", type=positive_int, default=8, help="conversations per forward pass")
-    parser.add_argument(
-        "--max-length",
-        type=positive_int,
-        help="longest conversation in tokens (default: the backbone's max_position_embeddings); longer ones "
-        "are refused (score) or left out and counted (evaluate), never truncated",
-    )
-
-
 def _add_distribution_table_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of the printed reward-distribution table and its plot (`qrm score`, `qrm evaluate --showcase`)."""
     parser.add_argument("--plot", help="write a PNG of the reward distributions here")
+    from . import risk
+
     parser.add_argument(
         "--lam",
         type=risk_parameter("lam"),
-        default=1.0,
+        default=risk.RISK_PARAMETERS["lam"].default,
         help="risk aversion of the certainty equivalent (> 0)",
     )
     parser.add_argument(
-        "--alpha", type=risk_parameter("alpha"), default=0.1, help="tail fraction of the CVaR, in (0, 1]"
+        "--alpha",
+        type=risk_parameter("alpha"),
+        default=risk.RISK_PARAMETERS["alpha"].default,
+        help="tail fraction of the CVaR, in (0, 1]",
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="qrm",
-        description="Quantile Reward Models: train, convert, score. A mistake in the input (a file, an "
-        "argument, a model that is not a QRM) is reported in one line with exit status 2; --debug shows "
-        "the traceback.",
-    )
-    parser.add_argument("--debug", action="store_true", help="show the traceback of every error")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _add_calibrate_command(commands) -> None:
+    """Add ``qrm calibrate MODEL --ratings FILE --output-dir DIR [--heldout FILE] [--width-bins G]``."""
+    from .training.settings import AssembleSettings, add_settings_arguments
 
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="conformal calibration of the quantiles on held-out ratings, stored in a copy of the model",
+        description="Fit split conformal offsets for every attribute and quantile level on rating rows (the "
+        "format of `qrm evaluate --ratings`; the ratings of one response count as one response) and write a "
+        "copy of the model that applies them: every consumer of the saved model reads calibrated quantiles.",
+    )
+    add_model_arguments(calibrate)
+    calibrate.add_argument("--ratings", required=True, help="JSON Lines calibration rating rows")
+    calibrate.add_argument("--output-dir", required=True, help="where the calibrated model goes")
+    calibrate.add_argument(
+        "--heldout", help="JSON Lines rating rows (not the calibration ones) to measure coverage on"
+    )
+    calibrate.add_argument(
+        "--width-bins",
+        type=positive_int,
+        default=1,
+        help="Mondrian groups: calibrate separately within G bins of each response's predicted 80 %% width "
+        "(averaged over attributes, each in units of its median width; default 1: one offset per attribute "
+        "and level)",
+    )
+    calibrate.add_argument(
+        "--label-range",
+        nargs=2,
+        type=float,
+        default=RATING_LABEL_RANGE,
+        metavar=("LOW", "HIGH"),
+        help="range of the rating labels, mapped to [0, 1] (default 0 4)",
+    )
+    add_settings_arguments(calibrate, AssembleSettings, names=["homepage"])
+    calibrate.set_defaults(handler=_calibrate)
+
+
+def _add_demo_command(commands) -> None:
+    """Add `qrm demo`: the whole pipeline on the shipped demo data."""
     from .training.settings import AssembleSettings, add_settings_arguments
 
     demo = commands.add_parser(
@@ -296,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_arguments(demo, AssembleSettings, names=["homepage"])
     demo.set_defaults(handler=_demo)
 
+
+def _add_convert_command(commands) -> None:
+    """Add `qrm convert SOURCE DESTINATION`: a released checkpoint into a qrm-hf model."""
     convert = commands.add_parser(
         "convert",
         help="convert a released QRM checkpoint into a qrm-hf model",
@@ -308,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--attribute-names", nargs="+", help="names of the M attributes, in head order")
     convert.set_defaults(handler=_convert)
 
+
+def _add_score_command(commands) -> None:
+    """Add `qrm score MODEL`: the reward distributions of conversations."""
     score = commands.add_parser(
         "score",
         help="score conversations and print reward distributions",
@@ -316,22 +320,29 @@ def build_parser() -> argparse.ArgumentParser:
         "of the exponential utility E[-exp(-lam r)] (paper eq. 4): the same ranking, in reward units, "
         "computed without overflow.",
     )
-    _add_model_arguments(score)
+    add_model_arguments(score)
     score.add_argument("--prompt", help="the user's message")
     score.add_argument("--response", help="the assistant's answer")
     score.add_argument("--file", help="JSON Lines file with prompt/response (and optional name) per row")
     _add_distribution_table_arguments(score)
     score.set_defaults(handler=_score)
 
+
+def _add_evaluate_command(commands) -> None:
+    """Add `qrm evaluate MODEL`: held-out measures on ratings and pairs, next to baselines."""
     evaluate = commands.add_parser(
         "evaluate",
         help="held-out pinball, CRPS, interval coverage and width, calibration plots, pairwise accuracy",
         description="Evaluate a QRM on rating data (pinball loss, CRPS, coverage of the 50/80/90 %% "
-        "intervals, mean 90 %% width per attribute and per `kind`, the controversial / clear width ratio "
-        "next to the annotators' own spread ratio, optionally next to ridge and Gaussian baselines) and on "
-        "preference pairs (accuracy).",
+        "intervals, mean 90 %% width per attribute and per value of the group column, the contrast width "
+        "ratio next to the annotators' own spread ratio, the median's error on the half with the narrowest "
+        "intervals (MAE@50, R²@50) next to a random half, optionally next to ridge and Gaussian baselines) "
+        "and on preference pairs (accuracy, gating, and the accuracy-coverage curve of each ranking signal: "
+        "margin, |P - 1/2|, effect size, the members' spread).",
     )
-    _add_model_arguments(evaluate)
+    add_model_arguments(evaluate)
+    from .evaluation import CONTRAST, GROUP_COLUMN
+
     evaluate.add_argument(
         "--ratings", help="JSON Lines rating rows: prompt, response, one column per attribute"
     )
@@ -339,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--label-range",
         nargs=2,
         type=float,
-        default=(0.0, 4.0),
+        default=RATING_LABEL_RANGE,
         metavar=("LOW", "HIGH"),
         help="range of the rating labels, mapped to [0, 1] (default 0 4)",
     )
@@ -364,21 +375,59 @@ def build_parser() -> argparse.ArgumentParser:
         "training responses and report how far their medians spread, the part of the 90 %% width that is the "
         "heads' own uncertainty rather than the annotators' disagreement",
     )
-    evaluate.add_argument("--plots", metavar="DIR", help="draw reliability.png and pit.png into DIR")
+    evaluate.add_argument(
+        "--plots",
+        metavar="DIR",
+        help="draw reliability.png, pit.png and selective_error.png (ratings) and accuracy_coverage.png (pairs) "
+        "into DIR",
+    )
+    evaluate.add_argument(
+        "--group-column",
+        default=GROUP_COLUMN,
+        metavar="COLUMN",
+        help=f"column of the rating and pair rows to break the measures down by (default {GROUP_COLUMN})",
+    )
+    evaluate.add_argument(
+        "--contrast",
+        nargs=2,
+        default=CONTRAST,
+        metavar=("KIND", "OTHER"),
+        help="two values of the group column whose mean 90 %% widths and annotator spreads are compared "
+        f"(default {' '.join(CONTRAST)})",
+    )
     evaluate.add_argument("--output", metavar="FILE", help="write every number to this JSON file")
     evaluate.set_defaults(handler=_evaluate)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `qrm` parser: every command, each with its handler (`args.handler`) and `--debug`."""
+    parser = argparse.ArgumentParser(
+        prog="qrm",
+        description="Quantile Reward Models: train, convert, score. A mistake in the input (a file, an "
+        "argument, a model that is not a QRM) is reported in one line with exit status 2; --debug shows "
+        "the traceback.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of every error")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from .cli_pipeline import add_pipeline_commands
     from .cli_preference import add_preference_commands
+    from .cli_push import add_push_command
     from .cli_rewardbench import add_rewardbench_command
     from .cli_rlhf import add_rlhf_commands
-    from .hub import add_push_command
 
-    add_pipeline_commands(commands)
-    add_rlhf_commands(commands)
-    add_rewardbench_command(commands)
-    add_preference_commands(commands)
-    add_push_command(commands)
+    for add_commands in (
+        _add_demo_command,
+        _add_convert_command,
+        _add_score_command,
+        _add_evaluate_command,
+        _add_calibrate_command,
+        add_pipeline_commands,
+        add_rlhf_commands,
+        add_rewardbench_command,
+        add_preference_commands,
+        add_push_command,
+    ):  # in the order of `qrm --help`
+        add_commands(commands)
     for command in commands.choices.values():  # `qrm COMMAND ... --debug` works too
         command.add_argument(
             "--debug",
@@ -464,11 +513,23 @@ def quiet_libraries():
         yield
 
 
+def parse_arguments(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """`parser.parse_args(argv)`, except that the options a command leaves to its trainer config (the
+    commands with a `trainer_argv` default: `qrm sft`, `rloo`, `grpo`, `qrm_hf.cli_rlhf`) are kept for it
+    in `args.trainer_argv`; any other unknown option is argparse's usual error."""
+    args, rest = parser.parse_known_args(argv)
+    if rest:
+        if "trainer_argv" not in vars(args):
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        args.trainer_argv = rest
+    return args
+
+
 def main(argv=None) -> None:
     """Run `qrm ARGV`. A user error (`user_error_message`) ends in one line on stderr and exit status 2, Ctrl-C
     in one line and exit status 130 (with --debug: its traceback, and the libraries' own logging)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
     try:
         from .cli_paths import check_paths
 

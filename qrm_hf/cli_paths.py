@@ -44,10 +44,22 @@ PATH_ARGUMENTS: dict[str, dict[str, str]] = {
         "output_dir": OUTPUT_DIR,
     },
     "train": {"config": INPUT, "output_dir": OUTPUT_DIR},
-    "sft": {"model": INPUT, "chat_template": INPUT, "data": INPUT, "output_dir": OUTPUT_DIR},
-    "rloo": {"policy": INPUT, "reward_model": INPUT, "data": INPUT, "output_dir": OUTPUT_DIR},
-    "grpo": {"policy": INPUT, "reward_model": INPUT, "data": INPUT, "output_dir": OUTPUT_DIR},
-    "rewardbench": {**_MODEL, "data": INPUT, "output": OUTPUT_FILE},
+    "sft": {"model": INPUT, "chat_template": INPUT, "data": INPUT, "config": INPUT, "output_dir": OUTPUT_DIR},
+    "rloo": {
+        "policy": INPUT,
+        "reward_model": INPUT,
+        "data": INPUT,
+        "config": INPUT,
+        "output_dir": OUTPUT_DIR,
+    },
+    "grpo": {
+        "policy": INPUT,
+        "reward_model": INPUT,
+        "data": INPUT,
+        "config": INPUT,
+        "output_dir": OUTPUT_DIR,
+    },
+    "rewardbench": {**_MODEL, "data": INPUT, "output": OUTPUT_FILE, "plots": OUTPUT_DIR},
     "preference-strength": {
         **_MODEL,
         "pairs": INPUT,
@@ -56,6 +68,7 @@ PATH_ARGUMENTS: dict[str, dict[str, str]] = {
         "plot": OUTPUT_FILE,
     },
     "push": {"model_dir": INPUT, "results": INPUT},
+    "calibrate": {**_MODEL, "ratings": INPUT, "heldout": INPUT, "output_dir": OUTPUT_DIR},
 }
 
 # Inputs that may name a Hub repo or a dataset (by name or preset) instead of a local path. Every other input
@@ -101,3 +114,21 @@ def check_paths(args: argparse.Namespace) -> None:
             raise FileNotFoundError(
                 f"{path} does not exist (the {dest.replace('_', ' ')} input){interrupted_replacement_note(path)}."
             )
+
+
+def check_writable(path: str | Path | None, what: str) -> None:
+    """Fail now, not after the work, when the output file `path` cannot be written (the file is not created)."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"The {what} path {path} is a directory; give a file name.")
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a"):
+            pass
+    except OSError as error:
+        raise OSError(f"Cannot write the {what} to {path}: {error.strerror or error}.") from error
+    if not existed:
+        path.unlink()

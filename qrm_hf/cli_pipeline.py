@@ -12,7 +12,7 @@ import dataclasses
 
 def _locked(output_dir):
     """Hold the lock of a stage's output directory for the whole command (one writer at a time)."""
-    from .locking import directory_lock
+    from .io import directory_lock
 
     return directory_lock(output_dir)
 
@@ -45,16 +45,12 @@ def _extract(args):
     from .training.settings import ExtractionSettings, settings_from_args
     from .training.stages import extract_features
 
-    settings = settings_from_args(ExtractionSettings, args)
     directory = extract_features(
         args.backbone,
         _dataset_spec(args),
         args.output_dir,
         revision=args.revision,
-        dtype=settings.dtype,
-        max_length=settings.max_length,
-        batch_size=settings.batch_size,
-        shard_size=settings.shard_size,
+        settings=settings_from_args(ExtractionSettings, args),
     )
     print(f"Features written to {directory}")
 
@@ -167,16 +163,9 @@ def _add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_pipeline_commands(commands) -> None:
-    """Add the training-pipeline subcommands to the `qrm` parser's subparsers."""
-    from .training.settings import (
-        AssembleSettings,
-        DebiasSettings,
-        ExtractionSettings,
-        GatingSettings,
-        HeadsSettings,
-        add_settings_arguments,
-    )
+def _add_extract_command(commands) -> None:
+    """Add `qrm extract BACKBONE`: stage 1, feature shards."""
+    from .training.settings import ExtractionSettings, add_settings_arguments
 
     extract = commands.add_parser(
         "extract",
@@ -193,6 +182,11 @@ def add_pipeline_commands(commands) -> None:
     _add_dataset_arguments(extract)
     extract.set_defaults(handler=_extract)
 
+
+def _add_fit_quantiles_command(commands) -> None:
+    """Add `qrm fit-quantiles FEATURES`: stage 2, the quantile heads."""
+    from .training.settings import HeadsSettings, add_settings_arguments
+
     heads = commands.add_parser(
         "fit-quantiles",
         help="stage 2: fit the linear quantile heads on attribute features",
@@ -208,6 +202,11 @@ def add_pipeline_commands(commands) -> None:
     add_settings_arguments(heads, HeadsSettings)
     heads.set_defaults(handler=_fit_quantiles)
 
+
+def _add_debias_command(commands) -> None:
+    """Add `qrm debias HEADS REFERENCE`: stage 3, the verbosity transform."""
+    from .training.settings import DebiasSettings, add_settings_arguments
+
     debias = commands.add_parser(
         "debias",
         help="stage 3 (optional): verbosity debiasing, a reward transform T",
@@ -221,6 +220,11 @@ def add_pipeline_commands(commands) -> None:
     add_settings_arguments(debias, DebiasSettings)
     debias.set_defaults(handler=_debias)
 
+
+def _add_fit_gating_command(commands) -> None:
+    """Add `qrm fit-gating HEADS PAIRS`: stage 4, the gating network."""
+    from .training.settings import GatingSettings, add_settings_arguments
+
     gating = commands.add_parser(
         "fit-gating",
         help="stage 4: fit the gating network on preference pairs (Bradley-Terry)",
@@ -233,6 +237,11 @@ def add_pipeline_commands(commands) -> None:
     gating.add_argument("--transform", help="output directory of qrm debias (default: no transform)")
     add_settings_arguments(gating, GatingSettings)
     gating.set_defaults(handler=_fit_gating)
+
+
+def _add_assemble_command(commands) -> None:
+    """Add `qrm assemble BACKBONE`: stage 5, the saved QRM."""
+    from .training.settings import AssembleSettings, add_settings_arguments
 
     assemble = commands.add_parser(
         "assemble",
@@ -248,6 +257,11 @@ def add_pipeline_commands(commands) -> None:
     assemble.add_argument("--revision", help="backbone revision")
     add_settings_arguments(assemble, AssembleSettings)
     assemble.set_defaults(handler=_assemble)
+
+
+def _add_train_command(commands) -> None:
+    """Add `qrm train CONFIG`: every stage from a YAML config."""
+    from .training.settings import AssembleSettings, add_settings_arguments
 
     train = commands.add_parser(
         "train",
@@ -268,3 +282,16 @@ def add_pipeline_commands(commands) -> None:
         train, AssembleSettings, names=["homepage"]
     )  # overrides the config's model: homepage
     train.set_defaults(handler=_train)
+
+
+def add_pipeline_commands(commands) -> None:
+    """Add the training-pipeline subcommands to the `qrm` parser's subparsers, in the order of the stages."""
+    for add_command in (
+        _add_extract_command,
+        _add_fit_quantiles_command,
+        _add_debias_command,
+        _add_fit_gating_command,
+        _add_assemble_command,
+        _add_train_command,
+    ):
+        add_command(commands)

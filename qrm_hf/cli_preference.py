@@ -34,7 +34,7 @@ def check_pair_rows(rows: list[dict], path: str) -> None:
 
 def _feature_dirs(model, directories):
     """Split `--features` into attribute and preference directories, checked against the model's backbone."""
-    from .evaluation import check_features_fit_model
+    from .training.features import check_features_fit_model
 
     settings = check_features_fit_model(model, directories)
     attribute = [d for d in directories if settings[str(d)]["kind"] == "attribute"]
@@ -100,26 +100,16 @@ def _plot(path, probability, ensemble_mean=None):
             ylabel="pairs",
             title="Ensemble preference strength",
         )
-    fig.tight_layout()
-    from .io import atomic_file
+    from .io import save_figure
 
-    path = Path(path)
-    with atomic_file(path) as temporary:
-        fig.savefig(temporary, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def _preference_strength(args) -> None:
-    import numpy as np
-    import torch
-
-    from .cli import _load_model, check_writable
-    from .data import read_jsonl, row_location
-    from .evaluation import unique_conversations
-    from .preference import preference_strength
-    from .presets import DatasetPreset, preference_examples
-    from .scoring import conversation_embeddings, names_of_distinct, score_embeddings
+    from .cli_model import load_model
+    from .cli_paths import check_writable
+    from .data import read_jsonl
+    from .preference import flag_pairs
 
     rows = read_jsonl(args.pairs)
     check_pair_rows(rows, args.pairs)
@@ -129,11 +119,40 @@ def _preference_strength(args) -> None:
         )
     check_writable(args.output, "output")
     check_writable(args.plot, "plot")
-    model, tokenizer = _load_model(args.model, args.revision, args.trust_remote_code)
-    attribute_dirs = preference_dirs = None
+    model, tokenizer = load_model(args.model, args.revision, args.trust_remote_code)
+    feature_dirs = None
     if args.features:
-        attribute_dirs, preference_dirs = _feature_dirs(model, args.features)
-        _check_heads_fit_features(model, attribute_dirs, list(model.config.attribute_names))
+        feature_dirs = _feature_dirs(model, args.features)
+        _check_heads_fit_features(model, feature_dirs[0], list(model.config.attribute_names))
+    pairs = _score_pairs(model, tokenizer, rows, args)
+    ensemble = _ensemble_strength(model, pairs, feature_dirs, args) if feature_dirs else None
+    flags = flag_pairs(
+        pairs["strength"].margin.numpy(),
+        pairs["strength"].probability.numpy(),
+        pairs["identical"],
+        ensemble_mean=ensemble.mean if ensemble is not None else None,
+        ensemble_std=ensemble.std if ensemble is not None else None,
+        ambiguous_within=getattr(args, "ambiguous_within", None),
+    )
+    ids = [row.get("id", number) for number, row in enumerate(rows)]
+    records = _pair_records(ids, pairs, ensemble, flags)
+    _print_flags(args, ids, pairs, ensemble, flags)
+    _write_outputs(args, records, pairs, ensemble)
+
+
+def _score_pairs(model, tokenizer, rows: list[dict], args) -> dict:
+    """The QRM's preference strength of every pair, with the embeddings the ensemble rescores: a dict of
+    `strength` (`qrm_hf.preference.PreferenceStrength`, tensors [N]), `identical` [N] (both sides the same
+    conversation), `prompt` / `chosen` / `rejected` embeddings [N, H]."""
+    import torch
+
+    from .data import row_location
+    from .dataset_loading import preference_examples
+    from .dataset_preset import DatasetPreset
+    from .evaluation import unique_conversations
+    from .preference import preference_strength
+    from .scoring import conversation_embeddings, names_of_distinct, score_embeddings
+
     preset = DatasetPreset.custom(
         "preference", prompt="prompt", chosen="chosen", rejected="rejected", name=str(args.pairs)
     )
@@ -147,77 +166,88 @@ def _preference_strength(args) -> None:
         row_names=names_of_distinct(index, side_names, len(conversations)),
     )  # fmt: skip
     chosen_rows, rejected_rows = torch.as_tensor(index[0::2]), torch.as_tensor(index[1::2])
-    identical = (chosen_rows == rejected_rows).numpy()
     chosen_out = score_embeddings(model, response[chosen_rows], prompt[chosen_rows], lines)
     rejected_out = score_embeddings(model, response[rejected_rows], prompt[chosen_rows], lines)
-    strength = preference_strength(
-        chosen_out.reward_quantiles.double(), rejected_out.reward_quantiles.double()
+    return {
+        "strength": preference_strength(
+            chosen_out.reward_quantiles.double(), rejected_out.reward_quantiles.double()
+        ),
+        "identical": (chosen_rows == rejected_rows).numpy(),
+        "prompt": prompt[chosen_rows],
+        "chosen": response[chosen_rows],
+        "rejected": response[rejected_rows],
+    }
+
+
+def _ensemble_strength(model, pairs: dict, feature_dirs, args):
+    """The margins of a bootstrap ensemble refitted on `feature_dirs` = (attribute, preference) directories
+    (`qrm_hf.training.bootstrap`), with the model's gating network when there are no preference features."""
+    from .training.bootstrap import PairFeatures, fit_bootstrap_heads
+    from .training.quantile_regression import MultiQuantileRegressor
+    from .training.settings import GatingSettings, HeadsSettings
+
+    attribute_dirs, preference_dirs = feature_dirs
+    config = model.config
+    heads = HeadsSettings(alpha=args.alpha, solver=args.solver)
+    gating_settings = GatingSettings(
+        hidden_dim=config.gating_hidden_dim,
+        n_hidden=config.gating_n_hidden,
+        temperature=config.gating_temperature,
+        batch_norm=config.gating_batch_norm,
+        epochs=args.gating_epochs,
+        batch_size=args.gating_batch_size,
+        learning_rate=args.gating_learning_rate,
     )
-    margin, probability = strength.margin.numpy(), strength.probability.numpy()
-    effect = strength.effect_size.numpy()
+    members = fit_bootstrap_heads(
+        attribute_dirs,
+        n_models=args.ensemble or GatingSettings.ensemble_size,
+        seed=args.seed,
+        estimator=MultiQuantileRegressor(
+            list(config.quantile_levels), alpha=heads.alpha, solver=heads.solver
+        ),
+        attribute_names=list(config.attribute_names),
+        pair_features=preference_dirs or None,
+        gating_settings=gating_settings,
+        gating_network=None if preference_dirs else model.gating,
+        transform=model.reward_transform_matrix.detach().float(),
+        monotone_quantiles=config.monotone_quantiles,
+        quantile_mixing=config.quantile_mixing,
+    )
+    return members.strength(PairFeatures(pairs["prompt"], pairs["chosen"], pairs["rejected"]))
 
-    ensemble = None
-    if args.features:
-        from .training.bootstrap import PairFeatures, fit_bootstrap_heads
-        from .training.quantile_regression import MultiQuantileRegressor
-        from .training.settings import GatingSettings
 
-        config = model.config
-        gating_settings = GatingSettings(
-            hidden_dim=config.gating_hidden_dim,
-            n_hidden=config.gating_n_hidden,
-            temperature=config.gating_temperature,
-            batch_norm=config.gating_batch_norm,
-            epochs=args.gating_epochs,
-            batch_size=args.gating_batch_size,
-            learning_rate=args.gating_learning_rate,
-        )
-        members = fit_bootstrap_heads(
-            attribute_dirs,
-            n_models=args.ensemble or 10,
-            seed=args.seed,
-            estimator=MultiQuantileRegressor(
-                list(config.quantile_levels), alpha=args.alpha, solver=args.solver
-            ),
-            attribute_names=list(config.attribute_names),
-            pair_features=preference_dirs or None,
-            gating_settings=gating_settings,
-            gating_network=None if preference_dirs else model.gating,
-            transform=model.reward_transform_matrix.detach().float(),
-            monotone_quantiles=config.monotone_quantiles,
-            quantile_mixing=config.quantile_mixing,
-        )
-        ensemble = members.strength(
-            PairFeatures(prompt[chosen_rows], response[chosen_rows], response[rejected_rows])
-        )
-
-    mean = ensemble.mean if ensemble is not None else margin
-    likely_mislabelled = (mean < 0) & ~identical
-    if ensemble is not None:
-        ambiguous = (np.abs(ensemble.mean) < ensemble.std) | identical
-    else:
-        ambiguous = (np.abs(probability - 0.5) < args.ambiguous_within) | identical
-    ids = [row.get("id", number) for number, row in enumerate(rows)]
+def _pair_records(ids: list, pairs: dict, ensemble, flags) -> list[dict]:
+    """One JSON row per pair: its strength, the ensemble's, and its flags."""
+    strength = pairs["strength"]
     records = []
     for i, pair_id in enumerate(ids):
         record = {
             "id": pair_id,
-            "margin": float(margin[i]),
-            "effect_size": float(effect[i]),
-            "probability": float(probability[i]),
+            "margin": float(strength.margin[i]),
+            "effect_size": float(strength.effect_size[i]),
+            "probability": float(strength.probability[i]),
         }
         if ensemble is not None:
             record.update(ensemble_mean=float(ensemble.mean[i]), ensemble_std=float(ensemble.std[i]))
             record["ensemble_probability"] = float(ensemble.probability[i])
         record.update(
-            likely_mislabelled=bool(likely_mislabelled[i]),
-            ambiguous=bool(ambiguous[i]),
-            identical=bool(identical[i]),
+            likely_mislabelled=bool(flags.likely_mislabelled[i]),
+            ambiguous=bool(flags.ambiguous[i]),
+            identical=bool(pairs["identical"][i]),
         )
         records.append(record)
+    return records
 
-    print(f"{len(records)} pairs from {args.pairs} under {args.model}" + (
-        f" and a bootstrap ensemble of {args.ensemble or 10}" if ensemble is not None else ""
+
+def _print_flags(args, ids: list, pairs: dict, ensemble, flags) -> None:
+    """The summary: strengths, identical pairs, then the `--top` likely mislabelled and ambiguous pairs."""
+    import numpy as np
+
+    from .training.settings import GatingSettings
+
+    probability, identical = pairs["strength"].probability.numpy(), pairs["identical"]
+    print(f"{len(ids)} pairs from {args.pairs} under {args.model}" + (
+        f" and a bootstrap ensemble of {args.ensemble or GatingSettings.ensemble_size}" if ensemble is not None else ""
     ))  # fmt: skip
     print(
         f"  P(chosen > rejected): mean {probability.mean():.3f}, median {np.median(probability):.3f}; "
@@ -229,20 +259,25 @@ def _preference_strength(args) -> None:
             f"0.5, counted as ambiguous): ids {[ids[i] for i in np.flatnonzero(identical)][: args.top]}"
         )
     measure = "ensemble mean margin" if ensemble is not None else "margin"
-    order = np.argsort(mean, kind="stable")
-    listed = [i for i in order if likely_mislabelled[i]][: args.top]
+    score = flags.score
+    listed = [i for i in np.argsort(score, kind="stable") if flags.likely_mislabelled[i]][: args.top]
     print(
-        f"  Likely mislabelled ({int(likely_mislabelled.sum())} with a negative {measure}; most negative first):"
+        f"  Likely mislabelled ({int(flags.likely_mislabelled.sum())} with a negative {measure}; most negative first):"
     )
     for i in listed:
-        print(f"    id {ids[i]!s:<12} {measure} {mean[i]:+.4f}  P {probability[i]:.3f}")
-    spread = np.abs(mean) / (ensemble.std if ensemble is not None else np.ones_like(mean))
-    listed = [i for i in np.argsort(spread, kind="stable") if ambiguous[i] and not identical[i]][: args.top]
-    rule = "|mean| < std" if ensemble is not None else f"|P - 0.5| < {args.ambiguous_within}"
-    print(f"  Ambiguous ({int((ambiguous & ~identical).sum())} with {rule}):")
+        print(f"    id {ids[i]!s:<12} {measure} {score[i]:+.4f}  P {probability[i]:.3f}")
+    relative = np.abs(score) / (ensemble.std if ensemble is not None else np.ones_like(score))
+    ambiguous = flags.ambiguous & ~identical
+    listed = [i for i in np.argsort(relative, kind="stable") if ambiguous[i]][: args.top]
+    rule = "|mean| < std" if ensemble is not None else f"|P - 0.5| < {flags.ambiguous_within}"
+    print(f"  Ambiguous ({int(ambiguous.sum())} with {rule}):")
     for i in listed:
         extra = f" std {ensemble.std[i]:.4f}" if ensemble is not None else ""
-        print(f"    id {ids[i]!s:<12} {measure} {mean[i]:+.4f}{extra}  P {probability[i]:.3f}")
+        print(f"    id {ids[i]!s:<12} {measure} {score[i]:+.4f}{extra}  P {probability[i]:.3f}")
+
+
+def _write_outputs(args, records: list[dict], pairs: dict, ensemble) -> None:
+    """The JSON Lines rows (--output) and the histogram (--plot)."""
     if args.output:
         from .io import finite_or_null, write_text_atomic
 
@@ -252,8 +287,45 @@ def _preference_strength(args) -> None:
         )
         print(f"Wrote {len(records)} rows to {output}")
     if args.plot:
+        probability = pairs["strength"].probability.numpy()
         path = _plot(args.plot, probability, ensemble.mean if ensemble is not None else None)
         print(f"Histogram of the strengths drawn to {path}")
+
+
+def _add_ensemble_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the bootstrap ensemble (with --features): its size and seed, and how its heads and
+    gating networks are refitted (the defaults of `qrm fit-quantiles` and `qrm fit-gating`, read from there)."""
+    parser.add_argument(
+        "--ensemble",
+        type=int,
+        metavar="N",
+        help="ensemble size with --features (default: --ensemble-size of `qrm fit-gating`)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
+    from .training.settings import GatingSettings, HeadsSettings
+
+    parser.add_argument(
+        "--alpha", type=float, default=HeadsSettings.alpha, help="L1 penalty of the refitted heads"
+    )
+    parser.add_argument(
+        "--solver",
+        choices=HeadsSettings.__dataclass_fields__["solver"].metadata["cli"]["choices"],
+        default=HeadsSettings.solver,
+        help="solver of the refitted heads",
+    )
+    # a few hundred pairs: more epochs and smaller batches than `qrm fit-gating`'s defaults for the paper's data
+    parser.add_argument(
+        "--gating-epochs", type=int, default=40, help="epochs of each refitted gating network"
+    )
+    parser.add_argument(
+        "--gating-batch-size", type=int, default=32, help="pairs per step of each refitted gating network"
+    )
+    parser.add_argument(
+        "--gating-learning-rate",
+        type=float,
+        default=GatingSettings.learning_rate,
+        help="AdamW learning rate of each refitted gating network",
+    )
 
 
 def add_preference_commands(commands) -> None:
@@ -267,9 +339,9 @@ def add_preference_commands(commands) -> None:
         "(attribute features refit the heads; preference features, if given, the gating network too).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    from .cli import _add_model_arguments
+    from .cli_model import add_model_arguments
 
-    _add_model_arguments(parser)
+    add_model_arguments(parser)
     parser.add_argument(
         "--pairs", required=True, help="JSON Lines file: prompt, chosen, rejected (optional id)"
     )
@@ -279,24 +351,13 @@ def add_preference_commands(commands) -> None:
         metavar="DIR",
         help="feature directories of qrm extract (the model's backbone)",
     )
-    parser.add_argument(
-        "--ensemble", type=int, metavar="N", help="ensemble size with --features (default 10)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
-    parser.add_argument("--alpha", type=float, default=0.003, help="L1 penalty of the refitted heads")
-    parser.add_argument(
-        "--solver", choices=["fast", "sklearn"], default="fast", help="solver of the refitted heads"
-    )
-    parser.add_argument(
-        "--gating-epochs", type=int, default=40, help="epochs of each refitted gating network"
-    )
-    parser.add_argument("--gating-batch-size", type=int, default=32)
-    parser.add_argument("--gating-learning-rate", type=float, default=3e-4)
+    _add_ensemble_arguments(parser)
     parser.add_argument(
         "--ambiguous-within",
         type=float,
-        default=0.05,
-        help="without an ensemble: a pair is ambiguous when |P - 0.5| is below this",
+        default=argparse.SUPPRESS,  # the library's default, qrm_hf.preference.AMBIGUOUS_WITHIN (needs torch)
+        help="without an ensemble: a pair is ambiguous when |P - 0.5| is below this "
+        "(default: qrm_hf.preference.AMBIGUOUS_WITHIN)",
     )
     parser.add_argument("--top", type=int, default=10, help="pairs listed per group")
     parser.add_argument("--output", help="write one JSON row per pair here")

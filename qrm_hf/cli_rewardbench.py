@@ -7,12 +7,14 @@ from pathlib import Path
 
 
 def _rewardbench(args) -> None:
-    from .cli import _load_model, check_writable
+    from .cli_model import load_model
+    from .cli_paths import check_writable
+    from .evaluation import format_ranking_report, plot_accuracy_coverage
     from .io import write_json_atomic
     from .rewardbench import format_report, run_rewardbench
 
     check_writable(args.output, "results")
-    model, tokenizer = _load_model(args.model, args.revision, args.trust_remote_code)
+    model, tokenizer = load_model(args.model, args.revision, args.trust_remote_code)
     report = run_rewardbench(
         model,
         tokenizer,
@@ -25,6 +27,11 @@ def _rewardbench(args) -> None:
     )
     report = {"model": str(args.model), **report}
     print(format_report(report))
+    if report.get("ranking", {}).get("pairs"):
+        print(format_ranking_report(report["ranking"]))
+        if args.plots:
+            paths = plot_accuracy_coverage(report["ranking"], args.plots, command="qrm rewardbench")
+            print(f"Accuracy-coverage curves drawn to {', '.join(map(str, paths))}")
     if args.output:
         write_json_atomic(Path(args.output), report)
         print(f"Results written to {args.output}")
@@ -39,7 +46,9 @@ def add_rewardbench_command(commands) -> argparse.ArgumentParser:
             "Score a QRM on RewardBench (rows prompt/chosen/rejected/subset: per-subset accuracy, the\n"
             "Chat/Chat Hard/Safety/Reasoning sections weighted by the official example counts, and their\n"
             "mean) or RewardBench 2 (chosen and rejected lists: best-of-N accuracy per subset, Ties scored\n"
-            "the official way, the mean of the subsets). The format is detected from the rows."
+            "the official way, the mean of the subsets). The format is detected from the rows.\n"
+            "Also how well the model's uncertainty ranks its mistakes: the accuracy on the pairs each\n"
+            "signal (margin, |P - 1/2|, effect size, the members' spread) is surest about, and its area."
         ),
         epilog=(
             "examples:\n"
@@ -50,9 +59,10 @@ def add_rewardbench_command(commands) -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from .cli import _add_model_arguments, positive_int, risk_spec
+    from .arguments import positive_int, risk_spec, risk_spec_forms
+    from .cli_model import add_model_arguments
 
-    _add_model_arguments(parser)
+    add_model_arguments(parser)
     parser.add_argument(
         "--data", required=True, help="Hub dataset id or local file / directory in an official format"
     )
@@ -64,9 +74,14 @@ def add_rewardbench_command(commands) -> argparse.ArgumentParser:
         "--rank-by",
         type=risk_spec,
         default="expectation",
-        help="what ranks responses, a qrm_hf.risk measure spec: expectation (default), cvar[:ALPHA] (0.1), "
-        "exp_utility[:LAMBDA] (1.0), quantile[:TAU] (0.1), certainty_equivalent[:LAMBDA]",
+        help="what ranks responses, a qrm_hf.risk measure spec (a value left out is the default in brackets): "
+        + risk_spec_forms(),
     )
     parser.add_argument("--output", help="write the results to this JSON file")
+    parser.add_argument(
+        "--plots",
+        metavar="DIR",
+        help="draw accuracy_coverage.png into DIR: the accuracy on the pairs each ranking signal is surest about",
+    )
     parser.set_defaults(handler=_rewardbench)
     return parser

@@ -1,7 +1,11 @@
 """`qrm sft`, `qrm rloo` and `qrm grpo`: the paper's risk-aware RLHF pipeline (§4.3) on the command line.
 
-`add_rlhf_commands(subparsers)` adds the commands to the `qrm` parser. Nothing heavy is imported here:
-TRL, PEFT and datasets load inside the handlers, when a command runs.
+`add_rlhf_commands(subparsers)` adds the commands to the `qrm` parser with qrm-hf's own options (the model
+paths, data, batch size, precision, LoRA adapter, output). Every other option is a field of the command's
+trainer config (TRL's config, `TrainingArguments`, the risk fields), handed by `qrm_hf.cli.parse_arguments`
+to the handler, which parses it with TRL's `TrlParser` (`qrm_hf.training.trainer_options`), as TRL's own
+scripts do, with `--config FILE.yaml`. So `qrm --help` imports nothing heavy; TRL, PEFT and datasets load
+when a command runs, or when its `--help` lists the trainer's options.
 """
 
 from __future__ import annotations
@@ -9,21 +13,16 @@ from __future__ import annotations
 import argparse
 import os
 
-from . import risk
-from .cli import output_risk_spec
-from .training.paper_rlhf import (  # the paper's values (§4.3), also the defaults of the trainer configs
+from .training.paper_rlhf import (  # the paper's values (§4.3) of the qrm options
     BATCH_SIZE,
     DATA,
     LORA_ALPHA,
     LORA_DROPOUT,
     LORA_R,
     LORA_TARGETS,
-    MAX_COMPLETION_LENGTH,
     MAX_PROMPT_LENGTH,
-    NUM_GENERATIONS,
-    RLOO_LEARNING_RATE,
-    SFT_LEARNING_RATE,
-    SFT_MAX_LENGTH,
+    PRECISIONS,
+    SAVE_DTYPES,
 )
 
 SFT_DESCRIPTION = """\
@@ -35,7 +34,9 @@ stays in OUTPUT_DIR/adapter, the logs in OUTPUT_DIR/trainer_state.json).
 
 Data: rows with `chosen` / `rejected` HH-RLHF transcripts ("\\n\\nHuman: ...\\n\\nAssistant: ...") or
 message lists. The model learns the last assistant turn of each chosen conversation, given the turns before.
-Every default is the paper's value; see the examples for a quick run.
+Every default is the paper's value; see the examples for a quick run. Besides the options below, every
+field of TRL's SFTConfig is an option (--learning_rate, --max_length, --logging_steps, ...; listed by
+--help), and --config FILE.yaml sets fields from a file.
 """
 
 RLOO_DESCRIPTION = """\
@@ -50,7 +51,9 @@ rewards/<QRM>/q0.05 ... q0.25 (the curves of the paper's Figure 3). <QRM> is the
 
 Prompts: the conversation before the last assistant turn of preference data (HH-RLHF transcripts or
 chosen/rejected conversations), or a `prompt` column (a string or a list of chat messages).
-Every default is the paper's value; see the examples for a quick run.
+Every default is the paper's value; see the examples for a quick run. Besides the options below, every
+field of TRL's RLOOConfig and of the risk measure is an option (--risk_measure, --risk_lambda, --beta,
+--num_generations, --logging_steps, ...; listed by --help), and --config FILE.yaml sets fields from a file.
 """
 
 SFT_EXAMPLES = """examples:
@@ -82,7 +85,9 @@ model in OUTPUT_DIR.
 
 Logged each step (OUTPUT_DIR/trainer_state.json, and wherever --report-to sends logs):
 rewards/<QRM>/risk (the reward optimised), rewards/<QRM>/expectation and the left-tail quantiles
-rewards/<QRM>/q0.05 ... q0.25. <QRM> is the name of the QRM directory.
+rewards/<QRM>/q0.05 ... q0.25. <QRM> is the name of the QRM directory. Besides the options below, every
+field of TRL's GRPOConfig and of the risk measure is an option (listed by --help), and --config FILE.yaml
+sets fields from a file.
 """
 
 GRPO_EXAMPLES = """examples:
@@ -95,6 +100,36 @@ GRPO_EXAMPLES = """examples:
 """
 
 
+COMMANDS = {  # name: (help, description, examples)
+    "sft": (
+        "LoRA SFT on the chosen responses of preference data (paper §4.3, step 1)",
+        SFT_DESCRIPTION,
+        SFT_EXAMPLES,
+    ),
+    "rloo": (
+        "risk-aware RLOO of the SFT model with a QRM as reward model (paper §4.3, step 2)",
+        RLOO_DESCRIPTION,
+        RLOO_EXAMPLES,
+    ),
+    "grpo": (
+        "risk-aware GRPO of the SFT model with a QRM as reward model (paper §4.3, step 2)",
+        GRPO_DESCRIPTION,
+        GRPO_EXAMPLES,
+    ),
+}
+
+
+def trainer_config_class(command: str):
+    """The trainer config class whose fields are the TRL options of `qrm COMMAND` (imports TRL)."""
+    if command == "sft":
+        from .training.sft import PaperSFTConfig
+
+        return PaperSFTConfig
+    from .training.rlhf_pipeline import PaperGRPOConfig, PaperRLOOConfig
+
+    return PaperGRPOConfig if command == "grpo" else PaperRLOOConfig
+
+
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Description and examples kept as written; each option's default shown when it has one."""
 
@@ -102,6 +137,26 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
             return action.help
         return f"{action.help} (default: %(default)s)"
+
+
+class _TrainerHelp(argparse.Action):
+    """`-h/--help`: the qrm options, then the fields of the trainer config (this part imports TRL)."""
+
+    def __init__(self, option_strings, command: str, dest=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, help=help)
+        self.command = command
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .training.trainer_options import trainer_options_help
+
+        config_cls = trainer_config_class(self.command)
+        parser.print_help()
+        print(
+            f"\ntrainer options: the fields of {config_cls.__name__} (TRL's config, TrainingArguments), also "
+            "the keys of a --config YAML file"
+        )
+        print(trainer_options_help(config_cls))
+        parser.exit()
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser, what: str) -> None:
@@ -119,48 +174,34 @@ def _add_data_arguments(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
-def _add_training_arguments(parser: argparse.ArgumentParser, learning_rate: float, output_dir: str) -> None:
+def _add_training_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    """The qrm options of every command: output, the fields they decide in the trainer config, the adapter."""
     group = parser.add_argument_group("training")
-    group.add_argument("--output-dir", default=output_dir, help="where the merged model, adapter and logs go")
-    group.add_argument("--learning-rate", type=float, default=learning_rate, help="AdamW learning rate")
+    group.add_argument(
+        "--output-dir",
+        "--output_dir",
+        help=f"where the merged model, adapter and logs go (default: outputs/{command})",
+    )
+    group.add_argument("--config", help="YAML file of trainer config fields (TRL's --config)")
     group.add_argument(
         "--batch-size",
         type=int,
         default=BATCH_SIZE,
-        help="examples per optimizer step over all GPUs/processes (gradient accumulation makes up the rest); "
-        "must be a multiple of --per-device-batch-size x processes",
-    )
-    group.add_argument("--per-device-batch-size", type=int, default=8, help="examples per forward pass")
-    group.add_argument("--epochs", type=float, default=1.0, help="passes over the data")
-    group.add_argument(
-        "--max-steps", type=int, help="stop after this many optimizer steps (overrides --epochs)"
+        help="examples per optimizer step over all GPUs/processes: sets gradient_accumulation_steps; must be "
+        "a multiple of --per-device-batch-size x processes",
     )
     group.add_argument(
         "--precision",
-        choices=("auto", "bf16", "fp16", "fp32"),
+        choices=PRECISIONS,
         default="auto",
-        help="mixed precision; auto = bf16 on a GPU that supports it, else fp32",
-    )
-    group.add_argument(
-        "--gradient-checkpointing",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="recompute activations in the backward pass (less memory, slower)",
-    )
-    group.add_argument("--logging-steps", type=int, default=10, help="log every N steps")
-    group.add_argument("--save-steps", type=int, default=500, help="write a checkpoint every N steps")
-    group.add_argument(
-        "--report-to", default="none", help="where logs go too: tensorboard, wandb, ... or none"
-    )
-    group.add_argument(
-        "--seed", type=int, default=42, help="random seed (data order, adapter init, sampling)"
+        help="mixed precision, unless --bf16 / --fp16 are given; auto = bf16 on a GPU that supports it, else fp32",
     )
     group.add_argument(
         "--resume", action="store_true", help="continue from the last checkpoint in --output-dir"
     )
     group.add_argument(
         "--save-dtype",
-        choices=("auto", "bfloat16", "float16", "float32"),
+        choices=SAVE_DTYPES,
         default="auto",
         help="dtype of the saved merged model; auto keeps the dtype of the starting checkpoint",
     )
@@ -179,130 +220,77 @@ def _add_training_arguments(parser: argparse.ArgumentParser, learning_rate: floa
 
 def add_rlhf_commands(subparsers) -> None:
     """Add the `sft`, `rloo` and `grpo` commands to the `qrm` sub-command parsers."""
-    sft = subparsers.add_parser(
-        "sft",
-        help="LoRA SFT on the chosen responses of preference data (paper §4.3, step 1)",
-        description=SFT_DESCRIPTION,
-        epilog=SFT_EXAMPLES,
-        formatter_class=_HelpFormatter,
-    )
-    sft.add_argument("model", help="base model: a Hub id or a local directory with its tokenizer")
-    sft.add_argument(
+    for name, (help_text, description, examples) in COMMANDS.items():
+        command = subparsers.add_parser(
+            name,
+            help=help_text,
+            description=description,
+            epilog=examples,
+            formatter_class=_HelpFormatter,
+            add_help=False,
+            allow_abbrev=False,  # an abbreviation of a trainer option must not match a qrm option
+        )
+        command.add_argument(
+            "-h", "--help", action=_TrainerHelp, command=name, help="show this help message and exit"
+        )
+        if name == "sft":
+            _add_sft_arguments(command)
+        else:
+            _add_policy_optimization_arguments(command)
+        _add_training_arguments(command, name)
+        # the options of the trainer config, for the handler (qrm_hf.cli.parse_arguments)
+        command.set_defaults(handler=_sft if name == "sft" else _rlhf, trainer_argv=[])
+
+
+def _add_sft_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="base model: a Hub id or a local directory with its tokenizer")
+    parser.add_argument(
         "--chat-template",
         help="Jinja file with a chat template, for a base model that has none (e.g. the template of its "
         "instruct version); it is saved with the merged model",
     )
-    sft.add_argument(
-        "--max-length", type=int, default=SFT_MAX_LENGTH, help="drop examples with more tokens than this"
-    )
-    _add_data_arguments(sft, "preference pairs")
-    _add_training_arguments(sft, SFT_LEARNING_RATE, "outputs/sft")
-    sft.set_defaults(handler=_sft)
-
-    for name, help_text, description, examples in (
-        ("rloo", "risk-aware RLOO", RLOO_DESCRIPTION, RLOO_EXAMPLES),
-        ("grpo", "risk-aware GRPO", GRPO_DESCRIPTION, GRPO_EXAMPLES),
-    ):
-        command = subparsers.add_parser(
-            name,
-            help=f"{help_text} of the SFT model with a QRM as reward model (paper §4.3, step 2)",
-            description=description,
-            epilog=examples,
-            formatter_class=_HelpFormatter,
-        )
-        _add_policy_optimization_arguments(command, name)
-        command.set_defaults(handler=_rlhf, algorithm=name)
+    _add_data_arguments(parser, "preference pairs")
 
 
-def _add_policy_optimization_arguments(parser: argparse.ArgumentParser, algorithm: str) -> None:
-    """The options of `qrm rloo` and `qrm grpo`."""
+def _add_policy_optimization_arguments(parser: argparse.ArgumentParser) -> None:
+    """The qrm options of `qrm rloo` and `qrm grpo`."""
     parser.add_argument("policy", help="the SFT model directory (output of `qrm sft`), or a Hub id")
     parser.add_argument("reward_model", metavar="qrm", help="the QRM: a directory or Hub id")
     parser.add_argument(
         "--trust-remote-code",
+        "--trust_remote_code",
         action="store_true",
-        help="run the Python code that comes with the QRM (never needed for a qrm-hf QRM; read it first)",
+        help="run the Python code that comes with the QRM (never needed for a qrm-hf QRM; read it first). "
+        "The policy's code never runs: TRL's trust_remote_code stays off",
     )
-    group = parser.add_argument_group("risk")
-    group.add_argument(
-        "--risk-measure",
-        type=output_risk_spec,
-        default="exp_utility",
-        metavar="{" + ",".join([*risk.RISK_MEASURES, *risk.EPISTEMIC_MEASURES]) + "}[:VALUE][+lcb:K]",
-        help="reward taken from the QRM's distribution (qrm_hf.risk.RISK_MEASURES): "
-        + "; ".join(f"{name} = {measure.help}" for name, measure in risk.RISK_MEASURES.items())
-        + ". The parameters come from --risk-lambda (lam), --risk-alpha (alpha), --risk-tau (tau), or from "
-        "the spec: NAME:VALUE (e.g. quantile:0.05, cvar:0.1). A QRM with members also takes lcb:K (expected "
-        "reward minus K epistemic std), NAME+lcb:K (e.g. cvar:0.25+lcb:1) and worst_member",
-    )
-    parameters = risk.RISK_PARAMETERS
-    group.add_argument(
-        "--risk-lambda", type=float, default=parameters["lam"].default, help="risk aversion lambda (> 0)"
-    )
-    group.add_argument(
-        "--risk-alpha", type=float, default=parameters["alpha"].default, help="tail mass of cvar, in (0, 1]"
-    )
-    group.add_argument(
-        "--risk-tau",
-        type=float,
-        default=parameters["tau"].default,
-        help="level of the quantile measure, in (0, 1)",
-    )
-    rl = parser.add_argument_group(algorithm.upper())
-    rl.add_argument(
-        "--num-generations", type=int, default=NUM_GENERATIONS, help="completions per prompt (k of RLOO)"
-    )
-    rl.add_argument(
+    parser.add_argument(
         "--max-prompt-length",
         type=int,
         default=MAX_PROMPT_LENGTH,
         help="drop prompts with more tokens (paper: fewer than 348)",
     )
-    rl.add_argument(
-        "--max-completion-length",
-        type=int,
-        default=MAX_COMPLETION_LENGTH,
-        help="longest completion, in tokens",
-    )
-    rl.add_argument(
-        "--beta",
-        type=float,
-        default=0.05,
-        help="KL penalty coefficient beta (TRL's RLOO default; the paper does not give its value)",
-    )
-    rl.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     _add_data_arguments(parser, "prompts or preference pairs")
-    _add_training_arguments(parser, RLOO_LEARNING_RATE, f"outputs/{algorithm}")
 
 
-def _precision(name: str) -> dict:
-    import torch
+def trainer_config(args: argparse.Namespace):
+    """The trainer config of parsed `qrm sft|rloo|grpo` arguments: their TRL options (`args.trainer_argv`,
+    and the file of `--config`) parsed by `TrlParser`, with the output directory, batch size and precision of
+    the qrm options."""
+    from .training.trainer_options import parse_trainer_config
 
-    if name == "auto":
-        name = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-    return {"bf16": name == "bf16", "fp16": name == "fp16"}
-
-
-def _training_values(args) -> dict:
-    """The TrainingArguments fields both commands set from their options."""
-    from .training.sft import gradient_accumulation_for
-
-    values = dict(
-        output_dir=args.output_dir,
-        learning_rate=args.learning_rate,
-        per_device_train_batch_size=args.per_device_batch_size,
-        gradient_accumulation_steps=gradient_accumulation_for(args.batch_size, args.per_device_batch_size),
-        num_train_epochs=args.epochs,
-        gradient_checkpointing=args.gradient_checkpointing,
-        logging_steps=args.logging_steps,
-        save_steps=args.save_steps,
-        report_to=args.report_to,
-        seed=args.seed,
-        **_precision(args.precision),
+    argv = list(args.trainer_argv)
+    if args.config:
+        argv = ["--config", args.config, *argv]
+    if args.output_dir is not None:  # given on the command line: it wins over the --config file
+        argv += ["--output_dir", args.output_dir]
+    return parse_trainer_config(
+        trainer_config_class(args.command),
+        argv,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        output_dir=f"outputs/{args.command}",
+        prog=f"qrm {args.command}",
     )
-    if args.max_steps is not None:
-        values["max_steps"] = args.max_steps
-    return values
 
 
 def _lora(args):
@@ -324,10 +312,10 @@ def _report(message: str) -> None:
 
 
 def _sft(args) -> None:
-    from .training.sft import PaperSFTConfig, run_sft
+    from .training.sft import run_sft
 
+    config = trainer_config(args)
     try:
-        config = PaperSFTConfig(max_length=args.max_length, **_training_values(args))
         result = run_sft(
             args.model,
             args.data,
@@ -344,28 +332,17 @@ def _sft(args) -> None:
         raise ValueError(str(error)) from error
     _report(
         f"Trained on {result.num_examples} examples ({result.num_dropped} dropped for having more than "
-        f"{args.max_length} tokens); train loss {result.metrics.get('train_loss', float('nan')):.4f}.\n"
+        f"{config.max_length} tokens); train loss {result.metrics.get('train_loss', float('nan')):.4f}.\n"
         f"Merged model: {result.output_dir} (adapter: {result.adapter_dir})"
     )
 
 
 def _rlhf(args) -> None:
     """`qrm rloo` / `qrm grpo`: the trainer follows the command."""
-    from .training.rloo_pipeline import PaperGRPOConfig, PaperRLOOConfig, run_rlhf
+    from .training.rlhf_pipeline import run_rlhf
 
+    config = trainer_config(args)
     try:
-        config_cls = PaperGRPOConfig if args.algorithm == "grpo" else PaperRLOOConfig
-        config = config_cls(
-            risk_measure=args.risk_measure,
-            risk_lambda=args.risk_lambda,
-            risk_alpha=args.risk_alpha,
-            risk_tau=args.risk_tau,
-            num_generations=args.num_generations,
-            max_completion_length=args.max_completion_length,
-            beta=args.beta,
-            temperature=args.temperature,
-            **_training_values(args),
-        )
         result = run_rlhf(
             args.policy,
             args.reward_model,
@@ -391,10 +368,10 @@ def _rlhf(args) -> None:
     )
     _report(
         f"Trained on {result.num_prompts} prompts ({result.num_dropped} dropped for having more than "
-        f"{args.max_prompt_length} tokens); {args.risk_measure} reward: {trend}.\n"
+        f"{args.max_prompt_length} tokens); {config.risk_measure} reward: {trend}.\n"
         f"Merged policy: {result.output_dir} (adapter: {result.adapter_dir}; logs, with {key}, in "
         f"{result.output_dir / 'trainer_state.json'})"
     )
 
 
-__all__ = ["add_rlhf_commands"]
+__all__ = ["COMMANDS", "add_rlhf_commands", "trainer_config", "trainer_config_class"]

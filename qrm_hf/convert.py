@@ -44,6 +44,9 @@ _NOT_BACKBONE = {
     "label2id",
 }
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # recomputed buffers that some old checkpoints store
+# Model key -> checkpoint key where they differ: the transform is the module `reward_transform`, whose
+# checkpoint key stays `reward_transform_matrix`.
+_CHECKPOINT_KEY = {"reward_transform.weight": "reward_transform_matrix"}
 
 
 def convert_released_checkpoint(src, dst, attribute_names=None, *, dtype=None) -> Path:
@@ -72,21 +75,40 @@ def convert_released_checkpoint(src, dst, attribute_names=None, *, dtype=None) -
         raise FileNotFoundError(f"{src} is not a directory (expected a released QRM checkpoint directory).")
     config = _qrm_config(src, attribute_names)
     files = _weight_files(src)
-    found = {}  # key -> (shape, file)
+    with torch.device("meta"):  # no memory for the weights: load_state_dict(assign=True) brings the real ones
+        model = QRMForSequenceClassification(config)
+    expected = {
+        _CHECKPOINT_KEY.get(key, key): tuple(value.shape) for key, value in model.state_dict().items()
+    }
+    _check_weights(config, expected, _checkpoint_shapes(files))
+    model.load_state_dict(_read_state_dict(files, dtype), strict=True, assign=True)
+    with replace_directory(dst, CONVERT_COMMAND) as directory:
+        model.eval().save_pretrained(directory, safe_serialization=True)
+        # save_pretrained records the dtype of the first parameter (the float32 transform); record the
+        # backbone's instead, so that from_pretrained(dtype="auto") loads e.g. a bfloat16 backbone as bfloat16.
+        model.config.dtype = model.model.dtype
+        model.config.save_pretrained(directory)
+        for name in TOKENIZER_FILES:
+            if (src / name).is_file():
+                shutil.copy2(src / name, directory / name)
+    return dst
+
+
+def _checkpoint_shapes(files: list[Path]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Checkpoint key -> (shape, file name) of every stored tensor, read from the headers only."""
+    found = {}
     for file in files:
         with safe_open(file, framework="pt") as reader:
             for key in reader.keys():
                 if not key.endswith(_IGNORED_SUFFIXES):
                     found[key] = (tuple(reader.get_slice(key).get_shape()), file.name)
+    return found
 
-    with torch.device("meta"):  # no memory for the weights: load_state_dict(assign=True) brings the real ones
-        model = QRMForSequenceClassification(config)
-    # The transform is the module `reward_transform` whose checkpoint key stays `reward_transform_matrix`.
-    checkpoint_key = {"reward_transform.weight": "reward_transform_matrix"}
-    expected = {checkpoint_key.get(key, key): tuple(value.shape) for key, value in model.state_dict().items()}
-    _check_weights(config, expected, found)
-    model_key = {value: key for key, value in checkpoint_key.items()}
 
+def _read_state_dict(files: list[Path], dtype) -> dict[str, torch.Tensor]:
+    """The model's state dict from the checkpoint: the backbone in `dtype` (None: as stored), heads,
+    transform and gating in float32."""
+    model_key = {value: key for key, value in _CHECKPOINT_KEY.items()}
     state = {}
     for file in files:
         with safe_open(file, framework="pt") as reader:
@@ -100,17 +122,7 @@ def convert_released_checkpoint(src, dst, attribute_names=None, *, dtype=None) -
                     elif dtype is not None:
                         tensor = tensor.to(dtype)
                 state[model_key.get(key, key)] = tensor
-    model.load_state_dict(state, strict=True, assign=True)
-    with replace_directory(dst, CONVERT_COMMAND) as directory:
-        model.eval().save_pretrained(directory, safe_serialization=True)
-        # save_pretrained records the dtype of the first parameter (the float32 transform); record the
-        # backbone's instead, so that from_pretrained(dtype="auto") loads e.g. a bfloat16 backbone as bfloat16.
-        model.config.dtype = model.model.dtype
-        model.config.save_pretrained(directory)
-        for name in TOKENIZER_FILES:
-            if (src / name).is_file():
-                shutil.copy2(src / name, directory / name)
-    return dst
+    return state
 
 
 def _qrm_config(src: Path, attribute_names) -> QRMConfig:

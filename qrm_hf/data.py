@@ -1,5 +1,5 @@
 """JSON Lines rows, and where each row was read: the one reader of the JSON Lines files of every command
-(`qrm score --file`, `qrm evaluate`, `qrm preference-strength`, and through `qrm_hf.presets.load_rows` the
+(`qrm score --file`, `qrm evaluate`, `qrm preference-strength`, and through `qrm_hf.dataset_loading.load_rows` the
 data of `qrm extract` / `qrm train` / `qrm sft` / `qrm rloo` / `qrm grpo` / `qrm rewardbench`).
 
 Every error about a row names it by :func:`row_location`: ``"FILE line N"``, the 1-based line of the file

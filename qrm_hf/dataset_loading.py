@@ -1,10 +1,10 @@
-"""Training data on Hugging Face `datasets`: the loader, the dataset description and the converters to
-the two kinds of examples of docs/design.md §6 (the named presets of the paper's datasets are in
-`qrm_hf.presets`, which re-exports everything here).
+"""Training data on Hugging Face `datasets`: the loader and the converters to the two kinds of examples
+of docs/design.md §6, for a dataset described by a `qrm_hf.dataset_preset.DatasetPreset` (the named
+presets of the paper's datasets are in `qrm_hf.presets`).
 
 - :func:`load_rows` loads a Hub dataset or a local json/jsonl/parquet/arrow file, a directory of such
   files, or a directory written by ``Dataset.save_to_disk``.
-- :class:`DatasetPreset` describes a dataset: where the data lives (Hub id, split), which columns hold
+- `DatasetPreset` (`qrm_hf.dataset_preset`) describes a dataset: where the data lives (Hub id, split), which columns hold
   the conversation, which hold the labels (and under which qrm attribute name), and the label range of
   each attribute. :meth:`DatasetPreset.custom` maps any dataset.
 - :func:`attribute_examples` turns attribute (rating) data into conversations and labels normalised to
@@ -23,18 +23,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from .data import row_location
-
-Kind = Literal["attribute", "preference"]
-Conversation = list[dict[str, str]]
-KINDS = ("attribute", "preference")
+from .dataset_preset import Conversation, DatasetPreset, Kind
 
 # --------------------------------------------------------------------------------------------- loading
 
@@ -119,35 +115,15 @@ def load_rows(
     """
     import datasets
 
-    from .data import check_utf8, jsonl_row_locations
-
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}.")
     source = str(source)
     path = Path(source).expanduser()
     locations = None  # of the rows of a JSON Lines file
     if path.is_file():
-        if path.stat().st_size == 0:
-            raise ValueError(f"The dataset file {path} is empty.")
-        builder = _builder_for(path)
-        if path.suffix.lower() == ".jsonl":  # (a .json file may be one object or array)
-            locations = jsonl_row_locations(path)
-        elif builder in ("json", "csv") and path.suffix.lower() not in _COMPRESSIONS:
-            check_utf8(path)  # pyarrow would read some bytes that are not UTF-8 and fail later, anywhere
-        try:
-            dataset = datasets.load_dataset(
-                builder, data_files={split: str(path)}, split=split, **load_kwargs
-            )
-        except Exception as error:  # pyarrow / datasets errors name neither the file nor the line
-            _explain_unreadable_file(path, builder, error)
-            raise
+        dataset, locations = _load_file(path, split, load_kwargs)
     elif path.is_dir():
-        if (path / "state.json").is_file():  # a Dataset written by save_to_disk
-            dataset = datasets.load_from_disk(str(path))
-        elif (path / "dataset_dict.json").is_file():  # a DatasetDict written by save_to_disk
-            dataset = _pick_split(datasets.load_from_disk(str(path)), split, source)
-        else:
-            dataset = datasets.load_dataset(str(path), data_files=data_files, split=split, **load_kwargs)
+        dataset = _load_directory(path, split, data_files, load_kwargs)
     elif looks_like_local_path(source):
         raise FileNotFoundError(f"{source} does not exist (and is not a Hub dataset id).")
     else:
@@ -163,155 +139,39 @@ def load_rows(
     return dataset
 
 
-# --------------------------------------------------------------------------------------------- presets
+def _load_file(path: Path, split: str, load_kwargs: dict):
+    """(the dataset of one local data file, the "FILE line N" of its rows for JSON Lines else None); a file
+    that is empty, not UTF-8 or unreadable is refused naming the file and, where it can, the line."""
+    import datasets
+
+    from .data import check_utf8, jsonl_row_locations
+
+    if path.stat().st_size == 0:
+        raise ValueError(f"The dataset file {path} is empty.")
+    builder = _builder_for(path)
+    locations = None
+    if path.suffix.lower() == ".jsonl":  # (a .json file may be one object or array)
+        locations = jsonl_row_locations(path)
+    elif builder in ("json", "csv") and path.suffix.lower() not in _COMPRESSIONS:
+        check_utf8(path)  # pyarrow would read some bytes that are not UTF-8 and fail later, anywhere
+    try:
+        dataset = datasets.load_dataset(builder, data_files={split: str(path)}, split=split, **load_kwargs)
+    except Exception as error:  # pyarrow / datasets errors name neither the file nor the line
+        _explain_unreadable_file(path, builder, error)
+        raise
+    return dataset, locations
 
 
-@dataclass(frozen=True)
-class DatasetPreset:
-    """How to read one dataset.
+def _load_directory(path: Path, split: str, data_files, load_kwargs: dict):
+    """One split of a local directory: written by ``save_to_disk`` (a Dataset or a DatasetDict), or
+    holding data files (`data_files` selects among them)."""
+    import datasets
 
-    Column fields name columns of the (flat) rows: ``prompt`` + ``response``, or ``messages``, for
-    attribute data; ``chosen`` + ``rejected`` (+ an optional ``prompt``) for preference data. A prompt
-    or response may be a string or a list of messages; a response list holding a user turn is taken as
-    the whole conversation. ``system`` optionally names a column with a system prompt.
-
-    ``attributes`` maps each qrm attribute name to its label column (in label order); ``label_ranges``
-    gives each attribute's (low, high) range, mapped linearly to [0, 1]. Labels may be numbers, numeric
-    strings, booleans (1/0) or missing (None, NaN, "N/A", "").
-
-    ``row_filter`` keeps a source row when it returns True; ``transform`` maps a source row to a list of
-    flat rows (then ``source_columns`` lists the source columns it needs).
-    """
-
-    name: str
-    kind: Kind
-    hub_id: str | None = None
-    split: str = "train"
-    config: str | None = None
-    prompt: str | None = None
-    response: str | None = None
-    messages: str | None = None
-    system: str | None = None
-    chosen: str | None = None
-    rejected: str | None = None
-    attributes: Mapping[str, str] = field(default_factory=dict)
-    label_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
-    row_filter: Callable[[dict], bool] | None = None
-    transform: Callable[[dict], list[dict]] | None = None
-    source_columns: tuple[str, ...] = ()
-    notes: str = ""
-
-    def __post_init__(self):
-        problems = _preset_problems(self)
-        if problems:
-            raise ValueError(f"Invalid dataset preset {self.name!r}: " + "; ".join(problems) + ".")
-
-    @property
-    def attribute_names(self) -> list[str]:
-        return list(self.attributes)
-
-    @property
-    def columns(self) -> list[str]:
-        """The columns a dataset must have for this preset."""
-        if self.transform is not None:
-            return list(self.source_columns)
-        names = [self.prompt, self.response, self.messages, self.system, self.chosen, self.rejected]
-        return list(dict.fromkeys(name for name in (*names, *self.attributes.values()) if name is not None))
-
-    @classmethod
-    def custom(
-        cls,
-        kind: Kind,
-        *,
-        prompt: str | None = None,
-        response: str | None = None,
-        messages: str | None = None,
-        system: str | None = None,
-        chosen: str | None = None,
-        rejected: str | None = None,
-        attributes: Mapping[str, str] | Sequence[str] | None = None,
-        label_ranges: Mapping[str, Sequence[float]] | Sequence[float] | None = None,
-        name: str = "custom",
-        hub_id: str | None = None,
-        split: str = "train",
-        config: str | None = None,
-        row_filter: Callable[[dict], bool] | None = None,
-    ) -> DatasetPreset:
-        """A preset for any dataset, from its column names.
-
-        `attributes` maps qrm attribute names to label columns (a list of columns: same names);
-        `label_ranges` maps each attribute to its (low, high) range, or is one (low, high) pair for all.
-        """
-        if attributes is not None and not isinstance(attributes, Mapping):
-            attributes = {column: column for column in attributes}
-        attributes = dict(attributes or {})
-        if label_ranges is not None and not isinstance(label_ranges, Mapping):
-            label_ranges = {attribute: label_ranges for attribute in attributes}
-        label_ranges = {attribute: tuple(bounds) for attribute, bounds in (label_ranges or {}).items()}
-        return cls(
-            name=name,
-            kind=kind,
-            hub_id=hub_id,
-            split=split,
-            config=config,
-            prompt=prompt,
-            response=response,
-            messages=messages,
-            system=system,
-            chosen=chosen,
-            rejected=rejected,
-            attributes=attributes,
-            label_ranges=label_ranges,
-            row_filter=row_filter,
-        )
-
-    def with_label_ranges(self, ranges: Mapping[str, tuple[float, float]]) -> DatasetPreset:
-        """A copy with the label ranges of some attributes replaced (e.g. when a scale differs)."""
-        unknown = [attribute for attribute in ranges if attribute not in self.attributes]
-        if unknown:
-            raise ValueError(
-                f"Preset {self.name!r} has no attribute(s) {unknown}; it has {self.attribute_names}."
-            )
-        return replace(self, label_ranges={**self.label_ranges, **ranges})
-
-
-def _preset_problems(preset: DatasetPreset) -> list[str]:
-    problems = []
-    if preset.kind not in KINDS:
-        return [f"kind must be one of {KINDS}, got {preset.kind!r}"]
-    if preset.transform is not None and not preset.source_columns:
-        problems.append("a preset with a transform must list its source_columns")
-    if preset.kind == "attribute":
-        if (preset.messages is None) == (preset.response is None):
-            problems.append(
-                "attribute data needs either `messages` or `response` (with an optional `prompt`)"
-            )
-        if preset.messages is not None and preset.prompt is not None:
-            problems.append("give `messages` or `prompt` + `response`, not both")
-        if preset.chosen is not None or preset.rejected is not None:
-            problems.append("attribute data has no `chosen`/`rejected` columns (use kind='preference')")
-        if not preset.attributes:
-            problems.append("attribute data needs at least one attribute (attributes={'name': 'column'})")
-        missing = [attribute for attribute in preset.attributes if attribute not in preset.label_ranges]
-        if missing:
-            problems.append(
-                f"attribute(s) {missing} have no label range (label_ranges={{name: (low, high)}})"
-            )
-        extra = [attribute for attribute in preset.label_ranges if attribute not in preset.attributes]
-        if extra:
-            problems.append(f"label_ranges names unknown attribute(s) {extra}")
-        for attribute, bounds in preset.label_ranges.items():
-            low, high = bounds if len(bounds) == 2 else (math.nan, math.nan)
-            if not (math.isfinite(low) and math.isfinite(high) and low < high):
-                problems.append(f"label range {tuple(bounds)} of {attribute!r} is not finite with low < high")
-    else:
-        if preset.chosen is None or preset.rejected is None:
-            problems.append("preference data needs `chosen` and `rejected` columns")
-        if preset.response is not None or preset.messages is not None:
-            problems.append("preference data has no `response`/`messages` column (use kind='attribute')")
-        if preset.attributes or preset.label_ranges:
-            problems.append("preference data has no attributes (use kind='attribute')")
-    return problems
+    if (path / "state.json").is_file():  # a Dataset written by save_to_disk
+        return datasets.load_from_disk(str(path))
+    if (path / "dataset_dict.json").is_file():  # a DatasetDict written by save_to_disk
+        return _pick_split(datasets.load_from_disk(str(path)), split, str(path))
+    return datasets.load_dataset(str(path), data_files=data_files, split=split, **load_kwargs)
 
 
 def get_preset(preset: str | DatasetPreset) -> DatasetPreset:
@@ -380,8 +240,9 @@ def _messages(value: Any, default_role: str, where: str) -> Conversation:
     return result
 
 
-def _conversation(prompt: Any, response: Any, system: Any, where: str) -> Conversation:
-    """The full conversation of a prompt and a response (or of a response that is already one)."""
+def build_conversation(prompt: Any, response: Any, system: Any, where: str) -> Conversation:
+    """The full conversation of a prompt and a response (or of a response that is already one), with the
+    `system` prompt first when given; `where` names the row in errors."""
     if response is None:
         raise ValueError(f"{where}: the response is missing (null).")
     turns = _messages(response, "assistant", where)
@@ -499,7 +360,7 @@ def attribute_examples(
         where = row_location(dataset, row_index, f"Preset {preset.name!r}")
         for flat in _flat_rows(preset, row, where):
             response = _get(flat, preset.messages or preset.response)
-            conversation = _conversation(
+            conversation = build_conversation(
                 _get(flat, preset.prompt), response, _get(flat, preset.system), where
             )
             values = []
@@ -551,7 +412,7 @@ def response_conversations(
             )
         if response not in row:
             raise ValueError(f"{where} has no {response!r} column (it has {sorted(row)}).")
-        conversations.append(_conversation(row.get(prompt), row[response], None, where))
+        conversations.append(build_conversation(row.get(prompt), row[response], None, where))
     if not conversations:
         raise ValueError(f"{name}: no conversation to score.")
     return conversations
@@ -570,8 +431,8 @@ def preference_examples(dataset, preset: str | DatasetPreset, *, with_index: boo
         where = row_location(dataset, row_index, f"Preset {preset.name!r}")
         for flat in _flat_rows(preset, row, where):
             prompt, system = _get(flat, preset.prompt), _get(flat, preset.system)
-            chosen = _conversation(prompt, flat.get(preset.chosen), system, f"{where} (chosen)")
-            rejected = _conversation(prompt, flat.get(preset.rejected), system, f"{where} (rejected)")
+            chosen = build_conversation(prompt, flat.get(preset.chosen), system, f"{where} (chosen)")
+            rejected = build_conversation(prompt, flat.get(preset.rejected), system, f"{where} (rejected)")
             pairs.append((chosen, rejected))
             index.append(row_index)
     if not pairs:
@@ -582,9 +443,6 @@ def preference_examples(dataset, preset: str | DatasetPreset, *, with_index: boo
 
 
 __all__ = [
-    "Conversation",
-    "DatasetPreset",
-    "KINDS",
     "attribute_examples",
     "get_preset",
     "load_preset",

@@ -7,8 +7,11 @@ with a ValueError naming its rows, as `qrm_hf.scoring` refuses such model output
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 
@@ -179,8 +182,226 @@ def pairwise_accuracy(chosen_scores, rejected_scores) -> float:
     return float(np.mean((chosen > rejected) + 0.5 * (chosen == rejected)))
 
 
+# ----------------------------------------------------------------- uncertainty that ranks the mistakes
+
+COVERAGE_GRID = tuple(k / 10 for k in range(1, 11))  # the coverages reported: 10 %, 20 %, ..., 100 %
+SURER_FRACTION = 0.5  # MAE@50 / R²@50: the half of the samples the model is surest about (UARM)
+RATING_INTERVAL = 0.8  # the central interval whose width ranks ratings (narrower = surer)
+RANDOM_DRAWS = 200  # random halves averaged for the R² of a random half (seeded: the same every run)
+
+
+def kept_count(fraction: float, n: int) -> int:
+    """How many of `n` samples a coverage `fraction` in (0, 1] keeps: ceil(fraction * n), at least one."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"A coverage must lie in (0, 1], got {fraction}.")
+    return max(1, math.ceil(fraction * n - 1e-9))  # 1e-9: 0.3 * 10 is 3.0000000000000004 in floats
+
+
+def _tie_averaged(values: np.ndarray, certainty: np.ndarray) -> np.ndarray:
+    """`values` in order of decreasing `certainty`, each run of tied certainties replaced by its mean: the
+    running sums are then the expectation over every order of the tied samples (no tie-break decides)."""
+    order = np.argsort(-certainty, kind="stable")
+    values, certainty = values[order], certainty[order]
+    starts = np.flatnonzero(np.r_[True, certainty[1:] != certainty[:-1]])
+    sums = np.add.reduceat(values, starts)
+    lengths = np.diff(np.r_[starts, len(values)])
+    return np.repeat(sums / lengths, lengths)
+
+
+def _kept_weights(certainty: np.ndarray, keep: int) -> np.ndarray:
+    """Weight of each sample when the `keep` surest are kept: 1 above the cut, 0 below, and the samples
+    tied at the cut share the places left equally (the expectation over the orders of the tied ones)."""
+    cut = np.sort(certainty)[::-1][keep - 1]
+    above, tied = certainty > cut, certainty == cut
+    return np.where(above, 1.0, np.where(tied, (keep - above.sum()) / tied.sum(), 0.0))
+
+
+def _certainty(values, what: str) -> np.ndarray:
+    """A ranking signal as a float array [n]: +inf is allowed (surest), NaN is refused by rows."""
+    values = np.asarray(values, dtype=float).reshape(-1)
+    bad = np.flatnonzero(np.isnan(values) | (values == -np.inf))
+    if bad.size:
+        raise ValueError(
+            f"The {what} is NaN or -inf in {bad.size} row(s) (0-based): {bad[:5].tolist()}"
+            f"{' ...' if bad.size > 5 else ''}; such a sample cannot be ranked."
+        )
+    return values
+
+
+def accuracy_coverage(correct, certainty, coverages: Sequence[float] = COVERAGE_GRID) -> dict:
+    """Accuracy on the pairs a ranking signal is surest about, against the fraction kept.
+
+    `correct` [n]: 1 for a pair the model orders right, 0 wrong, 1/2 a tie (as `pairwise_accuracy`);
+    NaN marks an unknown answer, left out and counted in ``left_out``. `certainty` [n]: the signal, higher
+    = surer (+inf allowed, NaN refused). At coverage c the ``kept_count(c, n)`` surest pairs are kept;
+    pairs tied in certainty at the cut enter with their mean correctness (the expectation over every
+    order of the tied pairs). ``area`` is the mean over k = 1..n of the accuracy of the k surest pairs:
+    the area under the accuracy-coverage step curve. A signal that says nothing about the mistakes has
+    every accuracy, and the area, equal to the overall accuracy (``random``); one that puts every
+    mistake last has the largest area.
+    """
+    correct = np.asarray(correct, dtype=float).reshape(-1)
+    certainty = _certainty(certainty, "ranking signal")
+    if correct.shape != certainty.shape:
+        raise ValueError(f"Expected one certainty per answer, got {certainty.shape} and {correct.shape}.")
+    known = ~np.isnan(correct)
+    if not known.any():
+        raise ValueError("No answer is known (every one is NaN): there is nothing to rank.")
+    running = np.cumsum(_tie_averaged(correct[known], certainty[known]))
+    accuracy = running / np.arange(1, len(running) + 1)  # of the k surest, k = 1..n
+    n = int(known.sum())
+    return {
+        "coverage": [float(c) for c in coverages],
+        "accuracy": [float(accuracy[kept_count(c, n) - 1]) for c in coverages],
+        "area": float(accuracy.mean()),
+        "random": float(accuracy[-1]),
+        "n": n,
+        "left_out": int((~known).sum()),
+    }
+
+
+def _r_squared(labels: np.ndarray, predictions: np.ndarray, weights: np.ndarray) -> float:
+    """Weighted coefficient of determination 1 - SS_res / SS_tot around the kept labels' own mean (NaN
+    when those labels do not vary)."""
+    mean = np.average(labels, weights=weights)
+    total = np.sum(weights * (labels - mean) ** 2)
+    return float(1 - np.sum(weights * (labels - predictions) ** 2) / total) if total > 0 else math.nan
+
+
+def selective_error(
+    labels, predictions, uncertainty, fraction: float = SURER_FRACTION, seed: int = 0
+) -> dict:
+    """MAE and R² of point predictions on the `fraction` of samples with the lowest `uncertainty`, next to
+    a random subset of the same size (UARM's MAE@50 / R²@50 for `fraction` = 0.5).
+
+    labels, predictions, uncertainty [n]; NaN labels are left out and counted in ``left_out``. The kept
+    samples are the ``kept_count(fraction, n)`` least uncertain; those tied at the cut (e.g. the ratings
+    of one response, which share its prediction) share the places left with equal weight. ``mae_random``
+    is the exact expectation over random subsets (the overall MAE); ``r2_random`` averages
+    `RANDOM_DRAWS` random subsets drawn with `seed`. R² is 1 - SS_res / SS_tot on the kept samples
+    around their own mean (NaN when they do not vary).
+    """
+    labels = _labels(labels).reshape(-1)
+    predictions = _finite(predictions, "predictions").reshape(-1)
+    certainty = -_finite(uncertainty, "uncertainty").reshape(-1)
+    known = ~np.isnan(labels)
+    labels, predictions, certainty = labels[known], predictions[known], certainty[known]
+    n = len(labels)
+    if n == 0:
+        return {"n": 0, "left_out": int((~known).sum())}
+    keep = kept_count(fraction, n)
+    weights = _kept_weights(certainty, keep)
+    error = np.abs(labels - predictions)
+    rng = np.random.default_rng(seed)
+    draws = [rng.choice(n, keep, replace=False) for _ in range(RANDOM_DRAWS)]
+    r2_random = [_r_squared(labels[d], predictions[d], np.ones(keep)) for d in draws]
+    return {
+        "mae_surer": float(np.sum(weights * error) / keep),
+        "mae_random": float(error.mean()),
+        "r2_surer": _r_squared(labels, predictions, weights),
+        "r2_random": float(np.nanmean(r2_random)) if not np.isnan(r2_random).all() else math.nan,
+        "kept": keep,
+        "n": n,
+        "left_out": int((~known).sum()),
+    }
+
+
+def rating_selective_error(
+    labels, predictions, levels: Sequence[float], attributes: Sequence[str], width: float = RATING_INTERVAL
+) -> dict:
+    """`selective_error` of the predicted median per attribute, the samples ranked by the width of the
+    central `width` interval (narrower = surer). labels [n, M] (NaN where missing), predictions
+    [n, M, K] at `levels` -> {attribute: report} with the interval ``width`` recorded."""
+    labels, predictions = _labels(labels), _finite(predictions, "predictions")
+    medians = _quantile(np.sort(predictions, axis=-1), np.asarray(levels, dtype=float), 0.5)
+    widths = interval_width(predictions, levels, width)
+    return {
+        name: {"interval": width, **selective_error(labels[:, m], medians[:, m], widths[:, m])}
+        for m, name in enumerate(attributes)
+    }
+
+
+def pair_ranking_signals(
+    chosen_scores, rejected_scores, chosen_quantiles, rejected_quantiles, chosen_epistemic=None,
+    rejected_epistemic=None,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """The ranking signals of pairs, each [N], higher = surer the model orders the pair right.
+
+    ``margin`` |s_c - s_r| of the model's scores (what a point reward model has); ``probability``
+    |P(R_c > R_r) - 1/2| and ``effect_size`` |d| of the reward distributions [N, K]
+    (`qrm_hf.preference.preference_strength`). With the members' spread of each side's expected reward
+    (`reward_epistemic_std` [N] each; None: a model without members, these signals are left out):
+    ``epistemic`` minus the combined spread sqrt(s_c^2 + s_r^2) (members that agree: surer) and
+    ``margin_over_epistemic`` the margin in units of that spread (a z-score: how far the members would
+    have to move for the order to flip; +inf for a non-zero margin the members agree on exactly).
+    """
+    from .preference import preference_strength
+
+    margin = np.asarray(chosen_scores, dtype=float) - np.asarray(rejected_scores, dtype=float)
+    strength = preference_strength(np.asarray(chosen_quantiles), np.asarray(rejected_quantiles))
+    signals = {
+        "margin": np.abs(margin),
+        "probability": np.abs(np.asarray(strength.probability) - 0.5),
+        "effect_size": np.abs(np.asarray(strength.effect_size)),
+    }
+    if chosen_epistemic is not None and rejected_epistemic is not None:
+        spread = np.hypot(np.asarray(chosen_epistemic, float), np.asarray(rejected_epistemic, float))
+        signals["epistemic"] = -spread
+        with np.errstate(divide="ignore", invalid="ignore"):
+            signals["margin_over_epistemic"] = np.where(margin == 0, 0.0, np.abs(margin) / spread)
+    return signals
+
+
+def pair_ranking_report(correct, signals: dict, coverages: Sequence[float] = COVERAGE_GRID) -> dict:
+    """`accuracy_coverage` of every signal of `pair_ranking_signals` -> {"pairs", "accuracy", "signals":
+    {name: curve}}. `correct` [N]: 1 for a pair the model orders right, 0 wrong, a fraction for a tie as
+    the benchmark counts it (`pairwise_accuracy`: one half); the overall accuracy is what a signal that
+    knows nothing about the mistakes reaches at every coverage."""
+    correct = np.asarray(correct, dtype=float)
+    curves = {name: accuracy_coverage(correct, values, coverages) for name, values in signals.items()}
+    return {"pairs": len(correct), "accuracy": float(np.nanmean(correct)), "signals": curves}
+
+
+def format_ranking_report(report: dict, coverage: float = SURER_FRACTION) -> str:
+    """The ranking table of a `pair_ranking_report`: per signal, the accuracy on the surest `coverage`
+    of the pairs and the area under the accuracy-coverage curve (random: the overall accuracy)."""
+    lines = [
+        f"  Ranking the mistakes on {report['pairs']} pairs: accuracy on the surest {coverage:.0%} and area "
+        "under the accuracy-coverage curve (higher is better)",
+        f"    {'signal':<22}{'acc@' + format(coverage, '.0%'):>9}{'area':>8}",
+    ]
+    for name, curve in report["signals"].items():
+        at = curve["accuracy"][curve["coverage"].index(coverage)]
+        lines.append(f"    {name:<22}{at:>9.3f}{curve['area']:>8.3f}")
+    lines.append(f"    {'random':<22}{report['accuracy']:>9.3f}{report['accuracy']:>8.3f}")
+    return "\n".join(lines)
+
+
+def format_selective_error(models: dict) -> str:
+    """The MAE@50 / R²@50 table of `rating_selective_error` reports ({model name: report}): the surer half
+    by predicted width against a random half, per attribute and model."""
+    attributes = next(iter(models.values()))  # {attribute: report} of the first model
+    first = next(iter(attributes.values()))
+    lines = [
+        f"  Error of the median on the {SURER_FRACTION:.0%} of ratings with the narrowest {first['interval']:.0%} "
+        f"interval, next to a random {SURER_FRACTION:.0%} (MAE: lower is better, R²: higher)",
+        f"    {'attribute':<16}{'model':<10}{'MAE@50':>9}{'random':>9}{'R²@50':>9}{'random':>9}{'ratings':>9}",
+    ]
+    for attribute in attributes:
+        for name, report in models.items():
+            entry = report[attribute]
+            if entry["n"] == 0:
+                lines.append(f"    {attribute:<16}{name:<10}  no labels")
+                continue
+            lines.append(
+                f"    {attribute:<16}{name:<10}{entry['mae_surer']:>9.3f}{entry['mae_random']:>9.3f}"
+                f"{entry['r2_surer']:>9.3f}{entry['r2_random']:>9.3f}{entry['n']:>9}"
+            )
+    return "\n".join(lines)
+
+
 # A gating network is degenerate when one attribute takes more than DEGENERATE_WEIGHT of the mix on more
-# than DEGENERATE_SHARE of the prompts: the prompt then decides nothing (issue 22).
+# than DEGENERATE_SHARE of the prompts: the prompt then decides nothing (docs/design.md "Gating collapse").
 DEGENERATE_WEIGHT = 0.99
 DEGENERATE_SHARE = 0.9
 
@@ -408,9 +629,10 @@ def annotator_spread(labels, groups) -> np.ndarray:
     return np.array(spreads)
 
 
-def _model_report(labels, predictions, levels, attributes, kinds, groups) -> dict:
-    """Distribution measures of one model: per attribute, overall, per kind, the width ratio and the
-    reliability / PIT data of the plots."""
+def _model_report(labels, predictions, levels, attributes, kinds, responses, contrast) -> dict:
+    """Distribution measures of one model: per attribute, overall, per kind (the values of the group
+    column, `kinds` [n] or None), the `contrast` width ratio, the reliability / PIT data of the plots and
+    the `rating_selective_error` of its median. `responses` [n]: the response of each row."""
 
     def by_attribute(measures):
         return {
@@ -418,7 +640,7 @@ def _model_report(labels, predictions, levels, attributes, kinds, groups) -> dic
             for m, attribute in enumerate(attributes)
         }
 
-    measures = distribution_measures(labels, predictions, levels, groups)
+    measures = distribution_measures(labels, predictions, levels, responses)
     observed = ~np.isnan(labels)
     below = labels[observed][:, None] <= np.sort(predictions, axis=-1)[observed]  # [L, K]
     pit = probability_integral_transform(labels, predictions, levels)
@@ -427,76 +649,140 @@ def _model_report(labels, predictions, levels, attributes, kinds, groups) -> dic
         "overall": {name: float(np.nanmean(values)) for name, values in measures.items()},
         "reliability": {"levels": [float(t) for t in levels], "observed": below.mean(0).tolist()},
         "pit_histogram": (np.histogram(pit, bins=PIT_BINS, range=(0, 1))[0] / max(len(pit), 1)).tolist(),
+        "selective_error": rating_selective_error(labels, predictions, levels, attributes),
     }
     if kinds is not None:
         report["by_kind"] = {
             str(kind): by_attribute(
                 distribution_measures(
-                    labels[kinds == kind], predictions[kinds == kind], levels, groups[kinds == kind]
+                    labels[kinds == kind], predictions[kinds == kind], levels, responses[kinds == kind]
                 )
             )
             for kind in dict.fromkeys(kinds)
         }
-        if {"clear", "controversial"} <= set(report["by_kind"]):
+        numerator, denominator = contrast or (None, None)
+        if contrast and {numerator, denominator} <= set(report["by_kind"]):
             report["width_ratio"] = {
-                attribute: report["by_kind"]["controversial"][attribute]["width_90"]
-                / report["by_kind"]["clear"][attribute]["width_90"]
+                attribute: report["by_kind"][numerator][attribute]["width_90"]
+                / report["by_kind"][denominator][attribute]["width_90"]
                 for attribute in attributes
             }
     return report
 
 
-def check_features_fit_model(model, directories) -> dict[str, dict]:
-    """Refuse feature directories of `qrm extract` that do not come from the model's backbone; returns
-    their settings by directory.
-
-    The manifests must agree with each other and with the model on the hidden size and the prompt-end
-    pattern (tokenizer and chat template). Features of another backbone with the same size and template
-    pass that (`qrm preference-strength` also checks that the model's heads fit their ratings).
-    """
-    from .training.features import check_same_backbone, read_manifest
-
-    settings = {str(d): read_manifest(d)["settings"] for d in directories}
-    check_same_backbone(settings)
-    for name, values in settings.items():
-        if values.get("hidden_size") != model.config.hidden_size:
-            raise ValueError(
-                f"{name} holds features of a backbone with hidden size {values.get('hidden_size')}, the model's "
-                f"has {model.config.hidden_size}: they come from another backbone."
-            )
-        pattern = list(model.config.prompt_end_pattern or [])
-        if pattern and values.get("prompt_end_pattern") != pattern:
-            raise ValueError(
-                f"{name} was extracted with the prompt-end pattern {values.get('prompt_end_pattern')}, the model "
-                f"uses {pattern}: the features come from another backbone or tokenizer."
-            )
-    return settings
+GROUP_COLUMN = "kind"  # the rating rows' column whose values the measures are broken down by
+CONTRAST = ("controversial", "clear")  # the two kinds whose 90 % widths (and annotator spreads) are compared
 
 
-def fit_baselines(feature_dirs, attributes, levels, label_range=None) -> dict:
-    """The ridge + cross-validated residual quantiles and the heteroscedastic Gaussian baselines, fitted
-    on attribute features of `qrm extract` (labels already in [0, 1]). Returns {name: estimator}; the
-    features' attributes must be `attributes`, and their label ranges `label_range` when given."""
-    from .training.features import load_labelled, read_manifest
-    from .training.quantile_regression import HeteroscedasticGaussian, RidgeResidualQuantiles
+@dataclass
+class RatedRows:
+    """Rating rows scored by the model (rows without any label and over-long ones left out).
 
-    for directory in feature_dirs:
-        settings = read_manifest(directory, kind="attribute")["settings"]
-        missing = [name for name in attributes if name not in settings["attributes"]]
-        if missing:
-            raise ValueError(f"The features in {directory} have no labels for {missing}.")
-        ranges = {name: tuple(value) for name, value in settings.get("label_ranges", {}).items()}
-        if label_range is not None and any(
-            ranges.get(name, tuple(label_range)) != tuple(label_range) for name in attributes
-        ):
-            raise ValueError(
-                f"The features in {directory} were normalised with the label ranges {ranges}, not {tuple(label_range)}."
-            )
-    X, Y = load_labelled(feature_dirs, list(attributes))
+    rows: the rows kept; labels [n, M] in [0, 1] (NaN where missing); responses [n]: each row's
+    distinct conversation in `conversations`, named by `names`; quantiles [n, M, K]: the model's
+    attribute quantiles of each row; too_long: how many rows were longer than `max_length`; epistemic
+    [n, M]: the members' `attribute_epistemic_std` of each row (None for a model without members)."""
+
+    rows: list
+    labels: np.ndarray
+    responses: np.ndarray
+    conversations: list
+    names: list
+    quantiles: np.ndarray
+    too_long: int
+    epistemic: np.ndarray | None = None
+
+
+def score_rating_rows(
+    model, tokenizer, rows, attributes, label_range, batch_size=8, max_length=None
+) -> RatedRows:
+    """Score docs/design.md §6 rating rows with `model` (each distinct response once) -> `RatedRows`."""
+    from .data import row_location
+    from .dataset_loading import attribute_examples
+    from .dataset_preset import DatasetPreset
+
+    preset = DatasetPreset.custom(
+        "attribute", prompt="prompt", response="response", attributes=attributes, label_ranges=label_range,
+        name="rating rows",
+    )  # fmt: skip
+    conversations, labels, labelled = attribute_examples(rows, preset, with_index=True)
+    row_names = [row_location(rows, i, "rating rows") for i in labelled]
+    outputs, unique, responses, names, too_long = _score_unique(
+        model, tokenizer, conversations, batch_size, max_length, row_names
+    )
+    kept = [rows[i] for i, skip in zip(labelled, too_long, strict=True) if not skip]
+    responses = responses[~too_long]
+    quantiles = outputs["attribute_quantiles"].double().numpy()[responses]
+    epistemic = outputs.get("attribute_epistemic_std")  # a model with members
+    if epistemic is not None:
+        epistemic = epistemic.double().numpy()[responses]
+    return RatedRows(
+        kept, labels[~too_long], responses, unique, names, quantiles, int(too_long.sum()), epistemic
+    )
+
+
+def _comparison_predictions(model, tokenizer, rated: RatedRows, baselines, members, batch_size, max_length):
+    """Predictions [n, M, K] of each of `baselines` on the rated rows and, with `members` (bootstrap refits
+    of the heads), their `median_spread` [n, M] and their number (else None, 0); from the backbone's
+    embeddings of the responses."""
+    from .scoring import conversation_embeddings
+
+    used = np.unique(rated.responses)  # the distinct responses of the rows kept
+    distinct = conversation_embeddings(
+        model, tokenizer, [rated.conversations[i] for i in used], batch_size, max_length,
+        desc="baseline features", row_names=[rated.names[i] for i in used],
+    )[0].double().numpy()  # fmt: skip
+    row_of = np.searchsorted(used, rated.responses)  # the distinct response of each row
+    predictions = {name: baseline.predict(distinct)[row_of] for name, baseline in baselines.items()}
+    if members is None:
+        return predictions, None, 0
+    import torch
+
+    member_quantiles = members.attribute_quantiles(torch.from_numpy(distinct)).numpy()  # [E, responses, M, K]
+    spread = median_spread(member_quantiles, model.config.quantile_levels)[row_of]
+    return predictions, spread, len(member_quantiles)
+
+
+def _kinds(rows, group_column: str | None) -> np.ndarray | None:
+    """Each row's value of `group_column` as a string array, or None when no row has a value there."""
+    if not group_column or not any(row.get(group_column) is not None for row in rows):
+        return None
+    return np.array([str(row.get(group_column)) for row in rows])
+
+
+def _own_uncertainty(heads_spread, responses, kinds, attributes, members: int) -> dict:
+    """``own_uncertainty`` of `evaluate_ratings`: the mean `median_spread` over distinct responses, overall
+    and per kind (`heads_spread` [n, M] per row, `responses` [n] each row's response)."""
+    first = np.unique(responses, return_index=True)[1]  # one row per distinct response
+    selections = {"all": np.ones(len(responses), dtype=bool)}
+    if kinds is not None:
+        selections.update({kind: kinds == kind for kind in dict.fromkeys(kinds)})
     return {
-        "ridge": RidgeResidualQuantiles(list(levels)).fit(X, Y),
-        "gaussian": HeteroscedasticGaussian(list(levels)).fit(X, Y),
+        "members": members,
+        "median_spread_90": {
+            name: dict(zip(attributes, heads_spread[first[selected[first]]].mean(0).tolist(), strict=True))
+            for name, selected in selections.items()
+        },
     }
+
+
+def _annotator_report(labels, kinds, responses, attributes, contrast) -> dict:
+    """``annotator_spread`` per kind of the annotators' own labels and, when both kinds of `contrast` are
+    present, ``annotator_spread_ratio`` (first / second)."""
+    spreads = {
+        kind: annotator_spread(labels[kinds == kind], responses[kinds == kind])
+        for kind in dict.fromkeys(kinds)
+    }
+    report = {
+        "annotator_spread": {
+            kind: dict(zip(attributes, v.tolist(), strict=True)) for kind, v in spreads.items()
+        }
+    }
+    if contrast and set(contrast) <= set(spreads):
+        with np.errstate(divide="ignore", invalid="ignore"):  # no spread on the second kind: NaN / inf
+            ratio = spreads[contrast[0]] / spreads[contrast[1]]
+        report["annotator_spread_ratio"] = dict(zip(attributes, ratio.tolist(), strict=True))
+    return report
 
 
 def evaluate_ratings(
@@ -507,132 +793,82 @@ def evaluate_ratings(
     attributes=None,
     batch_size: int = 8,
     max_length: int | None = None,
-    baseline_features=(),
-    bootstrap: int = 0,
+    baselines: Mapping[str, Any] | None = None,
+    members=None,
+    group_column: str | None = GROUP_COLUMN,
+    contrast: tuple[str, str] | None = CONTRAST,
 ) -> dict:
     """Pinball loss and the distribution measures of the model's attribute quantiles on rating rows.
 
-    Rows are docs/design.md §6 rating rows (prompt, response, one column per attribute; optional ``kind`` and
-    ``conversation_id``; one row per annotator rating). Returns ``pinball`` (mean over attributes and
-    levels), ``pinball_per_attribute``, ``calibration_error``, ``pinball_by_kind`` (with kinds), and
-    ``models``: {``qrm``, and with `baseline_features` (training feature directories) ``ridge`` and
-    ``gaussian`` fitted on them}, each with per-attribute, overall and per-kind `distribution_measures`,
-    the controversial / clear 90 % width ratio, reliability and PIT data; ``annotator_spread`` (per kind)
-    and ``annotator_spread_ratio`` (controversial / clear) of the annotators' own labels; and
-    ``skipped_too_long``, the rows longer than `max_length` tokens (default the backbone's positions), left out.
+    Rows are docs/design.md §6 rating rows (prompt, response, one column per attribute, one row per
+    annotator rating; optional ``conversation_id`` and `group_column`, whose values are the *kinds*).
+    Returns ``pinball`` (mean over attributes and levels; also ``pinball_per_attribute``,
+    ``pinball_by_kind``), ``calibration_error``, ``skipped_too_long`` (rows longer than `max_length`
+    tokens, left out), ``models`` ({``qrm``, and each of `baselines`: name -> a fitted estimator whose
+    ``predict`` maps the backbone's response embeddings [n, H] to quantiles [n, M, K], e.g.
+    `qrm_hf.training.baselines.fit_baselines`}: `_model_report` each, with ``selective_error``, the
+    MAE@50 / R²@50 of the median ranked by predicted width), and ``annotator_spread`` per kind with its
+    `contrast` ratio (first kind / second kind) ``annotator_spread_ratio``.
 
-    With `bootstrap` = E >= 2 (needs `baseline_features`), the quantile heads are also refitted E times on
-    bootstrap resamples of the training responses (the paper's penalty, fast solver): ``own_uncertainty``
-    holds, overall and per kind, the mean :func:`median_spread` of the held-out responses, the part of a
-    90 % width that is the heads' own uncertainty about where the distribution lies rather than the
-    annotators' disagreement (a lower bound: resampling the training responses does not show what no
-    training response shows).
+    With `members`, quantile heads refitted E >= 2 times on bootstrap resamples of the training responses
+    (``attribute_quantiles`` maps embeddings [n, H] to [E, n, M, K];
+    `qrm_hf.training.baselines.fit_bootstrap_members`): ``own_uncertainty`` holds, overall and per kind, the
+    mean :func:`median_spread` of the held-out responses, the part of a 90 % width that is the heads' own
+    uncertainty rather than the annotators' disagreement (a lower bound). A model with members reports its
+    own ``epistemic`` spread instead (`epistemic_report`: the members' std per kind, and their number).
 
-    A NaN or infinite model output is refused (`qrm_hf.scoring.NonFiniteOutputError`), naming the rows
-    (`qrm_hf.data.row_location`: the file line of rows read by `read_jsonl`).
+    A NaN or infinite model output is refused (`qrm_hf.scoring.NonFiniteOutputError`), naming the rows.
     """
-    if bootstrap and (bootstrap < 2 or not baseline_features):
-        raise ValueError("bootstrap needs at least 2 members and the training features (baseline_features).")
-    from .data import row_location
-    from .presets import DatasetPreset, attribute_examples
-
     attributes = list(attributes or model.config.attribute_names)
     if attributes != list(model.config.attribute_names):
         raise ValueError(
             f"Rating columns {attributes} differ from the model's attributes {model.config.attribute_names}."
         )
-    preset = DatasetPreset.custom(
-        "attribute", prompt="prompt", response="response", attributes=attributes, label_ranges=label_range,
-        name="rating rows",
-    )  # fmt: skip
-    conversations, labels, index = attribute_examples(rows, preset, with_index=True)
-    row_names = [row_location(rows, i, "rating rows") for i in index]
-    rows = [rows[i] for i in index]  # rows without any label are left out
-    outputs, unique, index, names, too_long = _score_unique(
-        model, tokenizer, conversations, batch_size, max_length, row_names
-    )
-    rows = [row for row, skip in zip(rows, too_long, strict=True) if not skip]
-    labels, index = labels[~too_long], index[~too_long]
-    predictions = {"qrm": outputs["attribute_quantiles"].double().numpy()[index]}  # [n, M, K]
-    levels = model.config.quantile_levels
-    if baseline_features:
-        from .scoring import conversation_embeddings
-
-        check_features_fit_model(model, baseline_features)  # not the heads check: a poor model is measured
-        used = np.unique(index)  # the distinct responses of the rows kept
-        distinct = (
-            conversation_embeddings(
-                model,
-                tokenizer,
-                [unique[i] for i in used],
-                batch_size,
-                max_length,
-                desc="baseline features",
-                row_names=[names[i] for i in used],
-            )[0]
-            .double()
-            .numpy()
+    rated = score_rating_rows(model, tokenizer, rows, attributes, label_range, batch_size, max_length)
+    predictions = {"qrm": rated.quantiles}
+    compared, heads_spread, member_count = _comparison_predictions(
+        model, tokenizer, rated, dict(baselines or {}), members, batch_size, max_length
+    ) if baselines or members is not None else ({}, None, 0)  # fmt: skip
+    predictions.update(compared)
+    report = _qrm_measures(rated, attributes, model.config.quantile_levels, group_column, contrast)
+    kinds = _kinds(rated.rows, group_column)
+    if heads_spread is not None:
+        report["own_uncertainty"] = _own_uncertainty(
+            heads_spread, rated.responses, kinds, attributes, member_count
         )
-        row_of = np.searchsorted(used, index)  # the distinct response of each row
-        for name, baseline in fit_baselines(baseline_features, attributes, levels, label_range).items():
-            predictions[name] = baseline.predict(distinct)[row_of]
-        if bootstrap:
-            import torch
-
-            from .training.bootstrap import fit_bootstrap_heads
-            from .training.quantile_regression import MultiQuantileRegressor
-
-            ensemble = fit_bootstrap_heads(
-                baseline_features, bootstrap, estimator=MultiQuantileRegressor(levels), attribute_names=attributes,
-                gating_network=model.gating,
-            )  # fmt: skip
-            members = ensemble.attribute_quantiles(torch.from_numpy(distinct)).numpy()  # [E, responses, M, K]
-            spread = median_spread(members, levels)[row_of]
-    loss = pinball_loss(labels, predictions["qrm"], levels)
-    epistemic = outputs.get("attribute_epistemic_std")  # a model with members
-    report = {
-        "pinball": float(loss.mean()),
-        "pinball_per_attribute": dict(zip(attributes, loss.mean(1).tolist(), strict=True)),
-        "calibration_error": calibration_error(labels, predictions["qrm"], levels),
-        "skipped_too_long": int(too_long.sum()),
-    }
-    kinds = np.array([str(row.get("kind")) for row in rows]) if any(row.get("kind") for row in rows) else None
-    if kinds is not None:
-        report["pinball_by_kind"] = {
-            kind: float(pinball_loss(labels[kinds == kind], predictions["qrm"][kinds == kind], levels).mean())
-            for kind in dict.fromkeys(kinds)
-        }
-    groups = index  # the response of each row
-    if bootstrap:
-        first = np.unique(groups, return_index=True)[1]  # one row per distinct response
-        selections = {"all": np.ones(len(groups), dtype=bool)}
-        selections.update({kind: kinds == kind for kind in dict.fromkeys(kinds)} if kinds is not None else {})
-        report["own_uncertainty"] = {
-            "members": bootstrap,
-            "median_spread_90": {
-                name: dict(zip(attributes, spread[first[rows[first]]].mean(0).tolist(), strict=True))
-                for name, rows in selections.items()
-            },
-        }
-    if epistemic is not None:
-        report["epistemic"] = epistemic_report(epistemic.double().numpy()[index], groups, kinds, attributes)
+    if rated.epistemic is not None:
+        report["epistemic"] = epistemic_report(rated.epistemic, rated.responses, kinds, attributes)
         report["epistemic"]["members"] = model.config.num_members
     report["models"] = {
-        name: _model_report(labels, values, levels, attributes, kinds, groups)
+        name: _model_report(
+            rated.labels, values, model.config.quantile_levels, attributes, kinds, rated.responses, contrast
+        )
         for name, values in predictions.items()
     }
     if kinds is not None:
-        spread = {
-            kind: annotator_spread(labels[kinds == kind], groups[kinds == kind])
+        report.update(_annotator_report(rated.labels, kinds, rated.responses, attributes, contrast))
+    return report
+
+
+def _qrm_measures(rated: RatedRows, attributes, levels, group_column, contrast) -> dict:
+    """The head of the `evaluate_ratings` report: the model's pinball loss (overall, per attribute and per
+    kind), calibration error, the rows left out and the grouping used."""
+    labels, quantiles = rated.labels, rated.quantiles
+    loss = pinball_loss(labels, quantiles, levels)
+    report = {
+        "pinball": float(loss.mean()),
+        "pinball_per_attribute": dict(zip(attributes, loss.mean(1).tolist(), strict=True)),
+        "calibration_error": calibration_error(labels, quantiles, levels),
+        "skipped_too_long": rated.too_long,
+        "group_column": group_column,
+        "contrast": list(contrast) if contrast else None,
+    }
+    kinds = _kinds(rated.rows, group_column)
+    if kinds is not None:
+        report["pinball_by_kind"] = {
+            kind: float(pinball_loss(labels[kinds == kind], quantiles[kinds == kind], levels).mean())
             for kind in dict.fromkeys(kinds)
         }
-        report["annotator_spread"] = {
-            kind: dict(zip(attributes, values.tolist(), strict=True)) for kind, values in spread.items()
-        }
-        if {"clear", "controversial"} <= set(spread):
-            with np.errstate(divide="ignore", invalid="ignore"):  # no spread on clear rows: NaN / inf
-                ratio = spread["controversial"] / spread["clear"]
-            report["annotator_spread_ratio"] = dict(zip(attributes, ratio.tolist(), strict=True))
     return report
 
 
@@ -688,13 +924,17 @@ def format_ratings_report(report: dict) -> str:
                     f"  {attribute:<16} {kind:<14} {name:<9}" + "".join(f"{entry[c]:>12.4f}" for c in columns)
                 )
     if "annotator_spread_ratio" in report:
-        lines.append("Controversial / clear mean 90 % width, next to the annotators' own spread ratio:")
+        numerator, denominator = report["contrast"]
+        lines.append(
+            f"{numerator} / {denominator} mean 90 % width, next to the annotators' own spread ratio:"
+        )
         lines.append(
             f"  {'attribute':<16}" + "".join(f"{name:>12}" for name in models) + f"{'annotators':>12}"
         )
         for attribute in attributes:
             ratios = "".join(f"{models[name]['width_ratio'][attribute]:>12.2f}" for name in models)
             lines.append(f"  {attribute:<16}{ratios}{report['annotator_spread_ratio'][attribute]:>12.2f}")
+    lines.append(format_selective_error({name: entry["selective_error"] for name, entry in models.items()}))
     if "own_uncertainty" in report:
         own, qrm = report["own_uncertainty"], models["qrm"]
         lines.append(
@@ -713,17 +953,24 @@ def format_ratings_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_calibration(report: dict, directory) -> list:
-    """Draw `reliability.png` (observed vs nominal quantile level, every model) and `pit.png` (PIT
-    histograms) of an `evaluate_ratings` report into `directory` (absent, empty or an earlier plot directory
-    of `qrm evaluate`: `qrm_hf.io.claim_directory`); returns the paths."""
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io import atomic_file, claim_directory
+    return plt
 
+
+def plot_calibration(report: dict, directory) -> list:
+    """Draw `reliability.png` (observed vs nominal quantile level, every model), `pit.png` (PIT
+    histograms) and `selective_error.png` (MAE@50 by predicted width against a random half, every model)
+    of an `evaluate_ratings` report into `directory` (absent, empty or an earlier plot directory of
+    `qrm evaluate`: `qrm_hf.io.claim_directory`); returns the paths."""
+    from .io import claim_directory, save_figure
+
+    plt = _pyplot()
     directory = claim_directory(directory, "qrm evaluate")  # refuses a directory of someone else's files
     models = report["models"]
     fig, axis = plt.subplots(figsize=(5, 5))
@@ -734,11 +981,7 @@ def plot_calibration(report: dict, directory) -> list:
     axis.set(xlabel="nominal level tau", ylabel="fraction of labels <= predicted tau-quantile",
              title="Reliability diagram (held-out ratings)", xlim=(0, 1), ylim=(0, 1))  # fmt: skip
     axis.legend()
-    fig.tight_layout()
-    paths = [directory / "reliability.png"]
-    with atomic_file(paths[0]) as temporary:
-        fig.savefig(temporary, dpi=120)
-    plt.close(fig)
+    paths = [save_figure(fig, directory / "reliability.png")]
     fig, axis = plt.subplots(figsize=(6, 4))
     edges = np.linspace(0, 1, PIT_BINS + 1)
     for name, model_report in models.items():
@@ -746,25 +989,75 @@ def plot_calibration(report: dict, directory) -> list:
     axis.axhline(1.0, color="grey", linestyle="--", label="calibrated")
     axis.set(xlabel="PIT value F(label)", ylabel="density", title="PIT histogram (held-out ratings)")
     axis.legend()
-    fig.tight_layout()
-    paths.append(directory / "pit.png")
-    with atomic_file(paths[1]) as temporary:
-        fig.savefig(temporary, dpi=120)
-    plt.close(fig)
+    paths.append(save_figure(fig, directory / "pit.png"))
+    paths.append(_plot_selective_error(models, directory / "selective_error.png"))
     return paths
 
 
-def evaluate_pairs(model, tokenizer, rows, batch_size: int = 8, max_length: int | None = None) -> dict:
-    """Pairwise accuracy of the expected reward on (prompt, chosen, rejected) rows, overall and by `kind`;
-    pairs with a side longer than `max_length` tokens are left out and counted in `skipped_too_long`.
+def _plot_selective_error(models: dict, path):
+    """Bars of MAE@50 (surer half by predicted width, solid) and a random half (hatched) per attribute
+    and model."""
+    from .io import save_figure
+
+    plt = _pyplot()
+    attributes = list(next(iter(models.values()))["selective_error"])
+    fig, axis = plt.subplots(figsize=(1.5 + 1.2 * len(attributes) * len(models) / 2, 4))
+    bar = 0.8 / (2 * len(models))
+    for number, (name, model_report) in enumerate(models.items()):
+        entries = [model_report["selective_error"][attribute] for attribute in attributes]
+        x = np.arange(len(attributes)) + (2 * number - len(models) + 0.5) * bar
+        axis.bar(x, [e.get("mae_surer", np.nan) for e in entries], bar, label=f"{name}: surer half",
+                 color=f"C{number}")  # fmt: skip
+        axis.bar(x + bar, [e.get("mae_random", np.nan) for e in entries], bar, label=f"{name}: random half",
+                 color=f"C{number}", alpha=0.35, hatch="//")  # fmt: skip
+    axis.set_xticks(np.arange(len(attributes)), attributes)
+    axis.set(ylabel="mean absolute error of the median",
+             title="Error on the half with the narrowest intervals (held-out ratings)")  # fmt: skip
+    axis.legend(fontsize="small")
+    return save_figure(fig, path)
+
+
+def plot_accuracy_coverage(report: dict, directory, command: str = "qrm evaluate") -> list:
+    """Draw `accuracy_coverage.png` of a `pair_ranking_report` into `directory` (absent, empty or an earlier
+    plot directory of `command`: `qrm_hf.io.claim_directory`): the accuracy on the surest fraction of the
+    pairs against that fraction, one curve per signal, the overall accuracy (a signal that knows nothing)
+    dashed; returns the paths."""
+    from .io import claim_directory, save_figure
+
+    plt = _pyplot()
+    directory = claim_directory(directory, command)
+    fig, axis = plt.subplots(figsize=(6, 4))
+    for name, curve in report["signals"].items():
+        axis.plot(curve["coverage"], curve["accuracy"], marker="o", markersize=3,
+                  label=f"{name} (area {curve['area']:.3f})")  # fmt: skip
+    axis.axhline(report["accuracy"], color="grey", linestyle="--", label=f"random ({report['accuracy']:.3f})")
+    axis.set(xlabel="fraction of the pairs kept (surest first)", ylabel="pairwise accuracy",
+             title=f"Accuracy-coverage ({report['pairs']} pairs)", xlim=(0, 1))  # fmt: skip
+    axis.legend(fontsize="small")
+    return [save_figure(fig, directory / "accuracy_coverage.png")]
+
+
+def evaluate_pairs(
+    model,
+    tokenizer,
+    rows,
+    batch_size: int = 8,
+    max_length: int | None = None,
+    group_column: str | None = GROUP_COLUMN,
+) -> dict:
+    """Pairwise accuracy of the expected reward on (prompt, chosen, rejected) rows, overall and by value of
+    `group_column` (``accuracy_by_kind``); pairs with a side longer than `max_length` tokens are left out
+    and counted in `skipped_too_long`.
     A NaN or infinite model output is refused (`qrm_hf.scoring.NonFiniteOutputError`), naming the rows
     (`qrm_hf.data.row_location`: the file line of rows read by `read_jsonl`).
 
     `gating` is the `gating_report` of the model's gating network on these pairs (its weights per distinct
     prompt, the accuracy of the fixed mixes of its attribute rewards next to its own), with the mean
-    weights by `category` when the rows have one."""
+    weights by `category` when the rows have one. `ranking` is the `pair_ranking_report`: the
+    accuracy-coverage curve and its area for each signal of `pair_ranking_signals`."""
     from .data import row_location
-    from .presets import DatasetPreset, preference_examples
+    from .dataset_loading import preference_examples
+    from .dataset_preset import DatasetPreset
 
     preset = DatasetPreset.custom(
         "preference", prompt="prompt", chosen="chosen", rejected="rejected", name="preference rows"
@@ -787,8 +1080,8 @@ def evaluate_pairs(model, tokenizer, rows, batch_size: int = 8, max_length: int 
         "pairs": int(kept.sum()),
         "skipped_too_long": int((~kept).sum()),
     }
-    kinds = np.array([rows[i].get("kind") for i in pair_rows[kept]])
-    if kinds.any():
+    kinds = _kinds([rows[i] for i in pair_rows[kept]], group_column)
+    if kinds is not None:
         report["accuracy_by_kind"] = {
             str(kind): pairwise_accuracy(chosen[kinds == kind], rejected[kinds == kind])
             for kind in dict.fromkeys(kinds)
@@ -797,7 +1090,26 @@ def evaluate_pairs(model, tokenizer, rows, batch_size: int = 8, max_length: int 
         report["gating"] = _pairs_gating_report(
             model, outputs, index, kept, [rows[i] for i in pair_rows[kept]]
         )
+        report["ranking"] = _pairs_ranking_report(outputs, index, kept)
     return report
+
+
+def _pairs_ranking_report(outputs, index, kept) -> dict:
+    """`pair_ranking_report` of scored pairs (`index` maps the 2N sides, chosen then rejected, to scored
+    rows), with the epistemic signals when the outputs hold the members' ``reward_epistemic_std``."""
+    n = len(kept)
+    sides = index[:n][kept], index[n:][kept]
+    scores = outputs["logits"][:, 0].numpy()
+    quantiles = outputs["reward_quantiles"].double().numpy()
+    epistemic = outputs.get("reward_epistemic_std")
+    epistemic = (
+        (None, None) if epistemic is None else tuple(epistemic.double().numpy()[rows] for rows in sides)
+    )
+    signals = pair_ranking_signals(
+        *(scores[rows] for rows in sides), *(quantiles[rows] for rows in sides), *epistemic
+    )
+    chosen, rejected = (scores[rows] for rows in sides)
+    return pair_ranking_report((chosen > rejected) + 0.5 * (chosen == rejected), signals)
 
 
 def _pairs_gating_report(model, outputs, index, kept, kept_rows) -> dict:

@@ -4,8 +4,8 @@ A QRM on the Hub is a normal transformers repository: safetensors weights (one f
 index), ``config.json`` with ``auto_map``, the two ``modeling/`` files (``configuration_qrm.py``,
 ``modeling_qrm.py``) that ``trust_remote_code=True`` runs, the tokenizer files and a model card
 (``README.md``). `qrm_hf.training.assemble.save_qrm` writes such a directory; `push_model_dir` (CLI:
-``qrm push MODEL_DIR REPO_ID``) checks it is complete and uploads it in one commit with huggingface_hub;
-`push_qrm` does both for a model in memory. ``model.push_to_hub(repo_id)`` (inherited from transformers)
+``qrm push MODEL_DIR REPO_ID``, `qrm_hf.cli_push`) checks it is complete and uploads it in one commit with
+huggingface_hub; `qrm_hf.training.assemble.push_qrm` does both for a model in memory. ``model.push_to_hub(repo_id)`` (inherited from transformers)
 also works: it uploads weights, config and the code files, and keeps the model card already in the repo
 (else transformers writes its generic card), but not the tokenizer.
 
@@ -19,13 +19,11 @@ of type ``"qrm"``, and only with ``trust_remote_code=True`` (CLI ``--trust-remot
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fnmatch
 import json
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -157,6 +155,13 @@ def check_model_dir(model_dir: str | Path) -> Path:
             "qrm_hf.training.assemble.save_qrm."
         )
     files = set(_local_files(model_dir))
+    _refuse_missing_files(model_dir, files)
+    _refuse_wrong_files(model_dir, files)
+    return model_dir
+
+
+def _refuse_missing_files(model_dir: Path, files: set[str]) -> None:
+    """`IncompleteModelDirError` naming every file a QRM on the Hub needs that `files` lacks."""
     missing = [name for name in ("config.json", *CODE_FILES, TOKENIZER_CONFIG, CARD) if name not in files]
     if TOKENIZER_CONFIG not in missing and not files.intersection(TOKENIZER_VOCABULARIES):
         missing.append(" or ".join(TOKENIZER_VOCABULARIES) + " (the tokenizer's vocabulary)")
@@ -177,6 +182,10 @@ def check_model_dir(model_dir: str | Path) -> Path:
             "(or `import qrm_hf` before model.save_pretrained, plus tokenizer.save_pretrained and a card from "
             "qrm_hf.model_cards.render_model_card)."
         )
+
+
+def _refuse_wrong_files(model_dir: Path, files: set[str]) -> None:
+    """ValueError for pickle files, a config that is not a QRM's or lacks ``auto_map``, a card without metadata."""
     pickles = sorted(name for name in files if name.endswith(PICKLE_SUFFIXES))
     if pickles:
         raise ValueError(
@@ -207,7 +216,6 @@ def check_model_dir(model_dir: str | Path) -> Path:
             f"{model_dir / CARD} has no metadata block (library_name, pipeline_tag, tags); render the card with "
             "qrm_hf.model_cards.render_model_card."
         )
-    return model_dir
 
 
 def _stale_files(api: HfApi, repo_id: str, revision: str | None, keep: set[str]) -> list[str]:
@@ -220,6 +228,26 @@ def _stale_files(api: HfApi, repo_id: str, revision: str | None, keep: set[str])
         for path in remote
         if path not in keep and any(fnmatch.fnmatch(path, pattern) for pattern in STALE_PATTERNS)
     )
+
+
+def _card_to_upload(
+    model_dir: Path, repo_id: str, results: Sequence[str | Path], homepage: str | None
+) -> str:
+    """The model card as uploaded: with the scores of the `results` files, the `homepage` link, and
+    `repo_id` in its snippets when it was rendered without one (the local card is left as it is)."""
+    card_text = (model_dir / CARD).read_text(encoding="utf-8")
+    if results:
+        from .model_cards import add_evaluation_to_card
+        from .rewardbench import results_file_entries
+
+        card_text = str(
+            add_evaluation_to_card(card_text, results_file_entries([str(path) for path in results]))
+        )
+    if homepage:
+        card_text = str(set_card_homepage(card_text, homepage))
+    if PLACEHOLDER_REPO_ID in card_text:  # rendered without a repo id: name this repo in the snippets
+        card_text = str(retarget_model_card(card_text, repo_id))
+    return card_text
 
 
 def push_model_dir(
@@ -267,24 +295,11 @@ def push_model_dir(
     if revision is not None and not revision.startswith("refs/pr/"):
         api.create_branch(repo_id, branch=revision, exist_ok=True)
     files = _local_files(model_dir)
+    card = _card_to_upload(model_dir, repo_id, results, homepage).encode("utf-8")
     operations = [
-        CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(model_dir / name)) for name in files
+        CommitOperationAdd(path_in_repo=name, path_or_fileobj=card if name == CARD else str(model_dir / name))
+        for name in files
     ]
-    card_text = (model_dir / CARD).read_text(encoding="utf-8")
-    if results:
-        from .model_cards import add_evaluation_to_card
-        from .rewardbench import results_file_entries
-
-        card_text = str(
-            add_evaluation_to_card(card_text, results_file_entries([str(path) for path in results]))
-        )
-    if homepage:
-        card_text = str(set_card_homepage(card_text, homepage))
-    if PLACEHOLDER_REPO_ID in card_text:  # rendered without a repo id: name this repo in the snippets
-        card_text = str(retarget_model_card(card_text, repo_id))
-    if card_text != (model_dir / CARD).read_text(encoding="utf-8"):
-        operations = [op for op in operations if op.path_in_repo != CARD]
-        operations.append(CommitOperationAdd(path_in_repo=CARD, path_or_fileobj=card_text.encode("utf-8")))
     if delete_stale:
         stale = _stale_files(api, repo_id, revision, set(files))
         operations = [CommitOperationDelete(path_in_repo=path) for path in stale] + operations
@@ -295,51 +310,6 @@ def push_model_dir(
         commit_description=commit_description,
         revision=revision,
     )
-
-
-def push_qrm(
-    model,
-    repo_id: str,
-    tokenizer,
-    *,
-    base_model: str | None = None,
-    datasets: Sequence[str] = (),
-    training_summary: str = "",
-    evaluation: list[dict] | None = None,
-    license: str = "apache-2.0",
-    private: bool = False,
-    revision: str | None = None,
-    commit_message: str | None = None,
-    max_shard_size: int | str = "5GB",
-    token: str | None = None,
-    homepage: str | None = None,
-):
-    """Save `model` (a `QRMForSequenceClassification`), its tokenizer and a model card, and push them.
-
-    Weights are sharded past `max_shard_size`; the card is rendered for `repo_id` (see `render_model_card`
-    for `base_model`, `datasets`, `training_summary`, `evaluation`, `homepage`). Returns the `CommitInfo`.
-    """
-    from .training.assemble import save_qrm
-
-    if tokenizer is None:
-        raise ValueError("push_qrm needs the tokenizer: a QRM on the Hub is loaded with its own tokenizer.")
-    with tempfile.TemporaryDirectory(prefix="qrm-push-") as tmp:
-        save_qrm(
-            model,
-            tmp,
-            tokenizer=tokenizer,
-            backbone_name=base_model,
-            datasets=datasets,
-            training_summary=training_summary,
-            evaluation=evaluation,
-            repo_id=repo_id,
-            license=license,
-            max_shard_size=max_shard_size,
-            homepage=homepage,
-        )
-        return push_model_dir(
-            tmp, repo_id, private=private, revision=revision, commit_message=commit_message, token=token
-        )
 
 
 def _looks_like_a_path(name: str) -> bool:
@@ -469,16 +439,24 @@ def load_qrm(
     that is not a QRM a `ValueError`, and so are weights holding NaN or infinite values
     (`check_finite_weights`).
     """
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as transformers_logging
-
-    from .modeling.modeling_qrm import QRMForSequenceClassification
-
     name = model_location(repo_id_or_path)
     where = f"the QRM {name!r} at revision {revision or 'main'!r}" + (
         f" (code revision {code_revision!r})" if code_revision else ""
     )
+    model_type = _model_type(name, where, revision, token, trust_remote_code)
+    check_tokenizer_files(name, "QRM")
+    tokenizer = _load_tokenizer(name, where, revision, token)
+    model, info = _load_model_weights(
+        name, where, model_type, revision, code_revision, token, dtype, trust_remote_code
+    )
+    _refuse_incomplete_weights(name, info)
+    check_finite_weights(model, name)
+    return model.eval(), tokenizer
+
+
+def _model_type(name: str, where: str, revision, token, trust_remote_code: bool) -> str | None:
+    """The ``model_type`` of `name`'s config.json; a model that is not a QRM is refused unless
+    `trust_remote_code`."""
     try:
         config = read_model_config(name, revision=revision, token=token)
     except (OSError, HfHubHTTPError, HFValidationError) as error:
@@ -493,11 +471,16 @@ def load_qrm(
             "comes with this model instead, pass --trust-remote-code (Python: trust_remote_code=True) if you "
             "trust its authors."
         )
-    check_tokenizer_files(name, "QRM")
+    return model_type
+
+
+def _load_tokenizer(name: str, where: str, revision, token):
+    """The tokenizer of `name`, never with code of its own: a QRM's tokenizer is its backbone's, a standard one."""
+    from transformers import AutoTokenizer
+
     try:
-        # Never remote code for the tokenizer: a QRM's tokenizer is its backbone's, a standard one.
         with reading_model_files(name, "QRM"):
-            tokenizer = AutoTokenizer.from_pretrained(
+            return AutoTokenizer.from_pretrained(
                 name, trust_remote_code=False, revision=revision, token=token
             )
     except OSError as error:
@@ -510,6 +493,17 @@ def load_qrm(
             "tokenizer class; qrm-hf never runs tokenizer code. Set tokenizer_class in "
             f"{TOKENIZER_CONFIG} to a transformers class (a QRM uses its backbone's tokenizer)."
         ) from error
+
+
+def _load_model_weights(name, where, model_type, revision, code_revision, token, dtype, trust_remote_code):
+    """(model, loading info) from safetensors: with the installed QRM classes, or through the Auto classes
+    and the model's own code for a model of another type (or when `_saved_code_requested`)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as transformers_logging
+
+    from .modeling.modeling_qrm import QRMForSequenceClassification
+
     kwargs = dict(
         revision=revision,
         token=token,
@@ -518,18 +512,15 @@ def load_qrm(
         output_loading_info=True,
     )
     verbosity = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()  # the check below replaces transformers' load report
+    transformers_logging.set_verbosity_error()  # load_qrm's own checks replace transformers' load report
     # a malformed config or weights file (not a safetensors one: worded below) is one line naming the model
     with reading_model_files(name, "QRM"):
         try:
             if model_type != "qrm" or _saved_code_requested(trust_remote_code):
-                model, info = AutoModelForSequenceClassification.from_pretrained(
+                return AutoModelForSequenceClassification.from_pretrained(
                     name, trust_remote_code=trust_remote_code, code_revision=code_revision, **kwargs
                 )
-            else:
-                model, info = QRMForSequenceClassification.from_pretrained(
-                    name, trust_remote_code=False, **kwargs
-                )
+            return QRMForSequenceClassification.from_pretrained(name, trust_remote_code=False, **kwargs)
         except OSError as error:
             raise OSError(f"Cannot load {where}: {error}") from error
         except Exception as error:
@@ -541,9 +532,6 @@ def load_qrm(
             ) from error
         finally:
             transformers_logging.set_verbosity(verbosity)
-    _refuse_incomplete_weights(name, info)
-    check_finite_weights(model, name)
-    return model.eval(), tokenizer
 
 
 def _saved_code_requested(trust_remote_code: bool) -> bool:
@@ -592,85 +580,8 @@ def check_finite_weights(model, name: str) -> None:
         raise ValueError(f"{name} has NaN or infinite values in {len(bad)} tensor(s): {listed}.")
 
 
-def _push_command(args) -> None:
-    info = push_model_dir(
-        args.model_dir,
-        args.repo_id,
-        private=args.private,
-        revision=args.revision,
-        commit_message=args.commit_message,
-        token=args.token,
-        results=args.results or (),
-        homepage=args.homepage,
-    )
-    print(f"Pushed {args.model_dir} to {args.repo_id} (branch {args.revision or 'main'}), commit {info.oid}")
-    print(f"  {info.commit_url}")
-    print(
-        "  Load it with AutoModelForSequenceClassification.from_pretrained("
-        f"{args.repo_id!r}, trust_remote_code=True, revision={info.oid!r})"
-    )
-
-
-def add_push_command(subparsers) -> argparse.ArgumentParser:
-    """Add ``qrm push MODEL_DIR REPO_ID [--private] [--revision BRANCH] [--commit-message ...]``."""
-    push = subparsers.add_parser(
-        "push",
-        help="upload a saved QRM directory to the Hugging Face Hub",
-        description=(
-            "Upload a QRM directory (as written by save_qrm or `qrm demo`) to a Hub model repo in one\n"
-            "commit: safetensors weights, config.json with auto_map, configuration_qrm.py and\n"
-            "modeling_qrm.py (the code that trust_remote_code=True runs), the tokenizer and the model card.\n"
-            "The directory is checked first: a missing file, or a symbolic link that leads out of the\n"
-            "directory, is named and nothing is uploaded. The repo and\n"
-            "the branch are created if needed; weight, config, code and tokenizer files of an earlier upload\n"
-            "that the directory does not have are deleted in the same commit.\n"
-            "Authenticate with `hf auth login` or HF_TOKEN."
-        ),
-        epilog=(
-            "examples:\n"
-            "  qrm push outputs/demo/model my-org/qrm-smollm2-demo\n"
-            "  qrm push outputs/demo/model my-org/qrm-smollm2-demo --private --revision v0.1 \\\n"
-            "      --commit-message 'Refit gating'\n"
-            "then load it anywhere, without qrm-hf:\n"
-            "  AutoModelForSequenceClassification.from_pretrained(\n"
-            "      'my-org/qrm-smollm2-demo', trust_remote_code=True, revision=COMMIT)"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    push.add_argument("model_dir", metavar="MODEL_DIR", help="the saved QRM directory")
-    push.add_argument(
-        "repo_id", metavar="REPO_ID", help="Hub repo id, 'namespace/name' (created if it does not exist)"
-    )
-    push.add_argument(
-        "--private", action="store_true", help="create the repo as private (no effect on an existing repo)"
-    )
-    push.add_argument(
-        "--revision",
-        metavar="BRANCH",
-        help="branch to commit to, created from main if missing (default: main)",
-    )
-    push.add_argument(
-        "--commit-message", metavar="MESSAGE", help="message of the commit (default: 'Upload QRM')"
-    )
-    push.add_argument(
-        "--token", metavar="TOKEN", help="Hub token (default: HF_TOKEN or the token saved by `hf auth login`)"
-    )
-    push.add_argument(
-        "--results",
-        nargs="+",
-        metavar="FILE",
-        help="`qrm rewardbench --output` files: their scores go into the uploaded card's model-index",
-    )
-    from .training.settings import AssembleSettings, add_settings_arguments
-
-    add_settings_arguments(push, AssembleSettings, names=["homepage"])
-    push.set_defaults(handler=_push_command)
-    return push
-
-
 __all__ = [
     "IncompleteModelDirError",
-    "add_push_command",
     "check_model_dir",
     "check_repo_id",
     "check_tokenizer_files",
@@ -679,5 +590,4 @@ __all__ = [
     "model_location",
     "push_model_dir",
     "read_model_config",
-    "push_qrm",
 ]

@@ -14,6 +14,14 @@ through `replace_directory` (a temporary sibling, swapped in when complete); out
 shards that resume, training runs with checkpoints) through `claim_directory`, which marks the directory
 before the first write. A kill between the two renames of a swap leaves the previous output in a hidden
 sibling: the next `replace_directory` puts it back, and `interrupted_replacement_note` says where it lies.
+
+Locks: one per directory that a qrm process writes, the backbone cache and the output of a run or a stage.
+`directory_lock(path)` takes an exclusive `filelock.FileLock` on the sibling file ``<name>.lock`` (the
+directory itself may be replaced by a rename while locked) and records its holder (pid, host, command) in
+``<name>.lock.owner`` while it holds it. With ``wait=True`` a second process waits for the first (the backbone
+cache: the first converts, the others then use its result); with ``wait=False`` it fails at once with
+`DirectoryInUseError` naming the holder's pid (two runs writing one output directory would delete each
+other's files). The operating system releases the lock when its holder dies, even by kill -9.
 """
 
 from __future__ import annotations
@@ -23,6 +31,9 @@ import math
 import numbers
 import os
 import shutil
+import socket
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -82,6 +93,93 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def write_json_atomic(path: str | os.PathLike, payload) -> None:
     """Write `payload` as strict JSON (NaN and infinities as null) through `atomic_file`."""
     write_text_atomic(path, json.dumps(finite_or_null(payload), indent=2, allow_nan=False))
+
+
+def save_figure(figure, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Lay out a matplotlib `figure`, write it (PNG unless `path` says otherwise) through `atomic_file`,
+    close it and return `path`."""
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    path = Path(path)
+    with atomic_file(path) as temporary:
+        figure.savefig(temporary, dpi=dpi)
+    plt.close(figure)
+    return path
+
+
+# ------------------------------------------------------------------------------------------- locks
+
+
+class DirectoryInUseError(OSError):
+    """Another process holds the lock of a directory this one wants to write."""
+
+
+def lock_path(directory: str | os.PathLike) -> Path:
+    """The lock file of `directory`: a sibling, so that it survives the directory being replaced."""
+    directory = Path(os.path.realpath(directory))  # "." has no name; a link and its folder share one lock
+    return directory.with_name(f"{directory.name}.lock")
+
+
+def lock_holder(directory: str | os.PathLike) -> dict | None:
+    """What the current holder of `directory`'s lock recorded (pid, host, command, since), if anything."""
+    try:
+        return json.loads(Path(f"{lock_path(directory)}.owner").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@contextmanager
+def directory_lock(
+    directory: str | os.PathLike, *, wait: bool = False, what: str = "output directory"
+) -> Iterator[None]:
+    """Hold the exclusive lock of `directory` for the block (re-entrant within one process).
+
+    Args:
+        wait: wait for another holder to finish (True) or raise `DirectoryInUseError` at once (False).
+        what: how the error names the directory ("output directory", ...).
+    """
+    from filelock import FileLock, Timeout
+
+    path = lock_path(directory)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = _locks.setdefault(str(path.resolve()), FileLock(str(path)))
+    try:
+        lock.acquire(timeout=-1 if wait else 0)
+    except Timeout:
+        holder = lock_holder(directory) or {}
+        who = (
+            f"process {holder['pid']} on {holder.get('host', '?')} (`{holder.get('command', '?')}`, since "
+            f"{holder.get('since', '?')})"
+            if "pid" in holder
+            else "another process"
+        )
+        raise DirectoryInUseError(
+            f"The {what} {directory} is in use by {who}: wait for it to finish, or write somewhere else."
+        ) from None
+    owner = Path(f"{path}.owner")
+    first = lock.lock_counter == 1
+    try:
+        if first:
+            write_text_atomic(
+                owner,
+                json.dumps(
+                    {
+                        "pid": os.getpid(),
+                        "host": socket.gethostname(),
+                        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200],
+                        "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    }
+                ),
+            )
+        yield
+    finally:
+        if first:
+            owner.unlink(missing_ok=True)
+        lock.release()
+
+
+_locks: dict = {}  # one FileLock per lock file in this process, so that nested holds are re-entrant
 
 
 # ------------------------------------------------------------------------------------------- directories
@@ -224,13 +322,11 @@ def replace_directory(path: str | os.PathLike, command: str) -> Iterator[Path]:
     """Yield a temporary sibling of `path` to write the output of `command` into; it replaces `path` only
     if the block succeeds, and only if `path` may be replaced (`check_output_directory`).
 
-    The directory is locked for the block (`qrm_hf.locking.directory_lock`: another process writing it gets a
+    The directory is locked for the block (`directory_lock`: another process writing it gets a
     clear error). The old `path` stays until the new one is complete: it is renamed aside, the new one renamed
     in, and only then deleted, so a crash at any moment leaves the old or the new output (after a crash
     between the two renames, the next call puts the old one back first).
     """
-    from .locking import directory_lock
-
     path = _absolute(path)
     temporary, previous = _sibling(path, _PARTIAL), _sibling(path, _PREVIOUS)
     with directory_lock(path):
@@ -348,18 +444,23 @@ def check_outputs_apart_from_inputs(
 __all__ = [
     "check_outputs_apart_from_inputs",
     "MARKER",
+    "DirectoryInUseError",
     "ForeignDirectoryError",
     "atomic_file",
     "check_output_directory",
     "claim_directory",
+    "directory_lock",
     "files_into",
     "finite_or_null",
     "interrupted_replacement_note",
+    "lock_holder",
+    "lock_path",
     "output_id",
     "output_owner",
     "remove_output",
     "replace_directory",
     "restore_interrupted_replacement",
+    "save_figure",
     "write_bytes_atomic",
     "write_json_atomic",
     "write_text_atomic",

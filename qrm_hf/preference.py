@@ -98,4 +98,56 @@ def preference_strength(chosen_quantiles, rejected_quantiles) -> PreferenceStren
     )
 
 
-__all__ = ["PreferenceStrength", "preference_probability", "preference_strength"]
+# Without an ensemble, a pair is ambiguous when its P(chosen > rejected) is this close to 0.5.
+AMBIGUOUS_WITHIN = 0.05
+
+
+@dataclass
+class PairFlags:
+    """Pairs flagged for review (boolean arrays [N]) and the score that ranks them.
+
+    score: the expected-reward margin, or the ensemble's mean margin when there is an ensemble.
+    likely_mislabelled: a negative score (the model, or the ensemble on average, prefers the rejected side).
+    ambiguous: a score small against its uncertainty; pairs whose two sides are identical always are.
+    ambiguous_within: the threshold on |P - 0.5| without an ensemble (None with one).
+    """
+
+    score: np.ndarray
+    likely_mislabelled: np.ndarray
+    ambiguous: np.ndarray
+    ambiguous_within: float | None
+
+
+def flag_pairs(
+    margin,
+    probability,
+    identical,
+    ensemble_mean=None,
+    ensemble_std=None,
+    ambiguous_within: float | None = None,
+) -> PairFlags:
+    """Flag likely mislabelled and ambiguous pairs (Secrets of RLHF II) from their strength (arrays [N]).
+
+    With an ensemble (`ensemble_mean`, `ensemble_std` of the margins over bootstrap refits) a pair is
+    ambiguous when |mean| < std; without one, when |P(chosen > rejected) - 0.5| < `ambiguous_within`.
+    A pair whose chosen and rejected conversations are `identical` is ambiguous, never mislabelled.
+    """
+    identical = np.asarray(identical, dtype=bool)
+    score = np.asarray(ensemble_mean if ensemble_mean is not None else margin, dtype=float)
+    if ensemble_mean is not None:
+        ambiguous_within = None
+        uncertain = np.abs(score) < np.asarray(ensemble_std, dtype=float)
+    else:
+        ambiguous_within = AMBIGUOUS_WITHIN if ambiguous_within is None else ambiguous_within
+        uncertain = np.abs(np.asarray(probability, dtype=float) - 0.5) < ambiguous_within
+    return PairFlags(score, (score < 0) & ~identical, uncertain | identical, ambiguous_within)
+
+
+__all__ = [
+    "AMBIGUOUS_WITHIN",
+    "PairFlags",
+    "PreferenceStrength",
+    "flag_pairs",
+    "preference_probability",
+    "preference_strength",
+]

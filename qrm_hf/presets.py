@@ -3,8 +3,7 @@
 label range of each attribute), with the row transforms of the datasets whose rows are not one
 conversation each (UltraFeedback, rated pairs, HH-RLHF transcripts).
 
-The loader and the converters live in `qrm_hf.dataset_loading`; they are re-exported here, so that
-``from qrm_hf.presets import load_rows, attribute_examples, ...`` keeps working.
+The loader and the converters that read a preset are in `qrm_hf.dataset_loading`.
 """
 
 from __future__ import annotations
@@ -12,18 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 
-from .dataset_loading import (  # noqa: F401  (re-exported: the public names of qrm_hf.presets)
-    KINDS,
-    Conversation,
-    DatasetPreset,
-    attribute_examples,
-    get_preset,
-    load_preset,
-    load_rows,
-    looks_like_local_path,
-    preference_examples,
-    response_conversations,
-)
+from .dataset_preset import Conversation, DatasetPreset
 from .modeling.configuration_qrm import DEFAULT_ATTRIBUTE_NAMES
 
 PAPER_ATTRIBUTES: tuple[str, ...] = tuple(DEFAULT_ATTRIBUTE_NAMES)  # the paper's 19, checkpoint order
@@ -296,15 +284,4 @@ _PRESET_LIST += [
 PRESETS: dict[str, DatasetPreset] = {preset.name: preset for preset in _PRESET_LIST}
 
 
-__all__ = [
-    "PAPER_ATTRIBUTES",
-    "PRESETS",
-    "DatasetPreset",
-    "attribute_examples",
-    "get_preset",
-    "load_preset",
-    "load_rows",
-    "parse_hh_transcript",
-    "preference_examples",
-    "response_conversations",
-]
+__all__ = ["PAPER_ATTRIBUTES", "PRESETS", "parse_hh_transcript"]

@@ -1,7 +1,7 @@
 """RewardBench and RewardBench 2 scores of a reward model (`qrm rewardbench`).
 
 Both official formats are read (a Hub dataset id or a local file / directory, through
-`qrm_hf.presets.load_rows`):
+`qrm_hf.dataset_loading.load_rows`):
 
 - **RewardBench** (v1, the ``filtered`` split of ``allenai/reward-bench``): rows ``prompt``, ``chosen``,
   ``rejected`` (strings), ``subset`` (and ``id``). A pair is correct when the chosen response scores
@@ -94,22 +94,22 @@ REWARDBENCH_EXAMPLE_COUNTS = {
 REWARDBENCH_2_SUBSETS = ["Factuality", "Precise IF", "Math", "Safety", "Focus", "Ties"]
 
 Conversation = list[dict]
-Scorer = Callable[[list[Conversation]], Sequence[float]]
+# conversations -> one score each, or {"scores": [N], "reward_quantiles": [N, K], optionally
+# "reward_epistemic_std": [N]}: with the distributions the report ranks the mistakes (`ranking`)
+Scorer = Callable[[list[Conversation]], Sequence[float] | dict]
 
 
 # ------------------------------------------------------------------------------------------ risk ranking
 
 
-RANK_BY_DEFAULTS = {"alpha": 0.1}  # `cvar` without a value: the worst 10 % of the distribution
-
-
 def parse_rank_by(rank_by: str):
-    """Check a `rank_by` spec: a `qrm_hf.risk` measure spec (``expectation``, ``cvar[:ALPHA]`` (0.1),
-    ``exp_utility[:LAMBDA]``, ``quantile[:TAU]``, ...) -> (measure, its parameter values)."""
+    """Check a `rank_by` spec: a `qrm_hf.risk` measure spec (``expectation``, ``cvar[:ALPHA]``,
+    ``exp_utility[:LAMBDA]``, ``quantile[:TAU]``, ...; a value left out is the registry's default) ->
+    (measure, its parameter values)."""
     from . import risk
 
     try:
-        return risk.parse(rank_by, **RANK_BY_DEFAULTS)
+        return risk.parse(rank_by)
     except (ValueError, TypeError) as error:
         raise ValueError(f"rank_by {rank_by!r}: {error}") from None
 
@@ -138,7 +138,8 @@ def rank_scores(outputs: dict, levels: Sequence[float], rank_by: str = "expectat
 def model_scorer(
     model, tokenizer, rank_by: str = "expectation", batch_size: int = 8, max_length: int | None = None
 ) -> Scorer:
-    """A scorer for `evaluate_rewardbench`: conversations -> `rank_scores` under `model`, batched by length.
+    """A scorer for `evaluate_rewardbench`: conversations -> {"scores": `rank_scores` under `model`,
+    "reward_quantiles": [N, K], and "reward_epistemic_std" [N] for a model with members}, batched by length.
 
     Conversations longer than `max_length` tokens (default: the backbone's positions) are refused by name,
     never truncated."""
@@ -146,11 +147,17 @@ def model_scorer(
 
     parse_rank_by(rank_by)  # fail before any scoring
 
-    def scorer(conversations: list[Conversation]) -> np.ndarray:
+    def scorer(conversations: list[Conversation]) -> dict[str, np.ndarray]:
         outputs = score_conversations(
             model, tokenizer, conversations, batch_size=batch_size, max_length=max_length
         )
-        return rank_scores(outputs, model.config.quantile_levels, rank_by)
+        scored = {
+            "scores": rank_scores(outputs, model.config.quantile_levels, rank_by),
+            "reward_quantiles": outputs["reward_quantiles"].double().numpy(),
+        }
+        if "reward_epistemic_std" in outputs:  # a model with members
+            scored["reward_epistemic_std"] = outputs["reward_epistemic_std"].double().numpy()
+        return scored
 
     return scorer
 
@@ -159,9 +166,9 @@ def model_scorer(
 
 
 def _conversation(prompt, response, where: str) -> Conversation:
-    from .dataset_loading import _conversation as conversation
+    from .dataset_loading import build_conversation
 
-    return conversation(prompt, response, None, where)
+    return build_conversation(prompt, response, None, where)
 
 
 def benchmark_of(rows: Sequence[dict]) -> str:
@@ -211,8 +218,12 @@ def _completions(rows: Sequence[dict], benchmark: str) -> list[list[Conversation
     return result
 
 
-def _score_each_once(groups: list[list[Conversation]], scorer: Scorer, locate_group=str) -> list[np.ndarray]:
-    """Scores of every conversation of every group, each distinct conversation passed to `scorer` once.
+def _score_each_once(
+    groups: list[list[Conversation]], scorer: Scorer, locate_group=str
+) -> tuple[list[np.ndarray], dict[str, list[np.ndarray]]]:
+    """Scores of every conversation of every group, each distinct conversation passed to `scorer` once,
+    and the other arrays the scorer returns ({"reward_quantiles": [...]}: one array per group, its
+    conversations in order; {} for a scorer of scores only).
 
     Errors name rows by ``locate_group(group number)`` (their file line, subset and id), not by place
     among the distinct conversations: conversations too long for the model, and NaN or infinite scores
@@ -224,25 +235,30 @@ def _score_each_once(groups: list[list[Conversation]], scorer: Scorer, locate_gr
     group_of = np.repeat(np.arange(len(groups)), [len(group) for group in groups])
     unique, index = unique_conversations(flat)
     try:
-        scores = np.asarray(scorer(unique), dtype=float).reshape(-1)
+        scored = scorer(unique)
     except ConversationsTooLong as error:  # name the row of each, not its place among the distinct ones
         first_of = {int(u): int(group_of[f]) for f, u in reversed(list(enumerate(index)))}
         raise error.located(lambda u: locate_group(first_of[u])) from None
     except NonFiniteOutputError as error:  # named below by benchmark row
-        scores = np.zeros(len(unique))
-        scores[error.positions] = np.nan
+        scored = np.zeros(len(unique))
+        scored[error.positions] = np.nan
+    extras = {name: np.asarray(value) for name, value in scored.items()} if isinstance(scored, dict) else {}
+    scores = np.asarray(extras.pop("scores") if extras else scored, dtype=float).reshape(-1)
     if len(scores) != len(unique):
         raise ValueError(f"The scorer returned {len(scores)} scores for {len(unique)} conversations.")
-    flat_scores = scores[index]
     bounds = np.cumsum([0, *map(len, groups)])
-    grouped = [flat_scores[start:end] for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    def by_group(values):
+        return [values[index[start:end]] for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    grouped = by_group(scores)
     bad = [locate_group(number) for number, group in enumerate(grouped) if not np.isfinite(group).all()]
     if bad:
         raise ValueError(
             f"The scores are NaN or infinite for {len(bad)} row(s): {'; '.join(bad[:5])}"
             f"{' ...' if len(bad) > 5 else ''}. Such a score is never counted as an answer."
         )
-    return grouped
+    return grouped, {name: by_group(values) for name, values in extras.items()}
 
 
 # --------------------------------------------------------------------------------------------- scoring
@@ -266,22 +282,9 @@ def _prompt_stats(correct: list[float], incorrect: list[float]) -> tuple[bool, f
     return margin > 0, spread, margin
 
 
-def ties_score(rows: Sequence[dict], scores: Sequence[Sequence[float]]) -> tuple[float | None, dict]:
-    """The RewardBench 2 Ties score, as the official ``process_single_model`` computes it.
-
-    Each row's id is ``"ref:N"`` (a reference prompt with one correct answer) or ``"tied:N"`` (several
-    equally correct answers); its first ``num_correct`` completions (chosen, then rejected) are correct.
-    Per prompt: accurate = every correct answer scores above the best incorrect one; margin = worst
-    correct - best incorrect; spread = best correct - worst correct. Over prompts N present as both ref
-    and tied: ``correctness_preferred`` = mean(tied margin > tied spread), ``correctness_preferred_hard``
-    = mean(min(ref margin, tied margin) > tied spread), ``correctness_margin_score`` = mean of
-    tanh(min(ref margin, tied margin) / tied spread - 1) (NaN -> 0). Score = 0.30 tied accuracy + 0.30 ref
-    accuracy + 0.20 correctness_preferred + 0.20 correctness_preferred_hard + 0.01 correctness_margin_score.
-
-    The score is defined only when some prompt is present as both ref and tied (a `--limit` can cut every
-    pair): otherwise it is None and the components say why under ``left_out`` (the official code would
-    give NaN). Scores must be finite (ValueError otherwise).
-    """
+def _ties_prompts(rows: Sequence[dict], scores: Sequence[Sequence[float]]) -> tuple[dict, dict]:
+    """The Ties rows' `_prompt_stats` by prompt number: (ref prompts, tied prompts). Each row's first
+    ``num_correct`` completions are its correct ones; ids must be ``ref:N`` or ``tied:N``."""
     grouped: dict[tuple[str, int], tuple[list, list]] = defaultdict(lambda: ([], []))
     for row, row_scores in zip(rows, scores, strict=True):
         identifier = str(row.get("id"))
@@ -306,6 +309,26 @@ def ties_score(rows: Sequence[dict], scores: Sequence[Sequence[float]]) -> tuple
                 f"(got {len(correct)} correct, {len(incorrect)} incorrect; see num_correct)."
             )
         (ref if sample_type == "ref" else tied)[prompt_id] = _prompt_stats(correct, incorrect)
+    return ref, tied
+
+
+def ties_score(rows: Sequence[dict], scores: Sequence[Sequence[float]]) -> tuple[float | None, dict]:
+    """The RewardBench 2 Ties score, as the official ``process_single_model`` computes it.
+
+    Each row's id is ``"ref:N"`` (a reference prompt with one correct answer) or ``"tied:N"`` (several
+    equally correct answers); its first ``num_correct`` completions (chosen, then rejected) are correct.
+    Per prompt: accurate = every correct answer scores above the best incorrect one; margin = worst
+    correct - best incorrect; spread = best correct - worst correct. Over prompts N present as both ref
+    and tied: ``correctness_preferred`` = mean(tied margin > tied spread), ``correctness_preferred_hard``
+    = mean(min(ref margin, tied margin) > tied spread), ``correctness_margin_score`` = mean of
+    tanh(min(ref margin, tied margin) / tied spread - 1) (NaN -> 0). Score = 0.30 tied accuracy + 0.30 ref
+    accuracy + 0.20 correctness_preferred + 0.20 correctness_preferred_hard + 0.01 correctness_margin_score.
+
+    The score is defined only when some prompt is present as both ref and tied (a `--limit` can cut every
+    pair): otherwise it is None and the components say why under ``left_out`` (the official code would
+    give NaN). Scores must be finite (ValueError otherwise).
+    """
+    ref, tied = _ties_prompts(rows, scores)
     shared = sorted(set(ref) & set(tied))
     if not shared:
         return None, {
@@ -314,49 +337,28 @@ def ties_score(rows: Sequence[dict], scores: Sequence[Sequence[float]]) -> tuple
             "left_out": "no prompt is present as both 'ref:N' and 'tied:N' (e.g. cut by --limit): the Ties "
             "score compares the two",
         }
-    ref_accuracy = float(np.mean([stats[0] for stats in ref.values()]))
-    tied_accuracy = float(np.mean([stats[0] for stats in tied.values()]))
     spread = np.array([tied[p][1] for p in shared], dtype=float)
     tied_margin = np.array([tied[p][2] for p in shared], dtype=float)
     hard_margin = np.minimum(np.array([ref[p][2] for p in shared], dtype=float), tied_margin)
     with np.errstate(divide="ignore", invalid="ignore"):
-        preferred = float(np.mean(tied_margin > spread))
-        preferred_hard = float(np.mean(hard_margin > spread))
-        margin_score = float(np.mean(np.nan_to_num(np.tanh(hard_margin / spread - 1), nan=0.0)))
-    components = {
-        "ref_accuracy": ref_accuracy,
-        "tied_accuracy": tied_accuracy,
-        "correctness_preferred": preferred,
-        "correctness_preferred_hard": preferred_hard,
-        "correctness_margin_score": margin_score,
-    }
-    score = (
-        0.30 * tied_accuracy
-        + 0.30 * ref_accuracy
-        + 0.20 * preferred
-        + 0.20 * preferred_hard
-        + 0.01 * margin_score
-    )
-    return float(score), components
+        components = {
+            "ref_accuracy": float(np.mean([stats[0] for stats in ref.values()])),
+            "tied_accuracy": float(np.mean([stats[0] for stats in tied.values()])),
+            "correctness_preferred": float(np.mean(tied_margin > spread)),
+            "correctness_preferred_hard": float(np.mean(hard_margin > spread)),
+            "correctness_margin_score": float(
+                np.mean(np.nan_to_num(np.tanh(hard_margin / spread - 1), nan=0.0))
+            ),
+        }
+    weights = {"tied_accuracy": 0.30, "ref_accuracy": 0.30, "correctness_preferred": 0.20,
+               "correctness_preferred_hard": 0.20, "correctness_margin_score": 0.01}  # fmt: skip
+    return float(sum(weight * components[name] for name, weight in weights.items())), components
 
 
-def evaluate_rewardbench(
-    rows: Sequence[dict], scorer: Scorer, benchmark: str | None = None, rank_by: str = "expectation"
-) -> dict:
-    """Score RewardBench (v1) or RewardBench 2 rows with `scorer` (conversations -> one score each).
-
-    `benchmark` is detected from the rows when None. `rank_by` is only recorded (the scorer applies it,
-    see `model_scorer`). Returns the report described in the module docstring (without ``dataset``,
-    ``split`` and ``limit``, which `run_rewardbench` adds).
-    """
-    detected = benchmark_of(rows)
-    benchmark = benchmark or detected
-    if benchmark not in HUB_IDS:
-        raise ValueError(f"Unknown benchmark {benchmark!r}; use {REWARDBENCH!r} or {REWARDBENCH_2!r}.")
-    if benchmark != detected:
-        raise ValueError(f"The rows are in the {detected} format, not {benchmark}.")
-    groups = _completions(rows, benchmark)
-    scores = _score_each_once(groups, scorer, lambda number: _where(rows, number))
+def _subset_scores(rows: Sequence[dict], scores: list[np.ndarray], benchmark: str) -> dict:
+    """{subset: {"accuracy", "n"}} of scored rows: strict pairwise accuracy (RewardBench), best-of-N with
+    ties shared or the Ties score (RewardBench 2; an undefined Ties score has accuracy None and the reason
+    under ``left_out``)."""
     by_subset: dict[str, list[int]] = defaultdict(list)
     for number, row in enumerate(rows):
         by_subset[str(row["subset"])].append(number)
@@ -368,29 +370,86 @@ def evaluate_rewardbench(
             if accuracy is None:
                 subsets[subset]["left_out"] = components.pop("left_out")
             continue
-        if benchmark == REWARDBENCH_2:
-            results = [best_of_n_result(scores[i]) for i in numbers]
-        else:  # strictly higher: a tie counts as wrong
-            results = [float(scores[i][0] > scores[i][1]) for i in numbers]
+        results = [_row_result(scores[i], benchmark) for i in numbers]
         subsets[subset] = {"accuracy": float(np.mean(results)), "n": len(numbers)}
-    known = list(REWARDBENCH_EXAMPLE_COUNTS) if benchmark == REWARDBENCH else REWARDBENCH_2_SUBSETS
+    return subsets
+
+
+def _row_result(scores: np.ndarray, benchmark: str) -> float:
+    """One row's result: best-of-N with ties shared (RewardBench 2), else 1 when the chosen response scores
+    strictly higher (RewardBench: a tie counts as wrong)."""
+    return best_of_n_result(scores) if benchmark == REWARDBENCH_2 else float(scores[0] > scores[1])
+
+
+def _sections(subsets: dict, benchmark: str) -> tuple[dict, list[float]]:
+    """The RewardBench sections (each the mean of its subsets weighted by the official example counts;
+    none for RewardBench 2) and the parts whose mean is the score."""
+    if benchmark == REWARDBENCH_2:
+        parts = [subsets[name]["accuracy"] for name in REWARDBENCH_2_SUBSETS if name in subsets]
+        return {}, [part for part in parts if part is not None]
     sections = {}
-    if benchmark == REWARDBENCH:
-        for section, names in REWARDBENCH_SECTIONS.items():
-            present = [name for name in names if name in subsets]
-            if present:
-                weights = [REWARDBENCH_EXAMPLE_COUNTS[name] for name in present]
-                sections[section] = float(
-                    np.average([subsets[name]["accuracy"] for name in present], weights=weights)
-                )
-        parts = list(sections.values())
-    else:
-        parts = [
-            subsets[name]["accuracy"]
-            for name in REWARDBENCH_2_SUBSETS
-            if name in subsets and subsets[name]["accuracy"] is not None
-        ]
-    return {
+    for section, names in REWARDBENCH_SECTIONS.items():
+        present = [name for name in names if name in subsets]
+        if present:
+            weights = [REWARDBENCH_EXAMPLE_COUNTS[name] for name in present]
+            sections[section] = float(
+                np.average([subsets[name]["accuracy"] for name in present], weights=weights)
+            )
+    return sections, list(sections.values())
+
+
+def ranking_report(
+    rows: Sequence[dict], scores: list[np.ndarray], distributions: dict, benchmark: str
+) -> dict:
+    """How well the model's uncertainty ranks its mistakes on the benchmark rows (`qrm_hf.evaluation.
+    pair_ranking_report`). Each row is one pair: RewardBench its chosen and rejected responses (correct:
+    the chosen scores strictly higher), RewardBench 2 its first chosen response against the strongest
+    other completion (correct: the row's best-of-N result). Ties rows are not pairs: left out and counted
+    in ``left_out_rows``. `scores` and `distributions` ({"reward_quantiles": [...], optionally
+    "reward_epistemic_std": [...]}) are `_score_each_once`'s; the margin is that of the ranking scores."""
+    from .evaluation import pair_ranking_report, pair_ranking_signals
+
+    pairs = [number for number, row in enumerate(rows) if str(row["subset"]).lower() != "ties"]
+    if not pairs:
+        return {"pairs": 0, "left_out_rows": len(rows)}
+    rival = [1 + int(np.argmax(scores[i][1:])) for i in pairs]  # RewardBench: the rejected response
+    sides = {
+        name: (
+            np.stack([values[i][0] for i in pairs]),
+            np.stack([values[i][j] for i, j in zip(pairs, rival, strict=True)]),
+        )
+        for name, values in {"scores": scores, **distributions}.items()
+    }
+    epistemic = sides.get("reward_epistemic_std", (None, None))
+    signals = pair_ranking_signals(*sides["scores"], *sides["reward_quantiles"], *epistemic)
+    correct = [_row_result(scores[i], benchmark) for i in pairs]
+    return {**pair_ranking_report(correct, signals), "left_out_rows": len(rows) - len(pairs)}
+
+
+def evaluate_rewardbench(
+    rows: Sequence[dict], scorer: Scorer, benchmark: str | None = None, rank_by: str = "expectation"
+) -> dict:
+    """Score RewardBench (v1) or RewardBench 2 rows with `scorer` (conversations -> one score each, or a
+    dict with the reward distributions too: see `Scorer`).
+
+    `benchmark` is detected from the rows when None. `rank_by` is only recorded (the scorer applies it,
+    see `model_scorer`). Returns the report described in the module docstring (without ``dataset``,
+    ``split`` and ``limit``, which `run_rewardbench` adds), with ``ranking`` (`ranking_report`) when the
+    scorer gives the reward distributions.
+    """
+    detected = benchmark_of(rows)
+    benchmark = benchmark or detected
+    if benchmark not in HUB_IDS:
+        raise ValueError(f"Unknown benchmark {benchmark!r}; use {REWARDBENCH!r} or {REWARDBENCH_2!r}.")
+    if benchmark != detected:
+        raise ValueError(f"The rows are in the {detected} format, not {benchmark}.")
+    scores, distributions = _score_each_once(
+        _completions(rows, benchmark), scorer, lambda number: _where(rows, number)
+    )
+    subsets = _subset_scores(rows, scores, benchmark)
+    sections, parts = _sections(subsets, benchmark)
+    known = list(REWARDBENCH_EXAMPLE_COUNTS) if benchmark == REWARDBENCH else REWARDBENCH_2_SUBSETS
+    report = {
         "benchmark": benchmark,
         "subsets": subsets,
         "sections": sections,
@@ -402,6 +461,9 @@ def evaluate_rewardbench(
         },
         "unknown_subsets": [name for name in subsets if name not in known],
     }
+    if "reward_quantiles" in distributions:
+        report["ranking"] = ranking_report(rows, scores, distributions, benchmark)
+    return report
 
 
 def load_rewardbench_rows(
@@ -413,7 +475,7 @@ def load_rewardbench_rows(
     file is its own single split). `limit` keeps the first `limit` rows of each subset.
     """
     from .data import JsonlRows
-    from .presets import load_rows
+    from .dataset_loading import load_rows
 
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}.")

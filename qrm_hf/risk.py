@@ -426,7 +426,9 @@ RISK_PARAMETERS: dict[str, RiskParameter] = {
     parameter.name: parameter
     for parameter in (
         RiskParameter("lam", 1.0, 0.0, help="risk aversion lambda"),
-        RiskParameter("alpha", 0.25, 0.0, 1.0, include_high=True, help="tail mass"),
+        # the worst 10 %: the one default of every entry point (`qrm score`, `evaluate`, `rewardbench`,
+        # the risk-aware trainers); the paper fixes no CVaR level
+        RiskParameter("alpha", 0.1, 0.0, 1.0, include_high=True, help="tail mass"),
         RiskParameter("tau", 0.1, 0.0, 1.0, help="quantile level"),
     )
 }

@@ -5,13 +5,44 @@ import textwrap
 
 import pytest
 import torch
-from transformers import LlamaConfig
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, PreTrainedTokenizerFast
 
 import qrm_hf  # noqa: F401  (registers the Auto classes)
 from qrm_hf import QRMConfig, QRMForSequenceClassification
 
 PAD, BOS = 0, 1
 PATTERN = [7, 8, 9]  # stands for the tokens that open the assistant turn
+
+
+# Llama-3-8B-Instruct's chat template, verbatim (contents are trimmed; every turn ends with <|eot_id|>).
+LLAMA3_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+    "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + "
+    "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+    "{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+
+def bpe_tokenizer(
+    corpus, specials, vocab_size: int, pre_tokenizer=None, **special_tokens
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer of `vocab_size` tokens trained on `corpus`, with `specials` as special tokens
+    (`pre_tokenizer`: byte level without a prefix space unless given)."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = (
+        pre_tokenizer if pre_tokenizer is not None else pre_tokenizers.ByteLevel(add_prefix_space=False)
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **special_tokens)
 
 
 def tiny_backbone_config(**overrides) -> LlamaConfig:
@@ -73,6 +104,15 @@ def pad_batch(rows: list[list[int]], side: str = "right"):
         ids[i, span] = torch.tensor(row)
         mask[i, span] = 1
     return ids, mask
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run much faster on one thread (and do not fight over two busy cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ import sys
 from transformers import AutoModel
 
 from conftest import PAD, PATTERN, conversation
-from qrm_hf.training.features import BackboneEncoder, extract_to_shards
+from qrm_hf.scoring import BackboneEncoder
+from qrm_hf.training.features import extract_to_shards
 
 
 def synthetic_conversations(count: int) -> list[list[int]]:

@@ -6,9 +6,10 @@ each chat format), so no Hub access is needed. The slow test uses the real SmolL
 
 import pytest
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from conftest import LLAMA3_TEMPLATE, bpe_tokenizer
 from qrm_hf.chat import (
     conversation_messages,
     derive_prompt_end_pattern,
@@ -30,14 +31,6 @@ CORPUS = [
     "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n",
 ] * 20
 
-# Llama-3-8B-Instruct's chat template, verbatim.
-LLAMA3_TEMPLATE = (
-    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
-    "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + "
-    "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
-    "{{ content }}{% endfor %}{% if add_generation_prompt %}"
-    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
-)
 # Llama-3.1's template without the tool-calling branches (system header with the knowledge dates).
 LLAMA31_TEMPLATE = """{{- bos_token }}
 {%- if not date_string is defined %}{%- set date_string = "26 Jul 2024" %}{%- endif %}
@@ -90,23 +83,12 @@ CONCAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfo
 
 def make_tokenizer(specials, template, llama3_split=True, **special_tokens) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on CORPUS, with `specials` as special tokens."""
-    tok = Tokenizer(models.BPE())
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=not llama3_split)
     if llama3_split:
-        tok.pre_tokenizer = pre_tokenizers.Sequence(
+        byte_level = pre_tokenizers.Sequence(
             [pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"), byte_level]
         )
-    else:
-        tok.pre_tokenizer = byte_level
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=500,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, **special_tokens)
+    tokenizer = bpe_tokenizer(CORPUS, specials, 500, byte_level, **special_tokens)
     tokenizer.chat_template = template
     return tokenizer
 

@@ -1,3 +1,6 @@
+"""Verbosity debiasing (ArmoRM's, training/debias.py): the penalty chosen per attribute, the transform T it
+builds, and a model that applies T at every quantile level."""
+
 import numpy as np
 import pytest
 import torch

@@ -56,6 +56,12 @@ def test_demo_saves_a_model_that_reloads_through_remote_code_with_the_fitted_num
     assert gating["accuracy"] == pytest.approx(heldout["pairs"]["accuracy"])
     assert set(gating["fixed_mixes"]) == {f"{name} only" for name in heads["attribute_names"]} | {"uniform"}
     assert {"harmful", "factual"} <= set(gating["mean_weights_by_category"])
+    ranking = heldout["pairs"]["ranking"]  # how well each signal ranks the model's mistakes on the pairs
+    assert set(ranking["signals"]) == {"margin", "probability", "effect_size"}  # no members: no epistemic
+    assert ranking["pairs"] == len(heldout_pairs)
+    selective = heldout["ratings"]["models"]["qrm"]["selective_error"]  # MAE@50 by predicted width
+    assert set(selective) == set(heads["attribute_names"])
+    assert (out / "calibration" / "accuracy_coverage.png").stat().st_size > 0
     assert json.loads((out / "gating" / "gating.json").read_text())["settings"]["fit_loss_scale"]
     assert (out / "showcase_distributions.png").stat().st_size > 10_000
     card = (model_dir / "README.md").read_text()
@@ -83,3 +89,30 @@ def test_score_command_prints_the_model_numbers(demo_run, capsys):
     assert float(row[2]) == pytest.approx(quantiles[0].item(), abs=1e-4)  # level 0.05 is the first level
     # certainty equivalent of the exponential utility at lambda 1: -log mean_k exp(-q_k)
     assert float(row[5]) == pytest.approx(-torch.exp(-quantiles.double()).mean().log().item(), abs=1e-4)
+
+
+@pytest.mark.slow
+def test_demo_calibrates_on_half_of_the_heldout_prompts_and_keeps_the_other_half_for_the_test(demo_run):
+    from qrm_hf.training.demo import CALIBRATION_WIDTH_BINS
+
+    model_dir, config = demo_run
+    out = config.output_dir
+    halves = [
+        [json.loads(line) for line in (out / f"ratings_{name}.jsonl").read_text().splitlines()]
+        for name in ("calibration", "test")
+    ]
+    heldout = (
+        (Path(__file__).parent.parent / "data" / "demo" / "ratings_heldout.jsonl").read_text().splitlines()
+    )
+    assert len(halves[0]) + len(halves[1]) == len(heldout)
+    prompts = [{row["prompt"] for row in half} for half in halves]
+    assert not prompts[0] & prompts[1]  # whole prompts to each side
+    assert all({"clear", "controversial"} <= {row["kind"] for row in half} for half in halves)
+    calibrated = QRMForSequenceClassification.from_pretrained(out / "calibrated_model")
+    calibration = calibrated.config.calibration
+    assert len(calibration["offsets"]) == CALIBRATION_WIDTH_BINS
+    responses = {(row["prompt"], row["response"]) for row in halves[0]}
+    assert sum(group[0] for group in calibration["calibration_responses"]) == len(responses)
+    card = (out / "calibrated_model" / "README.md").read_text()
+    assert "## Calibration" in card and "| helpfulness | controversial |" in card
+    assert "pinball_loss" in card  # the trained model's card, with its calibration section added

@@ -1,20 +1,23 @@
-"""The shipped demo data (data/demo) is reproducible and has the properties the demo relies on."""
+"""The shipped demo data (data/demo) is what `qrm_hf.training.demo_data` writes from the hand-written
+files of data/demo/source, and has the properties the demo relies on."""
 
-import importlib.util
+import hashlib
 import json
 import math
 import random
+import shutil
 import statistics
 import subprocess
 import sys
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
+import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "scripts" / "make_demo_data.py"
-DATA = ROOT / "data" / "demo"
+from qrm_hf.training import demo_data
+from qrm_hf.training.demo_data import DEMO_DATA as DATA
+from qrm_hf.training.demo_data import Response, load_content
+
 FILES = [
     "ratings_train.jsonl",
     "ratings_heldout.jsonl",
@@ -27,11 +30,8 @@ ATTRIBUTES = ("helpfulness", "correctness", "safety", "verbosity")
 
 
 @pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("make_demo_data", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def content():
+    return load_content()
 
 
 def read(name: str) -> list[dict]:
@@ -46,12 +46,76 @@ def by_response(rows: list[dict]) -> dict[str, list[dict]]:
     return grouped
 
 
-def test_shipped_files_are_what_the_script_writes(tmp_path):
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_shipped_files_are_what_the_generator_writes(tmp_path):
+    """`python -m qrm_hf.training.demo_data` (what `make demo-data` runs) rewrites every shipped file
+    byte for byte from data/demo/source."""
     subprocess.run(
-        [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--seed", "0"], check=True, capture_output=True
+        [sys.executable, "-m", "qrm_hf.training.demo_data", "--out", str(tmp_path), "--seed", "0"],
+        check=True,
+        capture_output=True,
     )
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(FILES)
     for name in FILES:
-        assert (tmp_path / name).read_bytes() == (DATA / name).read_bytes(), name
+        assert sha256(tmp_path / name) == sha256(DATA / name), name
+
+
+def copy_of_source(tmp_path):
+    source = tmp_path / "source"
+    shutil.copytree(DATA / "source", source)
+    return source, yaml.safe_load((source / "prompts.yaml").read_text(encoding="utf-8"))
+
+
+def write_prompts(source, prompts) -> None:
+    (source / "prompts.yaml").write_text(yaml.safe_dump(prompts, allow_unicode=True), encoding="utf-8")
+
+
+def test_editing_one_prompt_changes_only_its_rows(tmp_path):
+    """The data files are what the generator reads, and a prompt's labels are seeded by its key alone."""
+    source, prompts = copy_of_source(tmp_path)
+    edited = prompts[0]
+    edited["responses"][0]["text"] += " It is also home to the Australian War Memorial."
+    write_prompts(source, prompts)
+    demo_data.write_demo_data(tmp_path / "out", seed=0, source=source)
+
+    def rows_by_prompt(directory):
+        rows = defaultdict(list)
+        for split in ("train", "heldout"):
+            for line in (directory / f"ratings_{split}.jsonl").read_text(encoding="utf-8").splitlines():
+                row = json.loads(line)
+                rows[row["conversation_id"].rsplit("-r", 1)[0]].append(row)
+        return rows
+
+    before, after = rows_by_prompt(DATA), rows_by_prompt(tmp_path / "out")
+    assert before.keys() == after.keys()
+    assert [key for key in before if before[key] != after[key]] == [edited["key"]]
+    assert after[edited["key"]][0]["response"].endswith("Australian War Memorial.")
+
+
+def test_a_misspelt_field_is_named(tmp_path):
+    source, prompts = copy_of_source(tmp_path)
+    response = prompts[3]["responses"][1]
+    response["score"] = response.pop("scores")
+    write_prompts(source, prompts)
+    with pytest.raises(
+        ValueError,
+        match=rf"prompt '{prompts[3]['key']}', a response: missing field\(s\) \['scores'\], unknown field\(s\) \['score'\]",
+    ):
+        load_content(source)
+
+
+def test_a_disputed_response_under_an_undisputed_category_is_refused(tmp_path):
+    """A typo in the data files (group B scores on a factual answer) fails loudly instead of silently
+    turning a clear prompt controversial."""
+    source, prompts = copy_of_source(tmp_path)
+    factual = next(prompt for prompt in prompts if prompt["category"] == "factual")
+    factual["responses"][0]["scores_group_b"] = [0, 0, 0]
+    write_prompts(source, prompts)
+    with pytest.raises(ValueError, match=f"{factual['key']}: category 'factual' does not match"):
+        load_content(source)
 
 
 def test_schema_and_label_range():
@@ -93,8 +157,8 @@ def test_controversial_labels_are_spread_out():
     assert statistics.fmean(spread["controversial"]) > 2 * statistics.fmean(spread["clear"])
 
 
-def test_pairs_prefer_the_higher_weighted_mean(script):
-    weights = script.weights_by_prompt()
+def test_pairs_prefer_the_higher_weighted_mean(content):
+    weights = demo_data.weights_by_prompt(content.prompts)
     for split in ("train", "heldout"):
         responses = defaultdict(list)
         for row in read(f"ratings_{split}.jsonl"):
@@ -112,7 +176,7 @@ def test_pairs_prefer_the_higher_weighted_mean(script):
         assert pairs
         for pair in pairs:
             margin = score(pair["prompt"], pair["chosen"]) - score(pair["prompt"], pair["rejected"])
-            assert margin >= script.MIN_MARGIN, pair
+            assert margin >= demo_data.MIN_MARGIN, pair
 
 
 def test_showcase_comes_from_heldout():
@@ -129,38 +193,41 @@ def test_showcase_comes_from_heldout():
     assert min(sum(v <= 1 for v in labels), sum(v >= 3 for v in labels)) >= 2  # two camps
 
 
-def test_content_tables_are_consistent(script):
-    script.check_content()
-    assert 60 <= len(script.PROMPTS) <= 80
-    kinds = [script.prompt_kind(category) for _, category, *_ in script.PROMPTS]
+def test_content_files_are_consistent(content):
+    demo_data.check_content(content)
+    assert 60 <= len(content.prompts) <= 80
+    kinds = [prompt.kind for prompt in content.prompts]
     assert 0.25 < kinds.count("controversial") / len(kinds) < 0.45
 
 
-def test_the_ceiling_width_is_that_of_the_label_draws(script):
+def test_the_ceiling_width_is_that_of_the_label_draws():
     """The README's ceiling ratio comes from `true_width_90`; check it against labels drawn the way the
     dataset draws them (`rate`): a clear response, one at the edge of the scale, a disputed one."""
     rng = random.Random(0)
     annotators = [1, 4, 12, 15, 17]  # two of group A, three of group B
-    cases = [([(2, 3, 4)], (0, 1, 2)), ([(0, 1, 4)], (0, 1, 2)), ([(4, 4, 3), (1, 4, 1)], (0, 1))]
-    for scores, attributes in cases:
+    disputed = Response("a response", (4, 4, 3), (1, 4, 1))
+    cases = [
+        (Response("a response", (2, 3, 4)), (0, 1, 2)),
+        (Response("a response", (0, 1, 4)), (0, 1, 2)),
+        (disputed, (0, 1)),
+    ]
+    for response, attributes in cases:
         for attribute in attributes:
-            name = script.SCORED[attribute]
-            draws = (
-                script.rate("a response", scores, rng.choice(annotators), rng)[name] for _ in range(20_000)
-            )
+            name = demo_data.SCORED[attribute]
+            draws = (demo_data.rate(response, rng.choice(annotators), rng)[name] for _ in range(20_000))
             labels = sorted(label for label in draws if label is not None)  # correctness is sometimes missing
             drawn = (
                 labels[math.ceil(0.95 * len(labels)) - 1] - labels[math.ceil(0.05 * len(labels)) - 1]
             ) / 4
-            assert script.true_width_90(scores, annotators, attribute) == drawn, (scores, name)
+            assert demo_data.true_width_90(response, annotators, attribute) == drawn, (response, name)
     # Safety of the disputed response: group A's upper tail holds exactly 5 % (2 annotators of 5, each one
     # point up with probability 1/8), so every q0.95 in [3, 4] is a population quantile: the middle is used.
-    assert script.true_width_90([(4, 4, 3), (1, 4, 1)], annotators, 2) == (3.5 - 0) / 4
+    assert demo_data.true_width_90(disputed, annotators, 2) == (3.5 - 0) / 4
 
 
-def test_stock_responses_are_clear_cut_and_drawn_per_prompt(script):
-    for key, category, _, written in script.PROMPTS:
-        stock = script.stock_responses(key, category)
-        assert script.with_stock(key, category, written)[len(written) :] == stock
-        assert all(len(entry) == 2 for entry in stock)  # (text, scores): stock answers are never disputed
-        assert {text for text, *_ in stock}.isdisjoint(text for text, *_ in written)
+def test_stock_responses_are_clear_cut_and_drawn_per_prompt(content):
+    for prompt in content.prompts:
+        stock = content.stock_responses(prompt)
+        assert content.responses(prompt)[len(prompt.responses) :] == stock
+        assert all(response.kind == "clear" for response in stock)  # stock answers are never disputed
+        assert {r.text for r in stock}.isdisjoint(r.text for r in prompt.responses)

@@ -230,8 +230,9 @@ def test_evaluate_cli_with_baselines_plots_and_json(tmp_path, capsys):
     from conftest import PAD, PATTERN, make_qrm
     from qrm_hf.chat import encode_conversation
     from qrm_hf.cli import main
+    from qrm_hf.scoring import BackboneEncoder
     from qrm_hf.training.assemble import save_qrm
-    from qrm_hf.training.features import BackboneEncoder, extract_to_shards
+    from qrm_hf.training.features import extract_to_shards
 
     model, tokenizer = make_qrm(seed=2, attribute_names=["a", "b", "c"]), make_tokenizer()
     model_dir = save_qrm(model, tmp_path / "model", tokenizer=tokenizer)

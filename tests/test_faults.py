@@ -110,7 +110,7 @@ def test_a_second_run_on_the_same_output_directory_is_refused_naming_the_first(c
         [sys.executable, "-c", textwrap.dedent(
             f"""
             import time
-            from qrm_hf.locking import directory_lock
+            from qrm_hf.io import directory_lock
             with directory_lock({str(copy)!r}), directory_lock({str(copy / "gating")!r}):
                 print("locked", flush=True)
                 time.sleep(120)
@@ -203,7 +203,7 @@ def test_a_resumed_extraction_is_bitwise_equal_to_an_uninterrupted_one(clean_run
     reference = load_features(copy / PAIRS)[0]
     # As after a kill -9 during the pairs extraction: shards 1 and 3 not written yet, stage unfinished.
     state = json.loads((copy / "pipeline_state.json").read_text())
-    state["extract preference/pairs"]["complete"] = False
+    state["stages"]["extract preference/pairs"]["complete"] = False
     (copy / "pipeline_state.json").write_text(json.dumps(state))
     for number in (1, 3):
         (copy / PAIRS / f"features-0000{number}.safetensors").unlink()

@@ -218,7 +218,7 @@ def test_extract_refuses_non_finite_embeddings_naming_the_line_and_a_nan_backbon
 
 
 def _scoring_commands() -> set[str]:
-    """Every `qrm` command that scores with a QRM: its positional `model` is a QRM (`_add_model_arguments`)."""
+    """Every `qrm` command that scores with a QRM: its positional `model` is a QRM (`qrm_hf.cli_model.add_model_arguments`)."""
     subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     return {
         name
@@ -273,6 +273,9 @@ def _command_cases(tmp_path: Path, poisoned, clean) -> dict[str, list[tuple[list
         ],
         "rewardbench": [(["--data", rewardbench], [f"{rewardbench} line 2 (subset 'hep-go', id 11)"])],
         "preference-strength": [(["--pairs", pairs], [f"{pairs} line 5 (rejected)"])],
+        "calibrate": [
+            (["--ratings", ratings, "--output-dir", tmp_path / "calibrated"], [f"{ratings} line 5"])
+        ],
     }
 
 

@@ -20,7 +20,7 @@ from test_rloo import (
     score_one_by_one,
     trainer_for,
 )
-from test_trl import CHAT_PROMPTS, one_thread, record_rewards  # noqa: F401  (fixture)
+from test_trl import CHAT_PROMPTS, record_rewards
 from trl import GRPOConfig, GRPOTrainer
 
 from qrm_hf import risk

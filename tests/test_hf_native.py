@@ -28,14 +28,6 @@ ROWS = [conversation(4, 6, seed=1), conversation(9, 3, seed=2), conversation(2, 
 FIELDS = ("logits", "reward_quantiles", "attribute_quantiles", "rewards", "gating_output")
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def assert_same_outputs(out, expected, atol=1e-5):
     for name in FIELDS:
         torch.testing.assert_close(out[name], expected[name], atol=atol, rtol=0, msg=name)

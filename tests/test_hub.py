@@ -45,8 +45,9 @@ from transformers import AutoModelForSequenceClassification, PreTrainedTokenizer
 
 from conftest import make_qrm
 from qrm_hf import QRMForSequenceClassification, hub
+from qrm_hf.cli_push import add_push_command
 from qrm_hf.model_cards import ModelCardTemplateError, render_model_card
-from qrm_hf.training.assemble import save_qrm
+from qrm_hf.training.assemble import push_qrm, save_qrm
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELING_DIR = REPO_ROOT / "modeling"
@@ -617,7 +618,7 @@ def test_push_then_pull_round_trip_with_revision_pinning(local_hub, hub_writes, 
 
     # v1: push_qrm renders the card for this repo, saves model + tokenizer and pushes them in one commit
     model_1, tokenizer = make_qrm(seed=11), make_tokenizer()
-    info_1 = hub.push_qrm(
+    info_1 = push_qrm(
         model_1,
         repo_id,
         tokenizer,
@@ -644,7 +645,7 @@ def test_push_then_pull_round_trip_with_revision_pinning(local_hub, hub_writes, 
     model_2, _, dir_2 = saved_qrm(tmp_path / "v2", seed=12, max_shard_size="40KB")
     assert (dir_2 / "model.safetensors.index.json").exists()
     parser = argparse.ArgumentParser(prog="qrm")
-    hub.add_push_command(parser.add_subparsers(dest="command", required=True))
+    add_push_command(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["push", str(dir_2), repo_id, "--private", "--commit-message", "Sharded v2"])
     args.handler(args)
     printed = capsys.readouterr().out
@@ -781,7 +782,7 @@ def test_push_refuses_a_symbolic_link_out_of_the_directory_before_any_hub_call(
     secret.write_text("hf_private")
     (model_dir / "notes.txt").symlink_to(secret)
     parser = argparse.ArgumentParser(prog="qrm")
-    hub.add_push_command(parser.add_subparsers(dest="command", required=True))
+    add_push_command(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["push", str(model_dir), "qrm-org/model"])
     with pytest.raises(ValueError) as error:
         args.handler(args)
@@ -813,7 +814,7 @@ def test_push_cli_reports_bad_input_without_traceback(model_dir, no_hub_calls, c
 
 def test_push_cli_help(capsys):
     parser = argparse.ArgumentParser(prog="qrm")
-    hub.add_push_command(parser.add_subparsers(dest="command", required=True))
+    add_push_command(parser.add_subparsers(dest="command", required=True))
     with pytest.raises(SystemExit):
         parser.parse_args(["push", "--help"])
     text = capsys.readouterr().out

@@ -415,7 +415,20 @@ def _push(tiny_run, tmp_path, monkeypatch):
     return uploaded["README.md"].decode()
 
 
-CARD_OF = {"train": _train, "assemble": _assemble, "demo": _demo, "push": _push}
+def _calibrate(tiny_run, tmp_path, monkeypatch):
+    """`qrm calibrate` of a saved tiny model: the calibrated copy's card."""
+    from test_calibration import rating_rows
+    from test_hub import make_tokenizer
+
+    save_qrm(make_qrm(attribute_names=["a", "b", "c"]), tmp_path / "model", tokenizer=make_tokenizer())
+    ratings = tmp_path / "ratings.jsonl"
+    ratings.write_text("".join(json.dumps(row) + "\n" for row in rating_rows()))
+    main(["calibrate", str(tmp_path / "model"), "--ratings", str(ratings), "--output-dir", str(tmp_path / "calibrated"),
+          "--homepage", HOMEPAGE])  # fmt: skip
+    return (tmp_path / "calibrated" / "README.md").read_text()
+
+
+CARD_OF = {"train": _train, "assemble": _assemble, "demo": _demo, "push": _push, "calibrate": _calibrate}
 
 
 @pytest.mark.parametrize("command", sorted(card_commands()))
@@ -454,6 +467,3 @@ def test_a_homepage_that_is_not_a_url_is_a_one_line_error(argv, capsys, tmp_path
 def test_a_homepage_that_is_not_a_url_fails_when_the_config_is_read(tmp_path):
     with pytest.raises(ValueError, match="not an http"):
         settings_from_mapping(AssembleSettings, {"homepage": "example.org"}, "config: model")
-    assert (
-        "homepage" not in AssembleSettings().fingerprint()
-    )  # models assembled before the setting stay current

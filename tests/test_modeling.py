@@ -1,3 +1,6 @@
+"""`QRMConfig` and `QRMForSequenceClassification` on tiny random backbones: config validation, the heads,
+quantiles and mixing, the gating position, precision, and saving and loading with and without qrm_hf."""
+
 import json
 
 import numpy as np

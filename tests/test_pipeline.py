@@ -22,11 +22,11 @@ from qrm_hf import QRMForSequenceClassification
 from qrm_hf.chat import encode_conversation
 from qrm_hf.cli import main
 from qrm_hf.training.features import load_features, load_labelled
-from qrm_hf.training.pipeline import TrainConfig, build_plan, run_training
+from qrm_hf.training.pipeline import STATE_FORMAT_VERSION, TrainConfig, build_plan, run_training
 from qrm_hf.training.quantile_regression import MultiQuantileRegressor
+from qrm_hf.training.settings import ExtractionSettings, GatingSettings
 from qrm_hf.training.stages import (
     DatasetSpec,
-    GatingSettings,
     extract_features,
     fit_gating,
     fit_quantile_heads,
@@ -422,11 +422,12 @@ def test_bad_input_is_refused_with_a_clear_error_and_leaves_no_output(trained, t
     # Features of another backbone (hidden size 48) cannot be mixed with these, nor meet these heads.
     other = save_backbone(tmp_path / "other", hidden_size=48)
     spec = DatasetSpec(**pairs_spec(data["pairs"]))
-    other_pairs = extract_features(other, spec, tmp_path / "other_pairs", max_length=256, shard_size=64)
+    short = ExtractionSettings(max_length=256, shard_size=64)
+    other_pairs = extract_features(other, spec, tmp_path / "other_pairs", settings=short)
     with pytest.raises(ValueError, match="hidden size 48, the quantile heads 32"):
         fit_gating(out / "heads", [other_pairs], tmp_path / "gating")
     other_ratings = extract_features(
-        other, DatasetSpec(**ratings_spec(data["ratings"])), tmp_path / "other_ratings", max_length=256
+        other, DatasetSpec(**ratings_spec(data["ratings"])), tmp_path / "other_ratings", settings=short
     )
     with pytest.raises(ValueError, match="another backbone"):
         load_labelled([out / "features" / "attribute" / "ratings", other_ratings], ATTRIBUTES)
@@ -458,7 +459,12 @@ def test_bad_datasets_are_named(trained, tmp_path, rows, mapping, match):
     source.write_text("".join(json.dumps(row) + "\n" for row in rows))
     values = {**ratings_spec(source, "bad"), "attributes": ["helpfulness"], **mapping}
     with pytest.raises(ValueError, match=match):
-        extract_features(backbone, DatasetSpec(**values), tmp_path / "features", max_length=256)
+        extract_features(
+            backbone,
+            DatasetSpec(**values),
+            tmp_path / "features",
+            settings=ExtractionSettings(max_length=256),
+        )
     assert not (tmp_path / "features").exists()
 
 
@@ -509,7 +515,7 @@ def test_an_interrupted_run_resumes_the_unfinished_extraction(tmp_path, capsys):
     reference = load_features(out / "features" / "preference" / "pairs")[0]
     # As after a crash during the pairs extraction: one shard missing, the stage not marked complete.
     state = json.loads((out / "pipeline_state.json").read_text())
-    state["extract preference/pairs"]["complete"] = False
+    state["stages"]["extract preference/pairs"]["complete"] = False
     (out / "pipeline_state.json").write_text(json.dumps(state))
     (out / "features" / "preference" / "pairs" / "features-00001.safetensors").unlink()
     kept = mtimes(out / "features" / "preference" / "pairs")
@@ -521,6 +527,34 @@ def test_an_interrupted_run_resumes_the_unfinished_extraction(tmp_path, capsys):
     assert all(after[name] == kept[name] for name in kept if name.startswith("features-00000"))
     for name, tensor in load_features(out / "features" / "preference" / "pairs")[0].items():
         torch.testing.assert_close(tensor, reference[name])
+
+
+def test_a_state_file_of_another_format_version_runs_every_stage_again(tmp_path, capsys):
+    """The state records the format version of its fingerprints; one of another version (here a file
+    written before versions existed: version 1) is not compared, so every stage runs again, and the
+    extractions keep the shards their own manifests vouch for."""
+    backbone = save_backbone(tmp_path / "backbone")
+    run = tmp_path / "run"
+    values = config_values(backbone, write_data(tmp_path / "data"), run, debias=False)
+    config = write_config(tmp_path / "config.yaml", values)
+    main(["train", str(config)])
+    state = json.loads((run / "pipeline_state.json").read_text())
+    assert state["format_version"] == STATE_FORMAT_VERSION
+    (run / "pipeline_state.json").write_text(json.dumps(state["stages"]))  # the layout without a version
+    shards = {name: time for name, time in mtimes(run / "features").items() if "/features-" in name}
+    fitted = mtimes(run / "gating")["gating.safetensors"]
+    capsys.readouterr()
+    main(["train", str(config)])
+    printed = capsys.readouterr().out
+    assert f"has format version 1, this qrm-hf writes {STATE_FORMAT_VERSION}" in printed
+    assert "up to date" not in printed
+    assert mtimes(run / "gating")["gating.safetensors"] != fitted
+    assert shards and all(mtimes(run / "features")[name] == time for name, time in shards.items())
+    assert json.loads((run / "pipeline_state.json").read_text())["format_version"] == STATE_FORMAT_VERSION
+    main(["train", str(config)])
+    assert capsys.readouterr().out.count("up to date, skipped") == len(
+        build_plan(TrainConfig.from_yaml(config))
+    )
 
 
 def test_a_stage_output_replaced_by_another_command_is_redone(tmp_path, capsys):

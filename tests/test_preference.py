@@ -12,12 +12,13 @@ from test_pipeline import config_values, pairs_spec, save_backbone, write_config
 
 from conftest import make_qrm
 from qrm_hf.cli import main
-from qrm_hf.preference import preference_probability, preference_strength
+from qrm_hf.preference import AMBIGUOUS_WITHIN, flag_pairs, preference_probability, preference_strength
 from qrm_hf.training.bootstrap import HeadEnsemble, PairFeatures, fit_bootstrap_heads
-from qrm_hf.training.gating import BradleyTerryGating
+from qrm_hf.training.gating import BradleyTerryGating, gating_sizes
 from qrm_hf.training.pipeline import TrainConfig, build_plan
 from qrm_hf.training.quantile_regression import MultiQuantileRegressor, quantile_objective
-from qrm_hf.training.stages import GatingSettings, _gating_config, fit_gating, pair_strength
+from qrm_hf.training.settings import GatingSettings
+from qrm_hf.training.stages import fit_gating, pair_strength
 
 # ------------------------------------------------------------------------------ preference_probability
 
@@ -237,7 +238,7 @@ def _gating_problem(n=60, seed=0):
 def _bradley_terry(**remedies):
     settings = GatingSettings(hidden_dim=16, n_hidden=2, batch_size=8, epochs=3, learning_rate=1e-3)
     return BradleyTerryGating(
-        _gating_config(["a", "b", "c"], 32, settings), batch_size=8, epochs=3, learning_rate=1e-3,
+        gating_sizes(["a", "b", "c"], 32, settings), batch_size=8, epochs=3, learning_rate=1e-3,
         validation_fraction=0.0, **remedies,
     )  # fmt: skip
 
@@ -279,12 +280,8 @@ def test_remedies_change_the_fit_only_when_set_and_check_their_input():
         _bradley_terry(drop_below=1.0).fit(prompts, chosen, rejected, strength=torch.zeros(len(prompts)))
 
 
-def test_noisy_label_settings_enter_the_fingerprint_only_when_set(trained, tmp_path):
+def test_noisy_label_settings_change_the_gating_fingerprint(trained, tmp_path):
     values, _, _ = trained
-    plain = {key: value for key, value in GatingSettings().fingerprint().items()}
-    assert (
-        "flip_below" not in plain and "label_smoothing" not in plain
-    )  # runs made before keep their fingerprint
 
     def gating_fingerprint(gating):
         config = TrainConfig.from_dict(
@@ -314,6 +311,23 @@ def test_fit_gating_flips_the_pairs_the_measured_strength_puts_below_the_thresho
     ]  # the split BradleyTerryGating makes
     assert info["noisy_labels"]["flipped"] == int((strength[train.numpy()] < 0.5).sum())
     assert info["noisy_labels"]["flip_below"] == 0.5 and info["settings"]["adaptive_margin"] == 0.5
+
+
+def test_flag_pairs_marks_reversed_pairs_mislabelled_and_close_ones_ambiguous():
+    """Without an ensemble: a negative margin is likely mislabelled, P within AMBIGUOUS_WITHIN of 0.5
+    ambiguous; with one, |mean| < std is; an identical pair is ambiguous and never mislabelled."""
+    margin = np.array([0.5, -0.4, 0.01, 0.0, -0.02])
+    probability = np.array([0.9, 0.1, 0.5 + AMBIGUOUS_WITHIN / 2, 0.5, 0.5 - 1.5 * AMBIGUOUS_WITHIN])
+    identical = np.array([False, False, False, True, False])
+    flags = flag_pairs(margin, probability, identical)
+    assert flags.likely_mislabelled.tolist() == [False, True, False, False, True]
+    assert flags.ambiguous.tolist() == [False, False, True, True, False]
+    assert flag_pairs(margin, probability, identical, ambiguous_within=2 * AMBIGUOUS_WITHIN).ambiguous[4]
+    mean, std = np.array([0.5, -0.4, 0.3, 0.0, -0.02]), np.array([0.1, 0.1, 0.5, 0.0, 0.01])
+    flags = flag_pairs(margin, probability, identical, ensemble_mean=mean, ensemble_std=std)
+    assert flags.score.tolist() == mean.tolist() and flags.ambiguous_within is None
+    assert flags.likely_mislabelled.tolist() == [False, True, False, False, True]
+    assert flags.ambiguous.tolist() == [False, False, True, True, False]
 
 
 # ------------------------------------------------------------------------------ qrm preference-strength

@@ -1,4 +1,5 @@
-"""Dataset presets and loaders (qrm_hf.presets) on small fixtures with the real datasets' schemas.
+"""Dataset presets (qrm_hf.presets) and loaders (qrm_hf.dataset_loading) on small fixtures with the real
+datasets' schemas.
 
 The fixtures are written by tests/fixtures/datasets/make_fixtures.py; the expected values below are
 computed by hand from them.
@@ -14,21 +15,28 @@ import pytest
 
 datasets = pytest.importorskip("datasets")
 
-from qrm_hf import presets  # noqa: E402
-from qrm_hf.presets import (  # noqa: E402
-    PAPER_ATTRIBUTES,
-    PRESETS,
-    DatasetPreset,
+from qrm_hf import dataset_loading  # noqa: E402
+from qrm_hf.dataset_loading import (  # noqa: E402
     attribute_examples,
     get_preset,
     load_preset,
     load_rows,
-    parse_hh_transcript,
     preference_examples,
 )
+from qrm_hf.dataset_preset import DatasetPreset  # noqa: E402
+from qrm_hf.presets import PAPER_ATTRIBUTES, PRESETS, parse_hh_transcript  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
 
+# Argilla's rated data sets: the attribute preset and the pairs preset of each read the same file.
+CAPYBARA = (
+    "argilla_capybara.parquet",
+    ["source", "chosen", "chosen_rating", "chosen_model", "rejected", "rejected_rating", "rejected_model"],
+)
+MATH = (
+    "argilla_math.parquet",
+    ["metadata", "instruction", "chosen_response", "chosen_rating", "rejected_response", "rejected_rating"],
+)
 # preset -> (fixture, its columns exactly as on the dataset card)
 FIXTURE_OF = {
     "helpsteer": (
@@ -64,18 +72,7 @@ FIXTURE_OF = {
             "input",
         ],
     ),
-    "argilla-capybara": (
-        "argilla_capybara.parquet",
-        [
-            "source",
-            "chosen",
-            "chosen_rating",
-            "chosen_model",
-            "rejected",
-            "rejected_rating",
-            "rejected_model",
-        ],
-    ),
+    "argilla-capybara": CAPYBARA,
     "argilla-orca": (
         "argilla_orca.parquet",
         [
@@ -97,17 +94,7 @@ FIXTURE_OF = {
             "in_gsm8k_train",
         ],
     ),
-    "argilla-math": (
-        "argilla_math.parquet",
-        [
-            "metadata",
-            "instruction",
-            "chosen_response",
-            "chosen_rating",
-            "rejected_response",
-            "rejected_rating",
-        ],
-    ),
+    "argilla-math": MATH,
     "skywork-preference": ("skywork_preference.parquet", ["chosen", "rejected", "source"]),
     **{
         name: ("rlhflow_standard.parquet", ["chosen", "rejected", "chosen_score", "rejected_score"])
@@ -136,29 +123,8 @@ FIXTURE_OF = {
             "rejected-model",
         ],
     ),
-    "argilla-capybara-pairs": (
-        "argilla_capybara.parquet",
-        [
-            "source",
-            "chosen",
-            "chosen_rating",
-            "chosen_model",
-            "rejected",
-            "rejected_rating",
-            "rejected_model",
-        ],
-    ),
-    "argilla-math-pairs": (
-        "argilla_math.parquet",
-        [
-            "metadata",
-            "instruction",
-            "chosen_response",
-            "chosen_rating",
-            "rejected_response",
-            "rejected_rating",
-        ],
-    ),
+    "argilla-capybara-pairs": CAPYBARA,
+    "argilla-math-pairs": MATH,
 }
 
 
@@ -691,5 +657,5 @@ def test_hub_ids_go_to_load_dataset(monkeypatch):
 
 
 def test_module_stays_light():
-    assert "datasets" not in presets.__dict__  # imported inside load_rows only
-    assert math.isclose(presets.PRESETS["ultrafeedback"].label_ranges["ultrafeedback-overall_score"][1], 10)
+    assert "datasets" not in dataset_loading.__dict__  # imported inside load_rows only
+    assert math.isclose(PRESETS["ultrafeedback"].label_ranges["ultrafeedback-overall_score"][1], 10)

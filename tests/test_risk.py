@@ -386,7 +386,7 @@ def test_bad_quantile_tensors_raise():
         ("exp_utility", lambda q: -torch.exp(-q).mean(-1)),
         ("exp_utility:2", lambda q: -torch.exp(-2 * q).mean(-1)),
         (" certainty_equivalent : 0.5 ", lambda q: -2 * torch.log(torch.exp(-0.5 * q).mean(-1))),
-        ("cvar", None),  # alpha 0.25: 0.25 * 19 = 4.75 atoms, below
+        ("cvar", None),  # alpha 0.1: 0.1 * 19 = 1.9 atoms, below
         ("cvar:0.2", None),  # 0.2 * 19 = 3.8 atoms, below
         ("quantile", lambda q: q.sort(-1).values[..., 1]),  # tau 0.1 is the second level
         ("quantile:0.125", lambda q: q.sort(-1).values[..., 1:3].mean(-1)),  # half way from 0.10 to 0.15
@@ -395,8 +395,8 @@ def test_bad_quantile_tensors_raise():
 def test_resolve_gives_the_measure_of_a_spec(spec, direct):
     q = random_quantiles(5, K)
     sorted_q = q.sort(-1).values
-    if spec == "cvar":  # four whole atoms and 0.75 of the fifth
-        expected = (sorted_q[..., :4].sum(-1) + 0.75 * sorted_q[..., 4]) / 4.75
+    if spec == "cvar":  # one whole atom and 0.9 of the second
+        expected = (sorted_q[..., 0] + 0.9 * sorted_q[..., 1]) / 1.9
     elif spec == "cvar:0.2":  # three whole atoms and 0.8 of the fourth
         expected = (sorted_q[..., :3].sum(-1) + 0.8 * sorted_q[..., 3]) / 3.8
     else:
@@ -449,7 +449,8 @@ def test_a_new_measure_is_one_function_and_one_registry_line(monkeypatch, tmp_pa
     """Registered once, a measure reaches specs, the trainer configs and the RLHF commands' --risk-measure."""
     import argparse
 
-    from qrm_hf.cli_rlhf import add_rlhf_commands
+    from qrm_hf.cli import parse_arguments
+    from qrm_hf.cli_rlhf import add_rlhf_commands, trainer_config
     from qrm_hf.training.rloo import RiskAwareRLOOConfig
 
     def mean_minus_std(q, k):
@@ -466,5 +467,6 @@ def test_a_new_measure_is_one_function_and_one_registry_line(monkeypatch, tmp_pa
     assert config.parse_risk_measure().values == {"k": 2.0}
     parser = argparse.ArgumentParser()
     add_rlhf_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["grpo", "sft", "qrm", "--risk-measure", "mean_minus_std:2"])
-    assert args.risk_measure == "mean_minus_std:2" and args.algorithm == "grpo"
+    args = parse_arguments(parser, ["grpo", "sft", "qrm", "--risk-measure", "mean_minus_std:2"])
+    config = trainer_config(args)
+    assert type(config).__name__ == "PaperGRPOConfig" and config.parse_risk_measure()[1] == {"k": 2.0}

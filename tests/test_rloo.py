@@ -16,7 +16,6 @@ from datasets import Dataset
 from test_trl import (
     CHAT_PROMPTS,
     TEXT_PROMPTS,
-    one_thread,  # noqa: F401  (fixture)
     record_rewards,
     reward_text,
     save_tiny_policy,
@@ -28,7 +27,8 @@ from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from qrm_hf import QRMForSequenceClassification, risk
 from qrm_hf.modeling.modeling_qrm import find_last_pattern
-from qrm_hf.training.rloo import RiskAwareRLOOConfig, RiskAwareRLOOTrainer, level_name
+from qrm_hf.training.risk_rewards import level_name
+from qrm_hf.training.rloo import RiskAwareRLOOConfig, RiskAwareRLOOTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAT_COMPLETIONS = [
@@ -127,7 +127,7 @@ def metrics_of(trainer) -> dict:
     return trainer._metrics["train" if trainer.model.training else "eval"]
 
 
-def risk_of(measure, quantiles, expected, levels, lam=1.0, alpha=0.25, tau=0.1):
+def risk_of(measure, quantiles, expected, levels, lam=1.0, alpha=0.1, tau=0.1):
     return {
         "expectation": lambda: expected,
         "exp_utility": lambda: risk.exponential_utility(quantiles, lam),
@@ -167,7 +167,7 @@ def test_config_defaults(tmp_path):
     assert (args.risk_measure, args.risk_lambda, args.risk_alpha, args.risk_tau) == (
         "exp_utility",
         1.0,
-        0.25,
+        0.1,
         0.1,
     )
     assert args.log_quantile_levels == [0.05, 0.10, 0.15, 0.20, 0.25]
@@ -178,7 +178,7 @@ def test_config_defaults(tmp_path):
 # ----------------------------------------------------------------------------------------- bad input
 
 
-def test_a_risk_measure_without_a_qrm_is_an_error(one_thread, assets):  # noqa: F811
+def test_a_risk_measure_without_a_qrm_is_an_error(one_thread, assets):
     root, _ = assets
 
     def length_reward(completions, **kwargs):
@@ -191,7 +191,7 @@ def test_a_risk_measure_without_a_qrm_is_an_error(one_thread, assets):  # noqa: 
     assert rewards[:, 0].tolist() == [5.0, 8.0, 4.0, 4.0]
 
 
-def test_args_must_be_a_risk_aware_config(one_thread, assets):  # noqa: F811
+def test_args_must_be_a_risk_aware_config(one_thread, assets):
     root, _ = assets
     with pytest.raises(TypeError, match="RiskAwareRLOOConfig"):
         RiskAwareRLOOTrainer(
@@ -199,7 +199,7 @@ def test_args_must_be_a_risk_aware_config(one_thread, assets):  # noqa: F811
         )
 
 
-def test_a_tokenizer_the_qrm_was_not_assembled_with_is_an_error(one_thread, assets):  # noqa: F811
+def test_a_tokenizer_the_qrm_was_not_assembled_with_is_an_error(one_thread, assets):
     root, tokenizer = assets
     chatml = tiny_tokenizer()
     chatml.chat_template = (
@@ -245,7 +245,7 @@ def test_the_reward_is_the_risk_measure_of_the_distribution(
     torch.testing.assert_close(rewards, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_expectation_equals_stock_trl_and_gating_positions_equal_the_pattern_search(one_thread, assets):  # noqa: F811
+def test_expectation_equals_stock_trl_and_gating_positions_equal_the_pattern_search(one_thread, assets):
     """With the pattern in the prompt, the positions the trainer passes are those the QRM's search finds."""
     root, tokenizer = assets
     qrm = load_qrm(root)
@@ -301,7 +301,7 @@ def test_a_completion_cannot_move_the_gating_position(chat_trainer, assets):
     torch.testing.assert_close(rewards, reference["logits"], rtol=1e-5, atol=1e-6)
 
 
-def test_plain_text_prompts_gate_on_the_last_prompt_token(one_thread, assets):  # noqa: F811
+def test_plain_text_prompts_gate_on_the_last_prompt_token(one_thread, assets):
     """No chat format, so no pattern: the position is the prompt's last token, whatever the QRM's
     gating_fallback (the stock QRM would raise, or gate on the last token of the response)."""
     root, tokenizer = assets
@@ -311,11 +311,11 @@ def test_plain_text_prompts_gate_on_the_last_prompt_token(one_thread, assets):  
     reference = score_one_by_one(load_qrm(root), tokenizer, TEXT_PROMPTS, TEXT_COMPLETIONS, positions)
     levels = load_qrm(root).config.quantile_levels
     torch.testing.assert_close(
-        rewards, risk.cvar(reference["reward_quantiles"], levels, 0.25), rtol=1e-5, atol=1e-6
+        rewards, risk.cvar(reference["reward_quantiles"], levels, 0.1), rtol=1e-5, atol=1e-6
     )
 
 
-def test_chat_prompts_missing_the_pattern_follow_the_qrms_fallback(one_thread, assets):  # noqa: F811
+def test_chat_prompts_missing_the_pattern_follow_the_qrms_fallback(one_thread, assets):
     root, _ = assets
     qrm = load_qrm(root)
     trainer = trainer_for(root, qrm)
@@ -327,7 +327,7 @@ def test_chat_prompts_missing_the_pattern_follow_the_qrms_fallback(one_thread, a
     assert torch.isfinite(calculate(trainer, CHAT_PROMPTS, CHAT_COMPLETIONS)).all()
 
 
-def test_other_reward_functions_are_untouched_and_weights_apply(one_thread, assets):  # noqa: F811
+def test_other_reward_functions_are_untouched_and_weights_apply(one_thread, assets):
     """Two QRMs (one with mixture quantiles and the last-token fallback) and a Python reward function."""
     root, tokenizer = assets
 
@@ -352,7 +352,7 @@ def test_other_reward_functions_are_untouched_and_weights_apply(one_thread, asse
     assert not any(key.startswith("rewards/length_reward/q") for key in metrics)
 
 
-def test_a_qrm_loaded_as_remote_code_is_recognised(one_thread, assets):  # noqa: F811
+def test_a_qrm_loaded_as_remote_code_is_recognised(one_thread, assets):
     root, tokenizer = assets
     remote_cls = get_class_from_dynamic_module(
         "modeling_qrm.QRMForSequenceClassification", str(root / "qrm-a")
@@ -373,7 +373,7 @@ def test_a_qrm_loaded_as_remote_code_is_recognised(one_thread, assets):  # noqa:
 # ------------------------------------------------------------------------------------ training, logs
 
 
-def test_training_logs_the_distribution(one_thread, assets):  # noqa: F811
+def test_training_logs_the_distribution(one_thread, assets):
     root, tokenizer = assets
     trainer = trainer_for(root, load_qrm(root), beta=0.05, max_steps=3)
     records = record_rewards(trainer)
@@ -395,7 +395,7 @@ def test_training_logs_the_distribution(one_thread, assets):  # noqa: F811
             assert log[f"rewards/qrm-a/{level_name(tau)}"] == pytest.approx(value, abs=1e-5)
 
 
-def test_nan_rewards_are_reported_and_count_as_missing(one_thread, assets, caplog):  # noqa: F811
+def test_nan_rewards_are_reported_and_count_as_missing(one_thread, assets, caplog):
     """NaN from the QRM: reported; TRL then treats the reward as missing (None). When no reward function
     can score a batch, every advantage is 0 and the step leaves the policy unchanged."""
     root, tokenizer = assets
@@ -456,7 +456,7 @@ def load_bandit():
     return module
 
 
-def test_risk_bandit(one_thread, tmp_path):  # noqa: F811
+def test_risk_bandit(one_thread, tmp_path):
     """Risk-neutral RLOO moves the policy toward A (higher mean, heavy left tail), exp_utility toward B
     (slightly lower mean, tight); the logged left-tail quantiles end higher for the risk-aware run."""
     bandit = load_bandit()

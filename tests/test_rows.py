@@ -19,7 +19,8 @@ from transformers import LlamaForCausalLM
 from conftest import run_cli, tiny_backbone_config
 from qrm_hf.cli import build_parser
 from qrm_hf.data import read_jsonl
-from qrm_hf.presets import DatasetPreset, attribute_examples, load_rows, response_conversations
+from qrm_hf.dataset_loading import attribute_examples, load_rows, response_conversations
+from qrm_hf.dataset_preset import DatasetPreset
 
 LONG = " ".join(["w20"] * 140)  # more tokens than the tiny models' 128 positions
 NULL_ASSISTANT = [{"role": "assistant", "content": None}]
@@ -35,7 +36,12 @@ def models(tmp_path_factory):
     tokenizer.save_pretrained(backbone)
     base = root / "base"
     save_tiny_policy(base, tiny_tokenizer())
-    return {"qrm": qrm, "backbone": backbone, "base": base}
+    calibration = write_lines(root / "calibration.jsonl", [
+        json.dumps({"prompt": "w11", "response": f"w{20 + i} w{30 + i % 7}", "helpfulness": i % 5,
+                    "correctness": (i * 3) % 5, "safety": (i * 7) % 5})
+        for i in range(30)
+    ])  # fmt: skip
+    return {"qrm": qrm, "backbone": backbone, "base": base, "calibration": calibration}
 
 
 def one_line_error(code: int, err: str) -> str:
@@ -72,6 +78,9 @@ OUT = "{out}"
 READERS = {
     ("score", "--file"): ("response", ["score", "{qrm}", "--file", "{file}"]),
     ("evaluate", "--ratings"): ("response", ["evaluate", "{qrm}", "--ratings", "{file}"]),
+    ("calibrate", "--ratings"): ("response", ["calibrate", "{qrm}", "--ratings", "{file}", "--output-dir", OUT]),
+    ("calibrate", "--heldout"): ("response", [
+        "calibrate", "{qrm}", "--ratings", "{calibration}", "--heldout", "{file}", "--output-dir", OUT]),
     ("evaluate", "--pairs"): ("pair", ["evaluate", "{qrm}", "--pairs", "{file}"]),
     ("evaluate", "--showcase"): ("response", ["evaluate", "{qrm}", "--showcase", "{file}"]),
     ("preference-strength", "--pairs"): ("pair", ["preference-strength", "{qrm}", "--pairs", "{file}"]),
@@ -247,6 +256,7 @@ def test_over_long_conversations_are_named_by_their_line(models, tmp_path, capsy
 MAX_LENGTH_COMMANDS = {
     "score": ["score", "{qrm}", "--prompt", "w11", "--response", "w20"],
     "evaluate": ["evaluate", "{qrm}", "--showcase", "{file}"],
+    "calibrate": ["calibrate", "{qrm}", "--ratings", "{calibration}", "--output-dir", "{out}"],
     "preference-strength": ["preference-strength", "{qrm}", "--pairs", "{pairs}"],
     "rewardbench": ["rewardbench", "{qrm}", "--data", "{rewardbench}"],
     "extract": READERS["extract", "--source"][1],
@@ -260,7 +270,8 @@ def test_every_max_length_above_the_models_positions_is_refused(models, tmp_path
         for name, actions in command_options().items()
         if any("--max-length" in action.option_strings for action in actions)
     }
-    assert with_option == set(MAX_LENGTH_COMMANDS)
+    # sft's trainer options (TRL's SFTConfig fields, max_length among them) are parsed by its handler
+    assert with_option | {"sft"} == set(MAX_LENGTH_COMMANDS)
     files = {kind: write_lines(tmp_path / f"{kind}.jsonl", [json.dumps(ROWS[kind][0])] * 2) for kind in ROWS}
     values = {key: str(value) for key, value in models.items()}
     values.update(

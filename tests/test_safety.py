@@ -298,8 +298,8 @@ def test_token_ids_beyond_the_embedding_table_are_refused_in_one_line(tmp_path):
     """A tokenizer of another model (ids past vocab_size) met torch's IndexError ("index out of range in self")
     deep in the forward pass of `qrm extract` and `qrm score`: a traceback for a user's mismatch."""
     from conftest import PAD, PATTERN, conversation
-    from qrm_hf.scoring import split_scorable
-    from qrm_hf.training.features import BackboneEncoder, extract_to_shards
+    from qrm_hf.scoring import BackboneEncoder, split_scorable
+    from qrm_hf.training.features import extract_to_shards
 
     model = make_qrm()
     vocabulary = model.config.backbone_config.vocab_size

@@ -9,7 +9,6 @@ from qrm_hf.cli import build_parser
 from qrm_hf.modeling.configuration_qrm import DEFAULT_QUANTILE_LEVELS
 from qrm_hf.training import settings as stage_settings
 from qrm_hf.training.settings import (
-    LATER_SETTINGS,
     AssembleSettings,
     DebiasSettings,
     ExtractionSettings,
@@ -100,10 +99,11 @@ def test_the_quantile_levels_are_defined_once():
     assert HeadsSettings().quantile_levels is not DEFAULT_QUANTILE_LEVELS  # a copy per instance
 
 
-def test_stage_fingerprints_keep_the_keys_of_runs_made_before_the_settings_dataclasses(tmp_path):
-    """`qrm train` skips a stage whose fingerprint did not change: the fingerprints must stay the
-    dictionaries earlier versions recorded (asdict of the block, minus what never defined the output)."""
-    from dataclasses import asdict
+def test_stage_fingerprints_cover_every_setting_that_defines_the_output(tmp_path):
+    """`qrm train` skips a stage whose fingerprint did not change, so the fingerprint holds every setting
+    of its block, whatever its value, except what never changes the output: sharing embeddings across
+    datasets, `cv` with one penalty, and the debiasing's reference datasets (inputs, fingerprinted apart)."""
+    from dataclasses import asdict, replace
     from pathlib import Path
 
     from qrm_hf.training.pipeline import TrainConfig, build_plan
@@ -115,10 +115,9 @@ def test_stage_fingerprints_keep_the_keys_of_runs_made_before_the_settings_datac
     extract = next(settings for name, settings in stages.items() if name.startswith("extract "))
     assert {k: extract[k] for k in extraction} == extraction
     assert set(extract) == {"backbone", "dataset", "data_content", *extraction}
-    # one penalty: no cv; one member: no num_members
-    heads = {k: v for k, v in asdict(config.quantile_heads).items() if k not in ("cv", "num_members")}
+    heads = {k: v for k, v in asdict(config.quantile_heads).items() if k != "cv"}  # one penalty: cv unused
     assert stages["fit-quantiles"] == {**heads, "attributes": config.attributes}
+    assert replace(config.quantile_heads, alpha="cv").fingerprint()["cv"] == config.quantile_heads.cv
     assert stages["debias"] == {k: v for k, v in asdict(config.debias).items() if k != "reference_datasets"}
-    assert stages["fit-gating"] == {k: v for k, v in asdict(config.gating).items() if k not in LATER_SETTINGS}
-    model = {k: v for k, v in asdict(config.model).items() if k != "homepage"}  # homepage null: no key
-    assert stages["assemble"] == {"backbone": extract["backbone"], **model}
+    assert stages["fit-gating"] == asdict(config.gating)
+    assert stages["assemble"] == {"backbone": extract["backbone"], **asdict(config.model)}

@@ -24,12 +24,12 @@ from safetensors.torch import load_file
 from test_trl import save_tiny_policy, save_tiny_qrm, tiny_tokenizer
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-from qrm_hf.cli import main
-from qrm_hf.cli_rlhf import add_rlhf_commands
-from qrm_hf.presets import load_rows
+from qrm_hf.cli import main, parse_arguments
+from qrm_hf.cli_rlhf import add_rlhf_commands, trainer_config
+from qrm_hf.dataset_loading import load_rows
+from qrm_hf.risk import RISK_MEASURES
 from qrm_hf.training.rlhf_data import chosen_completions, rloo_prompts
-from qrm_hf.training.rloo import RISK_MEASURES
-from qrm_hf.training.rloo_pipeline import PAPER_MAX_PROMPT_LENGTH, PaperRLOOConfig
+from qrm_hf.training.rlhf_pipeline import PAPER_MAX_PROMPT_LENGTH, PaperRLOOConfig
 from qrm_hf.training.sft import PaperSFTConfig, paper_lora_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,9 +72,14 @@ def parser() -> argparse.ArgumentParser:
     return qrm
 
 
+def parse(*argv) -> argparse.Namespace:
+    """`qrm ARGV` parsed as `qrm_hf.cli.main` parses it (the trainer options kept for the handler)."""
+    return parse_arguments(parser(), [str(a) for a in argv])
+
+
 def qrm(*argv: str) -> str:
     """Run `qrm ARGV` (sft or rloo); return what it printed."""
-    args = parser().parse_args([str(a) for a in argv])
+    args = parse(*argv)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         args.handler(args)
@@ -257,8 +262,8 @@ def test_bad_input_gives_clear_errors(assets):
     assert "Expected a `prompt` column" in message
     message = fails("rloo", root / "sft", root / "base", "--data", data, "--output-dir", root / "x", *QUICK)
     assert "is not a Quantile Reward Model" in message
-    with pytest.raises(SystemExit):  # argparse checks a spec against the registry
-        parser().parse_args(["grpo", "sft", "qrm", "--risk-measure", "quantile:2"])
+    message = fails("grpo", root / "sft", root / "tiny-qrm", "--risk-measure", "quantile:2")
+    assert "`risk_measure`: `tau` must lie in (0, 1)" in message  # the config checks the spec
     message = fails("rloo", root / "sft", root / "tiny-qrm", "--risk-lambda", "0", "--output-dir", root / "x")
     assert "`risk_lambda` must be a finite number > 0" in message
     message = fails("sft", root / "base", "--batch-size", "6", "--per-device-batch-size", "4")
@@ -279,26 +284,73 @@ def test_bad_input_gives_clear_errors(assets):
 
 
 def test_defaults_are_the_paper_values():
-    sft = parser().parse_args(["sft", "base"])
-    rloo = parser().parse_args(["rloo", "sft", "qrm"])
+    sft_args, rloo_args = parse("sft", "base"), parse("rloo", "sft", "qrm")
+    sft, rloo = trainer_config(sft_args), trainer_config(rloo_args)
     sft_fields, rloo_fields = PaperSFTConfig.__dataclass_fields__, PaperRLOOConfig.__dataclass_fields__
     assert sft.learning_rate == sft_fields["learning_rate"].default == 3e-4
-    assert sft_fields["lr_scheduler_type"].default == "cosine" and sft.epochs == 1
+    assert sft.lr_scheduler_type == "cosine" and sft.num_train_epochs == 1
     assert sft.max_length == sft_fields["max_length"].default == 1024
     assert rloo.learning_rate == rloo_fields["learning_rate"].default == 1e-4
-    assert rloo_fields["lr_scheduler_type"].default == "constant"
+    assert rloo.lr_scheduler_type == "constant"
     assert rloo.num_generations == rloo_fields["num_generations"].default == 2
     assert rloo.max_completion_length == rloo_fields["max_completion_length"].default == 512
-    assert rloo.max_prompt_length == PAPER_MAX_PROMPT_LENGTH == 347
+    assert rloo_args.max_prompt_length == PAPER_MAX_PROMPT_LENGTH == 347
     assert rloo.risk_measure == rloo_fields["risk_measure"].default == "exp_utility"
     for measure in RISK_MEASURES:  # every measure the trainer knows is offered
-        assert parser().parse_args(["rloo", "sft", "qrm", "--risk-measure", measure]).risk_measure == measure
+        assert trainer_config(parse("rloo", "sft", "qrm", "--risk-measure", measure)).risk_measure == measure
     lora = paper_lora_config()
     assert (lora.r, lora.lora_alpha, lora.target_modules) == (32, 64, "all-linear")
-    for args in (sft, rloo):
+    for args, config in ((sft_args, sft), (rloo_args, rloo)):
         assert args.batch_size == 1024 and args.data == "Anthropic/hh-rlhf"
+        assert config.gradient_accumulation_steps == 1024 // config.per_device_train_batch_size
+        assert config.output_dir == f"outputs/{args.command}"
         cli_lora = (args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules)
         assert cli_lora == (lora.r, lora.lora_alpha, lora.lora_dropout, lora.target_modules)
+
+
+def test_the_option_names_users_already_use_set_the_trainer_config():
+    old_names = [
+        "--learning-rate", "1e-2", "--per-device-batch-size", "2", "--batch-size", "8", "--epochs", "2",
+        "--max-steps", "3", "--no-gradient-checkpointing", "--logging-steps", "1", "--save-steps", "7",
+        "--report-to", "none", "--seed", "5", "--precision", "fp32", "--output-dir", "out",
+    ]  # fmt: skip
+    sft = trainer_config(parse("sft", "base", *old_names, "--max-length", "64"))
+    rloo = trainer_config(parse("rloo", "sft", "qrm", *old_names, "--num-generations", "4", "--beta", "0.1",
+                                "--temperature", "0.7", "--risk-measure", "cvar", "--risk-alpha", "0.3",
+                                "--max-completion-length", "16"))  # fmt: skip
+    for config in (sft, rloo):
+        assert (config.learning_rate, config.per_device_train_batch_size, config.gradient_accumulation_steps) == (
+            1e-2, 2, 4,
+        )  # fmt: skip
+        assert (config.num_train_epochs, config.max_steps, config.gradient_checkpointing) == (2, 3, False)
+        assert (config.logging_steps, config.save_steps, config.seed, config.output_dir) == (1, 7, 5, "out")
+        assert (config.bf16, config.fp16) == (False, False)
+    assert sft.max_length == 64
+    assert (rloo.num_generations, rloo.beta, rloo.temperature, rloo.max_completion_length) == (
+        4,
+        0.1,
+        0.7,
+        16,
+    )
+    assert (rloo.risk_measure, rloo.risk_alpha) == ("cvar", 0.3)
+
+
+def test_any_trl_field_is_an_option_and_a_config_file_sets_fields(tmp_path):
+    """A field the command never named (TRL's `warmup_steps`, `max_grad_norm`) is an option; a --config YAML
+    file sets fields, and an option on the command line wins over the file."""
+    config = trainer_config(parse("rloo", "sft", "qrm", "--warmup_steps", "3", "--max-grad-norm", "0.5"))
+    assert (config.warmup_steps, config.max_grad_norm) == (3, 0.5)
+    yaml_file = tmp_path / "rloo.yaml"
+    yaml_file.write_text("logging_steps: 3\nrisk_measure: quantile:0.2\noutput_dir: from-yaml\nbeta: 0.2\n")
+    config = trainer_config(parse("rloo", "sft", "qrm", "--config", yaml_file, "--beta", "0.3"))
+    assert (config.logging_steps, config.risk_measure, config.output_dir, config.beta) == (
+        3, "quantile:0.2", "from-yaml", 0.3,
+    )  # fmt: skip
+    config = trainer_config(parse("rloo", "sft", "qrm", "--config", yaml_file, "--output-dir", "given"))
+    assert config.output_dir == "given"
+    yaml_file.write_text("no_such_field: 1\n")
+    with pytest.raises(ValueError, match="no_such_field"):
+        trainer_config(parse("rloo", "sft", "qrm", "--config", yaml_file))
 
 
 def test_help_explains_the_commands(capsys):

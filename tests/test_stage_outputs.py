@@ -85,3 +85,19 @@ def test_gating_network_from_sizes_is_the_config_network():
         from_sizes.load_state_dict(expected)
         x = torch.randn(5, config.hidden_size, generator=torch.Generator().manual_seed(1))
         assert torch.equal(from_sizes(x), from_config(x))
+
+
+def test_the_docs_name_the_files_each_output_writes():
+    """Every page and docstring that names a stage's files (`X.safetensors + Y.json`) names the pair an
+    output class writes (`<stem>.safetensors` + `<stem>.json`), e.g. the debias stage's transform.json."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    stems = {output.stem for output in (QuantileHeadsOutput, TransformOutput, GatingOutput)}
+    pair = re.compile(r"(\w+)\.safetensors`?(?: \([^)]*\))? \+ `?(\w+)\.json")
+    pages = [*root.glob("*.md"), *root.glob("docs/*.md")]
+    sources = [path for folder in ("qrm_hf", "training") for path in (root / folder).glob("*.py")]
+    named = [(path.name, *found) for path in pages + sources for found in pair.findall(path.read_text())]
+    assert len(named) >= len(stems)
+    assert [entry for entry in named if entry[1] != entry[2] or entry[1] not in stems] == []

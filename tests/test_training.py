@@ -16,8 +16,9 @@ from transformers import AutoModel, LlamaModel
 from conftest import PAD, PATTERN, conversation, make_qrm, pad_batch, tiny_backbone_config
 from qrm_hf import QRMConfig
 from qrm_hf.evaluation import calibration_error, pairwise_accuracy, pinball_loss
+from qrm_hf.scoring import BackboneEncoder
 from qrm_hf.training.assemble import assemble_qrm, save_qrm
-from qrm_hf.training.features import BackboneEncoder, extract_to_shards, load_features
+from qrm_hf.training.features import extract_to_shards, load_features
 from qrm_hf.training.gating import BradleyTerryGating
 from qrm_hf.training.quantile_regression import MultiQuantileRegressor, RidgeResidualQuantiles
 from qrm_hf.training.rewards import expected_rewards

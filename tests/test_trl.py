@@ -17,21 +17,12 @@ import textwrap
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from conftest import make_qrm, run_without_qrm_hf, tiny_backbone_config
+from conftest import LLAMA3_TEMPLATE, bpe_tokenizer, make_qrm, run_without_qrm_hf, tiny_backbone_config
 from qrm_hf import QRMForSequenceClassification
 from qrm_hf.chat import derive_prompt_end_pattern
 
-# Llama-3-8B-Instruct's chat template, verbatim (contents are trimmed; every turn ends with <|eot_id|>).
-LLAMA3_TEMPLATE = (
-    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
-    "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + "
-    "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
-    "{{ content }}{% endfor %}{% if add_generation_prompt %}"
-    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
-)
 SPECIALS = [
     "<|pad|>",
     "<|begin_of_text|>",
@@ -61,18 +52,8 @@ TEXT_PROMPTS = ["What is two plus two?", "Tell me a joke.", "Name a color.", "Sa
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     """Byte-level BPE (300 tokens) trained on a few strings, Llama-3 special tokens and chat template."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS * 10, trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token="<|pad|>"
+    tokenizer = bpe_tokenizer(
+        CORPUS * 10, SPECIALS, 300, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token="<|pad|>"
     )
     tokenizer.chat_template = LLAMA3_TEMPLATE
     return tokenizer
@@ -102,12 +83,7 @@ def save_tiny_qrm(path, tokenizer, seed: int = 0, **overrides) -> QRMForSequence
 
 def save_tiny_policy(path, tokenizer, seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+    config = tiny_backbone_config(
         max_position_embeddings=2048,  # above `qrm sft`'s default --max-length (1024), which may not exceed it
         **token_ids(tokenizer),
     )
@@ -148,15 +124,6 @@ def record_rewards(trainer) -> list[dict]:
 
     trainer._calculate_rewards = recording
     return records
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny models run much faster on one thread (and do not fight over two busy cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # Runs in a fresh interpreter where qrm_hf cannot be imported. Writes the recorded rewards as JSON.

@@ -146,7 +146,17 @@ def test_every_qrm_load_of_the_package_goes_through_load_qrm_or_assemble():
                     and target.value.id in loaders
                 ):
                     callers.add((path.name, function.name))
-    assert callers == {("hub.py", "load_qrm"), ("assemble.py", "assemble_qrm")}, callers
+    # hub._load_model_weights is the loading step of load_qrm, which checks what it returns
+    assert callers == {("hub.py", "_load_model_weights"), ("assemble.py", "assemble_qrm")}, callers
+    hub_tree = ast.parse(REPO_ROOT.joinpath("qrm_hf", "hub.py").read_text())
+    step_callers = {
+        function.name
+        for function in ast.walk(hub_tree)
+        if isinstance(function, ast.FunctionDef)
+        for call in ast.walk(function)
+        if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "_load_model_weights"
+    }
+    assert step_callers == {"load_qrm"}, step_callers
 
 
 def test_the_shipped_modeling_code_reads_no_traceback_frames():

@@ -7,6 +7,7 @@ and a model card (``README.md``).
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 
+from ..hub import push_model_dir
 from ..model_cards import render_model_card
 from ..modeling.configuration_qrm import QRMConfig
 from ..modeling.modeling_qrm import QRMForSequenceClassification, QRMGatingNetwork
@@ -81,8 +83,19 @@ def assemble_qrm(
         num_members=num_members,
         **config_kwargs,
     )
+    state = _qrm_state_dict(decoder, head_coef, head_intercept, reward_transform, gating_network)
+    model = QRMForSequenceClassification.from_pretrained(
+        None, config=config, state_dict=state, dtype=decoder.dtype, trust_remote_code=False
+    )
+    return model.to(decoder.device).eval()  # where the decoder is (the heads' tensors start on the CPU)
+
+
+def _qrm_state_dict(decoder, head_coef, head_intercept, reward_transform, gating_network) -> dict:
+    """Every tensor of the QRM by its name: the decoder's under ``model.``, the heads [E * M * K, H] (and bias),
+    T (identity when None) and the gating network's."""
+    num_attributes = head_coef.shape[-3]
     state = {f"model.{name}": tensor for name, tensor in decoder.state_dict().items()}
-    state["regression_layer.weight"] = head_coef.reshape(-1, hidden_size)  # row e*M*K + m*K + k
+    state["regression_layer.weight"] = head_coef.reshape(-1, head_coef.shape[-1])  # row e*M*K + m*K + k
     if head_intercept is not None:
         state["regression_layer.bias"] = torch.as_tensor(
             np.asarray(head_intercept), dtype=torch.float32
@@ -90,10 +103,7 @@ def assemble_qrm(
     transform = torch.eye(num_attributes) if reward_transform is None else np.asarray(reward_transform)
     state["reward_transform_matrix"] = torch.as_tensor(transform, dtype=torch.float32)
     state.update({f"gating.{name}": tensor for name, tensor in gating_network.state_dict().items()})
-    model = QRMForSequenceClassification.from_pretrained(
-        None, config=config, state_dict=state, dtype=decoder.dtype, trust_remote_code=False
-    )
-    return model.to(decoder.device).eval()  # where the decoder is (the heads' tensors start on the CPU)
+    return state
 
 
 def check_reproduces_extraction(
@@ -151,7 +161,7 @@ def save_qrm(
 ) -> Path:
     """`save_pretrained` (sharded past `max_shard_size` when given) with the tokenizer and a model card
     rendered from `model_cards/` (for `repo_id` when given, linking `homepage` when given); also what
-    `qrm_hf.hub.push_qrm` uploads."""
+    `push_qrm` uploads."""
     output_dir = Path(output_dir)
     model.save_pretrained(
         output_dir, **({} if max_shard_size is None else {"max_shard_size": max_shard_size})
@@ -175,3 +185,46 @@ def save_qrm(
     )
     card.save(output_dir / "README.md")
     return output_dir
+
+
+def push_qrm(
+    model,
+    repo_id: str,
+    tokenizer,
+    *,
+    base_model: str | None = None,
+    datasets: Sequence[str] = (),
+    training_summary: str = "",
+    evaluation: list[dict] | None = None,
+    license: str = "apache-2.0",
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    max_shard_size: int | str = "5GB",
+    token: str | None = None,
+    homepage: str | None = None,
+):
+    """Save `model` (a `QRMForSequenceClassification`), its tokenizer and a model card, and push them.
+
+    Weights are sharded past `max_shard_size`; the card is rendered for `repo_id` (see `render_model_card`
+    for `base_model`, `datasets`, `training_summary`, `evaluation`, `homepage`). Returns the `CommitInfo`.
+    """
+    if tokenizer is None:
+        raise ValueError("push_qrm needs the tokenizer: a QRM on the Hub is loaded with its own tokenizer.")
+    with tempfile.TemporaryDirectory(prefix="qrm-push-") as tmp:
+        save_qrm(
+            model,
+            tmp,
+            tokenizer=tokenizer,
+            backbone_name=base_model,
+            datasets=datasets,
+            training_summary=training_summary,
+            evaluation=evaluation,
+            repo_id=repo_id,
+            license=license,
+            max_shard_size=max_shard_size,
+            homepage=homepage,
+        )
+        return push_model_dir(
+            tmp, repo_id, private=private, revision=revision, commit_message=commit_message, token=token
+        )

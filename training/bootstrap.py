@@ -248,14 +248,14 @@ def fit_bootstrap_heads(
 
 def _fit_member_gatings(coef, intercept, transform, pairs: PairFeatures, names, generators, settings=None):
     """Each member's gating network, on a resample of the pairs drawn from its generator (`fit_member_heads`)."""
+    from .gating import gating_sizes
     from .settings import GatingSettings
-    from .stages import _gating_config
 
     settings = settings or GatingSettings()
     networks = []
     for member, rng in enumerate(generators):
         resample = torch.as_tensor(rng.integers(0, len(pairs), len(pairs)))
-        config = _gating_config(names, coef.shape[-1], settings)
+        config = gating_sizes(names, coef.shape[-1], settings)
         seed = int(rng.integers(2**31))
         networks.append(
             _fit_member_gating(

@@ -34,7 +34,7 @@ import torch
 from scipy.stats import spearmanr
 from sklearn.base import BaseEstimator
 
-from .quantile_regression import _as_float64
+from .quantile_regression import as_float64
 
 # ArmoRM's grid, verbatim (armo-rm/stage-2_train.py): fine steps near 0, then 0.05 steps up to 0.95.
 ARMORM_PENALTY_GRID: tuple[float, ...] = (
@@ -152,7 +152,7 @@ class VerbosityDebiaser(BaseEstimator):
         return np.unique(grid)  # sorted: the search takes the smallest passing value, as ArmoRM
 
     def _check_rewards(self, rewards, num_attributes: int, names: list[str]) -> np.ndarray:
-        rewards = _as_float64(rewards)
+        rewards = as_float64(rewards)
         if rewards.ndim < 2 or rewards.shape[-1] != num_attributes:
             raise ValueError(
                 f"rewards must have shape [N, {num_attributes}] or [..., {num_attributes}] (one column per attribute {names}), "
@@ -278,8 +278,8 @@ def debiased_rewards(rewards, transform):
             raise ValueError("rewards must have shape [..., M], got a scalar.")
         _check_transform(transform, rewards.shape[-1])
         return rewards @ transform
-    rewards = _as_float64(rewards)
-    transform = _as_float64(transform)
+    rewards = as_float64(rewards)
+    transform = as_float64(transform)
     if rewards.ndim == 0:
         raise ValueError("rewards must have shape [..., M], got a scalar.")
     _check_transform(transform, rewards.shape[-1])

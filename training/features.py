@@ -31,116 +31,16 @@ from ..chat import check_max_length, check_token_ids, split_by_length
 from ..io import (
     check_output_directory,
     claim_directory,
+    directory_lock,
     interrupted_replacement_note,
     write_bytes_atomic,
     write_json_atomic,
 )
-from ..locking import directory_lock
-from ..modeling.modeling_qrm import find_last_pattern
-from ..scoring import check_finite_rows, right_pad
+from ..scoring import BackboneEncoder, check_finite_rows
+from .settings import ExtractionSettings
 
 MANIFEST = "manifest.json"
 EXTRACT_COMMAND = "qrm extract"  # the owner of feature directories (`qrm_hf.io` markers)
-
-
-class BackboneEncoder:
-    """Turns token-id sequences into (response, prompt) embeddings with a frozen decoder.
-
-    Sequences are sorted by length and padded on the right in batches of at most `batch_size`
-    conversations and at most `max_tokens_per_batch` tokens (rows x longest, padding included; a
-    longer conversation is encoded alone), so that little compute is spent on padding; identical
-    sequences are encoded once. With `remember=True` the embeddings are also kept across calls (for
-    data sets that share conversations, e.g. preference pairs built from rated responses; memory
-    grows with the data).
-
-    `max_tokens_per_batch=None` means `CPU_TOKENS_PER_BATCH` when the backbone is on the CPU and no
-    limit on an accelerator. On a CPU, forward passes of 500-1000 tokens are the fastest per token
-    and far larger ones are slower (activations leave the caches): SmolLM2-135M on 2 cores, speed
-    per conversation vs one at a time, 4 x 240 tokens 1.25x but 16 x 240 1.06x, 2 x 500 1.09x but
-    16 x 500 0.80x (`benchmarks/bench_extraction.py --scan`).
-    """
-
-    CPU_TOKENS_PER_BATCH = 1024
-
-    def __init__(
-        self,
-        backbone,
-        prompt_end_pattern: Sequence[int],
-        pad_token_id: int,
-        batch_size: int = 16,
-        remember: bool = False,
-        max_tokens_per_batch: int | None = None,
-    ):
-        self.backbone = backbone.eval()
-        self.prompt_end_pattern = list(prompt_end_pattern)
-        self.pad_token_id = pad_token_id
-        self.batch_size = batch_size
-        self.max_tokens_per_batch = max_tokens_per_batch
-        self._remembered: dict[tuple, tuple[torch.Tensor, torch.Tensor]] | None = {} if remember else None
-
-    @property
-    def remembers(self) -> bool:
-        return self._remembered is not None
-
-    @torch.inference_mode()
-    def encode(self, sequences: Sequence[Sequence[int]], desc: str = "extracting features"):
-        """Returns (response_embeddings [N, H], prompt_embeddings [N, H]) in float32, in input order."""
-        results = self._remembered if self._remembered is not None else {}
-        order = sorted(dict.fromkeys(tuple(seq) for seq in sequences if tuple(seq) not in results), key=len)
-        device = next(self.backbone.parameters()).device
-        progress = tqdm(total=len(order), desc=desc, unit="conv")
-        for batch in self._batches(order, device):
-            input_ids, attention_mask = right_pad(batch, self.pad_token_id)  # batches are sorted by length
-            input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-            hidden = self.backbone(
-                input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-            ).last_hidden_state
-            rows = torch.arange(len(batch), device=device)
-            response_positions = attention_mask.sum(-1) - 1
-            prompt_positions = find_last_pattern(input_ids, attention_mask.bool(), self.prompt_end_pattern)
-            missing = (prompt_positions < 0).nonzero().flatten().tolist()
-            if missing:
-                raise ValueError(
-                    f"prompt_end_pattern {self.prompt_end_pattern} not found in {len(missing)} conversation(s), "
-                    f"e.g. token ids {list(batch[missing[0]])[:40]}...; format conversations with the chat template."
-                )
-            response = hidden[rows, response_positions].float().cpu()
-            prompt = hidden[rows, prompt_positions].float().cpu()
-            for row, seq in enumerate(batch):
-                results[seq] = (response[row], prompt[row])
-            progress.update(len(batch))
-        progress.close()
-        response = torch.stack([results[tuple(seq)][0] for seq in sequences])
-        prompt = torch.stack([results[tuple(seq)][1] for seq in sequences])
-        return response, prompt
-
-    def remember_known(
-        self, sequences: Sequence[Sequence[int]], response: torch.Tensor, prompt: torch.Tensor
-    ):
-        """Add embeddings read back from disk (a finished shard) to the remembered ones, as if encoded now.
-
-        A resumed extraction calls this for the shards it keeps, so that later shards reuse exactly the
-        values an uninterrupted run would have reused (the first encoding of a sequence wins) and are
-        encoded in the same batches: resuming changes no bit. Without `remember` it does nothing.
-        """
-        if self._remembered is None:
-            return
-        for row, seq in enumerate(sequences):
-            self._remembered.setdefault(tuple(seq), (response[row], prompt[row]))
-
-    def _batches(self, order: list[tuple], device: torch.device):
-        """Consecutive runs of the length-sorted `order` within the conversation and token limits."""
-        budget = self.max_tokens_per_batch
-        if budget is None:
-            budget = self.CPU_TOKENS_PER_BATCH if device.type == "cpu" else float("inf")
-        batch = []
-        for seq in order:  # ascending lengths: seq is the longest of batch + [seq]
-            if batch and (len(batch) == self.batch_size or (len(batch) + 1) * len(seq) > budget):
-                yield batch
-                batch = []
-            batch.append(seq)
-        if batch:
-            yield batch
 
 
 def write_shard(path: Path, tensors: dict[str, torch.Tensor]) -> dict:
@@ -225,7 +125,7 @@ def extract_to_shards(
     directory: str | Path,
     manifest: dict,
     labels: torch.Tensor | None = None,
-    shard_size: int = 4096,
+    shard_size: int = ExtractionSettings.shard_size,
     max_length: int | None = None,
     row_index: Sequence[int] | None = None,
     row_names: Sequence[str] | None = None,
@@ -249,26 +149,9 @@ def extract_to_shards(
     from accelerate import PartialState
 
     directory = Path(directory)
-    check_max_length(max_length, getattr(encoder.backbone, "config", None))
-    check_token_ids(sequences, getattr(encoder.backbone, "config", None))
     if len(sequences) == 0:
         raise ValueError(f"No conversations to extract for {directory}: the dataset is empty.")
-    pairs = isinstance(sequences[0], tuple)
-    lengths = [max(map(len, entry)) if pairs else len(entry) for entry in sequences]
-    kept, _ = split_by_length(lengths, max_length)  # never truncated: skipped and counted
-    if not kept:
-        raise ValueError(
-            f"All {len(sequences)} conversations are longer than max_length={max_length} tokens."
-        )
-    settings = {
-        **manifest,
-        "kind": "preference" if pairs else "attribute",
-        "content": content_key(sequences, labels, row_index),
-        "count": len(kept),
-        "skipped_too_long": len(sequences) - len(kept),
-        "max_length": max_length,
-        "shard_size": shard_size,
-    }
+    settings, kept = _shard_settings(encoder, sequences, manifest, labels, shard_size, max_length, row_index)
     check_output_directory(directory, EXTRACT_COMMAND)
     previous = json.loads((directory / MANIFEST).read_text()) if (directory / MANIFEST).exists() else {}
     stale = bool(previous) and previous.get("settings") != settings
@@ -277,11 +160,7 @@ def extract_to_shards(
     with directory_lock(directory) if state.is_main_process else nullcontext():
         if state.is_main_process:
             if stale:
-                changed = sorted(
-                    key
-                    for key in {*settings, *previous.get("settings", {})}
-                    if settings.get(key) != previous.get("settings", {}).get(key)
-                )
+                changed = _changed_keys(settings, previous.get("settings", {}))
                 print(
                     f"{directory} holds features of other data or settings ({', '.join(changed)}): extracting anew"
                 )
@@ -299,6 +178,35 @@ def extract_to_shards(
             state,
             {} if stale else previous,
         )
+
+
+def _changed_keys(settings: dict, previous: dict) -> list[str]:
+    return sorted(key for key in {*settings, *previous} if settings.get(key) != previous.get(key))
+
+
+def _shard_settings(encoder, sequences, manifest, labels, shard_size, max_length, row_index):
+    """(the settings a feature directory records: `manifest` with the kind, content key, counts, lengths;
+    the positions of the sequences kept). Sequences longer than `max_length` are skipped and counted, never
+    truncated; ValueError when none is left, or for a length or token ids the backbone cannot take."""
+    check_max_length(max_length, getattr(encoder.backbone, "config", None))
+    check_token_ids(sequences, getattr(encoder.backbone, "config", None))
+    pairs = isinstance(sequences[0], tuple)
+    lengths = [max(map(len, entry)) if pairs else len(entry) for entry in sequences]
+    kept, _ = split_by_length(lengths, max_length)
+    if not kept:
+        raise ValueError(
+            f"All {len(sequences)} conversations are longer than max_length={max_length} tokens."
+        )
+    settings = {
+        **manifest,
+        "kind": "preference" if pairs else "attribute",
+        "content": content_key(sequences, labels, row_index),
+        "count": len(kept),
+        "skipped_too_long": len(sequences) - len(kept),
+        "max_length": max_length,
+        "shard_size": shard_size,
+    }
+    return settings, kept
 
 
 def _file_digest(path: Path, digest) -> None:
@@ -454,6 +362,31 @@ def check_same_backbone(named_settings: dict[str, dict]) -> dict:
                 "different backbones cannot be mixed: extract them again with one backbone."
             )
     return first
+
+
+def check_features_fit_model(model, directories) -> dict[str, dict]:
+    """Refuse feature directories of `qrm extract` that do not come from the model's backbone; returns
+    their settings by directory.
+
+    The manifests must agree with each other and with the model on the hidden size and the prompt-end
+    pattern (tokenizer and chat template). Features of another backbone with the same size and template
+    pass that (`qrm preference-strength` also checks that the model's heads fit their ratings).
+    """
+    settings = {str(d): read_manifest(d)["settings"] for d in directories}
+    check_same_backbone(settings)
+    for name, values in settings.items():
+        if values.get("hidden_size") != model.config.hidden_size:
+            raise ValueError(
+                f"{name} holds features of a backbone with hidden size {values.get('hidden_size')}, the model's "
+                f"has {model.config.hidden_size}: they come from another backbone."
+            )
+        pattern = list(model.config.prompt_end_pattern or [])
+        if pattern and values.get("prompt_end_pattern") != pattern:
+            raise ValueError(
+                f"{name} was extracted with the prompt-end pattern {values.get('prompt_end_pattern')}, the model "
+                f"uses {pattern}: the features come from another backbone or tokenizer."
+            )
+    return settings
 
 
 def load_features(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict]:

@@ -5,7 +5,8 @@ per-attribute expected rewards of its two responses; the gating network g then o
 
     P(chosen > rejected) = sigmoid(g(prompt) . r_chosen - g(prompt) . r_rejected)
 
-large. Paper defaults: AdamW, lr 3e-4, batch 1024, cosine decay, weight decay 1e-3, 3 epochs.
+large. Paper defaults (`GatingSettings`): AdamW, lr 3e-4, batch 1024, cosine decay, weight decay 1e-3,
+3 epochs.
 
 Noisy labels (Secrets of RLHF II, Wang et al. 2024), all off by default: with the Bradley-Terry logit
 z = g . (r_chosen - r_rejected) and a measured strength s in [0, 1] per pair (P(chosen > rejected),
@@ -14,7 +15,7 @@ z = g . (r_chosen - r_rejected) and a measured strength s in [0, 1] per pair (P(
 strength of the label as trained (1 - s for a flipped pair): clear pairs must be won by a margin,
 doubtful ones less, and `label_smoothing` eps minimises -(1 - eps) log sigmoid(z) - eps log sigmoid(-z).
 
-Against a collapsed gating (issue 22; docs/design.md "Gating collapse"), all off by default (the paper's
+Against a collapsed gating (docs/design.md "Gating collapse"), all off by default (the paper's
 recipe): `standardize_prompts` trains on prompt embeddings standardised per dimension -- a backbone's
 prompt embeddings share one large component (cosine 0.99 to their mean on the demo), so the raw network
 sees nearly the same input for every prompt and its first steps move every prompt's weights alike -- and
@@ -39,12 +40,19 @@ from tqdm.auto import tqdm
 
 from ..modeling.configuration_qrm import QRMConfig
 from ..modeling.modeling_qrm import QRMGatingNetwork, QRMGatingSizes
+from .settings import GatingSettings
+
+
+def gating_sizes(attribute_names, hidden_size: int, settings) -> QRMGatingSizes:
+    """The sizes of the gating network that `settings` (a `GatingSettings`) asks for over `attribute_names`
+    and embeddings of `hidden_size` (`BradleyTerryGating` builds the network from them)."""
+    return QRMGatingSizes(hidden_size, len(attribute_names), **settings.config_kwargs())
 
 
 class BradleyTerryGating:
     """Fits a `QRMGatingNetwork` on preference pairs, scikit-learn style.
 
-    Parameters follow the paper; `validation_fraction` of the pairs (seeded; with `restore_best_epoch`, of
+    Parameters and their defaults are those of `GatingSettings` (the paper's); `validation_fraction` of the pairs (seeded; with `restore_best_epoch`, of
     the prompts) are held out and the validation loss and accuracy are logged after every epoch in
     `history_`; `best_epoch_` is the epoch whose network `network_` is (the last unless `restore_best_epoch`).
     """
@@ -52,19 +60,19 @@ class BradleyTerryGating:
     def __init__(
         self,
         config: QRMGatingSizes | QRMConfig,
-        learning_rate: float = 3e-4,
-        batch_size: int = 1024,
-        epochs: int = 3,
-        weight_decay: float = 1e-3,
-        validation_fraction: float = 0.1,
-        seed: int = 0,
-        label_smoothing: float = 0.0,
-        adaptive_margin: float = 0.0,
-        flip_below: float | None = None,
-        drop_below: float | None = None,
-        standardize_prompts: bool = False,
-        restore_best_epoch: bool = False,
-        fit_loss_scale: bool = False,
+        learning_rate: float = GatingSettings.learning_rate,
+        batch_size: int = GatingSettings.batch_size,
+        epochs: int = GatingSettings.epochs,
+        weight_decay: float = GatingSettings.weight_decay,
+        validation_fraction: float = GatingSettings.validation_fraction,
+        seed: int = GatingSettings.seed,
+        label_smoothing: float = GatingSettings.label_smoothing,
+        adaptive_margin: float = GatingSettings.adaptive_margin,
+        flip_below: float | None = GatingSettings.flip_below,
+        drop_below: float | None = GatingSettings.drop_below,
+        standardize_prompts: bool = GatingSettings.standardize_prompts,
+        restore_best_epoch: bool = GatingSettings.restore_best_epoch,
+        fit_loss_scale: bool = GatingSettings.fit_loss_scale,
     ):
         self.config = config
         self.learning_rate = learning_rate
@@ -110,6 +118,30 @@ class BradleyTerryGating:
     ):
         """prompt_embeddings [N, H]; chosen_rewards, rejected_rewards [N, M] (expected reward per attribute);
         strength [N] in [0, 1], P(chosen > rejected) as measured (needed by the margin, flip and drop)."""
+        self._check_inputs(prompt_embeddings, chosen_rewards, rejected_rewards, strength)
+        generator = torch.Generator().manual_seed(self.seed)
+        torch.manual_seed(self.seed)
+        x = prompt_embeddings.float()
+        validation, train = self._split(x, generator)
+        if self.standardize_prompts:
+            # Per-dimension statistics of the training prompts; the floor keeps constant dimensions finite.
+            mean, std = x[train].mean(0), x[train].std(0).clamp_min(1e-6)
+            x = (x - mean) / std
+        margin = (chosen_rewards - rejected_rewards).float()  # [N, M]: g . margin is the reward difference
+        train, labels = self._noisy_labels(strength, train, len(x), len(validation))
+        network = QRMGatingNetwork(self.config)
+        self.loss_scale_ = 1.0
+        if self.fit_loss_scale:
+            self.loss_scale_ = bradley_terry_scale(margin[train].mean(-1))
+            network.logit_scale.requires_grad_(False)  # weights sum to one: rewards stay on the label scale
+        self._fit_network(network, x, margin, train, validation, labels, generator)
+        if self.standardize_prompts:
+            self._fold_standardization(network, mean, std)
+        network.eval()
+        self.network_ = network
+        return self
+
+    def _check_inputs(self, prompt_embeddings, chosen_rewards, rejected_rewards, strength) -> None:
         n = prompt_embeddings.shape[0]
         self._check_remedies()
         if self.needs_strength and (strength is None or tuple(strength.shape) != (n,)):
@@ -125,40 +157,36 @@ class BradleyTerryGating:
             raise ValueError(
                 f"Prompt embeddings have hidden size {prompt_embeddings.shape[1]}, the model {self.config.hidden_size}."
             )
-        generator = torch.Generator().manual_seed(self.seed)
-        torch.manual_seed(self.seed)
-        x = prompt_embeddings.float()
-        if self.restore_best_epoch:
-            validation, train = self._split_by_prompt(x, generator)
-        else:
-            order = torch.randperm(n, generator=generator)
-            n_validation = int(round(n * self.validation_fraction))
-            validation, train = order[:n_validation], order[n_validation:]
-        n_validation = len(validation)
-        if self.standardize_prompts:
-            # Per-dimension statistics of the training prompts; the floor keeps constant dimensions finite.
-            mean, std = x[train].mean(0), x[train].std(0).clamp_min(1e-6)
-            x = (x - mean) / std
-        margin = (chosen_rewards - rejected_rewards).float()  # [N, M]: g . margin is the reward difference
-        target = None  # with a strength: the Bradley-Terry logit is z * sign - target margin
-        if self.needs_strength:
-            strength = torch.as_tensor(strength, dtype=torch.float32)
-            flip = torch.zeros(n, dtype=torch.bool)
-            if self.flip_below is not None:
-                flip[train] = strength[train] < self.flip_below
-            if self.drop_below is not None:
-                train = train[~(strength[train] < self.drop_below) | flip[train]]
-            sign = 1 - 2 * flip.float()
-            target = self.adaptive_margin * sign * (2 * strength - 1)
-            self.flipped_, self.dropped_ = int(flip.sum()), n - n_validation - len(train)
-            if len(train) == 0:
-                raise ValueError(f"drop_below={self.drop_below} leaves no training pair.")
 
-        network = QRMGatingNetwork(self.config)
-        self.loss_scale_ = 1.0
-        if self.fit_loss_scale:
-            self.loss_scale_ = bradley_terry_scale(margin[train].mean(-1))
-            network.logit_scale.requires_grad_(False)  # weights sum to one: rewards stay on the label scale
+    def _split(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(validation, train) pair indices: `validation_fraction` of the pairs, or of the prompts."""
+        if self.restore_best_epoch:
+            return self._split_by_prompt(x, generator)
+        order = torch.randperm(len(x), generator=generator)
+        n_validation = int(round(len(x) * self.validation_fraction))
+        return order[:n_validation], order[n_validation:]
+
+    def _noisy_labels(self, strength, train: torch.Tensor, n: int, n_validation: int):
+        """(the training pairs left after `drop_below`; (sign [N], target margin [N]) of the Bradley-Terry
+        logit z * sign - target, or None without a strength). Counts `flipped_` and `dropped_`."""
+        if not self.needs_strength:
+            return train, None
+        strength = torch.as_tensor(strength, dtype=torch.float32)
+        flip = torch.zeros(n, dtype=torch.bool)
+        if self.flip_below is not None:
+            flip[train] = strength[train] < self.flip_below
+        if self.drop_below is not None:
+            train = train[~(strength[train] < self.drop_below) | flip[train]]
+        sign = 1 - 2 * flip.float()
+        target = self.adaptive_margin * sign * (2 * strength - 1)
+        self.flipped_, self.dropped_ = int(flip.sum()), n - n_validation - len(train)
+        if len(train) == 0:
+            raise ValueError(f"drop_below={self.drop_below} leaves no training pair.")
+        return train, (sign, target)
+
+    def _fit_network(self, network, x, margin, train, validation, labels, generator) -> None:
+        """AdamW with cosine decay for `epochs`; `history_` and `best_epoch_` (with `restore_best_epoch`, the
+        network is put back to the epoch of the lowest validation loss)."""
         optimizer = torch.optim.AdamW(
             [p for p in network.parameters() if p.requires_grad],
             lr=self.learning_rate,
@@ -172,28 +200,10 @@ class BradleyTerryGating:
         best_loss, best_state, self.best_epoch_ = math.inf, None, self.epochs
         progress = tqdm(range(self.epochs), desc="fitting gating (Bradley-Terry)", unit="epoch")
         for epoch in progress:
-            network.train()
             shuffled = train[torch.randperm(len(train), generator=generator)]
-            total = 0.0
-            for start in range(0, len(shuffled), self.batch_size):
-                batch = shuffled[start : start + self.batch_size]
-                if len(batch) < 2 and self.config.gating_batch_norm:
-                    continue  # BatchNorm cannot train on a single example
-                logit = self.loss_scale_ * (network(x[batch]) * margin[batch]).sum(-1)
-                if target is not None:
-                    logit = logit * sign[batch] - target[batch]
-                loss = -F.logsigmoid(logit).mean()
-                if self.label_smoothing:
-                    loss = (1 - self.label_smoothing) * loss - self.label_smoothing * F.logsigmoid(
-                        -logit
-                    ).mean()
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                total += loss.item() * len(batch)
-            record = {"epoch": epoch + 1, "train_loss": total / max(1, len(train))}
-            if n_validation:
+            loss = self._epoch(network, optimizer, scheduler, x, margin, shuffled, labels)
+            record = {"epoch": epoch + 1, "train_loss": loss}
+            if len(validation):
                 record.update(self._validate(network, x[validation], self.loss_scale_ * margin[validation]))
                 if self.restore_best_epoch and record["validation_loss"] < best_loss:
                     best_loss, best_state = record["validation_loss"], copy.deepcopy(network.state_dict())
@@ -202,11 +212,28 @@ class BradleyTerryGating:
             progress.set_postfix({k: round(v, 4) for k, v in record.items() if k != "epoch"})
         if best_state is not None:
             network.load_state_dict(best_state)
-        if self.standardize_prompts:
-            self._fold_standardization(network, mean, std)
-        network.eval()
-        self.network_ = network
-        return self
+
+    def _epoch(self, network, optimizer, scheduler, x, margin, shuffled, labels) -> float:
+        """One pass over the training pairs `shuffled` in batches; the mean training loss."""
+        network.train()
+        total = 0.0
+        for start in range(0, len(shuffled), self.batch_size):
+            batch = shuffled[start : start + self.batch_size]
+            if len(batch) < 2 and self.config.gating_batch_norm:
+                continue  # BatchNorm cannot train on a single example
+            logit = self.loss_scale_ * (network(x[batch]) * margin[batch]).sum(-1)
+            if labels is not None:
+                sign, target = labels
+                logit = logit * sign[batch] - target[batch]
+            loss = -F.logsigmoid(logit).mean()
+            if self.label_smoothing:
+                loss = (1 - self.label_smoothing) * loss - self.label_smoothing * F.logsigmoid(-logit).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += loss.item() * len(batch)
+        return total / max(1, len(shuffled))
 
     def _split_by_prompt(
         self, x: torch.Tensor, generator: torch.Generator

@@ -16,9 +16,10 @@ The YAML file (see ``training/configs/paper.yaml`` for every key, ``demo.yaml`` 
     model: {quantile_mixing, gating_fallback, datasets, homepage, push_to_hub}
 
 Each stage's output is fingerprinted by its settings and its inputs (backbone, the content of local
-data files, the fingerprints of the stages it reads), recorded in ``<output_dir>/pipeline_state.json``.
-A stage whose output is complete with the same fingerprint is skipped; a changed input re-runs the
-stage and everything after it; an interrupted extraction resumes its complete shards.
+data files, the fingerprints of the stages it reads), recorded in ``<output_dir>/pipeline_state.json``
+with the format version of the fingerprints (`STATE_FORMAT_VERSION`). A stage whose output is complete
+with the same fingerprint is skipped; a changed input re-runs the stage and everything after it; an
+interrupted extraction resumes its complete shards.
 """
 
 from __future__ import annotations
@@ -31,16 +32,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..dataset_loading import looks_like_local_path
 from ..io import (
     check_outputs_apart_from_inputs,
     claim_directory,
+    directory_lock,
     output_id,
     remove_output,
     restore_interrupted_replacement,
     write_json_atomic,
 )
-from ..locking import directory_lock
-from ..presets import looks_like_local_path
 from .features import EXTRACT_COMMAND, content_signature, damaged_shards
 from .quantile_regression import MultiQuantileRegressor
 from .settings import (
@@ -63,7 +64,13 @@ from .stages import (
     resolve_backbone,
 )
 
-STATE = "pipeline_state.json"
+STATE = (
+    "pipeline_state.json"  # {"format_version": N, "stages": {stage name: {fingerprint, complete, output}}}
+)
+# What a fingerprint covers. Bump it when a stage's output changes for the same settings and inputs: a state
+# of another version (files without one are version 1) is not compared, and every stage runs again as in a
+# new output directory (an extraction still keeps the shards its own manifest vouches for).
+STATE_FORMAT_VERSION = 2
 TRAIN_COMMAND = "qrm train"  # the owner of a run's output directory (`qrm_hf.io` markers)
 
 
@@ -229,13 +236,8 @@ class _SharedBackbone:
 
     def get(self):
         if self._loaded is None:
-            settings = self.config.extraction
             self._loaded = load_extraction_backbone(
-                self.config.backbone,
-                self.config.backbone_revision,
-                settings.dtype,
-                settings.batch_size,
-                remember=settings.reuse_across_datasets,
+                self.config.backbone, self.config.backbone_revision, self.config.extraction
             )
         return self._loaded
 
@@ -297,10 +299,7 @@ class _Extractions:
                 spec,
                 directory,
                 revision=config.backbone_revision,
-                dtype=settings.dtype,
-                max_length=settings.max_length,
-                batch_size=settings.batch_size,
-                shard_size=settings.shard_size,
+                settings=settings,
                 loaded=self.shared_backbone.get(),
             )
 
@@ -382,14 +381,22 @@ def _assemble_stage(
 # ------------------------------------------------------------------------------------------- running
 
 
-def _read_state(output_dir: Path) -> dict:
+def recorded_format_version(output_dir: Path) -> int | None:
+    """The format version of the run's state file (1 for a file without one), None without a file."""
     path = output_dir / STATE
-    return json.loads(path.read_text()) if path.exists() else {}
+    return json.loads(path.read_text()).get("format_version", 1) if path.exists() else None
+
+
+def _read_state(output_dir: Path) -> dict:
+    """The recorded stages by name; none when the state file is missing or of another format version."""
+    if recorded_format_version(output_dir) != STATE_FORMAT_VERSION:
+        return {}
+    return json.loads((output_dir / STATE).read_text())["stages"]
 
 
 def _write_state(output_dir: Path, state: dict) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(output_dir / STATE, state)
+    write_json_atomic(output_dir / STATE, {"format_version": STATE_FORMAT_VERSION, "stages": state})
 
 
 def stage_status(stage: Stage, state: dict) -> str:
@@ -439,6 +446,12 @@ def describe_plan(config: TrainConfig, plan: list[Stage]) -> str:
         f"at most {heads.max_samples_per_attribute} samples per attribute"
     )
     lines.append(f"Gating: {asdict(config.gating)}")
+    version = recorded_format_version(config.output_dir)
+    if version not in (None, STATE_FORMAT_VERSION):
+        lines.append(
+            f"{config.output_dir / STATE} has format version {version}, this qrm-hf writes {STATE_FORMAT_VERSION}: "
+            "its fingerprints are not comparable, every stage runs again"
+        )
     lines.append(f"Stages (output under {config.output_dir}):")
     for number, stage in enumerate(plan, 1):
         lines.append(f"  {number:2d}. {stage.name:<50} {stage_status(stage, state):<11} {stage.directory}")

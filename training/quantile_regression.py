@@ -50,6 +50,7 @@ from sklearn.model_selection import GroupKFold, cross_val_predict
 from tqdm.auto import tqdm
 
 from ..evaluation import pinball_loss
+from .settings import HeadsSettings
 
 SOLVERS = ("fast", "sklearn")
 # The penalties `alpha="cv"` chooses from, around the paper's 0.003.
@@ -371,7 +372,7 @@ def fit_quantiles_ipm(
     return w.T.cpu().numpy(), intercept.cpu().numpy(), n_iter, gap
 
 
-def _as_float64(array, name: str = "input") -> np.ndarray:
+def as_float64(array, name: str = "input") -> np.ndarray:
     """A numpy float64 array of an array-like or a tensor of any dtype and device (bfloat16 included)."""
     if sparse.issparse(array):  # np.asarray would make a 0-d object array of it
         raise TypeError(
@@ -386,7 +387,7 @@ def _as_features(X):
     """X as a float64 numpy array, or, for a scipy sparse matrix, a float64 CSR matrix (kept sparse)."""
     if sparse.issparse(X):
         return X.tocsr().astype(np.float64)
-    return _as_float64(X, "features")
+    return as_float64(X, "features")
 
 
 def _dense(X) -> np.ndarray:
@@ -476,17 +477,17 @@ class MultiQuantileRegressor(RegressorMixin, BaseEstimator):
     def __init__(
         self,
         quantile_levels: Sequence[float],
-        alpha: float | Sequence[float] | str = 0.003,
+        alpha: float | Sequence[float] | str = HeadsSettings.alpha,  # the defaults of `qrm fit-quantiles`
         fit_intercept: bool = False,
-        solver: str = "fast",
-        max_samples_per_attribute: int = 60_000,
-        random_state: int = 0,
-        n_jobs: int = 1,
+        solver: str = HeadsSettings.solver,
+        max_samples_per_attribute: int = HeadsSettings.max_samples_per_attribute,
+        random_state: int = HeadsSettings.seed,
+        n_jobs: int = HeadsSettings.n_jobs,
         highs_solver: str = "highs",
         tol: float = 1e-6,
         max_iter: int = 100,
         device=None,
-        cv: int = 5,
+        cv: int = HeadsSettings.cv,
     ):
         self.quantile_levels = quantile_levels
         self.alpha = alpha
@@ -539,7 +540,7 @@ class MultiQuantileRegressor(RegressorMixin, BaseEstimator):
 
     @staticmethod
     def _validate_labels(Y) -> np.ndarray:
-        Y = _as_float64(Y, "labels")
+        Y = as_float64(Y, "labels")
         Y = Y[:, None] if Y.ndim == 1 else Y
         if Y.ndim != 2:
             raise ValueError(f"Expected labels Y [n] or [n, M], got shape {Y.shape}.")
@@ -553,7 +554,7 @@ class MultiQuantileRegressor(RegressorMixin, BaseEstimator):
     def _validate(self, X, Y):
         levels = self._validate_settings()
         X = _as_features(X)
-        Y = _as_float64(Y, "labels")
+        Y = as_float64(Y, "labels")
         if Y.ndim == 1:
             Y = Y[:, None]
         if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
@@ -587,7 +588,7 @@ class MultiQuantileRegressor(RegressorMixin, BaseEstimator):
         """
         levels, X, Y = self._validate(X, Y)
         if sample_weight is not None:
-            sample_weight = _as_float64(sample_weight, "sample_weight")
+            sample_weight = as_float64(sample_weight, "sample_weight")
             if sample_weight.shape != (X.shape[0],):
                 raise ValueError(f"sample_weight must have shape ({X.shape[0]},), got {sample_weight.shape}.")
             if not np.isfinite(sample_weight).all() or (sample_weight < 0).any():
@@ -697,7 +698,7 @@ class MultiQuantileRegressor(RegressorMixin, BaseEstimator):
 
     def score(self, X, Y) -> float:
         """Negative mean pinball loss over attributes and levels (higher is better)."""
-        Y = _as_float64(Y, "labels")
+        Y = as_float64(Y, "labels")
         Y = Y[:, None] if Y.ndim == 1 else Y
         return -float(np.mean(pinball_loss(Y, self.predict(X), self.quantile_levels)))
 

@@ -71,7 +71,7 @@ class RiskAwareRewardsArguments:
             `"cvar:0.25+lcb:1"`) and `"worst_member"` (the lowest member's expected reward).
         risk_lambda (`float`, *optional*, defaults to `1.0`):
             Risk aversion of `exp_utility` and `certainty_equivalent`, > 0.
-        risk_alpha (`float`, *optional*, defaults to `0.25`):
+        risk_alpha (`float`, *optional*, defaults to `0.1`):
             Tail mass of `cvar`, in (0, 1] (1 gives the expectation).
         risk_tau (`float`, *optional*, defaults to `0.1`):
             Level of `quantile`, in (0, 1).

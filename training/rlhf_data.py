@@ -15,7 +15,8 @@ from typing import Any
 from datasets import Dataset
 
 from ..data import row_location
-from ..presets import DatasetPreset, get_preset, preference_examples
+from ..dataset_loading import get_preset, preference_examples
+from ..dataset_preset import DatasetPreset
 
 
 def preference_preset(rows: Dataset, preset: str | DatasetPreset | None = None) -> DatasetPreset:

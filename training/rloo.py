@@ -17,8 +17,7 @@ from dataclasses import dataclass
 
 from trl import RLOOConfig, RLOOTrainer
 
-from ..risk import RISK_MEASURES
-from .risk_rewards import RiskAwareRewardsArguments, RiskAwareRewardsMixin, level_name, quantile_levels_of
+from .risk_rewards import RiskAwareRewardsArguments, RiskAwareRewardsMixin
 
 
 @dataclass
@@ -39,4 +38,4 @@ class RiskAwareRLOOTrainer(RiskAwareRewardsMixin, RLOOTrainer):
     _tag_names = ["trl", "rloo", "qrm-hf", "risk-aware"]
 
 
-__all__ = ["RISK_MEASURES", "RiskAwareRLOOConfig", "RiskAwareRLOOTrainer", "level_name", "quantile_levels_of"]
+__all__ = ["RiskAwareRLOOConfig", "RiskAwareRLOOTrainer"]

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
-from ..cli import positive_int
+from ..arguments import positive_int
 
 # The paper's 19 levels 0.05 ... 0.95, the default of QRMConfig.quantile_levels too. Spelled out here rather
 # than imported from modeling/configuration_qrm.py, which imports transformers (tests check they are equal).
@@ -46,6 +46,25 @@ def setting(default: Any = MISSING, *, help: str, cli: dict | bool = True, **kwa
     elif default is not MISSING:
         kwargs["default"] = default
     return field(metadata={"help": help, "cli": cli}, **kwargs)
+
+
+def model_setting(config_field: str, *, help: str, cli: dict) -> Any:
+    """A setting of the saved model whose default is the model's own (`QRMConfig`'s `config_field`, defined
+    in modeling/configuration_qrm.py): None until `resolve_model_defaults` fills it in."""
+    return field(default=None, metadata={"help": help, "cli": cli, "config_field": config_field})
+
+
+def resolve_model_defaults(settings) -> None:
+    """Set the `model_setting` fields of `settings` left None to the defaults of `QRMConfig` (imports
+    transformers, so it runs when settings are made, not when the `qrm` parser is built)."""
+    import inspect
+
+    from ..modeling.configuration_qrm import QRMConfig
+
+    defaults = inspect.signature(QRMConfig.__init__).parameters
+    for f in fields(settings):
+        if "config_field" in f.metadata and getattr(settings, f.name) is None:
+            setattr(settings, f.name, defaults[f.metadata["config_field"]].default)
 
 
 # ------------------------------------------------------------------------------------------- the stages
@@ -120,13 +139,10 @@ class HeadsSettings:
             raise ValueError(f"num_members must be a whole number >= 1, got {value!r}.")
 
     def fingerprint(self) -> dict:
-        """What defines the fitted heads; `cv` is unused with one penalty, and `num_members` is left out at 1,
-        so that heads fitted before these options existed stay up to date."""
+        """What defines the fitted heads: every setting, and `cv` only when a grid or "cv" uses it."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         if isinstance(self.alpha, (int, float)):
             del values["cv"]
-        if self.num_members == 1:
-            del values["num_members"]
         return values
 
 
@@ -158,18 +174,20 @@ NOISE_SETTINGS = (
     "strength",
     "ensemble_size",
 )
-# Settings added after the paper's: left out of the fingerprint at their defaults.
-LATER_SETTINGS = (*NOISE_SETTINGS, "standardize_prompts", "restore_best_epoch", "fit_loss_scale")
 
 
 @dataclass
 class GatingSettings:
     """Stage 4, `qrm fit-gating`: the gating network and its Bradley-Terry fit (paper defaults)."""
 
-    hidden_dim: int = setting(1024, help="width of the hidden layers")
-    n_hidden: int = setting(3, help="number of hidden layers")
-    temperature: float = setting(10.0, help="softmax temperature of the gating weights")
-    batch_norm: bool = setting(False, help="BatchNorm hidden blocks (released format)")
+    hidden_dim: int = model_setting("gating_hidden_dim", help="width of the hidden layers", cli={"type": int})
+    n_hidden: int = model_setting("gating_n_hidden", help="number of hidden layers", cli={"type": int})
+    temperature: float = model_setting(
+        "gating_temperature", help="softmax temperature of the gating weights", cli={"type": float}
+    )
+    batch_norm: bool = model_setting(
+        "gating_batch_norm", help="BatchNorm hidden blocks (released format)", cli={"action": "store_true"}
+    )
     learning_rate: float = setting(3e-4, help="AdamW learning rate")
     batch_size: int = setting(1024, help="pairs per step")
     epochs: int = setting(3, help="passes over the training pairs")
@@ -206,7 +224,7 @@ class GatingSettings:
         cli={"choices": ["probability", "ensemble"]},
     )
     ensemble_size: int = setting(10, help="bootstrap refits of the ensemble strength")
-    # Against a collapsed gating (issue 22, training/gating.py), off by default (the paper's recipe); the demo
+    # Against a collapsed gating (training/gating.py), off by default (the paper's recipe); the demo
     # turns them on.
     standardize_prompts: bool = setting(
         False, help="train on prompt embeddings standardised per dimension (folded into the first layer)"
@@ -220,6 +238,15 @@ class GatingSettings:
         "a factor fitted once on the uniform mix",
     )
 
+    def __post_init__(self):
+        if self.rewards not in ("transformed", "untransformed"):
+            raise ValueError(
+                f"gating rewards must be 'transformed' or 'untransformed', got {self.rewards!r}."
+            )
+        if self.strength not in ("probability", "ensemble"):
+            raise ValueError(f"gating strength must be 'probability' or 'ensemble', got {self.strength!r}.")
+        resolve_model_defaults(self)
+
     def noise_settings(self) -> dict:
         """The noisy-label settings that differ from their defaults (none: the paper's plain fit)."""
         default = GatingSettings()
@@ -230,22 +257,15 @@ class GatingSettings:
         }
 
     def fingerprint(self) -> dict:
-        """What defines the fitted gating: the settings, leaving out the noisy-label and anti-collapse ones at
-        their defaults (so that gating networks fitted before these settings existed stay up to date)."""
-        default = GatingSettings()
-        return {
-            f.name: getattr(self, f.name)
-            for f in fields(self)
-            if f.name not in LATER_SETTINGS or getattr(self, f.name) != getattr(default, f.name)
-        }
+        """What defines the fitted gating: every setting."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def config_kwargs(self) -> dict:
         """The `QRMConfig` keywords of the gating network."""
         return {
-            "gating_hidden_dim": self.hidden_dim,
-            "gating_n_hidden": self.n_hidden,
-            "gating_temperature": self.temperature,
-            "gating_batch_norm": self.batch_norm,
+            f.metadata["config_field"]: getattr(self, f.name)
+            for f in fields(self)
+            if "config_field" in f.metadata
         }
 
 
@@ -253,13 +273,15 @@ class GatingSettings:
 class AssembleSettings:
     """Stage 5, `qrm assemble`: extra settings of the saved model."""
 
-    quantile_mixing: str = setting(
-        "average", help="how the attributes' quantiles are mixed", cli={"choices": ["average", "mixture"]}
+    quantile_mixing: str = model_setting(
+        "quantile_mixing",
+        help="how the attributes' quantiles are mixed",
+        cli={"choices": ["average", "mixture"], "type": str},
     )
-    gating_fallback: str = setting(
-        "error",
+    gating_fallback: str = model_setting(
+        "gating_fallback",
         help="without the prompt-end pattern: an error, or gate on the last token",
-        cli={"choices": ["error", "last_token"]},
+        cli={"choices": ["error", "last_token"], "type": str},
     )
     datasets: list[str] = setting([], help="Hub dataset ids to list in the model card", cli={"nargs": "+"})
     homepage: str | None = setting(
@@ -277,18 +299,15 @@ class AssembleSettings:
     )
 
     def __post_init__(self):
+        resolve_model_defaults(self)
         if self.homepage:  # a bad URL fails before any stage runs, not when the card is written
             from ..model_cards import check_homepage
 
             check_homepage(self.homepage)
 
     def fingerprint(self) -> dict:
-        """What defines the saved model besides its inputs; `homepage` only when set, so that models
-        assembled before the setting existed stay up to date."""
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        if values["homepage"] is None:
-            del values["homepage"]
-        return values
+        """What defines the saved model besides its inputs: every setting."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 # ------------------------------------------------------------------------------------------- readers
@@ -317,23 +336,26 @@ def _cli_fields(cls):
 
 def add_settings_arguments(parser: argparse.ArgumentParser, cls, names: Sequence[str] | None = None) -> None:
     """An option per field of the settings dataclass `cls` (`--field-name`), its default and help included;
-    only the fields in `names` when given (a command that overrides a few settings, e.g. `qrm train`)."""
-    defaults = cls()
+    only the fields in `names` when given (a command that overrides a few settings, e.g. `qrm train`).
+    The defaults are read from the fields, without making the settings (`resolve_model_defaults` would import
+    transformers): a `model_setting` shows as the model's default."""
     for f in _cli_fields(cls):
         if names is not None and f.name not in names:
             continue
         options = dict(f.metadata["cli"]) if isinstance(f.metadata["cli"], dict) else {}
         options.pop("convert", None)
         flag = options.pop("flag", "--" + f.name.replace("_", "-"))
-        default = getattr(defaults, f.name)
+        default = f.default_factory() if f.default is MISSING else f.default
         if isinstance(default, bool):
             options["action"] = "store_true"
-        else:
+        elif options.get("action") != "store_true":
             options.setdefault("type", type(default))
-            options["default"] = default
+        options["default"] = default
         if "nargs" in options:
             options["type"] = options["type"] if options["type"] is not list else None
         shown = "off" if default is None or default is False else default
+        if "config_field" in f.metadata:
+            shown = f"the model's, QRMConfig.{f.metadata['config_field']}"
         parser.add_argument(flag, dest=f.name, help=f"{f.metadata['help']} (default: {shown})", **options)
 
 

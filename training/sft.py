@@ -19,6 +19,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from datasets import Dataset
 from peft import LoraConfig
@@ -27,15 +28,15 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
 from ..chat import check_max_length
+from ..dataset_loading import load_rows
+from ..dataset_preset import DatasetPreset
 from ..hub import reading_model_files, refusing_model_code
 from ..io import check_output_directory, claim_directory, files_into
-from ..presets import DatasetPreset, load_rows
 from . import paper_rlhf as paper
+from .paper_rlhf import SAVE_DTYPES
 from .rlhf_data import chosen_completions
 
 logger = logging.getLogger(__name__)
-
-SAVE_DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
 def paper_lora_config(**overrides) -> LoraConfig:
@@ -71,6 +72,17 @@ def gradient_accumulation_for(
     return batch_size // per_step
 
 
+def with_option_names(config_cls, name: str, *option_names: str, **changes) -> Any:
+    """The field `name` of the dataclass `config_cls` (its default and help, or `changes` to them) with
+    other option names for the command line (`TrlParser` reads them from `metadata["aliases"]`), so that
+    the names `qrm sft` / `qrm rloo` had before their options were TRL's keep working."""
+    inherited = config_cls.__dataclass_fields__[name]
+    metadata = {**inherited.metadata, "aliases": list(option_names)}
+    if "help" in changes:
+        metadata["help"] = changes.pop("help")
+    return field(default=changes.pop("default", inherited.default), metadata=metadata)
+
+
 @dataclass
 class PaperSFTConfig(SFTConfig):
     r"""[`~trl.SFTConfig`] with the paper's SFT values as defaults, and over-long examples dropped.
@@ -93,8 +105,11 @@ class PaperSFTConfig(SFTConfig):
     lr_scheduler_type: str = field(
         default=paper.SFT_LR_SCHEDULER, metadata={"help": "The learning rate schedule."}
     )
-    num_train_epochs: float = field(
-        default=paper.SFT_EPOCHS, metadata={"help": "Total number of training epochs."}
+    num_train_epochs: float = with_option_names(
+        SFTConfig, "num_train_epochs", "--epochs", default=paper.SFT_EPOCHS, help="Passes over the data."
+    )
+    per_device_train_batch_size: int = with_option_names(
+        SFTConfig, "per_device_train_batch_size", "--per-device-batch-size"
     )
     max_length: int | None = field(
         default=paper.SFT_MAX_LENGTH, metadata={"help": "Longest tokenized example, in tokens."}
@@ -230,6 +245,25 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
     return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
 
 
+def _base_tokenizer(model: str | Path, args: PaperSFTConfig, chat_template: str | Path | None):
+    """The tokenizer of the base model, with the chat template of the file `chat_template` when given.
+    ValueError without a chat template, or for an `args.max_length` beyond the model's positions."""
+    # The same consent as the trainer's own loads of `model` (TRL's `trust_remote_code`, False by default).
+    with refusing_model_code(model, "base model"), reading_model_files(model, "base model"):
+        tokenizer = AutoTokenizer.from_pretrained(str(model), trust_remote_code=args.trust_remote_code)
+        config = AutoConfig.from_pretrained(str(model), trust_remote_code=args.trust_remote_code)
+    if chat_template is not None:
+        tokenizer.chat_template = Path(chat_template).read_text()
+    # --max-length above the model's positions would train on positions it has no embedding for
+    check_max_length(args.max_length, config)
+    if not tokenizer.chat_template:
+        raise ValueError(
+            f"The tokenizer of {model} has no chat template: pass one (a Jinja file, e.g. the template of the "
+            "model's instruct version) with --chat-template."
+        )
+    return tokenizer
+
+
 def run_sft(
     model: str | Path,
     data: str | Path,
@@ -247,7 +281,7 @@ def run_sft(
 
     Args:
         model: base model (Hub id or directory) with its tokenizer.
-        data: a Hub dataset id or a local json/jsonl/parquet file or directory (see `qrm_hf.presets.load_rows`)
+        data: a Hub dataset id or a local json/jsonl/parquet file or directory (see `qrm_hf.dataset_loading.load_rows`)
             of preference pairs: HH-RLHF transcripts, or ``chosen`` / ``rejected`` message lists (see
             `qrm_hf.training.rlhf_data.preference_preset`); `preset` names another column mapping.
         args: the trainer configuration; `args.output_dir` receives the merged model: absent, empty or an
@@ -269,19 +303,7 @@ def run_sft(
         raise ValueError(f"save_dtype must be one of {SAVE_DTYPES}, got {save_dtype!r}.")
     # Before any work: the trainer writes checkpoints and the merged model into the directory.
     check_output_directory(args.output_dir, "qrm sft")
-    # The same consent as the trainer's own loads of `model` (TRL's `trust_remote_code`, False by default).
-    with refusing_model_code(model, "base model"), reading_model_files(model, "base model"):
-        tokenizer = AutoTokenizer.from_pretrained(str(model), trust_remote_code=args.trust_remote_code)
-        config = AutoConfig.from_pretrained(str(model), trust_remote_code=args.trust_remote_code)
-    if chat_template is not None:
-        tokenizer.chat_template = Path(chat_template).read_text()
-    # --max-length above the model's positions would train on positions it has no embedding for
-    check_max_length(args.max_length, config)
-    if not tokenizer.chat_template:
-        raise ValueError(
-            f"The tokenizer of {model} has no chat template: pass one (a Jinja file, e.g. the template of the "
-            "model's instruct version) with --chat-template."
-        )
+    tokenizer = _base_tokenizer(model, args, chat_template)
     examples = chosen_completions(load_rows(data, split=split, limit=limit), preset)
     claim_directory(args.output_dir, "qrm sft")
     trainer = PaperSFTTrainer(
@@ -310,4 +332,5 @@ __all__ = [
     "merge_adapter",
     "paper_lora_config",
     "run_sft",
+    "with_option_names",
 ]

@@ -2,7 +2,7 @@
 
     extract_features    backbone + dataset            -> features/<name>/  (shards + manifest.json)
     fit_quantile_heads  attribute features            -> heads/     heads.safetensors + heads.json
-    fit_debias          heads + reference features    -> debias/    transform.safetensors + debias.json
+    fit_debias          heads + reference features    -> debias/    transform.safetensors + transform.json
     fit_gating          heads (+ T) + pair features   -> gating/    gating.safetensors + gating.json
     assemble_model      backbone + heads + gating (+ T) -> a saved QRM directory
 
@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..dataset_loading import attribute_examples, get_preset, load_preset, preference_examples
+from ..dataset_preset import DatasetPreset
 from ..evaluation import gating_report, gating_warnings, pinball_loss
 from ..io import check_output_directory, replace_directory
-from ..presets import DatasetPreset, attribute_examples, get_preset, load_preset, preference_examples
 from .features import (
     EXTRACT_COMMAND,
     BackboneEncoder,
@@ -42,12 +43,10 @@ from .features import (
     read_manifest,
 )
 from .outputs import GatingOutput, QuantileHeadsOutput, TransformOutput
-from .settings import (  # the settings of each stage, re-exported with the stages that take them
-    NOISE_SETTINGS,  # noqa: F401
-    PAPER_LEVELS,  # noqa: F401
+from .settings import (
     AssembleSettings,
     DebiasSettings,
-    ExtractionSettings,  # noqa: F401
+    ExtractionSettings,
     GatingSettings,
     HeadsSettings,
     settings_from_mapping,
@@ -178,16 +177,13 @@ class ExtractionBackbone:
 
 
 def load_extraction_backbone(
-    backbone: str | Path,
-    revision: str | None = None,
-    dtype: str = "float32",
-    batch_size: int = 16,
-    remember: bool = False,
+    backbone: str | Path, revision: str | None = None, settings: ExtractionSettings | None = None
 ) -> ExtractionBackbone:
     """Load a decoder and its tokenizer for feature extraction (on this process's device under accelerate).
 
     `backbone` is a Hub id, a local directory or `embedded:smollm2`; the prompt-end pattern comes from the
-    tokenizer's chat template. `remember` keeps embeddings across datasets (see `BackboneEncoder`).
+    tokenizer's chat template. `settings` give the dtype and batch size, and whether embeddings are kept
+    across datasets (`reuse_across_datasets`, see `BackboneEncoder`).
     """
     from accelerate import PartialState
     from transformers import AutoModel, AutoTokenizer
@@ -195,6 +191,7 @@ def load_extraction_backbone(
     from ..chat import derive_prompt_end_pattern
     from ..hub import check_finite_weights, check_tokenizer_files, reading_model_files, refusing_model_code
 
+    settings = settings or ExtractionSettings()
     location, name = resolve_backbone(backbone)
     check_tokenizer_files(location, "backbone")
     # A backbone is a standard transformers model: its own code (auto_map) never runs, and nothing asks on stdin.
@@ -203,7 +200,7 @@ def load_extraction_backbone(
         model, info = AutoModel.from_pretrained(
             location,
             revision=revision,
-            dtype=getattr(torch, dtype),
+            dtype=getattr(torch, settings.dtype),
             trust_remote_code=False,
             use_safetensors=True,  # never unpickle weights (a `pytorch_model.bin`)
             output_loading_info=True,
@@ -221,7 +218,11 @@ def load_extraction_backbone(
     model = model.to(PartialState(cpu=not torch.cuda.is_available()).device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoder = BackboneEncoder(
-        model, derive_prompt_end_pattern(tokenizer), pad, batch_size=batch_size, remember=remember
+        model,
+        derive_prompt_end_pattern(tokenizer),
+        pad,
+        batch_size=settings.batch_size,
+        remember=settings.reuse_across_datasets,
     )
     return ExtractionBackbone(encoder, tokenizer, name, model.config.hidden_size, content_signature(location))
 
@@ -232,50 +233,34 @@ def extract_features(
     output_dir: str | Path,
     *,
     revision: str | None = None,
-    dtype: str = "float32",
-    max_length: int | None = 4096,
-    batch_size: int = 16,
-    shard_size: int = 4096,
+    settings: ExtractionSettings | None = None,
     loaded: ExtractionBackbone | None = None,
 ) -> Path:
     """Stage 1: encode a dataset with the frozen backbone into shards of safetensors + `manifest.json`.
 
     Attribute data gives `embeddings` / `prompt_embeddings` [N, H] and `labels` [N, M] in [0, 1] (NaN
     = missing); preference data gives [N, 2, H] (chosen first). `index` is the dataset row of each
-    example. Resumes an interrupted run into the same directory; refuses a directory holding features
-    of other settings. Run under `accelerate launch --num_processes N` to split the shards across
-    processes. `loaded` (`load_extraction_backbone`) reuses a loaded backbone, as `qrm train` does
-    across datasets; then `backbone`, `revision`, `dtype` and `batch_size` only go to the manifest.
+    example. `settings` (`ExtractionSettings`, its defaults when None) give the dtype, batch size, longest
+    conversation and shard size. Resumes an interrupted run into the same directory; refuses a directory
+    holding features of other settings. Run under `accelerate launch --num_processes N` to split the shards
+    across processes. `loaded` (`load_extraction_backbone`) reuses a loaded backbone, as `qrm train` does
+    across datasets; then `backbone`, `revision` and the dtype only go to the manifest.
     """
-    from ..chat import encode_conversation
     from ..data import row_location
 
+    settings = settings or ExtractionSettings()
     check_output_directory(output_dir, EXTRACT_COMMAND)  # before loading the backbone and the data
     preset = dataset.resolve()
     rows = dataset.load()
-    loaded = loaded or load_extraction_backbone(backbone, revision, dtype, batch_size)
-
-    def encode(messages) -> list[int]:
-        return encode_conversation(loaded.tokenizer, messages=messages)
-
-    labels = None
-    if preset.kind == "attribute":
-        conversations, label_array, index = attribute_examples(rows, preset, with_index=True)
-        sequences = [encode(c) for c in tqdm(conversations, desc=f"tokenizing {dataset.display_name}")]
-        labels = torch.tensor(label_array)
-    else:
-        pairs, index = preference_examples(rows, preset, with_index=True)
-        sequences = [
-            (encode(chosen), encode(rejected))
-            for chosen, rejected in tqdm(pairs, desc=f"tokenizing {dataset.display_name}")
-        ]
+    loaded = loaded or load_extraction_backbone(backbone, revision, settings)
+    sequences, labels, index = _tokenized_examples(loaded.tokenizer, rows, preset, dataset.display_name)
     manifest = {
         "backbone": loaded.name,
         "backbone_content": loaded.content,
         "revision": revision,
         "hidden_size": loaded.hidden_size,
         "prompt_end_pattern": loaded.encoder.prompt_end_pattern,
-        "dtype": dtype,
+        "dtype": settings.dtype,
         "dataset": dataset.describe(),
         "attributes": preset.attribute_names,
         "label_ranges": {key: list(value) for key, value in preset.label_ranges.items()},
@@ -286,11 +271,31 @@ def extract_features(
         output_dir,
         manifest,
         labels=labels,
-        shard_size=shard_size,
-        max_length=max_length,
+        shard_size=settings.shard_size,
+        max_length=settings.max_length,
         row_index=index,
         row_names=[row_location(rows, row, dataset.display_name) for row in index],
     )
+
+
+def _tokenized_examples(tokenizer, rows, preset: DatasetPreset, display_name: str):
+    """(token ids of each conversation, or (chosen, rejected) pairs of them; labels [N, M] of attribute data,
+    else None; the dataset row of each example)."""
+    from ..chat import encode_conversation
+
+    def encode(messages) -> list[int]:
+        return encode_conversation(tokenizer, messages=messages)
+
+    if preset.kind == "attribute":
+        conversations, label_array, index = attribute_examples(rows, preset, with_index=True)
+        sequences = [encode(c) for c in tqdm(conversations, desc=f"tokenizing {display_name}")]
+        return sequences, torch.tensor(label_array), index
+    pairs, index = preference_examples(rows, preset, with_index=True)
+    sequences = [
+        (encode(chosen), encode(rejected))
+        for chosen, rejected in tqdm(pairs, desc=f"tokenizing {display_name}")
+    ]
+    return sequences, None, index
 
 
 # ------------------------------------------------------------------------------------------- 2. heads
@@ -481,7 +486,7 @@ def fit_debias(
 
     `reference_dirs` hold features of any kind (both responses of a pair count); `settings`
     (`DebiasSettings`; keyword `overrides` replace single fields) the verbosity attribute and threshold.
-    Writes `transform.safetensors` (`transform` [M, M]) and `debias.json` (penalties, correlations).
+    Writes `transform.safetensors` (`transform` [M, M]) and `transform.json` (penalties, correlations).
     """
     from .debias import VerbosityDebiaser
     from .rewards import expected_rewards
@@ -531,13 +536,6 @@ def load_transform(directory: str | Path | None, attribute_names: Sequence[str])
 # ------------------------------------------------------------------------------------------- 4. gating
 
 
-def _gating_config(attribute_names: Sequence[str], hidden_size: int, gating: GatingSettings):
-    """The sizes of the gating network of `gating` (`BradleyTerryGating` builds it from them)."""
-    from ..modeling.modeling_qrm import QRMGatingSizes
-
-    return QRMGatingSizes(hidden_size, len(attribute_names), **gating.config_kwargs())
-
-
 def fit_gating(
     heads_dir: str | Path,
     pair_dirs: Sequence[str | Path],
@@ -553,34 +551,19 @@ def fit_gating(
     With noisy-label settings (`GatingSettings.noise_settings`) that need them, each pair's strength is
     measured first (`pair_strength`) and the pairs flipped and dropped are counted in `gating.json`.
     """
-    from .rewards import expected_rewards
-
     check_output_directory(output_dir, "qrm fit-gating")  # before the work, not after it
     settings = settings or GatingSettings()
-    if settings.rewards not in ("transformed", "untransformed"):
-        raise ValueError(
-            f"gating rewards must be 'transformed' or 'untransformed', got {settings.rewards!r}."
-        )
-    if settings.strength not in ("probability", "ensemble"):
-        raise ValueError(f"gating strength must be 'probability' or 'ensemble', got {settings.strength!r}.")
-    coef, intercept, heads_info = load_heads(heads_dir)
+    heads_info = load_heads(heads_dir)[2]
     names = heads_info["attribute_names"]
     transform = load_transform(transform_dir, names)
     if settings.rewards == "untransformed":
         transform = torch.eye(len(names))
     _check_features_fit_heads(heads_info, feature_settings(pair_dirs, "preference"))
-    prompts, rewards = [], []
-    for shard in iter_shards(
-        pair_dirs, ["embeddings", "prompt_embeddings"], "rewards of the preference pairs"
-    ):
-        prompts.append(shard["prompt_embeddings"][:, 0].float())  # chosen and rejected share the prompt
-        rewards.append(expected_rewards(coef, transform, shard["embeddings"], intercept))  # [n, 2, M]
-    rewards = torch.cat(rewards)
+    prompts, rewards = _pair_rewards(heads_dir, pair_dirs, transform)
     gating = _bradley_terry(names, heads_info["hidden_size"], settings)
     strength = None
     if gating.needs_strength:
         strength = pair_strength(heads_dir, pair_dirs, transform, settings)
-    prompts = torch.cat(prompts)
     gating.fit(prompts, rewards[:, 0], rewards[:, 1], strength)
     diagnostics = gating_diagnostics(gating.network_, prompts, rewards[:, 0], rewards[:, 1], names)
     for problem in gating_warnings(diagnostics):
@@ -611,6 +594,21 @@ def fit_gating(
     return Path(output_dir)
 
 
+def _pair_rewards(heads_dir, pair_dirs, transform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prompt embeddings [N, H], expected rewards per attribute [N, 2, M] of chosen and rejected) of the
+    preference pairs in `pair_dirs`, under the heads of `heads_dir` and the reward transform."""
+    from .rewards import expected_rewards
+
+    coef, intercept, _ = load_heads(heads_dir)
+    prompts, rewards = [], []
+    for shard in iter_shards(
+        pair_dirs, ["embeddings", "prompt_embeddings"], "rewards of the preference pairs"
+    ):
+        prompts.append(shard["prompt_embeddings"][:, 0].float())  # chosen and rejected share the prompt
+        rewards.append(expected_rewards(coef, transform, shard["embeddings"], intercept))  # [n, 2, M]
+    return torch.cat(prompts), torch.cat(rewards)
+
+
 def selected_epoch(gating_info: dict) -> dict:
     """The history record (loss, validation accuracy) of the epoch whose network a gating.json describes:
     the last, or the one `restore_best_epoch` kept."""
@@ -619,7 +617,7 @@ def selected_epoch(gating_info: dict) -> dict:
 
 
 class GatingCollapseWarning(UserWarning):
-    """The fitted gating network is degenerate or loses to a fixed mix of the attribute rewards (issue 22)."""
+    """The fitted gating network is degenerate or loses to a fixed mix of the attribute rewards."""
 
 
 @torch.no_grad()
@@ -644,7 +642,7 @@ def gating_diagnostics(network, prompt_embeddings, chosen_rewards, rejected_rewa
 
 def _bradley_terry(names, hidden_size: int, settings: GatingSettings, plain: bool = False):
     """The `BradleyTerryGating` of `settings` (`plain`: without the noisy-label remedies)."""
-    from .gating import BradleyTerryGating
+    from .gating import BradleyTerryGating, gating_sizes
 
     remedies = {} if plain else {
         "label_smoothing": settings.label_smoothing,
@@ -653,7 +651,7 @@ def _bradley_terry(names, hidden_size: int, settings: GatingSettings, plain: boo
         "drop_below": settings.drop_below,
     }  # fmt: skip
     return BradleyTerryGating(
-        _gating_config(names, hidden_size, settings),
+        gating_sizes(names, hidden_size, settings),
         learning_rate=settings.learning_rate,
         batch_size=settings.batch_size,
         epochs=settings.epochs,
@@ -741,20 +739,11 @@ def assemble_model(
     check_output_directory(output_dir, "qrm assemble")  # before the work, not after it
     settings = settings or AssembleSettings()
     location, name = resolve_backbone(backbone)
-    heads = QuantileHeadsOutput.load(heads_dir)
+    heads, transform, gating = _fitted_parts(heads_dir, gating_dir, transform_dir, name)
     heads_info, names = heads.info, heads.attribute_names
     coef, intercept = heads.members if heads.num_members > 1 else (heads.coef, heads.intercept)
-    transform = load_transform(transform_dir, names)
-    fitted_gating = GatingOutput.load(gating_dir)
-    fitted_gating.check_fits(heads, gating_dir)
-    gating_tensors, gating_info = fitted_gating.state_dict, fitted_gating.info
-    if name != heads_info["backbone"]:
-        raise ValueError(
-            f"The quantile heads were fitted on features of {heads_info['backbone']}, not of {name}: "
-            "assemble them with the backbone they were fitted on."
-        )
-    gating_settings = GatingSettings(**gating_info["settings"])
-    network = _gating_network(names, heads_info["hidden_size"], gating_settings, gating_tensors)
+    gating_settings = GatingSettings(**gating.info["settings"])
+    network = _gating_network(names, heads_info["hidden_size"], gating_settings, gating.state_dict)
     loaded = load_extraction_backbone(backbone, revision)
     probe = encode_conversation(loaded.tokenizer, messages=PROBE_CONVERSATION)
     (probe_response,), (probe_prompt,) = loaded.encoder.encode([probe], desc="probe conversation")
@@ -772,16 +761,56 @@ def assemble_model(
         **gating_settings.config_kwargs(),
     )
     check_reproduces_extraction(model, probe, probe_response, probe_prompt)
-    validation = heads_info.get("validation", {})
-    summary = (
+    with replace_directory(output_dir, "qrm assemble") as directory:
+        save_qrm(
+            model,
+            directory,
+            tokenizer=location,
+            backbone_name=name,
+            datasets=settings.datasets,
+            training_summary=_training_summary(
+                heads_info, gating.info, gating_settings, transform_dir is not None
+            ),
+            evaluation=_card_evaluation(heads_info, settings),
+            homepage=settings.homepage,
+        )
+    if settings.push_to_hub:
+        from ..hub import push_model_dir
+
+        push_model_dir(output_dir, settings.push_to_hub)
+    return Path(output_dir)
+
+
+def _fitted_parts(heads_dir, gating_dir, transform_dir, backbone_name: str):
+    """(heads, transform T, gating) of the stage outputs, checked to fit each other and the backbone."""
+    heads = QuantileHeadsOutput.load(heads_dir)
+    if backbone_name != heads.info["backbone"]:
+        raise ValueError(
+            f"The quantile heads were fitted on features of {heads.info['backbone']}, not of {backbone_name}: "
+            "assemble them with the backbone they were fitted on."
+        )
+    transform = load_transform(transform_dir, heads.attribute_names)
+    gating = GatingOutput.load(gating_dir)
+    gating.check_fits(heads, gating_dir)
+    return heads, transform, gating
+
+
+def _training_summary(heads_info: dict, gating_info: dict, gating: GatingSettings, debiased: bool) -> str:
+    """How the parts of an assembled QRM were fitted, in a few sentences for its model card."""
+    return (
         f"Quantile heads: {heads_info['solver']} solver, alpha {_alpha_summary(heads_info)}, at most "
         f"{heads_info['max_samples_per_attribute']} samples per attribute ({heads_info['samples_per_attribute']}). "
-        f"Reward transform: {'verbosity debiasing' if transform_dir else 'identity'}. Gating: Bradley-Terry on "
-        f"{gating_info['pairs']} preference pairs, {gating_settings.epochs} epochs, validation accuracy "
+        f"Reward transform: {'verbosity debiasing' if debiased else 'identity'}. Gating: Bradley-Terry on "
+        f"{gating_info['pairs']} preference pairs, {gating.epochs} epochs, validation accuracy "
         f"{selected_epoch(gating_info).get('validation_accuracy', float('nan')):.3f} (epoch "
-        f"{gating_info.get('selected_epoch', gating_settings.epochs)})."
+        f"{gating_info.get('selected_epoch', gating.epochs)})."
     )
+
+
+def _card_evaluation(heads_info: dict, settings: AssembleSettings) -> list[dict]:
+    """The model card's evaluation entries: the heads' held-out pinball loss and the `settings.results` files."""
     evaluation = []
+    validation = heads_info.get("validation", {})
     if "pinball_loss" in validation:
         evaluation.append(
             {
@@ -795,27 +824,13 @@ def assemble_model(
         from ..rewardbench import results_file_entries
 
         evaluation += results_file_entries(settings.results)
-    with replace_directory(output_dir, "qrm assemble") as directory:
-        save_qrm(
-            model,
-            directory,
-            tokenizer=location,
-            backbone_name=name,
-            datasets=settings.datasets,
-            training_summary=summary,
-            evaluation=evaluation,
-            homepage=settings.homepage,
-        )
-    if settings.push_to_hub:
-        from ..hub import push_model_dir
-
-        push_model_dir(output_dir, settings.push_to_hub)
-    return Path(output_dir)
+    return evaluation
 
 
 def _gating_network(names, hidden_size, gating: GatingSettings, state_dict):
     from ..modeling.modeling_qrm import QRMGatingNetwork
+    from .gating import gating_sizes
 
-    network = QRMGatingNetwork(_gating_config(names, hidden_size, gating))
+    network = QRMGatingNetwork(gating_sizes(names, hidden_size, gating))
     network.load_state_dict(state_dict)
     return network.eval()

@@ -1,7 +1,7 @@
-"""Risk-aware RLOO with a QRM as reward model: the second stage of the paper's RLHF experiment (§4.3);
-the same with GRPO in place of RLOO.
+"""The policy stage of the paper's RLHF experiment (§4.3), after SFT: risk-aware RLOO (or GRPO in place
+of RLOO) with a QRM as reward model.
 
-    from qrm_hf.training.rloo_pipeline import PaperRLOOConfig, run_rlhf
+    from qrm_hf.training.rlhf_pipeline import PaperRLOOConfig, run_rlhf
 
     result = run_rlhf("outputs/sft", "outputs/qrm", "Anthropic/hh-rlhf", PaperRLOOConfig("outputs/rloo"))
 
@@ -27,16 +27,18 @@ from pathlib import Path
 import torch
 from peft import LoraConfig
 from transformers import AutoTokenizer
+from trl import RLOOConfig
 
+from ..dataset_loading import load_rows
+from ..dataset_preset import DatasetPreset
 from ..hub import reading_model_files, refusing_model_code
 from ..io import claim_directory
-from ..presets import DatasetPreset, load_rows
 from . import paper_rlhf as paper
 from .grpo import RiskAwareGRPOConfig, RiskAwareGRPOTrainer
 from .risk_rewards import RiskAwareRewardsArguments, quantile_levels_of
 from .rlhf_data import filter_prompts_by_length, rloo_prompts
 from .rloo import RiskAwareRLOOConfig, RiskAwareRLOOTrainer
-from .sft import SAVE_DTYPES, finish_lora_training, last_checkpoint, paper_lora_config
+from .sft import SAVE_DTYPES, finish_lora_training, last_checkpoint, paper_lora_config, with_option_names
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,8 @@ class _PaperRLValues:
         lr_scheduler_type (`str`, *optional*, defaults to `"constant"`): paper value ("a fixed learning rate").
         num_generations (`int`, *optional*, defaults to `2`): k of RLOO, paper value.
         max_completion_length (`int`, *optional*, defaults to `512`): paper value.
+        num_train_epochs (`float`, *optional*, defaults to `1.0`): one pass over the prompts (TRL: 3).
+        beta (`float`, *optional*, defaults to `0.05`): TRL's RLOO default, for GRPO too (TRL's GRPO: 0).
     """
 
     learning_rate: float = field(
@@ -66,6 +70,17 @@ class _PaperRLValues:
     )
     max_completion_length: int | None = field(
         default=paper.MAX_COMPLETION_LENGTH, metadata={"help": "Longest completion, in tokens."}
+    )
+    num_train_epochs: float = with_option_names(
+        RLOOConfig, "num_train_epochs", "--epochs", default=paper.RLOO_EPOCHS, help="Passes over the prompts."
+    )
+    per_device_train_batch_size: int = with_option_names(
+        RLOOConfig, "per_device_train_batch_size", "--per-device-batch-size"
+    )
+    beta: float = with_option_names(
+        RLOOConfig,
+        "beta",
+        help="KL penalty coefficient: TRL's RLOO default for GRPO too (the paper gives none).",
     )
 
 
@@ -136,41 +151,64 @@ def run_rlhf(
     Args:
         policy: the SFT model directory (or Hub id); initial policy and KL reference, with its tokenizer.
         reward_model: a QRM directory or Hub id, loaded with its own tokenizer.
-        data: a Hub dataset id or a local json/jsonl/parquet file or directory: preference data (HH-RLHF
-            transcripts or chosen/rejected conversations, each giving the conversation before its last
-            assistant turn as the prompt) or any dataset with a ``prompt`` column.
-        args: the trainer configuration, which picks the trainer: a `RiskAwareRLOOConfig` (by default use
-            :class:`PaperRLOOConfig`) or a `RiskAwareGRPOConfig` (:class:`PaperGRPOConfig`): risk measure, λ,
-            k, lengths, learning rate...; `args.output_dir` receives the merged policy: absent, empty or an
-            earlier output of the same command (`qrm_hf.io.claim_directory`; anything else is refused).
-        split, limit: the split read, and the first `limit` rows only (quick runs).
-        preset: a dataset preset name for other preference column layouts.
-        max_prompt_length: prompts with more tokens (through the policy's chat template) are left out;
-            None keeps all.
+        data: a Hub dataset id or a local json/jsonl/parquet file or directory: preference data (the
+            conversation before the last assistant turn is the prompt) or a ``prompt`` column.
+        args: the trainer configuration, which picks the trainer: a `RiskAwareRLOOConfig` (e.g.
+            :class:`PaperRLOOConfig`) or a `RiskAwareGRPOConfig` (:class:`PaperGRPOConfig`); `args.output_dir`
+            receives the merged policy (absent, empty or an earlier output: `qrm_hf.io.claim_directory`).
+        split, limit, preset: the split read, its first `limit` rows only, a preset for other columns.
+        max_prompt_length: longer prompts (through the policy's chat template) are left out; None keeps all.
         lora_config: the policy's adapter, by default `paper_lora_config()`.
         save_dtype: dtype of the merged policy, ``"auto"`` keeps the SFT checkpoint's.
         resume: continue from the last checkpoint in `args.output_dir`, when there is one.
-        trust_remote_code: run the code files that come with `reward_model` of a model type other than
-            ``"qrm"`` (never needed for a qrm-hf QRM). The policy's code runs only with
-            ``args.trust_remote_code`` (TRL's field, False by default; `qrm rloo` / `qrm grpo` never set it).
+        trust_remote_code: run the code files of a `reward_model` of another type than ``"qrm"``. The
+            policy's code runs only with ``args.trust_remote_code`` (TRL's field, False by default).
 
     Returns an :class:`RLHFResult`. Raises ValueError for a reward model that is not a QRM, data without
     prompts, a chat prompt and a policy tokenizer without chat template, or no prompt left after the filter.
     """
+    trainer_cls = _trainer_class(args)
+    if save_dtype not in SAVE_DTYPES:
+        raise ValueError(f"save_dtype must be one of {SAVE_DTYPES}, got {save_dtype!r}.")
+    # Before any work: the trainer writes checkpoints and the merged policy into the directory.
+    claim_directory(args.output_dir, "qrm grpo" if isinstance(args, RiskAwareGRPOConfig) else "qrm rloo")
+    qrm, qrm_tokenizer = load_reward_model(reward_model, _reward_dtype(args), trust_remote_code)
+    rows = load_rows(data, split=split, limit=limit)
+    tokenizer, prompts, num_dropped = _policy_prompts(policy, rows, preset, max_prompt_length, args)
+    with refusing_model_code(policy, "policy"):  # the trainer loads the policy's config and weights
+        trainer = trainer_cls(
+            model=str(policy),
+            reward_funcs=qrm,
+            args=args,
+            train_dataset=prompts,
+            processing_class=tokenizer,
+            reward_processing_classes=qrm_tokenizer,
+            peft_config=lora_config if lora_config is not None else paper_lora_config(),
+        )
+    trainer.train(resume_from_checkpoint=last_checkpoint(args.output_dir) if resume else None)
+    output_dir, adapter_dir = finish_lora_training(trainer, policy, tokenizer, save_dtype)
+    name, logs = trainer.reward_func_names[0], list(trainer.state.log_history)
+    return RLHFResult(output_dir, adapter_dir, len(prompts), num_dropped, name, logs)
+
+
+def _trainer_class(args):
+    """The trainer of a config: RLOO for a `RiskAwareRLOOConfig`, GRPO for a `RiskAwareGRPOConfig`."""
     trainer_cls = next((trainer for config, trainer in TRAINERS.items() if isinstance(args, config)), None)
     if trainer_cls is None:
         raise TypeError(
             "`args` must be a RiskAwareRLOOConfig or RiskAwareGRPOConfig (e.g. PaperRLOOConfig), got "
             f"{type(args).__name__}."
         )
-    if save_dtype not in SAVE_DTYPES:
-        raise ValueError(f"save_dtype must be one of {SAVE_DTYPES}, got {save_dtype!r}.")
-    # Before any work: the trainer writes checkpoints and the merged policy into the directory.
-    claim_directory(args.output_dir, "qrm grpo" if isinstance(args, RiskAwareGRPOConfig) else "qrm rloo")
-    qrm, qrm_tokenizer = load_reward_model(reward_model, _reward_dtype(args), trust_remote_code)
-    prompts = rloo_prompts(load_rows(data, split=split, limit=limit), preset)
+    return trainer_cls
+
+
+def _policy_prompts(policy, rows, preset, max_prompt_length: int | None, args):
+    """(the policy's tokenizer, the prompts of `rows` of at most `max_prompt_length` tokens through it, how
+    many were dropped). ValueError for chat prompts without a chat template, or too few prompts left for one
+    generation batch."""
+    prompts = rloo_prompts(rows, preset)
     # The policy's code runs with the trainer's own consent (TRL's `args.trust_remote_code`, False by default),
-    # which the trainer applies to its loads of the policy too; `trust_remote_code` is the QRM's.
+    # which the trainer applies to its loads of the policy too; `trust_remote_code` of run_rlhf is the QRM's.
     with refusing_model_code(policy, "policy"), reading_model_files(policy, "policy"):
         tokenizer = AutoTokenizer.from_pretrained(
             str(policy), padding_side="left", truncation_side="left", trust_remote_code=args.trust_remote_code
@@ -195,26 +233,7 @@ def run_rlhf(
         )
     if num_dropped:
         logger.info(f"Dropped {num_dropped} of {total} prompts longer than {max_prompt_length} tokens.")
-    with refusing_model_code(policy, "policy"):  # the trainer loads the policy's config and weights
-        trainer = trainer_cls(
-            model=str(policy),
-            reward_funcs=qrm,
-            args=args,
-            train_dataset=prompts,
-            processing_class=tokenizer,
-            reward_processing_classes=qrm_tokenizer,
-            peft_config=lora_config if lora_config is not None else paper_lora_config(),
-        )
-    trainer.train(resume_from_checkpoint=last_checkpoint(args.output_dir) if resume else None)
-    output_dir, adapter_dir = finish_lora_training(trainer, policy, tokenizer, save_dtype)
-    return RLHFResult(
-        output_dir,
-        adapter_dir,
-        len(prompts),
-        num_dropped,
-        trainer.reward_func_names[0],
-        list(trainer.state.log_history),
-    )
+    return tokenizer, prompts, num_dropped
 
 
 __all__ = [
