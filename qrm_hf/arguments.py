@@ -31,18 +31,6 @@ def risk_spec(spec: str) -> str:
     return spec
 
 
-def output_risk_spec(spec: str) -> str:
-    """argparse type: a measure of a QRM's whole output (`lcb:1`, `cvar:0.25+lcb:1`, `worst_member`, or any
-    `risk_spec`), checked by `qrm_hf.risk.parse_output`."""
-    from . import risk
-
-    try:
-        risk.parse_output(spec)
-    except (ValueError, TypeError) as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return spec
-
-
 def risk_parameter(name: str):
     """argparse type: a value of the `qrm_hf.risk` parameter `name` (``lam`` > 0, ``alpha`` in (0, 1]),
     checked by the risk registry."""
