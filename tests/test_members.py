@@ -174,13 +174,15 @@ def test_bad_output_measures(spec):
 def test_rlhf_commands_take_output_measures():
     import argparse
 
-    from qrm_hf.cli_rlhf import add_rlhf_commands
+    from qrm_hf.cli import parse_arguments
+    from qrm_hf.cli_rlhf import add_rlhf_commands, trainer_config
 
     parser = argparse.ArgumentParser()
     add_rlhf_commands(parser.add_subparsers(dest="command"))
     for algorithm in ("rloo", "grpo"):
-        args = parser.parse_args([algorithm, "sft", "qrm", "--risk-measure", "cvar:0.25+lcb:2"])
-        assert args.risk_measure == "cvar:0.25+lcb:2"
+        args = parse_arguments(parser, [algorithm, "sft", "qrm", "--risk-measure", "cvar:0.25+lcb:2"])
+        measure = trainer_config(args).parse_risk_measure()
+        assert (measure.epistemic, measure.penalty) == ("lcb", 2.0)
 
 
 def test_members_round_trip_with_and_without_qrm_hf(tmp_path):
@@ -322,3 +324,24 @@ def test_a_bad_member_count_is_refused_by_every_entry(value, tmp_path):
     with pytest.raises(ValueError, match="num_members"):
         fit_quantile_heads([tmp_path / "features"], tmp_path / "heads", num_members=value)
     assert not (tmp_path / "heads").exists()
+
+
+def test_a_calibrated_model_moves_every_member_with_the_quantiles():
+    """Conformal offsets move the combined quantiles; each member moves with them, so the members' mean stays
+    the expected reward every consumer reads and their spread (the epistemic std) is unchanged."""
+    from qrm_hf.modeling.configuration_qrm import check_calibration
+
+    model = make_qrm(seed=4, num_members=3)
+    ids, mask = pad_batch(ROWS)
+    before = model(input_ids=ids, attention_mask=mask)
+    M, K = model.config.num_attributes, model.config.num_quantiles
+    offsets = torch.linspace(-0.2, 0.3, M * K).view(1, M, K)  # increasing: the sum stays sorted
+    model.config.calibration = check_calibration(
+        {"offsets": offsets.tolist(), "width_bin_edges": [], "width_scales": [1.0] * M,
+         "width_level_indices": [0, K - 1]}, M, K,
+    )  # fmt: skip
+    after = model(input_ids=ids, attention_mask=mask)
+    torch.testing.assert_close(after.attribute_quantiles, before.attribute_quantiles + offsets[0])
+    torch.testing.assert_close(after.member_rewards.mean(-1), after.logits[:, 0])
+    torch.testing.assert_close(after.reward_epistemic_std, before.reward_epistemic_std)
+    assert not torch.allclose(after.logits, before.logits)

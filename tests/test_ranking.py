@@ -150,24 +150,29 @@ def test_pair_ranking_report_counts_ties_as_given():
     assert report["signals"]["margin"]["area"] == pytest.approx((1 + 0.75 + 0.5) / 3)
 
 
-def test_evaluate_pairs_adds_the_epistemic_signals_when_the_outputs_have_members():
+def test_evaluate_pairs_adds_the_epistemic_signals_when_the_model_has_members():
     from qrm_hf.evaluation import evaluate_pairs
+    from qrm_hf.scoring import score_conversations
 
-    model, tokenizer = make_qrm(seed=4), make_tokenizer()
+    tokenizer = make_tokenizer()
     rows = [{"prompt": f"w1{i}", "chosen": f"w2{i} w30", "rejected": f"w3{i}"} for i in range(6)]
-    plain = evaluate_pairs(model, tokenizer, rows)["ranking"]
+    plain = evaluate_pairs(make_qrm(seed=4), tokenizer, rows)["ranking"]
     assert set(plain["signals"]) == {"margin", "probability", "effect_size"}
-    forward = model.forward
-
-    def with_members(*args, **kwargs):  # a fake output of a model with members: its spread, [B]
-        output = forward(*args, **kwargs)
-        output["reward_epistemic_std"] = output.logits[:, 0].abs() + 0.1
-        return output
-
-    model.forward = with_members
+    model = make_qrm(seed=4, num_members=3)
     ranking = evaluate_pairs(model, tokenizer, rows)["ranking"]
     assert {"epistemic", "margin_over_epistemic"} <= set(ranking["signals"])
-    assert ranking["signals"]["margin"] == plain["signals"]["margin"]
+    # the epistemic signal is minus the members' spread of the pair, from the model's own outputs
+    sides = [[{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row[side]}]
+             for row in rows for side in ("chosen", "rejected")]  # fmt: skip
+    scored = score_conversations(model, tokenizer, sides)
+    spread = scored["reward_epistemic_std"].double().view(-1, 2)
+    assert spread.min() > 0
+    chosen, rejected = scored["logits"].double().view(-1, 2).unbind(-1)
+    correct = ((chosen > rejected).double() + 0.5 * (chosen == rejected).double()).numpy()
+    certainty = -(spread**2).sum(-1).sqrt()
+    assert ranking["signals"]["epistemic"]["area"] == pytest.approx(
+        accuracy_coverage(correct, certainty.numpy())["area"]
+    )
 
 
 def test_evaluate_cli_reports_ranking_and_selective_error(tmp_path, capsys):

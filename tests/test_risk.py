@@ -469,4 +469,4 @@ def test_a_new_measure_is_one_function_and_one_registry_line(monkeypatch, tmp_pa
     add_rlhf_commands(parser.add_subparsers(dest="command"))
     args = parse_arguments(parser, ["grpo", "sft", "qrm", "--risk-measure", "mean_minus_std:2"])
     config = trainer_config(args)
-    assert type(config).__name__ == "PaperGRPOConfig" and config.parse_risk_measure()[1] == {"k": 2.0}
+    assert type(config).__name__ == "PaperGRPOConfig" and config.parse_risk_measure().values == {"k": 2.0}

@@ -126,14 +126,15 @@ class HeadsSettings:
     gaussian_baseline: bool = setting(
         False, help="also report a heteroscedastic Gaussian (mean and log-std heads; loads all features)"
     )
-    num_members: int = setting(
-        1,
+    num_members: int = model_setting(
+        "num_members",
         help="members E: with E > 1, E sets of heads refitted on bootstrap resamples of the training responses, "
         "whose disagreement the model reports as its epistemic spread",
         cli={"type": positive_int},
     )
 
     def __post_init__(self):
+        resolve_model_defaults(self)
         value = self.num_members
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"num_members must be a whole number >= 1, got {value!r}.")
