@@ -57,7 +57,14 @@ def test_demo_saves_a_model_that_reloads_through_remote_code_with_the_fitted_num
     assert set(gating["fixed_mixes"]) == {f"{name} only" for name in heads["attribute_names"]} | {"uniform"}
     assert {"harmful", "factual"} <= set(gating["mean_weights_by_category"])
     ranking = heldout["pairs"]["ranking"]  # how well each signal ranks the model's mistakes on the pairs
-    assert set(ranking["signals"]) == {"margin", "probability", "effect_size"}  # no members: no epistemic
+    # with members, the epistemic signals rank the mistakes next to the distribution's own
+    assert set(ranking["signals"]) == {
+        "margin",
+        "probability",
+        "effect_size",
+        "epistemic",
+        "margin_over_epistemic",
+    }
     assert ranking["pairs"] == len(heldout_pairs)
     selective = heldout["ratings"]["models"]["qrm"]["selective_error"]  # MAE@50 by predicted width
     assert set(selective) == set(heads["attribute_names"])
