@@ -158,13 +158,18 @@ def _quantile_levels(quantile_levels) -> list[float]:
     return levels
 
 
-def _check_gating_sizes(hidden_dim, n_hidden, temperature) -> None:
-    """Whole numbers for the width (>= 1) and depth (>= 0) of the gating MLP, a finite temperature > 0."""
+def _check_sizes(hidden_dim, n_hidden, temperature, num_members) -> None:
+    """Whole numbers for the width (>= 1) and depth (>= 0) of the gating MLP and the members (>= 1), a finite
+    temperature > 0."""
     # NaN compares false with everything, so each check is written to fail on it.
     temperature_is_number = isinstance(temperature, numbers.Real) and not isinstance(temperature, bool)
     if not (temperature_is_number and 0 < temperature < math.inf):
         raise ValueError(f"`gating_temperature` must be a finite number > 0, got {temperature!r}.")
-    for name, value, least in (("gating_hidden_dim", hidden_dim, 1), ("gating_n_hidden", n_hidden, 0)):
+    for name, value, least in (
+        ("gating_hidden_dim", hidden_dim, 1),
+        ("gating_n_hidden", n_hidden, 0),
+        ("num_members", num_members, 1),
+    ):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
             raise ValueError(f"`{name}` must be a whole number >= {least}, got {value!r}.")
 
@@ -248,9 +253,7 @@ class QRMConfig(PretrainedConfig):
             raise ValueError(f"`gating_fallback` must be one of {GATING_FALLBACKS}, got {gating_fallback!r}.")
         if quantile_mixing not in QUANTILE_MIXINGS:
             raise ValueError(f"`quantile_mixing` must be one of {QUANTILE_MIXINGS}, got {quantile_mixing!r}.")
-        _check_gating_sizes(gating_hidden_dim, gating_n_hidden, gating_temperature)
-        if isinstance(num_members, bool) or not isinstance(num_members, numbers.Integral) or num_members < 1:
-            raise ValueError(f"`num_members` must be a whole number >= 1, got {num_members!r}.")
+        _check_sizes(gating_hidden_dim, gating_n_hidden, gating_temperature, num_members)
         for name, value in (
             ("gating_batch_norm", gating_batch_norm),
             ("regression_bias", regression_bias),

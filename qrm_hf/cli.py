@@ -241,6 +241,18 @@ def _add_distribution_table_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_label_range_argument(parser: argparse.ArgumentParser) -> None:
+    """`--label-range LOW HIGH` of the commands that read rating rows (`qrm evaluate`, `qrm calibrate`)."""
+    parser.add_argument(
+        "--label-range",
+        nargs=2,
+        type=float,
+        default=RATING_LABEL_RANGE,
+        metavar=("LOW", "HIGH"),
+        help=f"range of the rating labels, mapped to [0, 1] (default {RATING_LABEL_RANGE[0]:g} {RATING_LABEL_RANGE[1]:g})",
+    )
+
+
 def _add_calibrate_command(commands) -> None:
     """Add ``qrm calibrate MODEL --ratings FILE --output-dir DIR [--heldout FILE] [--width-bins G]``."""
     from .training.settings import AssembleSettings, add_settings_arguments
@@ -266,14 +278,7 @@ def _add_calibrate_command(commands) -> None:
         "(averaged over attributes, each in units of its median width; default 1: one offset per attribute "
         "and level)",
     )
-    calibrate.add_argument(
-        "--label-range",
-        nargs=2,
-        type=float,
-        default=RATING_LABEL_RANGE,
-        metavar=("LOW", "HIGH"),
-        help="range of the rating labels, mapped to [0, 1] (default 0 4)",
-    )
+    _add_label_range_argument(calibrate)
     add_settings_arguments(calibrate, AssembleSettings, names=["homepage"])
     calibrate.set_defaults(handler=_calibrate)
 
@@ -328,6 +333,25 @@ def _add_score_command(commands) -> None:
     score.set_defaults(handler=_score)
 
 
+def _add_comparison_arguments(evaluate: argparse.ArgumentParser) -> None:
+    """`qrm evaluate`'s options of what the QRM is compared with: baselines and bootstrap refits."""
+    evaluate.add_argument(
+        "--baselines",
+        nargs="+",
+        metavar="FEATURE_DIR",
+        help="training attribute features (qrm extract) to fit the ridge and heteroscedastic Gaussian "
+        "baselines on, reported next to the QRM (the held-out rows are encoded with the model's backbone)",
+    )
+    evaluate.add_argument(
+        "--bootstrap",
+        type=positive_int,
+        metavar="N",
+        help="with --baselines: also refit the quantile heads N times (N >= 2) on bootstrap resamples of the "
+        "training responses and report how far their medians spread, the part of the 90 %% width that is the "
+        "heads' own uncertainty rather than the annotators' disagreement",
+    )
+
+
 def _add_evaluate_command(commands) -> None:
     """Add `qrm evaluate MODEL`: held-out measures on ratings and pairs, next to baselines."""
     evaluate = commands.add_parser(
@@ -346,35 +370,14 @@ def _add_evaluate_command(commands) -> None:
     evaluate.add_argument(
         "--ratings", help="JSON Lines rating rows: prompt, response, one column per attribute"
     )
-    evaluate.add_argument(
-        "--label-range",
-        nargs=2,
-        type=float,
-        default=RATING_LABEL_RANGE,
-        metavar=("LOW", "HIGH"),
-        help="range of the rating labels, mapped to [0, 1] (default 0 4)",
-    )
+    _add_label_range_argument(evaluate)
     evaluate.add_argument("--pairs", help="JSON Lines preference rows: prompt, chosen, rejected")
     evaluate.add_argument(
         "--showcase", help="JSON Lines rows (name, prompt, response) to print risk measures for"
     )
     _add_distribution_table_arguments(evaluate)
     evaluate.add_argument("--json", help="same as --output")
-    evaluate.add_argument(
-        "--baselines",
-        nargs="+",
-        metavar="FEATURE_DIR",
-        help="training attribute features (qrm extract) to fit the ridge and heteroscedastic Gaussian "
-        "baselines on, reported next to the QRM (the held-out rows are encoded with the model's backbone)",
-    )
-    evaluate.add_argument(
-        "--bootstrap",
-        type=positive_int,
-        metavar="N",
-        help="with --baselines: also refit the quantile heads N times (N >= 2) on bootstrap resamples of the "
-        "training responses and report how far their medians spread, the part of the 90 %% width that is the "
-        "heads' own uncertainty rather than the annotators' disagreement",
-    )
+    _add_comparison_arguments(evaluate)
     evaluate.add_argument(
         "--plots",
         metavar="DIR",

@@ -816,7 +816,6 @@ def evaluate_ratings(
     mean :func:`median_spread` of the held-out responses, the part of a 90 % width that is the heads' own
     uncertainty rather than the annotators' disagreement (a lower bound). A model with members reports its
     own ``epistemic`` spread instead (`epistemic_report`: the members' std per kind, and their number).
-
     A NaN or infinite model output is refused (`qrm_hf.scoring.NonFiniteOutputError`), naming the rows.
     """
     attributes = list(attributes or model.config.attribute_names)
@@ -832,13 +831,7 @@ def evaluate_ratings(
     predictions.update(compared)
     report = _qrm_measures(rated, attributes, model.config.quantile_levels, group_column, contrast)
     kinds = _kinds(rated.rows, group_column)
-    if heads_spread is not None:
-        report["own_uncertainty"] = _own_uncertainty(
-            heads_spread, rated.responses, kinds, attributes, member_count
-        )
-    if rated.epistemic is not None:
-        report["epistemic"] = epistemic_report(rated.epistemic, rated.responses, kinds, attributes)
-        report["epistemic"]["members"] = model.config.num_members
+    report.update(_heads_uncertainty(rated, heads_spread, member_count, kinds, attributes, model.config))
     report["models"] = {
         name: _model_report(
             rated.labels, values, model.config.quantile_levels, attributes, kinds, rated.responses, contrast
@@ -847,6 +840,22 @@ def evaluate_ratings(
     }
     if kinds is not None:
         report.update(_annotator_report(rated.labels, kinds, rated.responses, attributes, contrast))
+    return report
+
+
+def _heads_uncertainty(rated: RatedRows, heads_spread, member_count: int, kinds, attributes, config) -> dict:
+    """``own_uncertainty`` of bootstrap refits (`heads_spread` [n, M], or None) and ``epistemic``, the spread of
+    the model's own members (when it has some), for `evaluate_ratings`."""
+    report = {}
+    if heads_spread is not None:
+        report["own_uncertainty"] = _own_uncertainty(
+            heads_spread, rated.responses, kinds, attributes, member_count
+        )
+    if rated.epistemic is not None:
+        report["epistemic"] = {
+            **epistemic_report(rated.epistemic, rated.responses, kinds, attributes),
+            "members": config.num_members,
+        }
     return report
 
 

@@ -59,12 +59,9 @@ def assemble_qrm(
         revision: the backbone's revision, when `backbone` is a Hub id.
         config_kwargs: further `QRMConfig` fields (gating sizes, `quantile_mixing`, ...).
     """
-    if isinstance(backbone, PreTrainedModel):
-        decoder = backbone
-    else:
-        decoder = AutoModel.from_pretrained(
-            backbone, revision=revision, dtype=torch.float32, trust_remote_code=False
-        )
+    decoder = backbone if isinstance(backbone, PreTrainedModel) else AutoModel.from_pretrained(
+        backbone, revision=revision, dtype=torch.float32, trust_remote_code=False
+    )  # fmt: skip
     head_coef = torch.as_tensor(np.asarray(head_coef), dtype=torch.float32)
     num_attributes, num_levels = len(attribute_names), len(quantile_levels)
     hidden_size = decoder.config.hidden_size

@@ -775,10 +775,15 @@ def assemble_model(
             homepage=settings.homepage,
         )
     if settings.push_to_hub:
-        from ..hub import push_model_dir
-
-        push_model_dir(output_dir, settings.push_to_hub)
+        _push(output_dir, settings.push_to_hub)
     return Path(output_dir)
+
+
+def _push(model_dir, repo_id: str) -> None:
+    """Upload an assembled model directory to the Hub (`--push-to-hub`)."""
+    from ..hub import push_model_dir
+
+    push_model_dir(model_dir, repo_id)
 
 
 def _fitted_parts(heads_dir, gating_dir, transform_dir, backbone_name: str):
