@@ -935,7 +935,7 @@ def format_ratings_report(report: dict) -> str:
     if "annotator_spread_ratio" in report:
         numerator, denominator = report["contrast"]
         lines.append(
-            f"{numerator} / {denominator} mean 90 % width, next to the annotators' own spread ratio:"
+            f"{numerator[:1].upper()}{numerator[1:]} / {denominator} mean 90 % width, next to the annotators' own spread ratio:"
         )
         lines.append(
             f"  {'attribute':<16}" + "".join(f"{name:>12}" for name in models) + f"{'annotators':>12}"
