@@ -225,7 +225,17 @@ def _certainty(values, what: str) -> np.ndarray:
             f"The {what} is NaN or -inf in {bad.size} row(s) (0-based): {bad[:5].tolist()}"
             f"{' ...' if bad.size > 5 else ''}; such a sample cannot be ranked."
         )
-    return values
+    return without_rounding_noise(values)
+
+
+def without_rounding_noise(values: np.ndarray, digits: int = 9) -> np.ndarray:
+    """`values` rounded to `digits` significant digits of the largest finite magnitude, so that values equal up
+    to floating-point rounding (e.g. the widths q_hi - q_lo of a constant-width model, which differ in the last
+    bits with the size of q) tie when ranked instead of ranking by their rounding errors."""
+    finite = np.abs(values[np.isfinite(values)])
+    scale = finite.max() if finite.size and finite.max() > 0 else 1.0
+    step = 10.0 ** (np.floor(np.log10(scale)) - digits + 1)
+    return np.where(np.isfinite(values), np.round(values / step) * step, values)
 
 
 def accuracy_coverage(correct, certainty, coverages: Sequence[float] = COVERAGE_GRID) -> dict:
@@ -283,7 +293,7 @@ def selective_error(
     """
     labels = _labels(labels).reshape(-1)
     predictions = _finite(predictions, "predictions").reshape(-1)
-    certainty = -_finite(uncertainty, "uncertainty").reshape(-1)
+    certainty = -without_rounding_noise(_finite(uncertainty, "uncertainty").reshape(-1))
     known = ~np.isnan(labels)
     labels, predictions, certainty = labels[known], predictions[known], certainty[known]
     n = len(labels)

@@ -321,3 +321,21 @@ def test_rewardbench_command_prints_and_plots_the_ranking(tmp_path, capsys):
     ranking = json.loads(output.read_text())["ranking"]
     assert set(ranking["signals"]) == {"margin", "probability", "effect_size"} and ranking["pairs"] == 6
     assert (plots / "accuracy_coverage.png").stat().st_size > 0
+
+
+def test_widths_equal_up_to_rounding_tie_instead_of_ranking_by_their_rounding_errors():
+    """A constant-width model (a point prediction plus fixed residual quantiles, like the ridge baseline) has
+    widths q_hi - q_lo that differ only in their last bits with the size of q: its surer half is no surer
+    than a random one, and its accuracy-coverage curve is flat."""
+    rng = np.random.default_rng(0)
+    center = rng.uniform(0, 1, 200)
+    low, high = center + (-0.1), center + 0.3
+    widths = high - low
+    assert len(np.unique(widths)) > 1  # the rounding noise the ranking must not read
+    labels = center + rng.normal(0, 0.2, 200)
+    report = evaluation.selective_error(labels, center, widths)
+    assert report["mae_surer"] == pytest.approx(report["mae_random"])
+    correct = (rng.uniform(size=200) < 0.7).astype(float)
+    curve = accuracy_coverage(correct, -widths)
+    assert curve["area"] == pytest.approx(correct.mean())
+    assert np.allclose(curve["accuracy"], correct.mean())
