@@ -235,6 +235,22 @@ def calibrate_model(
     return calibrator
 
 
+def check_heldout_apart(calibration_rows, heldout_rows) -> None:
+    """Refuse (ValueError) held-out rating rows that rate a response of the calibration rows (same prompt and
+    response): their coverage would be measured on the data the offsets were fitted on, and look better."""
+    calibrated = {(str(row.get("prompt")), str(row.get("response"))) for row in calibration_rows}
+    shared = [
+        i
+        for i, row in enumerate(heldout_rows)
+        if (str(row.get("prompt")), str(row.get("response"))) in calibrated
+    ]
+    if shared:
+        raise ValueError(
+            f"{len(shared)} held-out row(s) rate a calibration response (0-based rows {shared[:5]}): held-out "
+            "coverage needs responses the calibration has not seen; split the ratings by prompt."
+        )
+
+
 def coverage_report(model, tokenizer, rows, label_range, batch_size: int = 8, max_length: int | None = None):
     """Held-out measures of `model` before and after its calibration, on rating rows: {"before", "after"} ->
     {"all", and each kind} -> `qrm_hf.evaluation.distribution_measures` (pinball, CRPS, 50/80/90 % coverage,

@@ -158,11 +158,12 @@ def test_inputs_are_checked():
 # --- the model's own step -----------------------------------------------------------------------------
 
 
-def rating_rows(responses=24, ratings=3, seed=0):
-    """Rating rows of the tiny tokenizer's words: `ratings` annotators per response, attributes a, b, c."""
+def rating_rows(responses=24, ratings=3, seed=0, first=0):
+    """Rating rows of the tiny tokenizer's words: `ratings` annotators per response, attributes a, b, c; the
+    responses numbered from `first` (numbers apart by less than 45 are distinct conversations)."""
     rng = np.random.default_rng(seed)
     rows = []
-    for r in range(responses):
+    for r in range(first, first + responses):
         for annotator in range(ratings):
             rows.append({
                 "prompt": f"w{10 + r % 9} w{20 + r % 5}", "response": " ".join(f"w{30 + (r * 7 + j) % 30}" for j in range(1 + r % 4)),
@@ -270,7 +271,7 @@ def test_calibrate_cli_end_to_end(tmp_path, capsys):
     save_qrm(model, tmp_path / "model", tokenizer=tokenizer, training_summary="Tiny.")
     ratings, heldout = tmp_path / "calibration.jsonl", tmp_path / "heldout.jsonl"
     ratings.write_text("".join(json.dumps(row) + "\n" for row in rating_rows(seed=1)))
-    heldout.write_text("".join(json.dumps(row) + "\n" for row in rating_rows(responses=12, seed=2)))
+    heldout.write_text("".join(json.dumps(row) + "\n" for row in rating_rows(responses=12, seed=2, first=24)))
     output = tmp_path / "calibrated"
     main(["calibrate", str(tmp_path / "model"), "--ratings", str(ratings), "--heldout", str(heldout),
           "--output-dir", str(output)])  # fmt: skip
@@ -290,3 +291,39 @@ def test_calibrate_cli_end_to_end(tmp_path, capsys):
         capsys, "calibrate", tmp_path / "model", "--ratings", few, "--output-dir", tmp_path / "x"
     )
     assert code == 2 and "needs at least 9 per group" in error and not (tmp_path / "x").exists()
+
+
+def test_heldout_rows_that_rate_calibration_responses_are_refused(tmp_path, capsys):
+    from qrm_hf.training.assemble import save_qrm
+
+    save_qrm(make_qrm(seed=7, attribute_names=["a", "b", "c"]), tmp_path / "model", tokenizer=make_tokenizer())
+    ratings, overlapping = tmp_path / "calibration.jsonl", tmp_path / "overlapping.jsonl"
+    ratings.write_text("".join(json.dumps(row) + "\n" for row in rating_rows(seed=1)))
+    # other annotators of responses 20..31: four of them were calibrated on, so their coverage is not held out
+    overlapping.write_text("".join(json.dumps(row) + "\n" for row in rating_rows(responses=12, seed=2, first=20)))
+    for heldout in (ratings, overlapping):
+        code, error = run_cli(
+            capsys, "calibrate", tmp_path / "model", "--ratings", ratings, "--heldout", heldout,
+            "--output-dir", tmp_path / "calibrated",
+        )  # fmt: skip
+        assert code == 2 and "rate a calibration response" in error
+        assert not (tmp_path / "calibrated").exists()
+
+
+def test_training_the_quantiles_of_a_calibrated_model_is_refused():
+    from conftest import conversation
+
+    model = make_qrm(seed=8, num_members=2)
+    model.config.calibration = {**FITTING, "offsets": [[[0.3] * 5] * 3]}
+    input_ids, labels = torch.tensor([conversation(3, 4, seed) for seed in range(2)]), torch.rand(2, 3)
+    model.train()
+    with pytest.raises(ValueError, match="This QRM is calibrated"):
+        model(input_ids=input_ids, labels=labels)  # the heads (and backbone) trainable: offsets would go stale
+    model.model.requires_grad_(False)
+    model.regression_layer.requires_grad_(False)
+    model.gating.requires_grad_(True)
+    model(input_ids=input_ids).logits.sum().backward()  # the gating alone leaves the attribute quantiles as fitted
+    model.gating.requires_grad_(False)
+    model.regression_layer.requires_grad_(True)
+    model.config.calibration = None  # dropped: the heads' own quantiles train, to be calibrated again
+    model(input_ids=input_ids, labels=labels).loss.backward()
