@@ -158,15 +158,16 @@ class ConformalQuantileCalibrator:
         return apply_calibration(predictions, self.config_value())
 
 
-def apply_calibration(predictions, calibration: dict) -> np.ndarray:
+def apply_calibration(predictions, calibration: dict, monotone: bool = True) -> np.ndarray:
     """Quantiles [n, M, K] moved by `calibration` (a `QRMConfig.calibration`) through the model's own step
-    (`modeling_qrm.calibrate_quantiles`), then sorted as a model with `monotone_quantiles` sorts them."""
+    (`modeling_qrm.calibrate_quantiles`), then sorted when `monotone`, as a model with `monotone_quantiles`
+    sorts them (one without leaves crossed offsets crossed)."""
     import torch
 
     from .modeling.modeling_qrm import calibrate_quantiles
 
-    quantiles = torch.as_tensor(np.asarray(predictions, dtype=float))
-    return calibrate_quantiles(quantiles, calibration).sort(-1).values.numpy()
+    quantiles = calibrate_quantiles(torch.as_tensor(np.asarray(predictions, dtype=float)), calibration)
+    return (quantiles.sort(-1).values if monotone else quantiles).numpy()
 
 
 @contextmanager
@@ -263,7 +264,8 @@ def coverage_report(model, tokenizer, rows, label_range, batch_size: int = 8, ma
         before, labels, response, kinds = rating_predictions(
             model, tokenizer, rows, label_range, batch_size, max_length
         )
-    predictions = {"before": before, "after": apply_calibration(before, model.config.calibration)}
+    after = apply_calibration(before, model.config.calibration, model.config.monotone_quantiles)
+    predictions = {"before": before, "after": after}
     selections = {"all": np.ones(len(labels), dtype=bool)}
     selections.update({kind: kinds == kind for kind in dict.fromkeys(kinds)} if kinds is not None else {})
     levels = model.config.quantile_levels

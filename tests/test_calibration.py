@@ -296,11 +296,15 @@ def test_calibrate_cli_end_to_end(tmp_path, capsys):
 def test_heldout_rows_that_rate_calibration_responses_are_refused(tmp_path, capsys):
     from qrm_hf.training.assemble import save_qrm
 
-    save_qrm(make_qrm(seed=7, attribute_names=["a", "b", "c"]), tmp_path / "model", tokenizer=make_tokenizer())
+    save_qrm(
+        make_qrm(seed=7, attribute_names=["a", "b", "c"]), tmp_path / "model", tokenizer=make_tokenizer()
+    )
     ratings, overlapping = tmp_path / "calibration.jsonl", tmp_path / "overlapping.jsonl"
     ratings.write_text("".join(json.dumps(row) + "\n" for row in rating_rows(seed=1)))
     # other annotators of responses 20..31: four of them were calibrated on, so their coverage is not held out
-    overlapping.write_text("".join(json.dumps(row) + "\n" for row in rating_rows(responses=12, seed=2, first=20)))
+    overlapping.write_text(
+        "".join(json.dumps(row) + "\n" for row in rating_rows(responses=12, seed=2, first=20))
+    )
     for heldout in (ratings, overlapping):
         code, error = run_cli(
             capsys, "calibrate", tmp_path / "model", "--ratings", ratings, "--heldout", heldout,
@@ -318,12 +322,34 @@ def test_training_the_quantiles_of_a_calibrated_model_is_refused():
     input_ids, labels = torch.tensor([conversation(3, 4, seed) for seed in range(2)]), torch.rand(2, 3)
     model.train()
     with pytest.raises(ValueError, match="This QRM is calibrated"):
-        model(input_ids=input_ids, labels=labels)  # the heads (and backbone) trainable: offsets would go stale
+        model(
+            input_ids=input_ids, labels=labels
+        )  # the heads (and backbone) trainable: offsets would go stale
     model.model.requires_grad_(False)
     model.regression_layer.requires_grad_(False)
     model.gating.requires_grad_(True)
-    model(input_ids=input_ids).logits.sum().backward()  # the gating alone leaves the attribute quantiles as fitted
+    model(
+        input_ids=input_ids
+    ).logits.sum().backward()  # the gating alone leaves the attribute quantiles as fitted
     model.gating.requires_grad_(False)
     model.regression_layer.requires_grad_(True)
     model.config.calibration = None  # dropped: the heads' own quantiles train, to be calibrated again
     model(input_ids=input_ids, labels=labels).loss.backward()
+
+
+def test_the_coverage_report_measures_the_quantiles_the_model_outputs_when_it_does_not_sort_them():
+    from qrm_hf.calibration import coverage_report
+    from qrm_hf.evaluation import distribution_measures
+
+    model, tokenizer = (
+        make_qrm(seed=9, attribute_names=["a", "b", "c"], monotone_quantiles=False),
+        make_tokenizer(),
+    )
+    # offsets that cross (the 0.1 level moves above the 0.9 one): a model without sorting keeps them crossed
+    model.config.calibration = {**FITTING, "offsets": [[[3.0, 0.0, 0.0, 0.0, -3.0]] * 3]}
+    rows = rating_rows()
+    outputs, labels, response, _ = rating_predictions(model, tokenizer, rows, (0, 4))
+    report = coverage_report(model, tokenizer, rows, (0, 4))
+    measured = distribution_measures(labels, outputs, model.config.quantile_levels, response)
+    np.testing.assert_allclose(report["after"]["all"]["coverage_80"], measured["coverage_80"])
+    np.testing.assert_allclose(report["after"]["all"]["pinball"], measured["pinball"])
