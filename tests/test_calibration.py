@@ -322,15 +322,13 @@ def test_training_the_quantiles_of_a_calibrated_model_is_refused():
     input_ids, labels = torch.tensor([conversation(3, 4, seed) for seed in range(2)]), torch.rand(2, 3)
     model.train()
     with pytest.raises(ValueError, match="This QRM is calibrated"):
-        model(
-            input_ids=input_ids, labels=labels
-        )  # the heads (and backbone) trainable: offsets would go stale
+        # the heads (and backbone) trainable: the offsets would go stale
+        model(input_ids=input_ids, labels=labels)
     model.model.requires_grad_(False)
     model.regression_layer.requires_grad_(False)
     model.gating.requires_grad_(True)
-    model(
-        input_ids=input_ids
-    ).logits.sum().backward()  # the gating alone leaves the attribute quantiles as fitted
+    # the gating alone leaves the attribute quantiles as they were calibrated
+    model(input_ids=input_ids).logits.sum().backward()
     model.gating.requires_grad_(False)
     model.regression_layer.requires_grad_(True)
     model.config.calibration = None  # dropped: the heads' own quantiles train, to be calibrated again
