@@ -238,13 +238,15 @@ def calibrate_model(
 
 def check_heldout_apart(calibration_rows, heldout_rows) -> None:
     """Refuse (ValueError) held-out rating rows that rate a response of the calibration rows (same prompt and
-    response): their coverage would be measured on the data the offsets were fitted on, and look better."""
-    calibrated = {(str(row.get("prompt")), str(row.get("response"))) for row in calibration_rows}
-    shared = [
-        i
-        for i, row in enumerate(heldout_rows)
-        if (str(row.get("prompt")), str(row.get("response"))) in calibrated
-    ]
+    response): their coverage would be measured on the data the offsets were fitted on, and look better.
+    Rows without a prompt or a response are left to the readers, which refuse them by name."""
+
+    def conversation(row):
+        prompt, response = row.get("prompt"), row.get("response")
+        return None if prompt is None or response is None else (repr(prompt), repr(response))
+
+    calibrated = {conversation(row) for row in calibration_rows} - {None}
+    shared = [i for i, row in enumerate(heldout_rows) if conversation(row) in calibrated]
     if shared:
         raise ValueError(
             f"{len(shared)} held-out row(s) rate a calibration response (0-based rows {shared[:5]}): held-out "
