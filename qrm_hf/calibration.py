@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import contextmanager
+from numbers import Integral
 
 import numpy as np
 
@@ -100,7 +101,11 @@ class ConformalQuantileCalibrator:
 
     def fit(self, predictions, labels, groups=None) -> ConformalQuantileCalibrator:
         """Fit the offsets; refuses (ValueError) a group with too few responses for the outermost levels."""
-        if isinstance(self.width_bins, bool) or not isinstance(self.width_bins, int) or self.width_bins < 1:
+        if (
+            isinstance(self.width_bins, bool)
+            or not isinstance(self.width_bins, Integral)
+            or self.width_bins < 1
+        ):
             raise ValueError(f"width_bins must be a whole number >= 1, got {self.width_bins!r}.")
         levels = [float(tau) for tau in self.levels]
         predictions, labels, response = _check_inputs(predictions, labels, groups)

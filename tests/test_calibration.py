@@ -153,6 +153,9 @@ def test_inputs_are_checked():
         ConformalQuantileCalibrator(LEVELS, width_bins=2).fit(widths, labels)
     with pytest.raises(ValueError, match="width_bins"):
         ConformalQuantileCalibrator(LEVELS, width_bins=0).fit(predictions, labels)
+    # a NumPy count (e.g. from a grid of settings) is a whole number too
+    calibrator = ConformalQuantileCalibrator(LEVELS, width_bins=np.int64(1)).fit(predictions, labels)
+    assert calibrator.offsets_.shape[0] == 1
 
 
 # --- the model's own step -----------------------------------------------------------------------------
