@@ -560,8 +560,9 @@ class QRMForSequenceClassification(PreTrainedModel):
     def _check_heads_can_train(self, labels) -> None:
         """Refuse training that would not move what the user expects, before the first step does it silently.
 
-        The backbone alone (PEFT `task_type="SEQ_CLS"` leaves the heads frozen), or a trainable gating with
-        `labels` (their loss gives the gating no gradient: DDP stops, and the gating would not learn).
+        The backbone alone (PEFT `task_type="SEQ_CLS"` leaves the heads frozen), a trainable gating with
+        `labels` (their loss gives the gating no gradient: DDP stops, and the gating would not learn), or the
+        heads or backbone of a calibrated model (the offsets were fitted on the quantiles training moves).
         """
         if not self.training or not torch.is_grad_enabled() or torch.compiler.is_compiling():
             return
@@ -573,8 +574,16 @@ class QRMForSequenceClassification(PreTrainedModel):
                 "leave 'gating' out of modules_to_save). The gating learns from preferences: train it with a "
                 "loss on `logits` (TRL RewardTrainer on chosen/rejected pairs), without labels."
             )
-        heads_train = gating_trains or any(p.requires_grad for p in self.regression_layer.parameters())
-        if not heads_train and any(p.requires_grad for p in self.model.parameters()):
+        quantile_heads_train = any(p.requires_grad for p in self.regression_layer.parameters())
+        backbone_trains = any(p.requires_grad for p in self.model.parameters())
+        if self.config.calibration is not None and (quantile_heads_train or backbone_trains):
+            raise ValueError(
+                "This QRM is calibrated (config.calibration, `qrm calibrate`): training its quantile heads or "
+                "backbone moves the quantiles its conformal offsets were fitted on, so the stored calibration "
+                "would no longer hold. Train the uncalibrated model (model.config.calibration = None), then "
+                "calibrate it again on held-out ratings."
+            )
+        if not (gating_trains or quantile_heads_train) and backbone_trains:
             raise ValueError(
                 "Only the backbone is trainable: the quantile heads (regression_layer) and the gating network "
                 "are frozen, so training would not move the rewards the way you expect. With PEFT, "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import contextmanager
+from numbers import Integral
 
 import numpy as np
 
@@ -100,7 +101,11 @@ class ConformalQuantileCalibrator:
 
     def fit(self, predictions, labels, groups=None) -> ConformalQuantileCalibrator:
         """Fit the offsets; refuses (ValueError) a group with too few responses for the outermost levels."""
-        if isinstance(self.width_bins, bool) or not isinstance(self.width_bins, int) or self.width_bins < 1:
+        if (
+            isinstance(self.width_bins, bool)
+            or not isinstance(self.width_bins, Integral)
+            or self.width_bins < 1
+        ):
             raise ValueError(f"width_bins must be a whole number >= 1, got {self.width_bins!r}.")
         levels = [float(tau) for tau in self.levels]
         predictions, labels, response = _check_inputs(predictions, labels, groups)
@@ -158,15 +163,16 @@ class ConformalQuantileCalibrator:
         return apply_calibration(predictions, self.config_value())
 
 
-def apply_calibration(predictions, calibration: dict) -> np.ndarray:
+def apply_calibration(predictions, calibration: dict, monotone: bool = True) -> np.ndarray:
     """Quantiles [n, M, K] moved by `calibration` (a `QRMConfig.calibration`) through the model's own step
-    (`modeling_qrm.calibrate_quantiles`), then sorted as a model with `monotone_quantiles` sorts them."""
+    (`modeling_qrm.calibrate_quantiles`), then sorted when `monotone`, as a model with `monotone_quantiles`
+    sorts them (one without leaves crossed offsets crossed)."""
     import torch
 
     from .modeling.modeling_qrm import calibrate_quantiles
 
-    quantiles = torch.as_tensor(np.asarray(predictions, dtype=float))
-    return calibrate_quantiles(quantiles, calibration).sort(-1).values.numpy()
+    quantiles = calibrate_quantiles(torch.as_tensor(np.asarray(predictions, dtype=float)), calibration)
+    return (quantiles.sort(-1).values if monotone else quantiles).numpy()
 
 
 @contextmanager
@@ -235,6 +241,24 @@ def calibrate_model(
     return calibrator
 
 
+def check_heldout_apart(calibration_rows, heldout_rows) -> None:
+    """Refuse (ValueError) held-out rating rows that rate a response of the calibration rows (same prompt and
+    response): their coverage would be measured on the data the offsets were fitted on, and look better.
+    Rows without a prompt or a response are left to the readers, which refuse them by name."""
+
+    def conversation(row):
+        prompt, response = row.get("prompt"), row.get("response")
+        return None if prompt is None or response is None else (repr(prompt), repr(response))
+
+    calibrated = {conversation(row) for row in calibration_rows} - {None}
+    shared = [i for i, row in enumerate(heldout_rows) if conversation(row) in calibrated]
+    if shared:
+        raise ValueError(
+            f"{len(shared)} held-out row(s) rate a calibration response (0-based rows {shared[:5]}): held-out "
+            "coverage needs responses the calibration has not seen; split the ratings by prompt."
+        )
+
+
 def coverage_report(model, tokenizer, rows, label_range, batch_size: int = 8, max_length: int | None = None):
     """Held-out measures of `model` before and after its calibration, on rating rows: {"before", "after"} ->
     {"all", and each kind} -> `qrm_hf.evaluation.distribution_measures` (pinball, CRPS, 50/80/90 % coverage,
@@ -247,7 +271,8 @@ def coverage_report(model, tokenizer, rows, label_range, batch_size: int = 8, ma
         before, labels, response, kinds = rating_predictions(
             model, tokenizer, rows, label_range, batch_size, max_length
         )
-    predictions = {"before": before, "after": apply_calibration(before, model.config.calibration)}
+    after = apply_calibration(before, model.config.calibration, model.config.monotone_quantiles)
+    predictions = {"before": before, "after": after}
     selections = {"all": np.ones(len(labels), dtype=bool)}
     selections.update({kind: kinds == kind for kind in dict.fromkeys(kinds)} if kinds is not None else {})
     levels = model.config.quantile_levels

@@ -188,11 +188,19 @@ def _evaluate_pairs(args, model, tokenizer, rows, lengths) -> dict:
 
 
 def _calibrate(args):
-    from .calibration import calibrate_model, coverage_report, format_coverage_report, save_calibrated
+    from .calibration import (
+        calibrate_model,
+        check_heldout_apart,
+        coverage_report,
+        format_coverage_report,
+        save_calibrated,
+    )
     from .data import read_jsonl
 
     ratings = read_jsonl(args.ratings)
     heldout = read_jsonl(args.heldout) if args.heldout else None
+    if heldout:
+        check_heldout_apart(ratings, heldout)
     model, tokenizer = load_model(args.model, args.revision, args.trust_remote_code)
     lengths = {"batch_size": args.batch_size, "max_length": args.max_length}
     calibrator = calibrate_model(model, tokenizer, ratings, args.label_range, args.width_bins, **lengths)

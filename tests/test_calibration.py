@@ -153,16 +153,20 @@ def test_inputs_are_checked():
         ConformalQuantileCalibrator(LEVELS, width_bins=2).fit(widths, labels)
     with pytest.raises(ValueError, match="width_bins"):
         ConformalQuantileCalibrator(LEVELS, width_bins=0).fit(predictions, labels)
+    # a NumPy count (e.g. from a grid of settings) is a whole number too
+    calibrator = ConformalQuantileCalibrator(LEVELS, width_bins=np.int64(1)).fit(predictions, labels)
+    assert calibrator.offsets_.shape[0] == 1
 
 
 # --- the model's own step -----------------------------------------------------------------------------
 
 
-def rating_rows(responses=24, ratings=3, seed=0):
-    """Rating rows of the tiny tokenizer's words: `ratings` annotators per response, attributes a, b, c."""
+def rating_rows(responses=24, ratings=3, seed=0, first=0):
+    """Rating rows of the tiny tokenizer's words: `ratings` annotators per response, attributes a, b, c; the
+    responses numbered from `first` (numbers apart by less than 45 are distinct conversations)."""
     rng = np.random.default_rng(seed)
     rows = []
-    for r in range(responses):
+    for r in range(first, first + responses):
         for annotator in range(ratings):
             rows.append({
                 "prompt": f"w{10 + r % 9} w{20 + r % 5}", "response": " ".join(f"w{30 + (r * 7 + j) % 30}" for j in range(1 + r % 4)),
@@ -270,7 +274,7 @@ def test_calibrate_cli_end_to_end(tmp_path, capsys):
     save_qrm(model, tmp_path / "model", tokenizer=tokenizer, training_summary="Tiny.")
     ratings, heldout = tmp_path / "calibration.jsonl", tmp_path / "heldout.jsonl"
     ratings.write_text("".join(json.dumps(row) + "\n" for row in rating_rows(seed=1)))
-    heldout.write_text("".join(json.dumps(row) + "\n" for row in rating_rows(responses=12, seed=2)))
+    heldout.write_text("".join(json.dumps(row) + "\n" for row in rating_rows(responses=12, seed=2, first=24)))
     output = tmp_path / "calibrated"
     main(["calibrate", str(tmp_path / "model"), "--ratings", str(ratings), "--heldout", str(heldout),
           "--output-dir", str(output)])  # fmt: skip
@@ -290,3 +294,63 @@ def test_calibrate_cli_end_to_end(tmp_path, capsys):
         capsys, "calibrate", tmp_path / "model", "--ratings", few, "--output-dir", tmp_path / "x"
     )
     assert code == 2 and "needs at least 9 per group" in error and not (tmp_path / "x").exists()
+
+
+def test_heldout_rows_that_rate_calibration_responses_are_refused(tmp_path, capsys):
+    from qrm_hf.training.assemble import save_qrm
+
+    save_qrm(
+        make_qrm(seed=7, attribute_names=["a", "b", "c"]), tmp_path / "model", tokenizer=make_tokenizer()
+    )
+    ratings, overlapping = tmp_path / "calibration.jsonl", tmp_path / "overlapping.jsonl"
+    ratings.write_text("".join(json.dumps(row) + "\n" for row in rating_rows(seed=1)))
+    # other annotators of responses 20..31: four of them were calibrated on, so their coverage is not held out
+    overlapping.write_text(
+        "".join(json.dumps(row) + "\n" for row in rating_rows(responses=12, seed=2, first=20))
+    )
+    for heldout in (ratings, overlapping):
+        code, error = run_cli(
+            capsys, "calibrate", tmp_path / "model", "--ratings", ratings, "--heldout", heldout,
+            "--output-dir", tmp_path / "calibrated",
+        )  # fmt: skip
+        assert code == 2 and "rate a calibration response" in error
+        assert not (tmp_path / "calibrated").exists()
+
+
+def test_training_the_quantiles_of_a_calibrated_model_is_refused():
+    from conftest import conversation
+
+    model = make_qrm(seed=8, num_members=2)
+    model.config.calibration = {**FITTING, "offsets": [[[0.3] * 5] * 3]}
+    input_ids, labels = torch.tensor([conversation(3, 4, seed) for seed in range(2)]), torch.rand(2, 3)
+    model.train()
+    with pytest.raises(ValueError, match="This QRM is calibrated"):
+        # the heads (and backbone) trainable: the offsets would go stale
+        model(input_ids=input_ids, labels=labels)
+    model.model.requires_grad_(False)
+    model.regression_layer.requires_grad_(False)
+    model.gating.requires_grad_(True)
+    # the gating alone leaves the attribute quantiles as they were calibrated
+    model(input_ids=input_ids).logits.sum().backward()
+    model.gating.requires_grad_(False)
+    model.regression_layer.requires_grad_(True)
+    model.config.calibration = None  # dropped: the heads' own quantiles train, to be calibrated again
+    model(input_ids=input_ids, labels=labels).loss.backward()
+
+
+def test_the_coverage_report_measures_the_quantiles_the_model_outputs_when_it_does_not_sort_them():
+    from qrm_hf.calibration import coverage_report
+    from qrm_hf.evaluation import distribution_measures
+
+    model, tokenizer = (
+        make_qrm(seed=9, attribute_names=["a", "b", "c"], monotone_quantiles=False),
+        make_tokenizer(),
+    )
+    # offsets that cross (the 0.1 level moves above the 0.9 one): a model without sorting keeps them crossed
+    model.config.calibration = {**FITTING, "offsets": [[[3.0, 0.0, 0.0, 0.0, -3.0]] * 3]}
+    rows = rating_rows()
+    outputs, labels, response, _ = rating_predictions(model, tokenizer, rows, (0, 4))
+    report = coverage_report(model, tokenizer, rows, (0, 4))
+    measured = distribution_measures(labels, outputs, model.config.quantile_levels, response)
+    np.testing.assert_allclose(report["after"]["all"]["coverage_80"], measured["coverage_80"])
+    np.testing.assert_allclose(report["after"]["all"]["pinball"], measured["pinball"])

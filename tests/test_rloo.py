@@ -191,6 +191,14 @@ def test_a_risk_measure_without_a_qrm_is_an_error(one_thread, assets):
     assert rewards[:, 0].tolist() == [5.0, 8.0, 4.0, 4.0]
 
 
+def test_an_epistemic_measure_of_qrms_without_members_is_an_error(one_thread, assets):
+    root, _ = assets
+    assert load_qrm(root).config.num_members == 1
+    for spec in ("lcb:1", "cvar:0.25+lcb:1", "worst_member"):  # would silently train on the plain measure
+        with pytest.raises(ValueError, match="has one member"):
+            trainer_for(root, load_qrm(root), risk_measure=spec)
+
+
 def test_args_must_be_a_risk_aware_config(one_thread, assets):
     root, _ = assets
     with pytest.raises(TypeError, match="RiskAwareRLOOConfig"):

@@ -160,6 +160,7 @@ class _QRMSpec:
     pattern: list[int] | None
     takes_gating_positions: bool
     error_without_pattern: bool
+    members: int
 
 
 @dataclass
@@ -203,6 +204,14 @@ class RiskAwareRewardsMixin:
                 f"has `quantile_levels` and whose output has `reward_quantiles`), but none of "
                 f"{self.reward_func_names} is one."
             )
+        if measure.reads_members and all(spec.members == 1 for spec in self._qrm_specs):
+            # One member has no epistemic spread: the run would silently be the plain measure's.
+            raise ValueError(
+                f"risk_measure={args.risk_measure!r} reads the spread of a QRM's members, but every QRM among the "
+                f"reward functions ({', '.join(spec.name for spec in self._qrm_specs)}) has one member "
+                "(num_members=1), whose epistemic std is 0. Use a QRM with members (`qrm fit-quantiles "
+                "--num-members 10`), or a measure of the quantiles alone."
+            )
 
     @property
     def _risk_logger(self) -> logging.Logger:
@@ -225,6 +234,7 @@ class RiskAwareRewardsMixin:
             pattern=list(pattern) if pattern else None,
             takes_gating_positions="gating_positions" in inspect.signature(model.forward).parameters,
             error_without_pattern=getattr(config, "gating_fallback", "error") == "error",
+            members=getattr(config, "num_members", 1),
         )
         self._check_reward_tokenizer(spec, model, self.reward_processing_classes[index])
         return spec
