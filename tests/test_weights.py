@@ -357,6 +357,10 @@ Trainer(model=model, args=args, train_dataset=Ratings(), data_collator=collate).
 moved = sorted({{name.split(".")[0] for name, p in model.named_parameters() if not torch.equal(p, before[name])}})
 rank = int(os.environ["RANK"])
 json.dump({{"moved": moved, "heads": model.regression_layer.weight.sum().item()}}, open({out!r} + f"/rank{{rank}}.json", "w"))
+# Shut the process group down before exit: gloo's threads alive at interpreter exit can abort the process
+# ("terminate called without an active exception") after the work is done.
+if torch.distributed.is_initialized():
+    torch.distributed.destroy_process_group()
 """
 
 
