@@ -353,6 +353,31 @@ def test_any_trl_field_is_an_option_and_a_config_file_sets_fields(tmp_path):
         trainer_config(parse("rloo", "sft", "qrm", "--config", yaml_file))
 
 
+def test_a_misspelt_or_overridden_trainer_option_is_refused_not_ignored(tmp_path):
+    """No trainer option is silently dropped or taken for another: a prefix of a field is no abbreviation, a
+    `gradient_accumulation_steps` that `--batch-size` would overwrite is refused, and an unknown key of the
+    --config file (a misspelling, a qrm option) is named with the file; each a one-line error, exit 2."""
+    with pytest.raises(ValueError, match="--learning_rat"):
+        trainer_config(parse("rloo", "sft", "qrm", "--learning_rat", "0.3"))
+    with pytest.raises(ValueError, match="--batch-size"):
+        trainer_config(parse("sft", "base", "--gradient_accumulation_steps", "7"))
+    yaml_file = tmp_path / "rloo.yaml"
+    yaml_file.write_text("gradient_accumulation_steps: 3\n")
+    with pytest.raises(ValueError, match="--batch-size"):
+        trainer_config(parse("rloo", "sft", "qrm", "--config", yaml_file))
+    yaml_file.write_text("learning_rat: 0.3\nlora_r: 4\n")
+    with pytest.raises(
+        ValueError, match=f"{yaml_file}: unknown field learning_rat, lora_r of PaperRLOOConfig"
+    ):
+        trainer_config(parse("rloo", "sft", "qrm", "--config", yaml_file))
+    for name in ("sft", "qrm"):
+        (tmp_path / name).mkdir()
+    message = fails(
+        "rloo", tmp_path / "sft", tmp_path / "qrm", "--lr", "0.3", "--output-dir", tmp_path / "out"
+    )
+    assert "--lr" in message
+
+
 def test_help_explains_the_commands(capsys):
     for command, words in (
         ("sft", ["chosen responses", "(default: 0.0003)", "(default: 1024)", "accelerate launch"]),
