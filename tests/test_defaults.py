@@ -88,6 +88,23 @@ def test_the_guides_table_of_risk_fields_states_their_defaults():
         assert written == (default if isinstance(default, list | str) else str(default)), field.name
 
 
+def test_the_extraction_encoder_restates_no_setting_of_qrm_extract():
+    """`BackboneEncoder` (library layer, which may not import training) takes every setting it shares with
+    `ExtractionSettings` without a default: a copy of its own (it had `batch_size=16`) could drift."""
+    import inspect
+    from dataclasses import fields
+
+    from qrm_hf.scoring import BackboneEncoder
+    from qrm_hf.training.settings import ExtractionSettings
+
+    parameters = inspect.signature(BackboneEncoder).parameters
+    shared = [f.name for f in fields(ExtractionSettings) if f.name in parameters]
+    assert "batch_size" in shared
+    assert {name: parameters[name].default for name in shared} == dict.fromkeys(
+        shared, inspect.Parameter.empty
+    )
+
+
 def test_every_stage_takes_its_settings_as_one_dataclass():
     """A stage function (and the backbone loader of the extraction) takes `settings`, never one of its fields
     with a default of its own: the dataclass is the only place of a stage's defaults."""
