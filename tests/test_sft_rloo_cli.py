@@ -280,6 +280,23 @@ def test_bad_input_gives_clear_errors(assets):
     assert "has no chat template" in message and "--chat-template" in message
 
 
+def test_an_episode_longer_than_the_policys_positions_is_refused_before_any_work(assets):
+    """`qrm rloo --max-completion-length 1000000` trained with exit 0, generating past the positions of the
+    policy (2048); like `qrm sft --max-length`, it is refused, before the QRM loads or OUTPUT_DIR is made."""
+    root, data = assets["root"], assets["data"]
+    for command in ("rloo", "grpo"):
+        message = fails(
+            command, root / "sft", root / "tiny-qrm", "--data", data, "--max-completion-length", 1_000_000,
+            "--output-dir", root / "too-long", *QUICK,
+        )  # fmt: skip
+        assert "= 1000347 tokens is more than the 2048 positions of the policy" in message
+        assert not (root / "too-long").exists()
+    message = fails(
+        "sft", root / "base", "--data", data, "--max-length", 1_000_000, "--output-dir", root / "x"
+    )
+    assert "more than the 2048 positions" in message
+
+
 # ----------------------------------------------------------------------------------------- the commands
 
 
