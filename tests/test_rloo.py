@@ -194,7 +194,8 @@ def test_config_defaults(tmp_path):
         0.1,
     )
     assert args.log_quantile_levels == [0.05, 0.10, 0.15, 0.20, 0.25]
-    assert config(tmp_path, risk_measure="cvar", risk_alpha=1.0).risk_alpha == 1.0  # alpha = 1 (the mean) is allowed
+    # alpha = 1 (the mean) is allowed
+    assert config(tmp_path, risk_measure="cvar", risk_alpha=1.0).risk_alpha == 1.0
     assert [level_name(t) for t in (0.05, 0.1, 0.125, 0.5)] == ["q0.05", "q0.10", "q0.125", "q0.50"]
 
 
