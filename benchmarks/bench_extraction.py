@@ -37,6 +37,7 @@ from qrm_hf.backbones import smollm2_backbone_dir
 from qrm_hf.chat import derive_prompt_end_pattern, encode_conversation
 from qrm_hf.modeling.modeling_qrm import find_last_pattern
 from qrm_hf.scoring import BackboneEncoder
+from qrm_hf.training.settings import ExtractionSettings
 
 DEMO = Path(__file__).resolve().parent.parent / "data" / "demo"
 
@@ -164,7 +165,9 @@ def main():
         )
         for r in pair_rows
     ]
-    encoder = BackboneEncoder(backbone, pattern, tokenizer.pad_token_id)
+    encoder = BackboneEncoder(
+        backbone, pattern, tokenizer.pad_token_id, batch_size=ExtractionSettings().batch_size
+    )
     lengths = sorted(map(len, sequences))
     print(
         f"{len(sequences)} conversations ({lengths[0]}-{lengths[-1]} tokens), {len(pairs)} pairs, "

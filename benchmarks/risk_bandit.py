@@ -49,7 +49,7 @@ from tokenizers import Tokenizer, decoders, models
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, ProgressCallback
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
-from qrm_hf import QRMConfig, QRMForSequenceClassification
+from qrm_hf import QRMConfig, QRMForSequenceClassification, risk
 from qrm_hf.training.grpo import RiskAwareGRPOConfig, RiskAwareGRPOTrainer
 from qrm_hf.training.risk_rewards import RiskAwareRewardsArguments, level_name
 from qrm_hf.training.rloo import RiskAwareRLOOConfig, RiskAwareRLOOTrainer
@@ -235,7 +235,11 @@ def run_bandit(
             seed=seed,
         )
         if issubclass(config_cls, RiskAwareRewardsArguments):
-            values.update(risk_measure=name, risk_lambda=risk_lambda)
+            values["risk_measure"] = name
+            if (
+                "lam" in risk.parse_output(name).values
+            ):  # the config refuses a lambda its measure does not use
+                values["risk_lambda"] = risk_lambda
         trainer = trainer_cls(
             model=policy,
             reward_funcs=QRMForSequenceClassification.from_pretrained(qrm_dir).eval(),

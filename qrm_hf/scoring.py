@@ -171,7 +171,8 @@ class BackboneEncoder:
         backbone,
         prompt_end_pattern: Sequence[int],
         pad_token_id: int,
-        batch_size: int = 16,
+        *,
+        batch_size: int,  # no default of its own: `qrm extract`'s is ExtractionSettings.batch_size
         remember: bool = False,
         max_tokens_per_batch: int | None = None,
     ):

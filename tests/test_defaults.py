@@ -70,6 +70,41 @@ def test_the_cvar_tail_mass_has_one_default_at_every_entry_point():
     torch.testing.assert_close(risk.resolve("cvar", LEVELS)(q), expected)
 
 
+def test_the_guides_table_of_risk_fields_states_their_defaults():
+    """docs/guide.md lists the risk fields of the trainer configs with their defaults: a copy that drifted
+    (it once said 0.25 for `risk_alpha`) tells users another reward than they train with."""
+    import re
+    from dataclasses import MISSING, fields
+    from pathlib import Path
+
+    from qrm_hf.training.risk_rewards import RiskAwareRewardsArguments
+
+    guide = (Path(__file__).parents[1] / "docs" / "guide.md").read_text()
+    stated = dict(re.findall(r"^\| `(\w+)` \|.*\| ([^|]+) \|$", guide, flags=re.MULTILINE))
+    for field in fields(RiskAwareRewardsArguments):
+        default = field.default if field.default is not MISSING else field.default_factory()
+        text = stated[field.name].strip().strip("`")
+        written = [float(x) for x in text.split(",")] if isinstance(default, list) else text
+        assert written == (default if isinstance(default, list | str) else str(default)), field.name
+
+
+def test_the_extraction_encoder_restates_no_setting_of_qrm_extract():
+    """`BackboneEncoder` (library layer, which may not import training) takes every setting it shares with
+    `ExtractionSettings` without a default: a copy of its own (it had `batch_size=16`) could drift."""
+    import inspect
+    from dataclasses import fields
+
+    from qrm_hf.scoring import BackboneEncoder
+    from qrm_hf.training.settings import ExtractionSettings
+
+    parameters = inspect.signature(BackboneEncoder).parameters
+    shared = [f.name for f in fields(ExtractionSettings) if f.name in parameters]
+    assert "batch_size" in shared
+    assert {name: parameters[name].default for name in shared} == dict.fromkeys(
+        shared, inspect.Parameter.empty
+    )
+
+
 def test_every_stage_takes_its_settings_as_one_dataclass():
     """A stage function (and the backbone loader of the extraction) takes `settings`, never one of its fields
     with a default of its own: the dataclass is the only place of a stage's defaults."""

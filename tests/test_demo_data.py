@@ -14,6 +14,7 @@ from collections import defaultdict
 import pytest
 import yaml
 
+from qrm_hf.io import MARKER, check_output_directory
 from qrm_hf.training import demo_data
 from qrm_hf.training.demo_data import DEMO_DATA as DATA
 from qrm_hf.training.demo_data import Response, load_content
@@ -58,7 +59,7 @@ def test_shipped_files_are_what_the_generator_writes(tmp_path):
         check=True,
         capture_output=True,
     )
-    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(FILES)
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([*FILES, MARKER])
     for name in FILES:
         assert sha256(tmp_path / name) == sha256(DATA / name), name
 
@@ -231,3 +232,39 @@ def test_stock_responses_are_clear_cut_and_drawn_per_prompt(content):
         assert content.responses(prompt)[len(prompt.responses) :] == stock
         assert all(response.kind == "clear" for response in stock)  # stock answers are never disputed
         assert {r.text for r in stock}.isdisjoint(r.text for r in prompt.responses)
+
+
+def test_an_output_directory_of_other_files_is_refused(tmp_path):
+    """`--out` is refused like every output (`qrm_hf.io.claim_directory`) when it holds files the generator
+    did not write: a README.md of the user's would be replaced. One line, exit status 2."""
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "README.md").write_text("mine")
+    run = subprocess.run(
+        [sys.executable, "-m", "qrm_hf.training.demo_data", "--out", str(out)], capture_output=True, text=True
+    )
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert "did not write (README.md" in run.stderr and (out / "README.md").read_text() == "mine"
+    (out / "README.md").unlink()
+    out.rmdir()
+    demo_data.write_demo_data(tmp_path / "new", source=DATA / "source")  # marked, so it may write there again
+    demo_data.write_demo_data(tmp_path / "new", source=DATA / "source")
+    assert sorted(path.name for path in (tmp_path / "new").iterdir()) == sorted([*FILES, MARKER])
+    check_output_directory(DATA, demo_data.OUTPUT_OWNER)  # data/demo (with source/) is marked as its output
+
+
+def test_a_bad_stock_responses_file_is_named(tmp_path):
+    """A misspelt field of stock_responses.yaml, or a YAML syntax error, names the file (it was a KeyError)."""
+    source, _ = copy_of_source(tmp_path)
+    stock_file = source / "stock_responses.yaml"
+    stock = yaml.safe_load(stock_file.read_text(encoding="utf-8"))
+    style = next(iter(stock["styles"]))
+    stock["styles"][style]["text"] = stock["styles"][style].pop("texts")
+    stock_file.write_text(yaml.safe_dump(stock, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(
+        ValueError, match=rf"stock_responses.yaml, style '{style}': missing field\(s\) \['texts'\]"
+    ):
+        load_content(source)
+    stock_file.write_text("styles: [unclosed\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"stock_responses.yaml, line 2: "):
+        load_content(source)

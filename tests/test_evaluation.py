@@ -254,7 +254,11 @@ def test_evaluate_cli_with_baselines_plots_and_json(tmp_path, capsys):
         "prompt_end_pattern": PATTERN,
     }
     extract_to_shards(
-        BackboneEncoder(model.model, PATTERN, PAD), sequences, features, manifest, labels=labels
+        BackboneEncoder(model.model, PATTERN, PAD, batch_size=16),
+        sequences,
+        features,
+        manifest,
+        labels=labels,
     )
     ratings = tmp_path / "ratings.jsonl"
     ratings.write_text("".join(json.dumps(row) + "\n" for row in rating_rows()))

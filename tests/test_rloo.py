@@ -161,6 +161,29 @@ def test_config_rejects_bad_values(tmp_path, overrides, match):
         config(tmp_path, **overrides)
 
 
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (
+            dict(risk_measure="cvar:0.3", risk_alpha=0.5),
+            "`risk_alpha` 0.5 is not used by .*its alpha is 0.3",
+        ),
+        (dict(risk_alpha=0.5), "`risk_alpha` 0.5 is not used by `risk_measure` 'exp_utility'"),
+        (dict(risk_measure="cvar", risk_lambda=2.0), "`risk_lambda` 2 is not used"),
+        (dict(risk_measure="quantile:0.2", risk_tau=0.3), "`risk_tau` 0.3 is not used"),
+    ],
+)
+def test_a_risk_field_the_measure_does_not_use_is_refused(tmp_path, overrides, match):
+    """A parameter field set away from its default counts, or is refused: silently ignoring `--risk-alpha 0.5`
+    (the measure has no alpha, or its spec states another) would train with another reward than asked."""
+    with pytest.raises(ValueError, match=match):
+        config(tmp_path, **overrides)
+    assert config(tmp_path, risk_measure="cvar", risk_alpha=0.5).parse_risk_measure().values == {"alpha": 0.5}
+    assert config(tmp_path, risk_measure="cvar:0.3", risk_alpha=0.3).parse_risk_measure().values == {
+        "alpha": 0.3
+    }
+
+
 def test_config_defaults(tmp_path):
     args = config(tmp_path)
     assert isinstance(args, RLOOConfig)
@@ -171,7 +194,8 @@ def test_config_defaults(tmp_path):
         0.1,
     )
     assert args.log_quantile_levels == [0.05, 0.10, 0.15, 0.20, 0.25]
-    assert config(tmp_path, risk_alpha=1.0).risk_alpha == 1.0  # alpha = 1 (the expectation) is allowed
+    # alpha = 1 (the mean) is allowed
+    assert config(tmp_path, risk_measure="cvar", risk_alpha=1.0).risk_alpha == 1.0
     assert [level_name(t) for t in (0.05, 0.1, 0.125, 0.5)] == ["q0.05", "q0.10", "q0.125", "q0.50"]
 
 

@@ -308,7 +308,7 @@ def test_token_ids_beyond_the_embedding_table_are_refused_in_one_line(tmp_path):
         ValueError, match=f"token id {vocabulary}, but the model's embedding table has {vocabulary}"
     ):
         split_scorable(model, sequences)
-    encoder = BackboneEncoder(model.model, PATTERN, PAD)
+    encoder = BackboneEncoder(model.model, PATTERN, PAD, batch_size=16)
     with pytest.raises(ValueError, match="the tokenizer is not this model's"):
         extract_to_shards(encoder, sequences, tmp_path / "features", {}, max_length=None)
     assert not (tmp_path / "features").exists()  # refused before the directory is claimed

@@ -93,6 +93,30 @@ def test_yaml_blocks_are_the_same_dataclasses_and_unknown_keys_are_named():
         settings_from_mapping(GatingSettings, {"epoch": 2}, "gating")
 
 
+@pytest.mark.parametrize(("command", "required", "cls"), COMMANDS)
+def test_a_value_the_option_refuses_is_refused_in_a_yaml_block(command, required, cls, capsys):
+    """A `qrm train` YAML block took any value (`batch_size: 0`, `dtype: float64`, `batch_size: eight`) and
+    failed later, or not at all; each value the command's option refuses is refused in the YAML too."""
+    parser = build_parser()
+    refused = 0
+    for field in dataclasses.fields(cls):
+        options = field.metadata.get("cli")
+        options = options if isinstance(options, dict) else {}
+        on_off = isinstance(field.default, bool) or options.get("action") == "store_true"  # takes no value
+        if field.metadata.get("cli") is False or "nargs" in options or on_off:
+            continue
+        for value in ("eight", 0, -1, 2.5, "float64"):
+            flag = options.get("flag", "--" + field.name.replace("_", "-"))
+            try:
+                parser.parse_args([command, *required, flag, str(value)])
+            except SystemExit:  # the option refuses it
+                refused += 1
+                with pytest.raises(ValueError, match=f"{command}: {field.name}"):
+                    settings_from_mapping(cls, {field.name: value}, command)
+    capsys.readouterr()
+    assert refused > 0
+
+
 def test_the_quantile_levels_are_defined_once():
     assert stage_settings.PAPER_LEVELS == DEFAULT_QUANTILE_LEVELS
     assert HeadsSettings().quantile_levels == pytest.approx([0.05 * k for k in range(1, 20)], abs=1e-12)

@@ -280,6 +280,23 @@ def test_bad_input_gives_clear_errors(assets):
     assert "has no chat template" in message and "--chat-template" in message
 
 
+def test_an_episode_longer_than_the_policys_positions_is_refused_before_any_work(assets):
+    """`qrm rloo --max-completion-length 1000000` trained with exit 0, generating past the positions of the
+    policy (2048); like `qrm sft --max-length`, it is refused, before the QRM loads or OUTPUT_DIR is made."""
+    root, data = assets["root"], assets["data"]
+    for command in ("rloo", "grpo"):
+        message = fails(
+            command, root / "sft", root / "tiny-qrm", "--data", data, "--max-completion-length", 1_000_000,
+            "--output-dir", root / "too-long", *QUICK,
+        )  # fmt: skip
+        assert "= 1000347 tokens is more than the 2048 positions of the policy" in message
+        assert not (root / "too-long").exists()
+    message = fails(
+        "sft", root / "base", "--data", data, "--max-length", 1_000_000, "--output-dir", root / "x"
+    )
+    assert "more than the 2048 positions" in message
+
+
 # ----------------------------------------------------------------------------------------- the commands
 
 
@@ -351,6 +368,31 @@ def test_any_trl_field_is_an_option_and_a_config_file_sets_fields(tmp_path):
     yaml_file.write_text("no_such_field: 1\n")
     with pytest.raises(ValueError, match="no_such_field"):
         trainer_config(parse("rloo", "sft", "qrm", "--config", yaml_file))
+
+
+def test_a_misspelt_or_overridden_trainer_option_is_refused_not_ignored(tmp_path):
+    """No trainer option is silently dropped or taken for another: a prefix of a field is no abbreviation, a
+    `gradient_accumulation_steps` that `--batch-size` would overwrite is refused, and an unknown key of the
+    --config file (a misspelling, a qrm option) is named with the file; each a one-line error, exit 2."""
+    with pytest.raises(ValueError, match="--learning_rat"):
+        trainer_config(parse("rloo", "sft", "qrm", "--learning_rat", "0.3"))
+    with pytest.raises(ValueError, match="--batch-size"):
+        trainer_config(parse("sft", "base", "--gradient_accumulation_steps", "7"))
+    yaml_file = tmp_path / "rloo.yaml"
+    yaml_file.write_text("gradient_accumulation_steps: 3\n")
+    with pytest.raises(ValueError, match="--batch-size"):
+        trainer_config(parse("rloo", "sft", "qrm", "--config", yaml_file))
+    yaml_file.write_text("learning_rat: 0.3\nlora_r: 4\n")
+    with pytest.raises(
+        ValueError, match=f"{yaml_file}: unknown field learning_rat, lora_r of PaperRLOOConfig"
+    ):
+        trainer_config(parse("rloo", "sft", "qrm", "--config", yaml_file))
+    for name in ("sft", "qrm"):
+        (tmp_path / name).mkdir()
+    message = fails(
+        "rloo", tmp_path / "sft", tmp_path / "qrm", "--lr", "0.3", "--output-dir", tmp_path / "out"
+    )
+    assert "--lr" in message
 
 
 def test_help_explains_the_commands(capsys):

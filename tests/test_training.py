@@ -51,7 +51,7 @@ def test_encoder_matches_one_conversation_at_a_time(backbone):
 
 def test_encoder_remembers_across_calls_only_when_asked(backbone):
     rows = sequences(4)
-    encoder = BackboneEncoder(backbone, PATTERN, PAD, remember=True)
+    encoder = BackboneEncoder(backbone, PATTERN, PAD, batch_size=16, remember=True)
     first = encoder.encode(rows)
     calls = []
     backbone.register_forward_hook(lambda *args: calls.append(1))
@@ -62,7 +62,7 @@ def test_encoder_remembers_across_calls_only_when_asked(backbone):
 
 def test_encoder_names_the_missing_pattern(backbone):
     with pytest.raises(ValueError, match=r"prompt_end_pattern \[7, 8, 9\] not found"):
-        BackboneEncoder(backbone, PATTERN, PAD).encode([[1, 20, 21, 22]])
+        BackboneEncoder(backbone, PATTERN, PAD, batch_size=16).encode([[1, 20, 21, 22]])
 
 
 def test_shards_resume_and_equal_an_uninterrupted_run(backbone, tmp_path):
@@ -95,7 +95,7 @@ def test_shards_resume_and_equal_an_uninterrupted_run(backbone, tmp_path):
 
 
 def test_shards_follow_other_settings_but_refuse_foreign_directories_and_empty_data(backbone, tmp_path):
-    encoder = BackboneEncoder(backbone, PATTERN, PAD)
+    encoder = BackboneEncoder(backbone, PATTERN, PAD, batch_size=16)
     extract_to_shards(encoder, sequences(3), tmp_path / "run", {"backbone": "tiny"})
     extract_to_shards(encoder, sequences(3), tmp_path / "run", {"backbone": "another"})  # extracted anew
     assert load_features(tmp_path / "run")[1]["backbone"] == "another"
@@ -109,7 +109,7 @@ def test_shards_follow_other_settings_but_refuse_foreign_directories_and_empty_d
 
 
 def test_preference_pairs_are_stored_chosen_first(backbone, tmp_path):
-    encoder = BackboneEncoder(backbone, PATTERN, PAD)
+    encoder = BackboneEncoder(backbone, PATTERN, PAD, batch_size=16)
     rows = sequences(6)
     pairs = [(rows[0], rows[1]), (rows[2], rows[3]), (rows[4], rows[5])]
     features, settings = load_features(extract_to_shards(encoder, pairs, tmp_path, {}))
@@ -369,7 +369,7 @@ def _worker_env():
 def test_conversations_over_max_length_are_skipped_and_counted(backbone, tmp_path):
     rows = sequences(6)
     limit = sorted(map(len, rows))[3]
-    encoder = BackboneEncoder(backbone, PATTERN, PAD)
+    encoder = BackboneEncoder(backbone, PATTERN, PAD, batch_size=16)
     features, settings = load_features(
         extract_to_shards(encoder, rows, tmp_path, {}, torch.rand(6, 1), max_length=limit)
     )

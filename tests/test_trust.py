@@ -268,6 +268,7 @@ def test_rloo_and_grpo_never_run_the_code_of_the_policy(tmp_path, capsys, answer
         capsys, command, policy, tmp_path / "qrm", "--data", hh_data, "--max-steps", "1", "--batch-size", "2",
         "--per-device-batch-size", "2", "--num-generations", "2", "--output-dir", tmp_path / "out",
         "--precision", "fp32", "--trust-remote-code",
+        "--max-prompt-length", "64", "--max-completion-length", "8",  # within the tiny policy's 128 positions
     )  # fmt: skip
     assert_refused_without_running_code(code, err, marker)
 

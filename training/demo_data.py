@@ -33,7 +33,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io import write_bytes_atomic
+from ..io import claim_directory, write_bytes_atomic
 
 DEMO_DATA = Path(__file__).resolve().parent.parent / "data" / "demo"  # the checkout's data/demo
 SOURCE = DEMO_DATA / "source"  # the hand-written text and scores, and the datasheet's template
@@ -137,10 +137,9 @@ class Content:
 
 def load_content(source: Path = SOURCE) -> Content:
     """The hand-written content of `source` (prompts.yaml, stock_responses.yaml), checked."""
-    import yaml
-
-    prompts = yaml.safe_load((source / "prompts.yaml").read_text(encoding="utf-8"))
-    stock = yaml.safe_load((source / "stock_responses.yaml").read_text(encoding="utf-8"))
+    prompts = read_yaml(source / "prompts.yaml")
+    stock = read_yaml(source / "stock_responses.yaml")
+    check_stock(stock, source / "stock_responses.yaml")
     for number, entry in enumerate(prompts, 1):
         where = f"{source / 'prompts.yaml'}, prompt {entry.get('key', number)!r}"
         check_fields(entry, {"key", "category", "prompt", "responses"}, set(), where)
@@ -173,8 +172,39 @@ def load_content(source: Path = SOURCE) -> Content:
     return content
 
 
+def read_yaml(path: Path):
+    """The content of the YAML file `path`; a syntax error is a one-line ValueError naming the file and line."""
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        line = f", line {mark.line + 1}" if mark is not None else ""
+        raise ValueError(f"{path}{line}: {error.problem or error.context}.") from None
+
+
+def check_stock(stock, where: Path) -> None:
+    """The stock styles file has its three fields, each style its scores and texts, and the styles given
+    to the categories exist (a misspelt field is named with the file, not a KeyError at build time)."""
+    if not isinstance(stock, dict):
+        raise ValueError(f"{where}: expected a mapping with styles, styles_by_category and default_styles.")
+    check_fields(stock, {"styles", "styles_by_category", "default_styles"}, set(), str(where))
+    for name, style in stock["styles"].items():
+        check_fields(style, {"scores", "texts"}, set(), f"{where}, style {name!r}")
+    given = [
+        *stock["default_styles"],
+        *(s for styles in stock["styles_by_category"].values() for s in styles),
+    ]
+    unknown = sorted(set(given) - set(stock["styles"]))
+    if unknown:
+        raise ValueError(f"{where}: unknown style(s) {unknown} (the styles are {sorted(stock['styles'])}).")
+
+
 def check_fields(entry: dict, required: set[str], optional: set[str], where: str) -> None:
     """An entry of a data file has every `required` field and no field outside `required` | `optional`."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: expected a mapping of fields, got {entry!r}.")
     missing, unknown = sorted(required - set(entry)), sorted(set(entry) - required - optional)
     if missing or unknown:
         raise ValueError(f"{where}: missing field(s) {missing}, unknown field(s) {unknown}.")
@@ -516,10 +546,14 @@ def jsonl_bytes(rows: list[dict]) -> bytes:
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
 
 
+OUTPUT_OWNER = "python -m qrm_hf.training.demo_data"  # the owner in the marker of its output directories
+
+
 def write_demo_data(out: Path, seed: int = 0, source: Path = SOURCE) -> dict[str, dict[str, str]]:
     """Rate the content of `source` with `seed` and write the data set and its datasheet into `out`, each
     file through `qrm_hf.io` (written whole, then renamed); returns the counts of each split (`split_summary`)."""
     content = load_content(source)
+    claim_directory(out, OUTPUT_OWNER)  # refuses a directory of other files, as every output does
     built = build(seed, content)
     splits, showcase = built["splits"], built["showcase"]
     for name, split in splits.items():
@@ -539,7 +573,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=DEMO_DATA, help="output directory (default: data/demo)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the annotators and the split")
     args = parser.parse_args(argv)
-    for name, summary in write_demo_data(args.out, args.seed).items():
+    try:
+        summaries = write_demo_data(args.out, args.seed)
+    except (
+        ValueError,
+        OSError,
+    ) as error:  # a user's error (a bad source file, a foreign directory): one line
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    for name, summary in summaries.items():
         print(f"{name}: {summary}")
     print(f"wrote {args.out}")
 

@@ -113,13 +113,34 @@ class RiskAwareRewardsArguments:
                 risk.RISK_PARAMETERS[parameter_name].check(getattr(self, field_name), field_name),
             )
         try:
-            self.parse_risk_measure()
+            measure = self.parse_risk_measure()
         except (ValueError, TypeError) as error:
             raise ValueError(f"`risk_measure`: {error}") from None
+        self._check_parameter_fields_are_used(measure)
         levels = list(self.log_quantile_levels or [])
         if any(not _is_number(t) or not 0 < t < 1 for t in levels) or len(set(levels)) != len(levels):
             raise ValueError(f"`log_quantile_levels` must be distinct numbers in (0, 1), got {levels!r}.")
         self.log_quantile_levels = [float(t) for t in levels]
+
+    def _check_parameter_fields_are_used(self, measure: risk.OutputRiskMeasure) -> None:
+        """Refuse a parameter field set away from its default that the measure does not use: the measure has
+        no such parameter (`exp_utility` with `risk_alpha`), or its spec states another value (`cvar:0.3`
+        with `risk_alpha` 0.5); either would be silently ignored."""
+        for field_name, parameter_name in _PARAMETER_FIELDS.items():
+            value = getattr(self, field_name)
+            if (
+                value != risk.RISK_PARAMETERS[parameter_name].default
+                and measure.values.get(parameter_name) != value
+            ):
+                raise ValueError(
+                    f"`{field_name}` {value:g} is not used by `risk_measure` {self.risk_measure!r} ("
+                    + (
+                        f"its {parameter_name} is {measure.values[parameter_name]:g}"
+                        if parameter_name in measure.values
+                        else f"which has no parameter {parameter_name}"
+                    )
+                    + ")."
+                )
 
     def parse_risk_measure(self) -> risk.OutputRiskMeasure:
         """The measure of `risk_measure` with its parameter values (the spec's, else the fields')."""

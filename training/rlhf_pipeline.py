@@ -26,9 +26,10 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 from trl import RLOOConfig
 
+from ..chat import backbone_positions
 from ..dataset_loading import load_rows
 from ..dataset_preset import DatasetPreset
 from ..hub import reading_model_files, refusing_model_code
@@ -170,6 +171,7 @@ def run_rlhf(
     trainer_cls = _trainer_class(args)
     if save_dtype not in SAVE_DTYPES:
         raise ValueError(f"save_dtype must be one of {SAVE_DTYPES}, got {save_dtype!r}.")
+    check_episode_fits_policy(policy, max_prompt_length, args)
     # Before any work: the trainer writes checkpoints and the merged policy into the directory.
     claim_directory(args.output_dir, "qrm grpo" if isinstance(args, RiskAwareGRPOConfig) else "qrm rloo")
     qrm, qrm_tokenizer = load_reward_model(reward_model, _reward_dtype(args), trust_remote_code)
@@ -200,6 +202,23 @@ def _trainer_class(args):
             f"{type(args).__name__}."
         )
     return trainer_cls
+
+
+def check_episode_fits_policy(policy, max_prompt_length: int | None, args) -> None:
+    """ValueError when a prompt and its completion (`max_prompt_length` + `args.max_completion_length`
+    tokens) can run past the positions of the policy that writes them: it would generate at positions it
+    has no embedding for (`qrm sft --max-length` is refused the same way). No check without a prompt limit."""
+    if max_prompt_length is None or args.max_completion_length is None:
+        return
+    with refusing_model_code(policy, "policy"), reading_model_files(policy, "policy"):
+        config = AutoConfig.from_pretrained(str(policy), trust_remote_code=args.trust_remote_code)
+    positions, longest = backbone_positions(config), max_prompt_length + args.max_completion_length
+    if positions is not None and longest > positions:
+        raise ValueError(
+            f"max_prompt_length ({max_prompt_length}) + max_completion_length ({args.max_completion_length}) "
+            f"= {longest} tokens is more than the {positions} positions of the policy {policy} "
+            "(max_position_embeddings): lower --max-completion-length or --max-prompt-length."
+        )
 
 
 def _policy_prompts(policy, rows, preset, max_prompt_length: int | None, args):

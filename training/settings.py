@@ -323,10 +323,43 @@ def check_keys(cls, values: dict, where: str) -> None:
 
 
 def settings_from_mapping(cls, values: dict | None, where: str):
-    """The dataclass `cls` of a YAML mapping (None: the defaults), naming unknown keys."""
+    """The dataclass `cls` of a YAML mapping (None: the defaults), naming unknown keys and checking each
+    one-value setting as its command-line option checks it (`checked_value`)."""
     values = dict(values or {})
     check_keys(cls, values, where)
-    return cls(**values)
+    by_name = {f.name: f for f in fields(cls)}
+    return cls(**{name: checked_value(by_name[name], value, where) for name, value in values.items()})
+
+
+def checked_value(setting_field, value, where: str):
+    """`value` of a YAML file for a one-value setting, checked as its option is: the option's type
+    (`positive_int`, int, float, ...; a whole number for an int) and choices, a bool for an on/off setting.
+    A list setting, one with a conversion of its own, or a None value is returned as it is."""
+    options = setting_field.metadata.get("cli")
+    options = options if isinstance(options, dict) else {}
+    default = None if setting_field.default is MISSING else setting_field.default
+    if value is None or "nargs" in options or "convert" in options:
+        return value
+    label = f"{where}: {setting_field.name}"
+    if isinstance(default, bool) or options.get("action") == "store_true":
+        if not isinstance(value, bool):
+            raise ValueError(f"{label} must be true or false, got {value!r}.")
+        return value
+    check = options.get("type", type(default) if default is not None else None)
+    if check is not None:
+        if isinstance(value, bool) or isinstance(value, float) and check in (int, positive_int):
+            raise ValueError(f"{label} must be a whole number, got {value!r}.")
+        try:
+            value = check(str(value))
+        except argparse.ArgumentTypeError as error:
+            raise ValueError(f"{label}: {error}.") from None
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{label} must be a {getattr(check, '__name__', 'valid')} value, got {value!r}."
+            ) from None
+    if "choices" in options and value not in options["choices"]:
+        raise ValueError(f"{label} must be one of {options['choices']}, got {value!r}.")
+    return value
 
 
 def _cli_fields(cls):

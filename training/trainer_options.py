@@ -32,13 +32,41 @@ class TrainerConfigParser(TrlParser):
     examples per optimizer step (over all processes) and whose mixed precision follows from `precision`
     unless `--bf16` / `--fp16` are given (TRL's `bf16` default, None, means not given)."""
 
-    def __init__(self, config_cls, *, batch_size: int, precision: str, **kwargs):
-        super().__init__((config_cls,), **kwargs)
+    def __init__(
+        self, config_cls, *, batch_size: int, precision: str, config_file: str | None = None, **kwargs
+    ):
+        # no abbreviations: a misspelt option (`--learning_rat`) is refused, not taken for the field it prefixes
+        super().__init__((config_cls,), allow_abbrev=False, **kwargs)
         self.batch_size, self.precision = batch_size, precision
+        self.config_name, self.config_file = config_cls.__name__, config_file
+        # None marks "not given": `--batch-size` decides it, so a value from the user would be overwritten
+        self.set_defaults(gradient_accumulation_steps=None)
+
+    def error(self, message: str):
+        """A bad trainer option is a one-line user error (ValueError), not argparse's page of usage."""
+        raise ValueError(message)
+
+    def set_defaults_with_config(self, **values) -> list[str]:
+        """TRL's, refusing a key of the --config file that is no field of the config (a misspelling, or a
+        qrm option such as `data`, which goes on the command line)."""
+        remaining = super().set_defaults_with_config(**values)
+        unknown = [key for key in values if f"--{key}" in remaining]
+        if unknown:
+            raise ValueError(
+                f"{self.config_file}: unknown field {', '.join(unknown)} of {self.config_name} (the keys of a "
+                "--config file are trainer config fields; qrm options such as --data or --lora-r go on the "
+                "command line)."
+            )
+        return remaining
 
     def parse_known_args(self, args=None, namespace=None):
         """argparse's, then the batch size and precision set on the fields before the config is made."""
         namespace, remaining = super().parse_known_args(args, namespace)
+        if namespace.gradient_accumulation_steps is not None:
+            raise ValueError(
+                "gradient_accumulation_steps follows from --batch-size (examples per optimizer step over all "
+                "processes) and --per-device-batch-size: give --batch-size instead."
+            )
         namespace.gradient_accumulation_steps = gradient_accumulation_for(
             self.batch_size, namespace.per_device_train_batch_size
         )
@@ -52,7 +80,10 @@ def parse_trainer_config(
 ):
     """The `config_cls` of the options `argv` (and of the YAML file of `--config FILE`), `output_dir` being
     the default of its `output_dir`. A bad value is a ValueError (an unknown option exits as argparse does)."""
-    parser = TrainerConfigParser(config_cls, batch_size=batch_size, precision=precision, prog=prog)
+    config_file = argv[argv.index("--config") + 1] if "--config" in argv else None
+    parser = TrainerConfigParser(
+        config_cls, batch_size=batch_size, precision=precision, config_file=config_file, prog=prog
+    )
     parser.set_defaults(output_dir=output_dir)
     try:
         (config,) = parser.parse_args_and_config(argv)
