@@ -261,7 +261,7 @@ def _add_policy_optimization_arguments(parser: argparse.ArgumentParser) -> None:
         "--trust_remote_code",
         action="store_true",
         help="run the Python code that comes with the QRM (never needed for a qrm-hf QRM; read it first). "
-        "The policy's code runs only if a --config file sets trust_remote_code (TRL's field)",
+        "The policy's code runs only if the YAML of --config sets trust_remote_code (TRL's field)",
     )
     parser.add_argument(
         "--max-prompt-length",

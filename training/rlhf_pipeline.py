@@ -33,7 +33,7 @@ from ..chat import backbone_positions
 from ..dataset_loading import load_rows
 from ..dataset_preset import DatasetPreset
 from ..hub import reading_model_files, refusing_model_code
-from ..io import claim_directory
+from ..io import check_output_directory, claim_directory
 from . import paper_rlhf as paper
 from .grpo import RiskAwareGRPOConfig, RiskAwareGRPOTrainer
 from .risk_rewards import RiskAwareRewardsArguments, quantile_levels_of
@@ -171,9 +171,11 @@ def run_rlhf(
     trainer_cls = _trainer_class(args)
     if save_dtype not in SAVE_DTYPES:
         raise ValueError(f"save_dtype must be one of {SAVE_DTYPES}, got {save_dtype!r}.")
+    command = "qrm grpo" if isinstance(args, RiskAwareGRPOConfig) else "qrm rloo"
+    check_output_directory(args.output_dir, command)  # a directory of someone else's files: refused first
     check_episode_fits_policy(policy, max_prompt_length, args)
     # Before any work: the trainer writes checkpoints and the merged policy into the directory.
-    claim_directory(args.output_dir, "qrm grpo" if isinstance(args, RiskAwareGRPOConfig) else "qrm rloo")
+    claim_directory(args.output_dir, command)
     qrm, qrm_tokenizer = load_reward_model(reward_model, _reward_dtype(args), trust_remote_code)
     rows = load_rows(data, split=split, limit=limit)
     tokenizer, prompts, num_dropped = _policy_prompts(policy, rows, preset, max_prompt_length, args)
