@@ -171,11 +171,7 @@ def run_rlhf(
     trainer_cls = _trainer_class(args)
     if save_dtype not in SAVE_DTYPES:
         raise ValueError(f"save_dtype must be one of {SAVE_DTYPES}, got {save_dtype!r}.")
-    command = "qrm grpo" if isinstance(args, RiskAwareGRPOConfig) else "qrm rloo"
-    check_output_directory(args.output_dir, command)  # a directory of someone else's files: refused first
-    check_episode_fits_policy(policy, max_prompt_length, args)
-    # Before any work: the trainer writes checkpoints and the merged policy into the directory.
-    claim_directory(args.output_dir, command)
+    _claim_output(args, policy, max_prompt_length)
     qrm, qrm_tokenizer = load_reward_model(reward_model, _reward_dtype(args), trust_remote_code)
     rows = load_rows(data, split=split, limit=limit)
     tokenizer, prompts, num_dropped = _policy_prompts(policy, rows, preset, max_prompt_length, args)
@@ -193,6 +189,15 @@ def run_rlhf(
     output_dir, adapter_dir = finish_lora_training(trainer, policy, tokenizer, save_dtype)
     name, logs = trainer.reward_func_names[0], list(trainer.state.log_history)
     return RLHFResult(output_dir, adapter_dir, len(prompts), num_dropped, name, logs)
+
+
+def _claim_output(args, policy, max_prompt_length: int | None) -> None:
+    """Before any work: refuse a directory of someone else's files, then an episode longer than the policy's
+    positions, then claim `args.output_dir` (the trainer writes checkpoints and the merged policy there)."""
+    command = "qrm grpo" if isinstance(args, RiskAwareGRPOConfig) else "qrm rloo"
+    check_output_directory(args.output_dir, command)
+    check_episode_fits_policy(policy, max_prompt_length, args)
+    claim_directory(args.output_dir, command)
 
 
 def _trainer_class(args):
