@@ -200,15 +200,8 @@ def add_evaluation_to_card(card: ModelCard | str, evaluation: Sequence[dict]) ->
 def set_card_homepage(card: ModelCard | str, homepage: str) -> ModelCard:
     """The card linking `homepage` (an http(s) URL): its `Project page: <URL>` line is replaced, or added at
     the end of the introduction (before the first `## ` section) when the card has none."""
-    card = ModelCard(card if isinstance(card, str) else str(card), ignore_metadata_errors=True)
     line = f"Project page: <{check_homepage(homepage)}>"
-    if HOMEPAGE_LINE.search(card.text):
-        card.text = HOMEPAGE_LINE.sub(lambda _: line, card.text, count=1)
-    elif "\n## " in card.text:
-        card.text = card.text.replace("\n## ", f"\n{line}\n\n## ", 1)
-    else:
-        card.text = card.text.rstrip("\n") + f"\n\n{line}\n"
-    return card
+    return _with_text(card, HOMEPAGE_LINE, line, before="\n## ", separator="\n\n")
 
 
 CALIBRATION_SECTION = re.compile(r"^## Calibration\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
@@ -217,14 +210,22 @@ CALIBRATION_SECTION = re.compile(r"^## Calibration\n.*?(?=^## |\Z)", re.MULTILIN
 def set_card_calibration(card: ModelCard | str, section: str) -> ModelCard:
     """The card with `section` (markdown without its title) as its `## Calibration` section: an earlier one is
     replaced, else the section goes before "## Usage" (at the end when the card has none)."""
-    card = ModelCard(card if isinstance(card, str) else str(card), ignore_metadata_errors=True)
     block = f"## Calibration\n\n{section.strip()}\n\n"
-    if CALIBRATION_SECTION.search(card.text):
-        card.text = CALIBRATION_SECTION.sub(lambda _: block, card.text, count=1)
-    elif "\n## Usage" in card.text:
-        card.text = card.text.replace("\n## Usage", f"\n{block}## Usage", 1)
+    return _with_text(card, CALIBRATION_SECTION, block, before="\n## Usage", separator="")
+
+
+def _with_text(
+    card: ModelCard | str, existing: re.Pattern, text: str, before: str, separator: str
+) -> ModelCard:
+    """The card with `text` in place of the first match of `existing`, else inserted before the first
+    `before` (followed by `separator`), else appended at the end."""
+    card = ModelCard(card if isinstance(card, str) else str(card), ignore_metadata_errors=True)
+    if existing.search(card.text):
+        card.text = existing.sub(lambda _: text, card.text, count=1)
+    elif before in card.text:
+        card.text = card.text.replace(before, "\n" + text + separator + before.lstrip("\n"), 1)
     else:
-        card.text = card.text.rstrip("\n") + f"\n\n{block}"
+        card.text = card.text.rstrip("\n") + "\n\n" + text + ("" if text.endswith("\n") else "\n")
     return card
 
 
