@@ -193,26 +193,13 @@ def rating_predictions(
     `qrm evaluate --ratings`: prompt, response, one column per attribute, optional `kind`; labels mapped to
     [0, 1] with `label_range`): each distinct response is scored once through `qrm_hf.scoring`, with the
     model as it is (use `uncalibrated` for the heads' own quantiles). Over-long conversations are refused."""
-    from .data import row_location
-    from .dataset_loading import attribute_examples
-    from .dataset_preset import DatasetPreset
-    from .evaluation import unique_conversations
-    from .scoring import names_of_distinct, score_conversations
+    from .evaluation import GROUP_COLUMN, kinds_of, score_rating_rows
 
-    preset = DatasetPreset.custom(
-        "attribute", prompt="prompt", response="response", attributes=list(model.config.attribute_names),
-        label_ranges=tuple(label_range), name="rating rows",
+    rated = score_rating_rows(
+        model, tokenizer, rows, list(model.config.attribute_names), tuple(label_range), batch_size, max_length,
+        too_long="error",
     )  # fmt: skip
-    conversations, labels, index = attribute_examples(rows, preset, with_index=True)
-    names = [row_location(rows, i, "rating rows") for i in index]
-    unique, response = unique_conversations(conversations)
-    outputs = score_conversations(
-        model, tokenizer, unique, batch_size=batch_size, max_length=max_length, progress=False,
-        row_names=names_of_distinct(response, names, len(unique)),
-    )  # fmt: skip
-    kinds = [rows[i].get("kind") for i in index]
-    kinds = np.array([str(kind) for kind in kinds]) if any(kinds) else None
-    return outputs["attribute_quantiles"].double().numpy()[response], labels, response, kinds
+    return rated.quantiles, rated.labels, rated.responses, kinds_of(rated.rows, GROUP_COLUMN)
 
 
 def calibrate_model(

@@ -546,11 +546,13 @@ def unique_conversations(conversations) -> tuple[list, np.ndarray]:
     return unique, np.array(index, dtype=int)
 
 
-def _score_unique(model, tokenizer, conversations, batch_size, max_length=None, row_names=None):
+def _score_unique(
+    model, tokenizer, conversations, batch_size, max_length=None, row_names=None, too_long="skip"
+):
     """Score each distinct conversation once; return the outputs, the distinct conversations, each input's
     row among them, the distinct conversations' names (from `row_names`, one per input, in errors about
-    their scores), and which inputs are longer than `max_length` (left out and counted, never truncated,
-    as `qrm extract` does)."""
+    their scores), and which inputs are longer than `max_length` (never truncated: with `too_long` "skip"
+    left out and counted, as `qrm extract` does; with "error" refused by row)."""
     from .scoring import names_of_distinct, score_conversations
 
     unique, index = unique_conversations(conversations)
@@ -561,7 +563,7 @@ def _score_unique(model, tokenizer, conversations, batch_size, max_length=None, 
         unique,
         batch_size=batch_size,
         max_length=max_length,
-        too_long="skip",
+        too_long=too_long,
         row_names=names,
     )
     return outputs, unique, index, names, outputs["too_long"].numpy()[index]
@@ -704,9 +706,10 @@ class RatedRows:
 
 
 def score_rating_rows(
-    model, tokenizer, rows, attributes, label_range, batch_size=8, max_length=None
+    model, tokenizer, rows, attributes, label_range, batch_size=8, max_length=None, too_long="skip"
 ) -> RatedRows:
-    """Score docs/design.md §6 rating rows with `model` (each distinct response once) -> `RatedRows`."""
+    """Score docs/design.md §6 rating rows with `model` (each distinct response once) -> `RatedRows`; rows
+    longer than `max_length` are left out and counted (`too_long="skip"`) or refused by row ("error")."""
     from .data import row_location
     from .dataset_loading import attribute_examples
     from .dataset_preset import DatasetPreset
@@ -718,7 +721,7 @@ def score_rating_rows(
     conversations, labels, labelled = attribute_examples(rows, preset, with_index=True)
     row_names = [row_location(rows, i, "rating rows") for i in labelled]
     outputs, unique, responses, names, too_long = _score_unique(
-        model, tokenizer, conversations, batch_size, max_length, row_names
+        model, tokenizer, conversations, batch_size, max_length, row_names, too_long
     )
     kept = [rows[i] for i, skip in zip(labelled, too_long, strict=True) if not skip]
     responses = responses[~too_long]
@@ -753,7 +756,7 @@ def _comparison_predictions(model, tokenizer, rated: RatedRows, baselines, membe
     return predictions, spread, len(member_quantiles)
 
 
-def _kinds(rows, group_column: str | None) -> np.ndarray | None:
+def kinds_of(rows, group_column: str | None) -> np.ndarray | None:
     """Each row's value of `group_column` as a string array, or None when no row has a value there."""
     if not group_column or not any(row.get(group_column) is not None for row in rows):
         return None
@@ -840,7 +843,7 @@ def evaluate_ratings(
     ) if baselines or members is not None else ({}, None, 0)  # fmt: skip
     predictions.update(compared)
     report = _qrm_measures(rated, attributes, model.config.quantile_levels, group_column, contrast)
-    kinds = _kinds(rated.rows, group_column)
+    kinds = kinds_of(rated.rows, group_column)
     report.update(_heads_uncertainty(rated, heads_spread, member_count, kinds, attributes, model.config))
     report["models"] = {
         name: _model_report(
@@ -882,7 +885,7 @@ def _qrm_measures(rated: RatedRows, attributes, levels, group_column, contrast) 
         "group_column": group_column,
         "contrast": list(contrast) if contrast else None,
     }
-    kinds = _kinds(rated.rows, group_column)
+    kinds = kinds_of(rated.rows, group_column)
     if kinds is not None:
         report["pinball_by_kind"] = {
             kind: float(pinball_loss(labels[kinds == kind], quantiles[kinds == kind], levels).mean())
@@ -1099,7 +1102,7 @@ def evaluate_pairs(
         "pairs": int(kept.sum()),
         "skipped_too_long": int((~kept).sum()),
     }
-    kinds = _kinds([rows[i] for i in pair_rows[kept]], group_column)
+    kinds = kinds_of([rows[i] for i in pair_rows[kept]], group_column)
     if kinds is not None:
         report["accuracy_by_kind"] = {
             str(kind): pairwise_accuracy(chosen[kinds == kind], rejected[kinds == kind])
