@@ -12,7 +12,7 @@ resamples of the pairs.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -247,45 +247,24 @@ def fit_bootstrap_heads(
 
 
 def _fit_member_gatings(coef, intercept, transform, pairs: PairFeatures, names, generators, settings=None):
-    """Each member's gating network, on a resample of the pairs drawn from its generator (`fit_member_heads`)."""
-    from .gating import gating_sizes
+    """Each member's gating network (the stage's fit of `settings`, without validation split or remedies), on
+    a resample of the pairs drawn from its generator (`fit_member_heads`)."""
+    from .gating import bradley_terry_gating
+    from .rewards import expected_rewards
     from .settings import GatingSettings
 
-    settings = settings or GatingSettings()
+    settings = replace(settings or GatingSettings(), validation_fraction=0.0, restore_best_epoch=False)
     networks = []
     for member, rng in enumerate(generators):
-        resample = torch.as_tensor(rng.integers(0, len(pairs), len(pairs)))
-        config = gating_sizes(names, coef.shape[-1], settings)
-        seed = int(rng.integers(2**31))
-        networks.append(
-            _fit_member_gating(
-                coef[member], intercept[member], transform, pairs[resample], config, settings, seed
-            )
+        resample = pairs[torch.as_tensor(rng.integers(0, len(pairs), len(pairs)))]
+        seeded = replace(settings, seed=int(rng.integers(2**31)))
+        gating = bradley_terry_gating(names, coef.shape[-1], seeded, plain=True).fit(
+            resample.prompt,
+            expected_rewards(coef[member], transform, resample.chosen, intercept[member]),
+            expected_rewards(coef[member], transform, resample.rejected, intercept[member]),
         )
+        networks.append(gating.network_)
     return networks
-
-
-def _fit_member_gating(coef, intercept, transform, pairs: PairFeatures, config, settings, seed: int):
-    from .gating import BradleyTerryGating
-    from .rewards import expected_rewards
-
-    return (
-        BradleyTerryGating(
-            config,
-            learning_rate=settings.learning_rate,
-            batch_size=settings.batch_size,
-            epochs=settings.epochs,
-            weight_decay=settings.weight_decay,
-            validation_fraction=0.0,
-            seed=seed,
-        )
-        .fit(
-            pairs.prompt,
-            expected_rewards(coef, transform, pairs.chosen, intercept),
-            expected_rewards(coef, transform, pairs.rejected, intercept),
-        )
-        .network_
-    )
 
 
 __all__ = ["EnsembleStrength", "HeadEnsemble", "PairFeatures", "fit_bootstrap_heads", "fit_member_heads"]

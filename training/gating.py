@@ -310,3 +310,29 @@ def prompt_groups(prompt_embeddings: torch.Tensor, tolerance: float = 1e-3) -> t
     groups[order] = sorted_groups
     first_seen: dict[int, int] = {}
     return torch.tensor([first_seen.setdefault(group, len(first_seen)) for group in groups.tolist()])
+
+
+def bradley_terry_gating(
+    names, hidden_size: int, settings: GatingSettings, plain: bool = False
+) -> BradleyTerryGating:
+    """The `BradleyTerryGating` of `settings` over `names` and embeddings of `hidden_size` (`plain`: without
+    the noisy-label remedies): the one place a stage, or a bootstrap member, turns settings into a fit."""
+    remedies = {} if plain else {
+        "label_smoothing": settings.label_smoothing,
+        "adaptive_margin": settings.adaptive_margin,
+        "flip_below": settings.flip_below,
+        "drop_below": settings.drop_below,
+    }  # fmt: skip
+    return BradleyTerryGating(
+        gating_sizes(names, hidden_size, settings),
+        learning_rate=settings.learning_rate,
+        batch_size=settings.batch_size,
+        epochs=settings.epochs,
+        weight_decay=settings.weight_decay,
+        validation_fraction=settings.validation_fraction,
+        seed=settings.seed,
+        standardize_prompts=settings.standardize_prompts,
+        restore_best_epoch=settings.restore_best_epoch,
+        fit_loss_scale=settings.fit_loss_scale,
+        **remedies,
+    )

@@ -560,7 +560,9 @@ def fit_gating(
         transform = torch.eye(len(names))
     _check_features_fit_heads(heads_info, feature_settings(pair_dirs, "preference"))
     prompts, rewards = _pair_rewards(heads_dir, pair_dirs, transform)
-    gating = _bradley_terry(names, heads_info["hidden_size"], settings)
+    from .gating import bradley_terry_gating
+
+    gating = bradley_terry_gating(names, heads_info["hidden_size"], settings)
     strength = None
     if gating.needs_strength:
         strength = pair_strength(heads_dir, pair_dirs, transform, settings)
@@ -640,31 +642,6 @@ def gating_diagnostics(network, prompt_embeddings, chosen_rewards, rejected_rewa
     )
 
 
-def _bradley_terry(names, hidden_size: int, settings: GatingSettings, plain: bool = False):
-    """The `BradleyTerryGating` of `settings` (`plain`: without the noisy-label remedies)."""
-    from .gating import BradleyTerryGating, gating_sizes
-
-    remedies = {} if plain else {
-        "label_smoothing": settings.label_smoothing,
-        "adaptive_margin": settings.adaptive_margin,
-        "flip_below": settings.flip_below,
-        "drop_below": settings.drop_below,
-    }  # fmt: skip
-    return BradleyTerryGating(
-        gating_sizes(names, hidden_size, settings),
-        learning_rate=settings.learning_rate,
-        batch_size=settings.batch_size,
-        epochs=settings.epochs,
-        weight_decay=settings.weight_decay,
-        validation_fraction=settings.validation_fraction,
-        seed=settings.seed,
-        standardize_prompts=settings.standardize_prompts,
-        restore_best_epoch=settings.restore_best_epoch,
-        fit_loss_scale=settings.fit_loss_scale,
-        **remedies,
-    )
-
-
 def pair_strength(
     heads_dir: str | Path,
     pair_dirs: Sequence[str | Path],
@@ -704,7 +681,9 @@ def pair_strength(
             transform=transform,
         )
         return ensemble.strength(pairs).probability
-    plain = _bradley_terry(names, heads_info["hidden_size"], settings, plain=True).fit(
+    from .gating import bradley_terry_gating
+
+    plain = bradley_terry_gating(names, heads_info["hidden_size"], settings, plain=True).fit(
         pairs.prompt,
         expected_rewards(coef, transform, pairs.chosen, intercept),
         expected_rewards(coef, transform, pairs.rejected, intercept),
