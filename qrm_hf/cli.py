@@ -373,7 +373,7 @@ def _add_evaluate_command(commands) -> None:
         "margin, |P - 1/2|, effect size, the members' spread).",
     )
     add_model_arguments(evaluate)
-    from .evaluation import CONTRAST, GROUP_COLUMN
+    from .data import CONTRAST, GROUP_COLUMN
 
     evaluate.add_argument(
         "--ratings", help="JSON Lines rating rows: prompt, response, one column per attribute"

@@ -30,6 +30,13 @@ class JsonlRows(list):
         return JsonlRows([self[i] for i in positions], [self.row_locations[i] for i in positions])
 
 
+# The row column whose values the evaluation measures are broken down by (its values are the *kinds*), and
+# the two kinds whose 90 % widths and annotator spreads are compared (`qrm evaluate --group-column`,
+# `--contrast`): the demo data's. Here, not in `evaluation`, so that the parser reads them without numpy.
+GROUP_COLUMN = "kind"
+CONTRAST = ("controversial", "clear")
+
+
 def row_location(rows, index: int, name: str = "rows") -> str:
     """Where row `index` of `rows` was read, for error messages: ``"FILE line N"`` when `rows` carries
     ``row_locations`` (rows of :func:`read_jsonl`, or a dataset of `load_rows` read from a JSON Lines

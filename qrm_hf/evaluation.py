@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from .data import CONTRAST, GROUP_COLUMN
+
 
 def _finite(values, what: str) -> np.ndarray:
     """`values` as a float array, refused (ValueError naming the first rows) if any is NaN or infinite."""
@@ -680,10 +682,6 @@ def _model_report(labels, predictions, levels, attributes, kinds, responses, con
                 for attribute in attributes
             }
     return report
-
-
-GROUP_COLUMN = "kind"  # the rating rows' column whose values the measures are broken down by
-CONTRAST = ("controversial", "clear")  # the two kinds whose 90 % widths (and annotator spreads) are compared
 
 
 @dataclass

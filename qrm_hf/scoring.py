@@ -10,7 +10,6 @@ from tqdm.auto import tqdm
 
 from . import risk
 from .chat import encode_conversation
-from .modeling.modeling_qrm import find_last_pattern
 
 # Column of `risk_summary` -> risk measure spec (`qrm_hf.risk.parse`); lam and alpha come from its arguments.
 SUMMARY_MEASURES = {
@@ -190,6 +189,8 @@ class BackboneEncoder:
     @torch.inference_mode()
     def encode(self, sequences: Sequence[Sequence[int]], desc: str = "extracting features"):
         """Returns (response_embeddings [N, H], prompt_embeddings [N, H]) in float32, in input order."""
+        from .modeling.modeling_qrm import find_last_pattern  # (imports transformers: only when encoding)
+
         results = self._remembered if self._remembered is not None else {}
         order = sorted(dict.fromkeys(tuple(seq) for seq in sequences if tuple(seq) not in results), key=len)
         device = next(self.backbone.parameters()).device
